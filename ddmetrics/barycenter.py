@@ -1,0 +1,217 @@
+r"""Free-support barycenters: the summary of one point cloud by ``m`` weighted atoms.
+
+For a reference measure :math:`\mu = \sum_i a_i \delta_{x_i}` and a loss :math:`\mathcal{L}`,
+
+.. math::
+    \min_{B \in \mathbb{R}^{m \times d},\ w \in \Delta^{m-1}} \mathcal{L}\Big(\mu, \sum_j w_j \delta_{b_j}\Big)
+
+Two algorithms:
+
+- :func:`exact_barycenter` — the WMDD alternation for the exact :math:`W_2^2` (squared
+  Euclidean cost): an exact OT solve, a mirror-descent step on the weights along the dual
+  potentials of the atoms, and a Newton (fixed-point) step on the positions.
+- :func:`gradient_flow_barycenter` — the generic default of every
+  :class:`~ddmetrics.losses.DistributionLoss`: Adam on the support points and on
+  softmax-parametrised weights.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from .losses._cost import squared_distances
+from .losses._exact import emd_plan
+from .losses.base import _as_samples, check_weights
+
+__all__ = ["Barycenter", "exact_barycenter", "gradient_flow_barycenter", "init_support", "barycenter_objective"]
+
+
+class Barycenter(NamedTuple):
+    """``support`` (m, d) atoms and their ``weights`` (m,) on the simplex; ``objective``
+    is the loss value reached (for the exact solver: :math:`W_2^2`)."""
+
+    support: Tensor
+    weights: Tensor
+    objective: float = float("nan")
+
+
+def _check(x: Tensor, m: int, a: Optional[Tensor]):
+    x = _as_samples(x, "x")
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+        raise ValueError(f"m must be a positive integer, got {m!r}")
+    if m > x.shape[0]:
+        raise ValueError(f"m={m} exceeds the number of points in x ({x.shape[0]})")
+    return x, check_weights(a, x.shape[0], x, "a")
+
+
+def init_support(x: Tensor, m: int, a: Tensor, seed: int = 0, method: str = "kmeans++") -> Tensor:
+    """``m`` distinct rows of ``x``: k-means++ (D² sampling, weighted by ``a``) or uniformly at random."""
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    if method == "random":
+        return x[torch.randperm(n, generator=gen)[:m].to(x.device)].clone()
+    if method != "kmeans++":
+        raise ValueError(f"init must be 'kmeans++' or 'random', got {method!r}")
+    prob = a.detach().double().cpu()
+    idx = [int(torch.multinomial(prob, 1, generator=gen))]
+    d2 = squared_distances(x, x[idx]).squeeze(1).detach().double().cpu()
+    for _ in range(1, m):
+        score = prob * d2
+        if float(score.sum()) <= 0:  # fewer distinct points than m: pick unused ones
+            unused = torch.ones(n, dtype=torch.bool)
+            unused[idx] = False
+            idx.append(int(torch.nonzero(unused)[0]))
+        else:
+            idx.append(int(torch.multinomial(score, 1, generator=gen)))
+        d2 = torch.minimum(d2, squared_distances(x, x[idx[-1:]]).squeeze(1).detach().double().cpu())
+    return x[torch.tensor(idx, device=x.device)].clone()
+
+
+def barycenter_objective(x: Tensor, support: Tensor, weights: Tensor, a: Optional[Tensor] = None) -> float:
+    r""":math:`W_2^2(\sum_i a_i \delta_{x_i}, \sum_j w_j \delta_{b_j})` by an exact OT solve."""
+    x, a = _check(x, 1, a)
+    cost = squared_distances(x, support)
+    return float((emd_plan(a, weights, cost) * cost).sum())
+
+
+@torch.no_grad()
+def exact_barycenter(
+    x: Tensor,
+    m: int,
+    a: Optional[Tensor] = None,
+    learn_weights: bool = True,
+    iters: int = 10,
+    seed: int = 0,
+    init="kmeans++",
+    weight_step: float = 1.0,
+    damping: float = 1.0,
+) -> Barycenter:
+    r"""Free-support :math:`W_2` barycenter with learned weights (WMDD, Algorithm 2).
+
+    Each of the ``iters`` rounds, with cost :math:`c_{ij} = \|x_i - b_j\|^2`:
+
+    1. solve the exact OT problem between :math:`(x, a)` and :math:`(B, w)`: plan :math:`T`,
+       dual potentials :math:`(\alpha, \beta)`; :math:`\beta` is a subgradient of
+       :math:`W_2^2` in :math:`w`;
+    2. weights (when ``learn_weights``): mirror-descent (exponentiated-gradient) step
+       :math:`w_j \leftarrow w_j \exp(-\eta_k \beta_j / \max c) / Z` with
+       :math:`\eta_k = \eta / \sqrt{k+1}` (``weight_step`` :math:`\eta`);
+    3. positions: Newton step :math:`b_j \leftarrow b_j - \frac{1}{w_j} \sum_i T_{ij}(b_j - x_i)`,
+       i.e. the :math:`T`-weighted mean of the points sent to :math:`b_j`, damped by ``damping``
+       (1 = the full step).
+
+    The objective is evaluated at every round (it comes with the OT solve) and once more at the
+    end; the best iterate is returned, so the result is never worse than the start or than
+    any position-only iterate along the way. With ``learn_weights=False`` and ``damping=1``
+    the positions follow POT's ``ot.lp.free_support_barycenter`` exactly.
+
+    Parameters
+    ----------
+    x : Tensor
+        Reference points ``(n, d)`` (any rank; flattened).
+    m : int
+        Number of atoms, ``1 <= m <= n``.
+    a : Tensor, optional
+        Weights of ``x`` (uniform by default).
+    learn_weights : bool
+        Learn the atoms' weights (else they stay uniform).
+    iters : int
+        Number of rounds ``K`` (10 suffices per the WMDD paper).
+    seed : int
+        Seed of the initialisation.
+    init : str or Tensor
+        ``"kmeans++"`` (default), ``"random"``, or an ``(m, d)`` tensor of initial atoms.
+    weight_step : float
+        Mirror step :math:`\eta` on the max-normalised cost (default 1). The WMDD authors
+        use about 10; on clustered clouds that oscillates and stalls the positions (e.g.
+        objective 238 against 92 for step 1 on an 8-cluster mixture, n=400, d=64, m=12), and it
+        cannot recover 0.8/0.2 masses in 10 rounds, so 1 is the default here.
+    damping : float
+        Fraction of the Newton step taken, in (0, 1].
+
+    Returns
+    -------
+    Barycenter
+
+    References
+    ----------
+    .. [1] M. Cuturi, A. Doucet. Fast computation of Wasserstein barycenters. ICML 2014.
+    .. [2] H. Liu et al. Dataset distillation via the Wasserstein metric. ICCV 2025, §4.2.
+    """
+    x, a = _check(x, m, a)
+    if not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
+    if not 0 < damping <= 1:
+        raise ValueError(f"damping must lie in (0, 1], got {damping!r}")
+    support = _initial(x, m, a, seed, init)
+    w = torch.full((m,), 1.0 / m, dtype=x.dtype, device=x.device)
+    best = None
+    for k in range(iters + 1):
+        cost = squared_distances(x, support)
+        plan, _, beta = emd_plan(a, w, cost, log=True)
+        objective = float((plan * cost).sum())
+        if best is None or objective < best.objective:
+            best = Barycenter(support.clone(), w.clone(), objective)
+        if k == iters:
+            break
+        if learn_weights:
+            step = weight_step / ((k + 1) ** 0.5 * float(cost.max().clamp_min(1e-30)))
+            logw = torch.log(w.clamp_min(1e-30)) - step * (beta - beta.mean())
+            w = torch.softmax(logw, 0)
+        mass = plan.sum(0)
+        sent = mass > 0
+        target = (plan.T @ x) / mass.clamp_min(1e-30).unsqueeze(1)
+        support = torch.where(sent.unsqueeze(1), support + damping * (target - support), support)
+    return best
+
+
+def _initial(x: Tensor, m: int, a: Tensor, seed: int, init) -> Tensor:
+    if isinstance(init, Tensor):
+        if init.shape != (m, x.shape[1]):
+            raise ValueError(f"init must have shape ({m}, {x.shape[1]}), got {tuple(init.shape)}")
+        return init.detach().to(dtype=x.dtype, device=x.device).clone()
+    return init_support(x, m, a, seed=seed, method=init)
+
+
+def gradient_flow_barycenter(
+    loss,
+    x: Tensor,
+    m: int,
+    a: Optional[Tensor] = None,
+    learn_weights: bool = True,
+    iters: int = 200,
+    seed: int = 0,
+    init="kmeans++",
+    lr: Optional[float] = None,
+) -> Barycenter:
+    r"""Barycenter under any loss by gradient flow.
+
+    Minimises :math:`\mathcal{L}(\mu, \sum_j \mathrm{softmax}(\ell)_j \delta_{b_j})` over the
+    support :math:`B` (and the logits :math:`\ell` when ``learn_weights``) with Adam for
+    ``iters`` steps, from ``init`` (as in :func:`exact_barycenter`). ``lr`` defaults to
+    0.05 × the standard deviation of ``x`` for the support (logits use 0.05).
+
+    Returns
+    -------
+    Barycenter
+        with ``objective`` the loss at the returned support and weights.
+    """
+    x, a = _check(x, m, a)
+    x = x.detach()
+    support = _initial(x, m, a, seed, init).requires_grad_(True)
+    logits = torch.zeros(m, dtype=x.dtype, device=x.device, requires_grad=learn_weights)
+    step = float(lr) if lr is not None else 0.05 * float(x.std().clamp_min(1e-12))
+    groups = [{"params": [support], "lr": step}]
+    if learn_weights:
+        groups.append({"params": [logits], "lr": 0.05})
+    opt = torch.optim.Adam(groups)
+    with torch.enable_grad():
+        for _ in range(iters):
+            opt.zero_grad(set_to_none=True)
+            loss(x, support, a=a, b=torch.softmax(logits, 0)).backward()
+            opt.step()
+        w = torch.softmax(logits, 0).detach()
+        value = float(loss(x, support.detach(), a=a, b=w))
+    return Barycenter(support.detach(), w, value)

@@ -1,0 +1,28 @@
+"""Pairwise ground costs shared by the backends."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def squared_distances(x: Tensor, y: Tensor) -> Tensor:
+    r"""Matrix of :math:`\|x_i - y_j\|^2`, shape ``(n, m)``, clamped at zero.
+
+    Uses the expansion :math:`\|x\|^2 + \|y\|^2 - 2 x^\top y` (one matmul, O(nm) memory),
+    the same formula as ``ot.dist``.
+    """
+    d2 = (x * x).sum(1, keepdim=True) + (y * y).sum(1).unsqueeze(0) - 2.0 * (x @ y.T)
+    return d2.clamp_min(0.0)
+
+
+def distances(x: Tensor, y: Tensor) -> Tensor:
+    r"""Matrix of :math:`\|x_i - y_j\|`, with a zero (not NaN) gradient where the distance is zero."""
+    d2 = squared_distances(x, y)
+    positive = d2 > 0
+    # sqrt has an infinite derivative at 0: evaluate it only where it is safe.
+    return torch.where(positive, d2.where(positive, torch.ones_like(d2)).sqrt(), torch.zeros_like(d2))
+
+
+def ground_cost(x: Tensor, y: Tensor, p: int) -> Tensor:
+    r"""Cost matrix :math:`\|x_i - y_j\|^p` for ``p`` in {1, 2}."""
+    return squared_distances(x, y) if p == 2 else distances(x, y)

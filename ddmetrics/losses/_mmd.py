@@ -1,0 +1,124 @@
+"""Kernel maximum mean discrepancy (squared), V- or U-statistic."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ._cost import distances, squared_distances
+from .base import DistributionLoss, register_loss
+
+Bandwidth = Union[float, Sequence[float], str]
+
+
+def _gaussian(x: Tensor, y: Tensor, bw: Tensor, **_) -> Tensor:
+    d2 = squared_distances(x, y)
+    return sum(torch.exp(-d2 / (2.0 * s * s)) for s in bw)
+
+
+def _laplacian(x: Tensor, y: Tensor, bw: Tensor, **_) -> Tensor:
+    d = distances(x, y)
+    return sum(torch.exp(-d / s) for s in bw)
+
+
+def _linear(x: Tensor, y: Tensor, bw: Tensor, **_) -> Tensor:
+    return x @ y.T
+
+
+def _polynomial(x: Tensor, y: Tensor, bw: Tensor, degree: int = 3, coef0: float = 1.0, **_) -> Tensor:
+    return (x @ y.T / x.shape[1] + coef0) ** degree
+
+
+#: kernel name -> k(x, y, bandwidths, **params), shape (n, m)
+KERNELS: Dict[str, Callable[..., Tensor]] = {
+    "gaussian": _gaussian,
+    "laplacian": _laplacian,
+    "linear": _linear,
+    "polynomial": _polynomial,
+}
+_MEDIAN_SCALES = (0.5, 1.0, 2.0)
+
+
+def median_bandwidths(x: Tensor, y: Tensor) -> list:
+    """Median-heuristic bandwidths: the median pairwise distance of the pooled (detached)
+    samples times 0.5, 1 and 2."""
+    z = torch.cat([x, y]).detach()
+    d = distances(z, z)
+    off = d[~torch.eye(len(z), dtype=torch.bool, device=z.device)]
+    med = float(off.median()) if off.numel() else 1.0
+    med = med if med > 0 else 1.0
+    return [s * med for s in _MEDIAN_SCALES]
+
+
+@register_loss("mmd")
+class MMD(DistributionLoss):
+    r"""Squared kernel maximum mean discrepancy between weighted samples.
+
+    .. math::
+        \mathrm{MMD}^2_k(\alpha, \beta) = a^\top K_{xx} a + b^\top K_{yy} b - 2\, a^\top K_{xy} b
+
+    (biased V-statistic, the default). ``unbiased=True`` drops the diagonals of
+    :math:`K_{xx}` and :math:`K_{yy}` and renormalises by :math:`1 - \sum_i a_i^2` (the
+    U-statistic; with uniform weights the classical :math:`1/(n(n-1))` estimator).
+
+    Kernels (``bandwidth`` :math:`\sigma`, a float or a list whose kernels are summed):
+
+    - ``gaussian``: :math:`\sum_\sigma \exp(-\|x-y\|^2 / 2\sigma^2)`
+    - ``laplacian``: :math:`\sum_\sigma \exp(-\|x-y\| / \sigma)`
+    - ``linear``: :math:`x^\top y` — then MMD² = :math:`\|\sum_i a_i x_i - \sum_j b_j y_j\|^2`,
+      DM's mean matching (computed in O((n+m)d) without a kernel matrix)
+    - ``polynomial``: :math:`(x^\top y / d + c_0)^{\text{degree}}`
+
+    ``bandwidth="median"`` (default) uses the median pooled pairwise distance times 0.5, 1 and 2,
+    recomputed (without gradient) at each call. Differentiable in ``x``, ``y``, ``a``, ``b``.
+
+    References
+    ----------
+    .. [1] A. Gretton, K. Borgwardt, M. Rasch, B. Schölkopf, A. Smola. A kernel two-sample test.
+       JMLR 2012.
+    .. [2] H. Zhang et al. M3D: Dataset condensation by minimizing maximum mean discrepancy. AAAI 2024.
+    """
+
+    def __init__(self, kernel: str = "gaussian", bandwidth: Bandwidth = "median", unbiased: bool = False,
+                 degree: int = 3, coef0: float = 1.0):
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
+        if isinstance(bandwidth, str):
+            if bandwidth != "median":
+                raise ValueError(f"bandwidth must be a positive float, a list of them or 'median', got {bandwidth!r}")
+        else:
+            bws = [bandwidth] if isinstance(bandwidth, (int, float)) else list(bandwidth)
+            if not bws or any(not float(s) > 0 for s in bws):
+                raise ValueError(f"bandwidth values must be positive, got {bandwidth!r}")
+        self.kernel, self.bandwidth, self.unbiased = kernel, bandwidth, unbiased
+        self.degree, self.coef0 = degree, coef0
+
+    def _config(self):
+        return {"kernel": self.kernel, "bandwidth": self.bandwidth, "unbiased": self.unbiased}
+
+    def _bandwidths(self, x: Tensor, y: Tensor) -> list:
+        if self.bandwidth == "median":
+            return median_bandwidths(x, y) if self.kernel in ("gaussian", "laplacian") else []
+        return [float(self.bandwidth)] if isinstance(self.bandwidth, (int, float)) else [float(s) for s in self.bandwidth]
+
+    def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        if self.kernel == "linear" and not self.unbiased:  # closed form: no kernel matrix needed
+            diff = a @ x - b @ y
+            return (diff * diff).sum()
+        k = KERNELS[self.kernel]
+        bw = self._bandwidths(x, y)
+        params = {"degree": self.degree, "coef0": self.coef0}
+        kxx, kyy, kxy = k(x, x, bw, **params), k(y, y, bw, **params), k(x, y, bw, **params)
+        if not self.unbiased:
+            return a @ kxx @ a + b @ kyy @ b - 2.0 * (a @ kxy @ b)
+        return _offdiag(kxx, a) + _offdiag(kyy, b) - 2.0 * (a @ kxy @ b)
+
+
+def _offdiag(k: Tensor, w: Tensor) -> Tensor:
+    """Weighted mean of the off-diagonal kernel entries (0 for a single point)."""
+    norm = 1.0 - (w * w).sum()
+    if float(norm) <= 0:
+        return k.new_zeros(())
+    return (w @ k @ w - (w * w * torch.diagonal(k)).sum()) / norm

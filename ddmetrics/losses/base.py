@@ -1,0 +1,237 @@
+"""The :class:`DistributionLoss` interface, its shared input validation, and the registry.
+
+Every backend in :mod:`ddmetrics.losses` subclasses :class:`DistributionLoss` and
+implements ``_loss(x, y, a, b)`` on already validated inputs. The public
+``forward(x, y, a=None, b=None)`` flattens, validates and fills in uniform weights
+once, here, so all backends refuse bad input in exactly the same way.
+"""
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from typing import Callable, Dict, Optional, Tuple, Type
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger("ddmetrics")
+
+__all__ = [
+    "DistributionLoss",
+    "check_inputs",
+    "check_weights",
+    "register_loss",
+    "get_loss",
+    "available_losses",
+]
+
+# Weights must sum to one within this tolerance (relative to the dtype's precision).
+_SUM_TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4, torch.float64: 1e-8}
+
+
+def _as_samples(t: Tensor, name: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension (samples first), got a scalar")
+    if t.dim() == 1:  # a 1-D tensor is n samples on the real line
+        t = t.unsqueeze(1)
+    elif t.dim() > 2:  # images and feature maps: one sample per leading index
+        t = t.reshape(t.shape[0], -1)
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it needs at least one sample")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has zero features")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return t
+
+
+def check_weights(w: Optional[Tensor], n: int, like: Tensor, name: str) -> Tensor:
+    """Validate a weight vector on the simplex, or return uniform weights of length ``n``.
+
+    Raises
+    ------
+    ValueError
+        if ``w`` has the wrong length, negative, non-finite or non-normalised entries.
+    TypeError
+        if ``w`` is not a floating-point tensor of ``like``'s dtype and device.
+    """
+    if w is None:
+        return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
+    if not isinstance(w, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
+    if w.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {w.dtype} but the samples have {like.dtype}")
+    if w.device != like.device:
+        raise ValueError(f"{name} is on {w.device} but the samples are on {like.device}")
+    if w.dim() != 1 or w.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match its samples, got {tuple(w.shape)}")
+    if not torch.isfinite(w).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    if (w < 0).any():
+        raise ValueError(f"{name} has negative entries: weights must be non-negative")
+    total = float(w.detach().sum())
+    if abs(total - 1.0) > _SUM_TOL.get(w.dtype, 1e-4):
+        raise ValueError(f"{name} must sum to 1, sums to {total:.6g}")
+    return w
+
+
+def check_inputs(
+    x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The validation every backend shares.
+
+    Flattens ``x`` and ``y`` to ``(n, d)`` and ``(m, d)``, checks that they are finite,
+    non-empty, of the same feature dimension, dtype and device, and that the weights
+    ``a`` and ``b`` (uniform when ``None``) lie on the simplex.
+
+    Returns
+    -------
+    x, y, a, b : Tensor
+        The flattened samples and their weights.
+    """
+    x = _as_samples(x, "x")
+    y = _as_samples(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same number of features, got x: {x.shape[1]}, y: {y.shape[1]}")
+    if x.dtype != y.dtype:
+        raise TypeError(f"x and y must have the same dtype, got x: {x.dtype}, y: {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got x: {x.device}, y: {y.device}")
+    a = check_weights(a, x.shape[0], x, "a")
+    b = check_weights(b, y.shape[0], y, "b")
+    return x, y, a, b
+
+
+class DistributionLoss(nn.Module):
+    r"""A divergence between two weighted point clouds.
+
+    .. math::
+        \mathcal{L}(\alpha, \beta), \quad \alpha = \sum_i a_i \delta_{x_i}, \
+        \beta = \sum_j b_j \delta_{y_j}
+
+    Subclasses implement :meth:`_loss` on validated ``(n, d)``/``(m, d)`` samples and
+    simplex weights. Configuration goes in ``__init__``; data goes in ``forward``.
+    ``x`` is the reference (real) cloud and ``y`` the one being optimised: the value is
+    differentiable with respect to ``y`` (and ``b`` where the backend allows it).
+    """
+
+    #: registry name, set by :func:`register_loss`
+    name: str = ""
+
+    def forward(self, x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None) -> Tensor:
+        """Return the loss between ``x`` (weights ``a``) and ``y`` (weights ``b``) as a 0-dim tensor."""
+        x, y, a, b = check_inputs(x, y, a, b)
+        return self._loss(x, y, a, b)
+
+    def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def barycenter(
+        self,
+        x: Tensor,
+        m: int,
+        a: Optional[Tensor] = None,
+        learn_weights: bool = True,
+        iters: Optional[int] = None,
+        seed: int = 0,
+        **kwargs,
+    ):
+        """Free-support barycenter of ``x`` with ``m`` atoms under this loss.
+
+        The default is a gradient flow of the support (and of softmax-parametrised
+        weights when ``learn_weights``) on ``self(x, support, b=weights)``; backends with
+        a better algorithm override it. See :func:`ddmetrics.barycenter.gradient_flow_barycenter`.
+
+        Returns
+        -------
+        Barycenter
+            ``support`` of shape ``(m, d)`` and ``weights`` of shape ``(m,)``.
+        """
+        from ..barycenter import gradient_flow_barycenter
+
+        return gradient_flow_barycenter(
+            self, x, m, a=a, learn_weights=learn_weights, iters=200 if iters is None else iters, seed=seed, **kwargs
+        )
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+
+    def _config(self) -> Dict[str, object]:
+        return {}
+
+
+# --------------------------------------------------------------------------- registry
+_REGISTRY: Dict[str, Type[DistributionLoss]] = {}
+_ENTRY_POINT_GROUP = "ddmetrics.losses"
+_entry_points_loaded = False
+
+
+def register_loss(name: str) -> Callable[[Type[DistributionLoss]], Type[DistributionLoss]]:
+    """Class decorator that makes a :class:`DistributionLoss` subclass available by ``name``.
+
+    Examples
+    --------
+    >>> @register_loss("energy")
+    ... class Energy(DistributionLoss):
+    ...     def _loss(self, x, y, a, b): ...
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("name must be a non-empty string")
+
+    def decorate(cls: Type[DistributionLoss]) -> Type[DistributionLoss]:
+        if not (isinstance(cls, type) and issubclass(cls, DistributionLoss)):
+            raise TypeError(f"register_loss({name!r}) decorates DistributionLoss subclasses, got {cls!r}")
+        _REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return decorate
+
+
+def _load_entry_points() -> None:
+    """Import third-party losses advertised under the ``ddmetrics.losses`` entry-point group."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=_ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as err:  # a broken plugin must not break the built-in losses
+            logger.warning("ddmetrics: could not load loss plugin %r: %s", ep.name, err)
+            continue
+        if isinstance(obj, type) and issubclass(obj, DistributionLoss) and ep.name not in _REGISTRY:
+            register_loss(ep.name)(obj)
+
+
+def get_loss(name, **kwargs) -> DistributionLoss:
+    """Instantiate a registered loss by name (an instance is passed through unchanged).
+
+    Raises
+    ------
+    KeyError
+        if ``name`` is not registered; the message lists the known names.
+    """
+    if isinstance(name, DistributionLoss):
+        if kwargs:
+            raise TypeError("keyword arguments are only accepted with a loss name, not an instance")
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"loss must be a name or a DistributionLoss, got {type(name).__name__}")
+    _load_entry_points()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown loss {name!r}; known losses: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
+
+
+def available_losses() -> Dict[str, str]:
+    """Registered loss names with the first line of each class's docstring."""
+    _load_entry_points()
+    return {
+        name: (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        for name, cls in sorted(_REGISTRY.items())
+    }

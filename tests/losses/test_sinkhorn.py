@@ -1,0 +1,51 @@
+import pytest
+import torch
+from geomloss import SamplesLoss
+
+import ddmetrics as ddm
+from ddmetrics.losses import ExactOT, Sinkhorn
+from ddmetrics.losses._sinkhorn import resolve_backend
+
+
+def _data(seed, n=40, m=30, d=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(m, d, generator=g, dtype=torch.float64) + 1.0
+    a = torch.rand(n, generator=g, dtype=torch.float64) + 0.2
+    b = torch.rand(m, generator=g, dtype=torch.float64) + 0.2
+    return x, y, a / a.sum(), b / b.sum()
+
+
+@pytest.mark.parametrize("p,debias", [(2, True), (1, True), (2, False)])
+def test_equals_geomloss(p, debias):
+    x, y, a, b = _data(p)
+    ours = Sinkhorn(blur=0.1, scaling=0.7, p=p, debias=debias, backend="tensorized")(x, y, a, b)
+    ref = SamplesLoss("sinkhorn", p=p, blur=0.1, scaling=0.7, debias=debias, backend="tensorized")(a, x, b, y)
+    assert abs(float(ours) - float(ref)) < 1e-10
+
+
+def test_gradient_equals_geomloss():
+    x, y, a, b = _data(3)
+    y1, y2 = y.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    Sinkhorn(blur=0.1, backend="tensorized")(x, y1, a, b).backward()
+    SamplesLoss("sinkhorn", p=2, blur=0.1, scaling=0.5, backend="tensorized")(a, x, b, y2).backward()
+    assert torch.allclose(y1.grad, y2.grad, atol=1e-10)
+
+
+def test_small_blur_approaches_half_w2():
+    # GeomLoss's cost for p=2 is |x-y|^2 / 2, so S_eps -> W_2^2 / 2 as blur -> 0
+    x, y, a, b = _data(5, n=25, m=20, d=2)
+    exact = float(ExactOT(p=2)(x, y, a, b))
+    errors = [abs(float(Sinkhorn(blur=blur, scaling=0.95)(x, y, a, b)) - exact / 2) for blur in (0.3, 0.1, 0.01)]
+    assert errors[-1] < 0.01 * exact
+    assert errors[0] > errors[-1]
+
+
+def test_auto_backend_is_tensorized_on_cpu():
+    assert resolve_backend("auto", torch.device("cpu")) == "tensorized"
+    assert resolve_backend("online", torch.device("cpu")) == "online"
+    assert isinstance(ddm.get_loss("sinkhorn"), Sinkhorn)
+    with pytest.raises(ValueError, match="backend"):
+        Sinkhorn(backend="gpu")
+    with pytest.raises(ValueError, match="blur"):
+        Sinkhorn(blur=0)
