@@ -1,0 +1,382 @@
+"""In-memory image datasets, array/npz loaders, stratified splits and :func:`load`."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+ArrayLike = Union[np.ndarray, Tensor]
+
+__all__ = ["ArrayDataset", "Splits", "from_arrays", "from_npz", "as_array_dataset", "stratified_split", "load"]
+
+
+def _to_tensor(value: Any, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise TypeError(f"{name} must not be an object array")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, (list, tuple)):
+        return torch.as_tensor(np.asarray(value))
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+
+
+class ArrayDataset(Dataset):
+    """A labelled image dataset held in memory as two tensors.
+
+    Parameters
+    ----------
+    images : Tensor or ndarray, shape (N, C, H, W)
+        Floating-point, finite pixel values; stored as ``float32``.
+    labels : Tensor or ndarray, shape (N,)
+        Integer class indices in ``0 .. num_classes - 1``; stored as ``int64``.
+    num_classes : int, optional
+        Number of classes. Defaults to ``labels.max() + 1`` (or ``len(class_names)``).
+    class_names : sequence of str, optional
+        One name per class.
+
+    Raises
+    ------
+    TypeError
+        If ``images``/``labels`` are not arrays or have the wrong dtype kind.
+    ValueError
+        If shapes disagree, ``images`` holds NaN/inf or ``labels`` are out of range.
+    """
+
+    def __init__(self, images: ArrayLike, labels: ArrayLike, num_classes: Optional[int] = None,
+                 class_names: Optional[Sequence[str]] = None) -> None:
+        images = _to_tensor(images, "images")
+        labels = _to_tensor(labels, "labels")
+        if not torch.is_floating_point(images):
+            raise TypeError(f"images must be floating point, got dtype {images.dtype} "
+                            "(use from_arrays to convert uint8/integer pixels)")
+        if images.dim() != 4:
+            raise ValueError(f"images must be 4-D (N, C, H, W), got shape {tuple(images.shape)}")
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("images contains NaN or infinite values")
+        if labels.dtype == torch.bool or torch.is_floating_point(labels) or torch.is_complex(labels):
+            raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        if labels.dim() != 1:
+            raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
+        if len(labels) != len(images):
+            raise ValueError(f"labels has {len(labels)} entries but images has {len(images)}")
+        labels = labels.to(torch.int64)
+        if class_names is not None:
+            class_names = [str(c) for c in class_names]
+        if num_classes is None:
+            if class_names is not None:
+                num_classes = len(class_names)
+            else:
+                num_classes = int(labels.max()) + 1 if len(labels) else 0
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        num_classes = int(num_classes)
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(f"labels must lie in 0..{num_classes - 1}, got range "
+                             f"{int(labels.min())}..{int(labels.max())}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} entries, expected num_classes={num_classes}")
+        self.images: Tensor = images.to(torch.float32).contiguous()
+        self.labels: Tensor = labels.contiguous()
+        self.num_classes: int = num_classes
+        self.class_names: Optional[list] = class_names
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return (f"ArrayDataset(n={len(self)}, image_shape={self.image_shape}, "
+                f"num_classes={self.num_classes})")
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def class_indices(self, k: int) -> Tensor:
+        """Indices (``LongTensor``) of the samples of class ``k``."""
+        if not 0 <= int(k) < self.num_classes:
+            raise ValueError(f"k must lie in 0..{self.num_classes - 1}, got {k}")
+        return torch.nonzero(self.labels == int(k), as_tuple=False).flatten()
+
+    def subset(self, indices: Union[Sequence[int], Tensor, np.ndarray]) -> "ArrayDataset":
+        """A new dataset with the samples at ``indices`` (same ``num_classes``/``class_names``)."""
+        idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, Tensor) else indices)
+        if idx.numel() == 0:
+            idx = idx.to(torch.int64)
+        if idx.dtype == torch.bool:
+            raise TypeError("indices must be integer positions, not a boolean mask")
+        if torch.is_floating_point(idx):
+            raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
+        idx = idx.to(torch.int64).flatten()
+        return ArrayDataset(self.images[idx], self.labels[idx], self.num_classes, self.class_names)
+
+
+@dataclass
+class Splits:
+    """Train/validation/test splits of one dataset, normalised with the train statistics.
+
+    Attributes
+    ----------
+    train, val, test : ArrayDataset
+        The three splits (already normalised: ``(x - mean) / std`` per channel).
+    num_classes : int
+        Number of classes.
+    mean, std : Tensor, shape (C,)
+        Per-channel statistics of the *training* split in [0, 1] pixel units.
+    class_names : list of str, optional
+        Class names when known.
+    """
+
+    train: ArrayDataset
+    val: ArrayDataset
+    test: ArrayDataset
+    num_classes: int
+    mean: Tensor
+    std: Tensor
+    class_names: Optional[list] = field(default=None)
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        """Map normalised ``images`` (N, C, H, W) back to [0, 1] pixel units."""
+        return images * self.std.view(1, -1, 1, 1).to(images) + self.mean.view(1, -1, 1, 1).to(images)
+
+
+def from_arrays(x: ArrayLike, y: ArrayLike, num_classes: Optional[int] = None,
+                class_names: Optional[Sequence[str]] = None) -> ArrayDataset:
+    """Build an :class:`ArrayDataset` from numpy arrays or tensors.
+
+    Layout rule for ``x``:
+
+    * 3-D ``(N, H, W)``: grayscale, a channel axis is added -> ``(N, 1, H, W)``;
+    * 4-D with ``x.shape[-1]`` in {1, 3, 4} and ``x.shape[1]`` **not** in {1, 3, 4}: channels-last
+      ``(N, H, W, C)``, transposed to ``(N, C, H, W)``;
+    * any other 4-D array is taken as channels-first ``(N, C, H, W)`` (so an ambiguous
+      ``(N, 3, H, 3)`` is read as channels-first).
+
+    ``uint8`` pixels are scaled to [0, 1]; other integer/bool types are cast to float unchanged.
+
+    Parameters
+    ----------
+    x : ndarray or Tensor
+        Images.
+    y : ndarray or Tensor, shape (N,)
+        Integer labels.
+    num_classes : int, optional
+        Defaults to ``y.max() + 1``.
+    class_names : sequence of str, optional
+        One name per class.
+
+    Returns
+    -------
+    ArrayDataset
+    """
+    images = _to_tensor(x, "x")
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    elif images.dim() == 4:
+        if images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+            images = images.permute(0, 3, 1, 2)
+    else:
+        raise ValueError(f"x must have shape (N, H, W), (N, C, H, W) or (N, H, W, C), got {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        images = images.to(torch.float32) / 255.0
+    elif not torch.is_floating_point(images):
+        images = images.to(torch.float32)
+    return ArrayDataset(images.contiguous(), _to_tensor(y, "y"), num_classes, class_names)
+
+
+def from_npz(path: Union[str, os.PathLike]) -> ArrayDataset:
+    """Load an ``.npz`` file with keys ``x``/``y`` (or ``images``/``labels``).
+
+    Optional keys: ``num_classes`` (scalar) and ``class_names`` (string array). The file is read
+    with ``allow_pickle=False``; layout rules are those of :func:`from_arrays`.
+    """
+    with np.load(os.fspath(path), allow_pickle=False) as f:
+        keys = set(f.files)
+        for xk, yk in (("x", "y"), ("images", "labels")):
+            if xk in keys and yk in keys:
+                x, y = f[xk], f[yk]
+                break
+        else:
+            raise ValueError(f"path {os.fspath(path)!r} must contain arrays 'x' and 'y' (or 'images' and "
+                             f"'labels'), found {sorted(keys)}")
+        num_classes = int(f["num_classes"]) if "num_classes" in keys else None
+        class_names = [str(c) for c in f["class_names"]] if "class_names" in keys else None
+    return from_arrays(x, y, num_classes=num_classes, class_names=class_names)
+
+
+def as_array_dataset(ds: Dataset, num_classes: Optional[int] = None) -> ArrayDataset:
+    """Convert any Dataset of ``(image tensor, label)`` pairs into an :class:`ArrayDataset`.
+
+    An :class:`ArrayDataset` is returned unchanged (unless ``num_classes`` differs). The class count
+    is taken from ``num_classes``, else ``ds.num_classes``/``len(ds.classes)``, else the labels.
+    """
+    if isinstance(ds, ArrayDataset):
+        if num_classes is None or int(num_classes) == ds.num_classes:
+            return ds
+        return ArrayDataset(ds.images, ds.labels, num_classes)
+    if not isinstance(ds, Dataset) and not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
+        raise TypeError(f"ds must be a torch Dataset, got {type(ds).__name__}")
+    n = len(ds)
+    if n == 0:
+        raise ValueError("ds is empty")
+    images, labels = [], []
+    for i in range(n):
+        item = ds[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise TypeError(f"ds[{i}] must be an (image, label) pair, got {type(item).__name__}")
+        img = torch.as_tensor(item[0])
+        if not torch.is_floating_point(img):
+            img = img.to(torch.float32)
+        images.append(img)
+        labels.append(int(item[1]))
+    x = torch.stack(images)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if num_classes is None:
+        num_classes = getattr(ds, "num_classes", None)
+    if num_classes is None and hasattr(ds, "classes"):
+        num_classes = len(ds.classes)
+    return ArrayDataset(x, torch.tensor(labels, dtype=torch.int64), num_classes)
+
+
+def stratified_split(ds: ArrayDataset, fraction: float, seed: int) -> Tuple[ArrayDataset, ArrayDataset]:
+    """Split ``ds`` per class into ``(rest, held_out)`` with ``fraction`` of each class held out.
+
+    Each class ``k`` with ``n_k`` samples gives ``round(fraction * n_k)`` samples to ``held_out``,
+    clipped to ``1 .. n_k - 1`` when ``fraction > 0`` and ``n_k >= 2`` so that every class is present
+    on both sides. The draw uses a ``torch.Generator`` seeded with ``seed``; indices keep their
+    original order inside each part.
+
+    Parameters
+    ----------
+    ds : ArrayDataset
+        Dataset to split.
+    fraction : float
+        Fraction in [0, 1) to hold out.
+    seed : int
+        Seed of the random draw (same seed => same split).
+
+    Returns
+    -------
+    rest, held_out : ArrayDataset
+    """
+    if not isinstance(ds, ArrayDataset):
+        ds = as_array_dataset(ds)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be a float in [0, 1), got {fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    gen = torch.Generator().manual_seed(int(seed))
+    held, rest = [], []
+    for k in range(ds.num_classes):
+        idx = ds.class_indices(k)
+        n_k = len(idx)
+        if n_k == 0:
+            continue
+        take = int(round(fraction * n_k))
+        if fraction > 0 and n_k >= 2:
+            take = min(max(take, 1), n_k - 1)
+        perm = idx[torch.randperm(n_k, generator=gen)]
+        held.append(perm[:take])
+        rest.append(perm[take:])
+    held_idx = torch.sort(torch.cat(held)).values if held else torch.empty(0, dtype=torch.int64)
+    rest_idx = torch.sort(torch.cat(rest)).values if rest else torch.empty(0, dtype=torch.int64)
+    return ds.subset(rest_idx), ds.subset(held_idx)
+
+
+def _digits() -> ArrayDataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # values 0..16 -> [0, 1]
+    return ArrayDataset(x, torch.from_numpy(d.target.astype(np.int64)), 10, [str(i) for i in range(10)])
+
+
+def _channel_stats(images: Tensor) -> Tuple[Tensor, Tensor]:
+    flat = images.transpose(0, 1).reshape(images.shape[1], -1).to(torch.float64)
+    mean = flat.mean(dim=1)
+    std = flat.std(dim=1, unbiased=False)
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    return mean.to(torch.float32), std.to(torch.float32)
+
+
+def _normalise(ds: ArrayDataset, mean: Tensor, std: Tensor) -> ArrayDataset:
+    x = (ds.images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return ArrayDataset(x, ds.labels, ds.num_classes, ds.class_names)
+
+
+def _read_source(path: str) -> Tuple[ArrayDataset, Optional[ArrayDataset]]:
+    """Training data and (when the source has one) its own test split."""
+    from ._cifar import cifar_batches, is_cifar_dir
+    from ._images import image_folder
+
+    if os.path.isfile(path):
+        if not path.endswith(".npz"):
+            raise ValueError(f"name_or_path {path!r}: files must be .npz")
+        return from_npz(path), None
+    if os.path.isdir(path):
+        if is_cifar_dir(path):
+            train = cifar_batches(path, train=True)
+            try:
+                test = cifar_batches(path, train=False)
+            except FileNotFoundError:
+                test = None
+            return train, test
+        return image_folder(path, size=None), None
+    raise ValueError(f"name_or_path {path!r} is neither a known dataset name ('digits') nor an existing path")
+
+
+def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: float = 0.1,
+         test_fraction: float = 0.2) -> Splits:
+    """Load a dataset and return seeded, stratified, train-normalised splits.
+
+    Parameters
+    ----------
+    name_or_path : str or PathLike
+        ``"digits"`` (scikit-learn's embedded 8x8 digits, 1797 images), a ``.npz`` file
+        (see :func:`from_npz`), a CIFAR-10/100 python batch directory (see :func:`cifar_batches`)
+        or an image folder with one sub-folder per class (see :func:`image_folder`; images are
+        kept at their size when all share one, otherwise resized to the smallest side seen).
+    seed : int
+        Seed of the stratified draws; the same seed gives identical splits.
+    val_fraction : float
+        Fraction of the remaining training data held out (per class) as validation.
+    test_fraction : float
+        Fraction of all data held out (per class) as test, when the source has no test split
+        (CIFAR has one and ignores this argument).
+
+    Returns
+    -------
+    Splits
+        ``test`` is drawn first (``test_fraction`` of everything), then ``val`` is ``val_fraction``
+        of the rest; for digits with the defaults this gives about 1293 / 144 / 360 images. All
+        three are normalised per channel with the mean/std of the training split only (pixels
+        first scaled to [0, 1]; digits' 0..16 values are divided by 16).
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+    key = os.fspath(name_or_path)
+    if key == "digits":
+        full, test = _digits(), None
+    else:
+        full, test = _read_source(key)
+    if test is None:
+        if test_fraction <= 0:
+            raise ValueError("test_fraction must be > 0 when the source has no test split")
+        full, test = stratified_split(full, test_fraction, seed)
+    train, val = stratified_split(full, val_fraction, seed + 1)
+    mean, std = _channel_stats(train.images)
+    return Splits(train=_normalise(train, mean, std), val=_normalise(val, mean, std),
+                  test=_normalise(test, mean, std), num_classes=train.num_classes, mean=mean, std=std,
+                  class_names=train.class_names)
