@@ -89,7 +89,7 @@ def barycenter_matching(train, num_classes: int, ipc: int, loss: DistributionLos
         opt.step()
         if sched is not None:
             sched.step()
-        history.append(float(feature))
+        history.append(float(feature.detach()))
     info = {"barycenter_seconds": bary_seconds, "feature_loss_first": history[0] if history else None,
             "feature_loss_last": history[-1] if history else None}
     return syn.detach(), labels, weights, info

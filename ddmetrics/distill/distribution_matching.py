@@ -86,7 +86,7 @@ def distribution_matching(train, num_classes: int, ipc: int, loss: DistributionL
         opt.step()
         if sched is not None:
             sched.step()
-        history.append(float(total))
+        history.append(float(total.detach()))
     weights = torch.full((len(labels),), 1.0 / ipc)
     info = {"matching_loss_first": history[0] if history else None, "matching_loss_last": history[-1] if history else None}
     return syn.detach(), labels, weights, info

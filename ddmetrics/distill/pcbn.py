@@ -2,68 +2,146 @@ r"""Per-class BatchNorm statistics and the PCBN regulariser (WMDD §4.3, Eq. 13�
 
 For every BatchNorm layer :math:`l` and class :math:`k`, the real class statistics
 :math:`BN^{mean}_{k,l}, BN^{var}_{k,l}` are the exact per-channel mean and (biased) variance
-of that layer's input over all of the class's images (one pass, forward hooks). The
-regulariser compares them with the barycenter-weighted statistics of the synthetic inputs:
+of that layer's *input* over all of the class's images and spatial positions, collected in
+one pass with forward hooks. The regulariser compares them with the weighted statistics
+(Eq. 14) of the synthetic images' inputs to the same layers:
 
 .. math::
-    \mathcal{L}_{BN} = \sum_k \sum_l \|\mathcal{A}_{mean}(F_{k,l}, w_k) - BN^{mean}_{k,l}\|^2
-    + \|\mathcal{A}_{var}(F_{k,l}, w_k) - BN^{var}_{k,l}\|^2
+    \mathcal{L}_{BN}(\tilde X) = \sum_{k} \sum_{l=1}^{L}
+    \big\|\mathcal{A}_{mean}(F_{k,l}, w_k) - BN^{mean}_{k,l}\big\|_2^2
+    + \big\|\mathcal{A}_{var}(F_{k,l}, w_k) - BN^{var}_{k,l}\big\|_2^2
+
+where :math:`F_{k,l}` stacks :math:`f_l(\tilde x_{k,j})` over the synthetic images of class
+:math:`k` and :math:`w_k` are their (barycenter) weights. ``mode="bn"`` is the global
+variant of SRe²L (WMDD Table 3 ablation): one term per layer, the weighted statistics of the
+whole synthetic batch against all-class statistics.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["BNStats", "PCBNLoss", "bn_inputs", "bn_layers", "per_class_bn_stats", "weighted_mean_var"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def weighted_mean_var(features: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
-    r"""Channel-wise weighted mean and variance (WMDD Eq. 14).
-
-    .. math::
-        \mathcal{A}_{mean}(F, w)_c = \frac{\sum_j w_j \sum_{h,u} F_{j,c,h,u}}{HU \sum_j w_j}, \quad
-        \mathcal{A}_{var}(F, w)_c = \frac{\sum_j w_j \sum_{h,u} (F_{j,c,h,u} - \mathcal{A}_{mean,c})^2}{HU \sum_j w_j}
-
-    ``features`` is ``(m, C, ...)`` (spatial dims optional), ``weights`` ``(m,)`` non-negative.
-    Uniform weights give the ordinary biased mean and variance over batch and space.
-    """
+def _flatten(features: Tensor, name: str = "features") -> Tensor:
+    """(m, C, ...) -> (m, C, S) with S the number of spatial positions (1 without any)."""
+    if not isinstance(features, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(features).__name__}")
     if features.dim() < 2:
-        raise ValueError(f"features must be (m, C, ...), got shape {tuple(features.shape)}")
-    if weights.dim() != 1 or weights.shape[0] != features.shape[0]:
-        raise ValueError(f"weights must have shape ({features.shape[0]},), got {tuple(weights.shape)}")
-    flat = features.reshape(features.shape[0], features.shape[1], -1)  # (m, C, S)
-    w = (weights / weights.sum()).to(flat.dtype)
-    mean = torch.einsum("j,jcs->c", w, flat) / flat.shape[2]
-    var = torch.einsum("j,jcs->c", w, (flat - mean[None, :, None]) ** 2) / flat.shape[2]
+        raise ValueError(f"{name} must be (m, C) or (m, C, ...), got shape {tuple(features.shape)}")
+    return features.reshape(features.shape[0], features.shape[1], -1)
+
+
+def _grouped_mean_var(flat: Tensor, weights: Tensor, group: Tensor, num_groups: int) -> Tuple[Tensor, Tensor]:
+    """Eq. 14 for several groups at once.
+
+    ``flat`` (m, C, S), ``weights`` (m,), ``group`` (m,) int64 in ``0..num_groups-1``.
+    Returns means and variances of shape (num_groups, C). The variance is computed from
+    centred values (not E[x²] − E[x]²), which keeps it accurate and its gradient exact.
+    """
+    w = weights.to(flat.dtype)
+    wsum = flat.new_zeros(num_groups).index_add(0, group, w)
+    if bool((wsum <= 0).any()):
+        raise ValueError("weights must have a positive sum within every class (group)")
+    wn = (w / wsum[group]).unsqueeze(1)  # (m, 1): weights normalised within their group
+    mean = flat.new_zeros(num_groups, flat.shape[1]).index_add(0, group, wn * flat.mean(2))
+    dev2 = (flat - mean[group].unsqueeze(2)).square().mean(2)  # (m, C)
+    var = flat.new_zeros(num_groups, flat.shape[1]).index_add(0, group, wn * dev2)
     return mean, var
 
 
+def _check_weights(weights: Tensor, m: int, name: str = "weights") -> None:
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(weights).__name__}")
+    if weights.dim() != 1 or weights.shape[0] != m:
+        raise ValueError(f"{name} must have shape ({m},), got {tuple(weights.shape)}")
+    if not torch.is_floating_point(weights):
+        raise TypeError(f"{name} must be floating point, got dtype {weights.dtype}")
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(f"{name} must be finite and non-negative")
+
+
+def weighted_mean_var(features: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
+    r"""Channel-wise weighted mean and (biased) variance — WMDD Eq. 14.
+
+    .. math::
+        \mathcal{A}_{mean}(F, w)_c = \frac{1}{HU \sum_j w_j} \sum_j w_j \sum_{h,u} F_{j,c,h,u},
+        \qquad
+        \mathcal{A}_{var}(F, w)_c = \frac{1}{HU \sum_j w_j} \sum_j w_j \sum_{h,u}
+        \big(F_{j,c,h,u} - \mathcal{A}_{mean}(F, w)_c\big)^2
+
+    Parameters
+    ----------
+    features : Tensor
+        ``(m, C)`` or ``(m, C, *spatial)`` (e.g. ``(m, C, H, W)``); spatial positions are
+        weighted uniformly.
+    weights : Tensor
+        ``(m,)`` non-negative, not necessarily normalised, with a positive sum.
+
+    Returns
+    -------
+    mean, var : Tensor
+        Shape ``(C,)`` each; differentiable in ``features`` (and ``weights``). Uniform
+        weights give the ordinary biased mean and variance over batch and space.
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, negative or non-finite weights, or a zero weight sum.
+    """
+    flat = _flatten(features)
+    _check_weights(weights, flat.shape[0])
+    group = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
+    mean, var = _grouped_mean_var(flat, weights.to(flat.device), group, 1)
+    return mean[0], var[0]
+
+
 def bn_layers(model: nn.Module) -> List[nn.Module]:
-    """The model's BatchNorm layers, in registration order."""
+    """The model's BatchNorm layers (1d, 2d, 3d), in ``model.modules()`` order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return [m for m in model.modules() if isinstance(m, _BN)]
 
 
 @contextmanager
-def bn_inputs(model: nn.Module) -> Iterator[List[Tensor]]:
-    """Capture the input of every BatchNorm layer during the forward passes inside the block.
+def bn_inputs(model: nn.Module) -> Iterator[List[Optional[Tensor]]]:
+    """Capture the input of every BatchNorm layer during forward passes inside the block.
 
-    Yields a list that is refilled, one tensor per BN layer in :func:`bn_layers` order, by
-    each forward pass; the hooks are removed on exit.
+    Parameters
+    ----------
+    model : nn.Module
+        The network; hooks go on every layer of :func:`bn_layers`.
+
+    Yields
+    ------
+    list of Tensor or None
+        One slot per BN layer (in :func:`bn_layers` order), overwritten by each call of that
+        layer with its input tensor (still attached to the autograd graph); ``None`` for a
+        layer that has not run. The forward pre-hooks are removed on exit, even on error.
+
+    Examples
+    --------
+    >>> with bn_inputs(model) as captured:          # doctest: +SKIP
+    ...     logits = model(x)
+    >>> [f.shape for f in captured]                 # doctest: +SKIP
     """
     layers = bn_layers(model)
     captured: List[Optional[Tensor]] = [None] * len(layers)
 
-    def hook_for(i):
-        def hook(module, inputs, output):
+    def hook_for(i: int) -> Callable:
+        def hook(module: nn.Module, inputs: Tuple[Tensor, ...]) -> None:
             captured[i] = inputs[0]
         return hook
 
-    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
+    handles = [layer.register_forward_pre_hook(hook_for(i)) for i, layer in enumerate(layers)]
     try:
         yield captured
     finally:
@@ -73,82 +151,252 @@ def bn_inputs(model: nn.Module) -> Iterator[List[Tensor]]:
 
 @dataclass
 class BNStats:
-    """Per-class statistics: ``mean[l]`` and ``var[l]`` of shape (num_classes, C_l)."""
+    """Per-class (and all-class) statistics of the inputs of a model's BatchNorm layers.
+
+    Attributes
+    ----------
+    mean, var : list of Tensor
+        ``mean[l]``, ``var[l]`` of shape ``(num_classes, C_l)``: exact per-channel mean and
+        biased variance of BN layer ``l``'s input over the images of each class (zeros for
+        a class without images).
+    global_mean, global_var : list of Tensor
+        ``(C_l,)``: the same over all images.
+    counts : Tensor
+        ``(num_classes,)`` int64, images per class.
+    """
 
     mean: List[Tensor]
     var: List[Tensor]
     global_mean: List[Tensor]
     global_var: List[Tensor]
+    counts: Tensor
+
+    @property
+    def num_layers(self) -> int:
+        """Number of BatchNorm layers L."""
+        return len(self.mean)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return int(self.counts.shape[0])
+
+    def to(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None) -> "BNStats":
+        """A copy on ``device`` / in ``dtype`` (floating tensors only)."""
+        mv = lambda ts: [t.to(device=device, dtype=dtype or t.dtype) for t in ts]  # noqa: E731
+        return BNStats(mv(self.mean), mv(self.var), mv(self.global_mean), mv(self.global_var),
+                       self.counts.to(device=device))
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 @torch.no_grad()
-def per_class_bn_stats(model: nn.Module, dataset, num_classes: int, batch_size: int = 256,
-                       device: Optional[torch.device] = None) -> BNStats:
-    """Exact per-class (and all-class) channel mean and biased variance of every BN layer's input.
+def per_class_bn_stats(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: int = 256,
+                       device: Optional[Union[str, torch.device]] = None) -> BNStats:
+    r"""Exact per-class channel mean and biased variance of every BN layer's input.
 
-    One pass over ``dataset`` (any Dataset of (image, label) pairs), model in eval mode;
-    sums of x and x² are accumulated in float64, so the result is exact, not an average of
-    batch statistics.
+    One pass over ``dataset`` with the model in eval mode and no gradient. For layer
+    :math:`l`, class :math:`k` and channel :math:`c` it accumulates, in float64, shifted
+    sums :math:`\sum (x - s_c)`, :math:`\sum (x - s_c)^2` and the count :math:`n_{k}` of
+    values (images × spatial positions), then
+
+    .. math::
+        \mu_{k,c} = s_c + \frac{\sum (x - s_c)}{n_k}, \qquad
+        \sigma^2_{k,c} = \frac{\sum (x - s_c)^2}{n_k} - \Big(\frac{\sum (x - s_c)}{n_k}\Big)^2
+
+    (:math:`s_c`: the first batch's channel mean, which keeps the subtraction well
+    conditioned) — the exact statistics, not an average of per-batch variances.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Network with at least one BatchNorm layer; its train/eval flags are restored.
+    dataset : Dataset
+        Any map-style or iterable Dataset of ``(image, label)`` pairs.
+    num_classes : int
+        Number of classes; labels must lie in ``0 .. num_classes - 1``.
+    batch_size : int
+        Batch size of the pass (the result does not depend on it).
+    device : str or torch.device, optional
+        Where the forward runs (default: the model's device).
+
+    Returns
+    -------
+    BNStats
+        Statistics in float32 on ``device``.
+
+    Raises
+    ------
+    ValueError
+        If the model has no BatchNorm layer, the dataset is empty, a label is out of range,
+        or ``num_classes`` / ``batch_size`` is not a positive int.
     """
-    if not bn_layers(model):
-        raise ValueError("model has no BatchNorm layer: PCBN needs one")
-    was_training = model.training
+    layers = bn_layers(model)
+    if not layers:
+        raise ValueError("model has no BatchNorm layer: PCBN needs at least one")
+    for name, v in (("num_classes", num_classes), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    modes = {m: m.training for m in model.modules()}
     model.eval()
-    device = device or next(model.parameters()).device
-    sums = sq = counts = None
-    with bn_inputs(model) as captured:
-        for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            model(images.to(device))
-            labels = torch.as_tensor(labels, device=device)
-            onehot = torch.nn.functional.one_hot(labels, num_classes).double()  # (B, K)
-            if sums is None:
-                sums = [torch.zeros(num_classes, f.shape[1], dtype=torch.float64, device=device) for f in captured]
-                sq = [torch.zeros_like(s) for s in sums]
-                counts = [torch.zeros(num_classes, dtype=torch.float64, device=device) for _ in captured]
-            for i, f in enumerate(captured):
-                flat = f.double().reshape(f.shape[0], f.shape[1], -1)  # (B, C, S)
-                sums[i] += onehot.T @ flat.sum(2)
-                sq[i] += onehot.T @ (flat ** 2).sum(2)
-                counts[i] += onehot.sum(0) * flat.shape[2]
-    model.train(was_training)
-    if sums is None:
+    shift: List[Tensor] = []  # per layer (C,)
+    sums: List[Tensor] = []   # per layer (K, C): sum of (x - shift)
+    sq: List[Tensor] = []     # per layer (K, C): sum of (x - shift)^2
+    values: List[Tensor] = []  # per layer (K,): number of values per channel
+    images_per_class = torch.zeros(num_classes, dtype=torch.int64, device=device)
+    try:
+        with bn_inputs(model) as captured:
+            for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                labels = torch.as_tensor(labels, device=device).long().reshape(-1)
+                if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+                    raise ValueError(f"dataset labels must lie in 0..{num_classes - 1}, got "
+                                     f"{int(labels.min())}..{int(labels.max())}")
+                for i in range(len(captured)):
+                    captured[i] = None
+                model(images.to(device))
+                if any(f is None for f in captured):
+                    raise ValueError("a BatchNorm layer did not run during the forward pass")
+                images_per_class += torch.bincount(labels, minlength=num_classes)
+                for i, f in enumerate(captured):
+                    flat = _flatten(f).to(torch.float64)  # (B, C, S)
+                    if i == len(shift):  # first batch: allocate
+                        shift.append(flat.mean((0, 2)))
+                        sums.append(torch.zeros(num_classes, flat.shape[1], dtype=torch.float64, device=device))
+                        sq.append(torch.zeros_like(sums[-1]))
+                        values.append(torch.zeros(num_classes, dtype=torch.float64, device=device))
+                    d = flat - shift[i][None, :, None]
+                    sums[i].index_add_(0, labels, d.sum(2))
+                    sq[i].index_add_(0, labels, d.square().sum(2))
+                    values[i].index_add_(0, labels, torch.full((len(labels),), float(flat.shape[2]),
+                                                               dtype=torch.float64, device=device))
+    finally:
+        for m, flag in modes.items():
+            m.train(flag)
+    if not sums:
         raise ValueError("dataset is empty")
-    mean = [s / c.clamp_min(1)[:, None] for s, c in zip(sums, counts)]
-    var = [(q / c.clamp_min(1)[:, None] - m ** 2).clamp_min(0) for q, c, m in zip(sq, counts, mean)]
-    gmean = [s.sum(0) / c.sum() for s, c in zip(sums, counts)]
-    gvar = [(q.sum(0) / c.sum() - g ** 2).clamp_min(0) for q, c, g in zip(sq, counts, gmean)]
-    f32 = lambda ts: [t.float() for t in ts]  # noqa: E731
-    return BNStats(f32(mean), f32(var), f32(gmean), f32(gvar))
+    mean, var, gmean, gvar = [], [], [], []
+    for s0, s1, s2, n in zip(shift, sums, sq, values):
+        nk = n.clamp_min(1)[:, None]
+        d = s1 / nk
+        mean.append(torch.where(n[:, None] > 0, s0 + d, torch.zeros_like(d)).float())
+        var.append((s2 / nk - d.square()).clamp_min(0).float())
+        total = n.sum()
+        dg = s1.sum(0) / total
+        gmean.append((s0 + dg).float())
+        gvar.append((s2.sum(0) / total - dg.square()).clamp_min(0).float())
+    return BNStats(mean, var, gmean, gvar, images_per_class)
 
 
 class PCBNLoss:
-    """The PCBN regulariser (``mode="pcbn"``) or its all-class variant (``mode="bn"``: the
-    weighted statistics of the whole synthetic batch against the all-class real statistics,
-    the BN of SRe²L — the WMDD Table 3 ablation).
+    r"""The PCBN regulariser (WMDD Eq. 13) or its all-class BN variant.
 
-    Call it with the synthetic batch; it runs ``forward`` (default: the model) once with the
-    hooks in place and returns ``(regulariser, output)`` so the caller reuses the pass.
+    Parameters
+    ----------
+    model : nn.Module
+        The (teacher) network whose BatchNorm inputs are matched. Its train/eval mode is the
+        caller's choice; only the inputs of the BN layers are captured.
+    stats : BNStats, optional
+        Real statistics from :func:`per_class_bn_stats`. Required for ``mode="pcbn"``. For
+        ``mode="bn"``: the all-class statistics are used, or, when ``stats`` is ``None``, the
+        running statistics of the model's BN layers (SRe²L's target).
+    mode : {"pcbn", "bn"}
+        ``"pcbn"``: one term per class present in the synthetic labels and per layer;
+        ``"bn"``: one term per layer, the weighted statistics of the whole synthetic batch.
+
+    Examples
+    --------
+    >>> stats = per_class_bn_stats(teacher, train, num_classes=10)     # doctest: +SKIP
+    >>> reg, logits = PCBNLoss(teacher, stats)(syn, syn_labels, syn_weights)  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, stats: BNStats, mode: str = "pcbn"):
+    def __init__(self, model: nn.Module, stats: Optional[BNStats] = None, mode: str = "pcbn") -> None:
         if mode not in ("pcbn", "bn"):
             raise ValueError(f"mode must be 'pcbn' or 'bn', got {mode!r}")
+        layers = bn_layers(model)
+        if not layers:
+            raise ValueError("model has no BatchNorm layer: PCBN needs at least one")
+        if stats is None:
+            if mode == "pcbn":
+                raise ValueError("stats is required for mode='pcbn' (use per_class_bn_stats)")
+            if any(l.running_mean is None or l.running_var is None for l in layers):
+                raise ValueError("stats is None and a BatchNorm layer tracks no running statistics")
+        elif not isinstance(stats, BNStats):
+            raise TypeError(f"stats must be BNStats, got {type(stats).__name__}")
+        elif stats.num_layers != len(layers):
+            raise ValueError(f"stats has {stats.num_layers} layers but model has {len(layers)} BatchNorm layers")
         self.model, self.stats, self.mode = model, stats, mode
+        self._layers = layers
 
-    def __call__(self, images: Tensor, labels: Tensor, weights: Tensor,
+    def _targets(self, i: int, f: Tensor, classes: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        if self.mode == "bn":
+            if self.stats is None:  # running statistics of the layer itself
+                layer = self._layers[i]
+                mean, var = layer.running_mean, layer.running_var
+            else:
+                mean, var = self.stats.global_mean[i], self.stats.global_var[i]
+            return mean.to(f.device, f.dtype).unsqueeze(0), var.to(f.device, f.dtype).unsqueeze(0)
+        return (self.stats.mean[i].to(f.device, f.dtype)[classes],
+                self.stats.var[i].to(f.device, f.dtype)[classes])
+
+    def __call__(self, syn_images: Tensor, syn_labels: Tensor, syn_weights: Optional[Tensor] = None,
                  forward: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, Tensor]:
-        forward = forward or self.model
+        """Run one forward pass and return ``(regulariser, output)``.
+
+        Parameters
+        ----------
+        syn_images : Tensor
+            Synthetic batch (m, C, H, W); gradients flow back to it.
+        syn_labels : Tensor
+            (m,) integer class of each image.
+        syn_weights : Tensor, optional
+            (m,) non-negative weights (normalised within each class here); uniform if omitted.
+        forward : callable, optional
+            What to run instead of ``model(syn_images)`` (e.g. ``model.embed``); BN layers it
+            does not reach are left out of the sum.
+
+        Returns
+        -------
+        reg : Tensor
+            0-dim regulariser, Eq. 13 (summed, not averaged, over classes and layers).
+        output : Tensor
+            The forward pass's output, for reuse by the caller.
+        """
+        if not isinstance(syn_labels, Tensor) or syn_labels.dim() != 1 or syn_labels.shape[0] != syn_images.shape[0]:
+            raise ValueError(f"syn_labels must be a ({syn_images.shape[0]},) tensor, got "
+                             f"{getattr(syn_labels, 'shape', type(syn_labels).__name__)}")
+        if torch.is_floating_point(syn_labels) or syn_labels.dtype == torch.bool:
+            raise TypeError(f"syn_labels must be integer, got dtype {syn_labels.dtype}")
+        if syn_weights is None:
+            syn_weights = torch.ones(syn_images.shape[0], dtype=syn_images.dtype, device=syn_images.device)
+        _check_weights(syn_weights, syn_images.shape[0], "syn_weights")
+        classes: Optional[Tensor] = None
+        labels = syn_labels.to(syn_images.device).long()
+        if self.mode == "pcbn":
+            classes, group = torch.unique(labels, sorted=True, return_inverse=True)
+            if int(classes.min()) < 0 or int(classes.max()) >= self.stats.num_classes:
+                raise ValueError(f"syn_labels must lie in 0..{self.stats.num_classes - 1}")
+            empty = classes[self.stats.counts.to(classes.device)[classes] == 0]
+            if len(empty):
+                raise ValueError(f"syn_labels holds classes without real statistics: {empty.tolist()}")
+            num_groups = len(classes)
+        else:
+            group, num_groups = torch.zeros_like(labels), 1
         with bn_inputs(self.model) as captured:
-            output = forward(images)
-        weights = weights.to(images.dtype)
-        total = images.new_zeros(())
+            output = (forward or self.model)(syn_images)
+        total = syn_images.new_zeros(())
+        used = 0
         for i, f in enumerate(captured):
-            if self.mode == "bn":
-                m, v = weighted_mean_var(f, weights)
-                total = total + ((m - self.stats.global_mean[i]) ** 2).sum() + ((v - self.stats.global_var[i]) ** 2).sum()
+            if f is None:
                 continue
-            for k in torch.unique(labels).tolist():
-                sel = labels == k
-                m, v = weighted_mean_var(f[sel], weights[sel])
-                total = total + ((m - self.stats.mean[i][k]) ** 2).sum() + ((v - self.stats.var[i][k]) ** 2).sum()
+            mean, var = _grouped_mean_var(_flatten(f), syn_weights.to(f.device), group.to(f.device), num_groups)
+            ref_mean, ref_var = self._targets(i, f, classes)
+            total = total + (mean - ref_mean).square().sum() + (var - ref_var).square().sum()
+            used += 1
+        if used == 0:
+            raise ValueError("no BatchNorm layer ran during the forward pass")
         return total, output

@@ -45,7 +45,7 @@ class DistillConfig:
     init: str = "real"
     factor: int = 1
     augment: Optional[str] = "auto"
-    batch_real: int = 256
+    batch_real: int = 64
     # barycenter matching
     teacher: str = "convnet_bn"
     teacher_epochs: int = 40
@@ -60,8 +60,8 @@ class DistillConfig:
     # evaluation
     eval_protocol: str = "soft"
     eval_model: str = "convnet"
-    eval_epochs: int = 300
-    eval_lr: float = 0.01
+    eval_epochs: int = 500
+    eval_lr: float = 0.05
     temperature: float = 4.0
 
     def replace(self, **overrides) -> "DistillConfig":
@@ -96,7 +96,9 @@ def preset(method: str, **overrides) -> DistillConfig:
     if method not in PRESETS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(sorted(PRESETS))}")
     settings = dict(PRESETS[method])
-    if "loss" in overrides and overrides["loss"] != settings.get("loss") and "loss_kwargs" not in overrides:
+    if overrides.get("loss") is None:  # loss=None means "the preset's own"
+        overrides.pop("loss", None)
+    elif overrides["loss"] != settings.get("loss") and "loss_kwargs" not in overrides:
         settings["loss_kwargs"] = {}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings.update(overrides)
     return DistillConfig().replace(**settings)

@@ -1,37 +1,113 @@
+import pytest
 import torch
 
-from ddmetrics.distill.augment import DiffAugment
+from ddmetrics.distill.augment import OPS, AugParams, DiffAugment
 
 
-def test_pair_applies_the_identical_transform():
-    g = torch.Generator().manual_seed(0)
-    real = torch.randn(6, 3, 8, 8, generator=g)
-    syn = torch.cat([real[2:3], torch.randn(2, 3, 8, 8, generator=g)])
-    for op in ["color", "crop", "cutout", "flip", "scale", "rotate"]:
-        aug = DiffAugment(strategy=op)
-        for seed in range(3):
-            r, s = aug.pair(real, syn, torch.Generator().manual_seed(seed))
-            assert torch.equal(r[2], s[0]), op
-            assert r.shape == real.shape and s.shape == syn.shape
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
 
 
-def test_transforms_change_images_and_depend_on_seed():
-    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("op", list(OPS) + ["all"])
+def test_pair_applies_the_identical_transform(op, channels):
+    real = torch.randn(6, channels, 12, 12, generator=_gen(0))
+    syn = torch.cat([torch.randn(1, channels, 12, 12, generator=_gen(1)), real[2:3], real[4:5]])
+    aug = DiffAugment(mode="all") if op == "all" else DiffAugment(strategy=op)
+    for seed in range(4):
+        r, s = aug.pair(real, syn, _gen(seed))
+        assert r.shape == real.shape and s.shape == syn.shape
+        assert torch.equal(r[2], s[1]) and torch.equal(r[4], s[2]), (op, seed)
+        # one transform for the whole batch: equal inputs -> equal outputs inside a batch too
+        r2, _ = aug.pair(real[[2, 2]], syn, _gen(seed))
+        assert torch.equal(r2[0], r2[1])
+
+
+def test_pair_differs_from_per_image_and_between_seeds():
+    x = torch.randn(5, 3, 12, 12, generator=_gen(1))
     aug = DiffAugment(mode="all")
-    a = aug(x, torch.Generator().manual_seed(0))
-    b = aug(x, torch.Generator().manual_seed(1))
+    a, _ = aug.pair(x, x, _gen(0))
+    b, _ = aug.pair(x, x, _gen(1))
+    assert not torch.allclose(a, b)
+    assert torch.equal(a, aug.pair(x, x, _gen(0))[0])  # same seed, same output
+    # per-image sampling: identical inputs get different transforms
+    same = x[[0, 0, 0]]
+    out = aug(same, _gen(0))
+    assert not torch.allclose(out[0], out[1])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_transforms_change_images_and_depend_on_seed(channels):
+    x = torch.randn(4, channels, 8, 8, generator=_gen(1))
+    aug = DiffAugment(mode="all")
+    a = aug(x, _gen(0))
+    b = aug(x, _gen(1))
+    assert a.shape == x.shape
     assert not torch.allclose(a, x) and not torch.allclose(a, b)
-    assert torch.equal(a, aug(x, torch.Generator().manual_seed(0)))
+    assert torch.equal(a, aug(x, _gen(0)))
 
 
-def test_differentiable():
-    x = torch.randn(3, 3, 8, 8, requires_grad=True)
-    DiffAugment(mode="all")(x, torch.Generator().manual_seed(2)).square().sum().backward()
+def test_single_mode_applies_one_operation():
+    x = torch.randn(4, 3, 8, 8, generator=_gen(1))
+    aug = DiffAugment()  # single mode, six operations
+    ops_seen = set()
+    for seed in range(30):
+        p = aug.sample(4, x.shape, _gen(seed))
+        set_fields = {name for name, _ in p.tensors()}
+        assert set_fields in ({"brightness", "saturation", "contrast"}, {"shift"}, {"cutout"}, {"flip"},
+                              {"scale"}, {"angle"})
+        ops_seen.add(frozenset(set_fields))
+    assert len(ops_seen) == 6
+
+
+@pytest.mark.parametrize("op", list(OPS) + ["all"])
+def test_differentiable(op):
+    x = torch.randn(3, 3, 8, 8, generator=_gen(3), requires_grad=True)
+    aug = DiffAugment(mode="all") if op == "all" else DiffAugment(strategy=op)
+    aug(x, _gen(2)).square().sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
 
 
-def test_flip_is_a_mirror():
-    x = torch.arange(16.0).view(1, 1, 4, 4)
+def test_siamese_gradient_reaches_synthetic_images():
+    real = torch.randn(4, 1, 8, 8, generator=_gen(0))
+    syn = torch.randn(2, 1, 8, 8, generator=_gen(1), requires_grad=True)
+    r, s = DiffAugment(mode="all").pair(real, syn, _gen(5))
+    (s.mean(0) - r.mean(0)).square().sum().backward()
+    assert syn.grad is not None and float(syn.grad.abs().sum()) > 0
+
+
+def test_exact_flip_and_integer_crop():
+    x = torch.arange(32.0).view(2, 1, 4, 4)
     aug = DiffAugment(strategy="flip")
-    out = aug.apply(x, {"flip": torch.ones(1)})
-    assert torch.allclose(out, torch.flip(x, dims=[3]), atol=1e-5)
+    out = aug.apply(x, AugParams(size=(4, 4), flip=torch.tensor([True, False])))
+    assert torch.equal(out[0], torch.flip(x[0], dims=[2])) and torch.equal(out[1], x[1])
+    # a whole-pixel translation copies pixels (zero padding), as DSA's crop
+    shifted = DiffAugment(strategy="crop").apply(x[:1], AugParams(size=(4, 4), shift=torch.tensor([[1, 0]])))
+    assert torch.allclose(shifted[0, 0, :, 1:], x[0, 0, :, :3], atol=1e-5)
+    assert torch.allclose(shifted[0, 0, :, 0], torch.zeros(4), atol=1e-6)
+
+
+def test_saturation_is_a_noop_on_grayscale_and_cutout_zeroes_a_square():
+    x = torch.rand(2, 1, 8, 8, generator=_gen(0)) + 1.0
+    sat = AugParams(size=(8, 8), saturation=torch.tensor([0.1, 1.9]))
+    assert torch.equal(DiffAugment(strategy="color").apply(x, sat), x)
+    rgb = torch.rand(2, 3, 8, 8, generator=_gen(0))
+    assert not torch.allclose(DiffAugment(strategy="color").apply(rgb, sat), rgb)
+    cut = DiffAugment(strategy="cutout").apply(x, AugParams(size=(8, 8), cutout=torch.tensor([[4, 4], [0, 0]])))
+    assert int((cut[0] == 0).sum()) == 16 and int((cut[1] == 0).sum()) == 4  # 4x4 square, clipped at a corner
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="strategy"):
+        DiffAugment(strategy="color_blur")
+    with pytest.raises(ValueError, match="mode"):
+        DiffAugment(mode="some")
+    with pytest.raises(ValueError, match="scale"):
+        DiffAugment(scale=(1.2, 0.8))
+    aug = DiffAugment()
+    with pytest.raises(TypeError, match="generator"):
+        aug(torch.zeros(2, 1, 8, 8), 0)
+    with pytest.raises(ValueError, match="real and syn"):
+        aug.pair(torch.zeros(2, 1, 8, 8), torch.zeros(2, 3, 8, 8), _gen(0))
+    with pytest.raises(ValueError, match="spatial size"):
+        aug.apply(torch.zeros(2, 1, 8, 8), aug.sample(1, (6, 6), _gen(0)))

@@ -1,63 +1,197 @@
+import pytest
 import torch
 from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
-from ddmetrics.data import ArrayDataset
-from ddmetrics.distill.pcbn import PCBNLoss, bn_inputs, per_class_bn_stats, weighted_mean_var
-
-
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.Conv2d(4, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(3 * 36, 2)).eval()
+from ddmetrics.distill.pcbn import BNStats, PCBNLoss, bn_inputs, bn_layers, per_class_bn_stats, weighted_mean_var
 
 
-def _data():
+class _Net(nn.Module):
+    """ConvNet-like: two conv/BN2d blocks, a BN1d on the flattened features."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                          nn.Conv2d(4, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                                          nn.Flatten(), nn.Linear(3 * 36, 5), nn.BatchNorm1d(5))
+            self.classifier = nn.Linear(5, 2)
+            for bn in bn_layers(self):  # non-trivial running statistics
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+
+    def embed(self, x):
+        return self.features(x)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+class _Pairs(Dataset):
+    """A plain map-style dataset yielding (image, int label)."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def _data(n0=12, n1=18):
     g = torch.Generator().manual_seed(1)
-    images = torch.randn(30, 1, 6, 6, generator=g)
-    labels = torch.tensor([0] * 12 + [1] * 18)
-    images[labels == 1] += 1.0
-    return ArrayDataset(images, labels, 2)
+    images = torch.randn(n0 + n1, 1, 6, 6, generator=g)
+    labels = torch.tensor([0] * n0 + [1] * n1)[torch.randperm(n0 + n1, generator=g)]
+    images[labels == 1] = images[labels == 1] * 2 + 1.0
+    return images, labels
 
 
-def test_per_class_stats_equal_direct_computation():
-    model, data = _model(), _data()
-    stats = per_class_bn_stats(model, data, 2, batch_size=7)  # batches straddle the classes
+def test_bn_inputs_captures_inputs_and_removes_hooks():
+    model = _Net().eval()
+    x = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    with bn_inputs(model) as captured:
+        model(x)
+    assert [tuple(f.shape) for f in captured] == [(3, 4, 6, 6), (3, 3, 6, 6), (3, 5)]
+    assert torch.allclose(captured[0], model.features[0](x))  # the input of the first BN: the conv output
+    assert all(len(bn._forward_pre_hooks) == 0 and len(bn._forward_hooks) == 0 for bn in bn_layers(model))
+
+
+@pytest.mark.parametrize("wrap", [TensorDataset, _Pairs])
+def test_per_class_stats_equal_direct_computation(wrap):
+    model = _Net().train()  # the pass must switch to eval mode and restore the flag
+    images, labels = _data()
+    stats = per_class_bn_stats(model, wrap(images, labels), 2, batch_size=7)  # batches straddle the classes
+    assert model.training and all(m.training for m in model.modules())
+    assert stats.counts.tolist() == [12, 18]
+    model.eval()
     for k in range(2):
         with torch.no_grad(), bn_inputs(model) as captured:
-            model(data.images[data.labels == k])
+            model(images[labels == k])
         for layer, f in enumerate(captured):
-            assert torch.allclose(stats.mean[layer][k], f.mean((0, 2, 3)), atol=1e-5)
-            assert torch.allclose(stats.var[layer][k], f.var((0, 2, 3), unbiased=False), atol=1e-5)
+            dims = (0, 2, 3) if f.dim() == 4 else (0,)
+            assert stats.mean[layer].shape == (2, f.shape[1])
+            assert torch.allclose(stats.mean[layer][k], f.mean(dims), atol=1e-5)
+            assert torch.allclose(stats.var[layer][k], f.var(dims, unbiased=False), atol=1e-5)
+    with torch.no_grad(), bn_inputs(model) as captured:
+        model(images)
+    for layer, f in enumerate(captured):
+        dims = (0, 2, 3) if f.dim() == 4 else (0,)
+        assert torch.allclose(stats.global_mean[layer], f.mean(dims), atol=1e-5)
+        assert torch.allclose(stats.global_var[layer], f.var(dims, unbiased=False), atol=1e-5)
+    # batch size does not change the result (exact sums, not averaged batch variances)
+    other = per_class_bn_stats(model, wrap(images, labels), 2, batch_size=30)
+    for a, b in zip(stats.var, other.var):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def _loop_eq14(F_, w):
+    m, c, h, u = F_.shape
+    mean, var = torch.zeros(c, dtype=F_.dtype), torch.zeros(c, dtype=F_.dtype)
+    for ch in range(c):
+        mean[ch] = sum(w[j] * F_[j, ch].sum() for j in range(m)) / (h * u * w.sum())
+        var[ch] = sum(w[j] * ((F_[j, ch] - mean[ch]) ** 2).sum() for j in range(m)) / (h * u * w.sum())
+    return mean, var
 
 
 def test_weighted_operators_equal_eq14_and_reduce_to_plain_stats():
     g = torch.Generator().manual_seed(2)
-    F_ = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64)
-    w = torch.rand(5, generator=g, dtype=torch.float64)
+    F_ = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64) + torch.arange(5.0, dtype=torch.float64).view(5, 1, 1, 1)
+    w = torch.rand(5, generator=g, dtype=torch.float64) * 3  # not normalised
     mean, var = weighted_mean_var(F_, w)
-    m, c, h, u = F_.shape
-    for ch in range(c):
-        num = sum(w[j] * F_[j, ch].sum() for j in range(m))
-        ref_mean = num / (h * u * w.sum())
-        ref_var = sum(w[j] * ((F_[j, ch] - ref_mean) ** 2).sum() for j in range(m)) / (h * u * w.sum())
-        assert abs(float(mean[ch] - ref_mean)) < 1e-12 and abs(float(var[ch] - ref_var)) < 1e-12
-    um, uv = weighted_mean_var(F_, torch.ones(5, dtype=torch.float64))
+    ref_mean, ref_var = _loop_eq14(F_, w)
+    assert torch.allclose(mean, ref_mean, atol=1e-12) and torch.allclose(var, ref_var, atol=1e-12)
+    # the weights matter
+    assert not torch.allclose(mean, F_.mean((0, 2, 3)))
+    um, uv = weighted_mean_var(F_, torch.full((5,), 7.0, dtype=torch.float64))
     assert torch.allclose(um, F_.mean((0, 2, 3))) and torch.allclose(uv, F_.var((0, 2, 3), unbiased=False))
+    # (m, C) features: no spatial dimensions
+    v2 = torch.randn(6, 4, generator=g)
+    m2, s2 = weighted_mean_var(v2, torch.ones(6))
+    assert torch.allclose(m2, v2.mean(0)) and torch.allclose(s2, v2.var(0, unbiased=False))
+    with pytest.raises(ValueError, match="weights"):
+        weighted_mean_var(F_, -w)
+    with pytest.raises(ValueError, match="weights"):
+        weighted_mean_var(F_, torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="weights"):
+        weighted_mean_var(F_, w[:4])
 
 
 def test_pcbn_vanishes_on_the_real_class_data_and_has_gradient():
-    model, data = _model(), _data()
-    stats = per_class_bn_stats(model, data, 2)
+    model = _Net().eval()
+    images, labels = _data()
+    stats = per_class_bn_stats(model, TensorDataset(images, labels), 2)
     reg = PCBNLoss(model, stats)
-    uniform = torch.cat([torch.full((12,), 1 / 12), torch.full((18,), 1 / 18)])
-    value, out = reg(data.images, data.labels, uniform)
-    assert float(value) < 1e-8 and out.shape == (30, 2)
+    uniform = torch.where(labels == 0, 1 / 12, 1 / 18)
+    value, out = reg(images, labels, uniform)
+    assert float(value.detach()) < 1e-8 and out.shape == (30, 2)
+    # the all-class variant vanishes too against all-class statistics
+    value_bn, _ = PCBNLoss(model, stats, mode="bn")(images, labels, torch.full((30,), 1 / 30))
+    assert float(value_bn) < 1e-8
+    # ... but the per-class one does not vanish when the classes are swapped
+    swapped, _ = reg(images, 1 - labels, uniform)
+    assert float(swapped) > 1e-2
+    # non-uniform weights move the synthetic statistics away from the real ones
+    skew, _ = reg(images, labels, torch.linspace(0.1, 1.0, 30))
+    assert float(skew) > 1e-4
+
     syn = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(3), requires_grad=True)
-    value, _ = reg(syn, torch.tensor([0, 0, 1, 1]), torch.full((4,), 0.5))
-    assert float(value) > 1e-3
+    value, _ = reg(syn, torch.tensor([0, 0, 1, 1]), torch.tensor([0.2, 0.8, 0.5, 0.5]))
+    assert float(value.detach()) > 1e-3
     value.backward()
     assert syn.grad is not None and float(syn.grad.abs().sum()) > 0
-    # the all-class variant compares against all-class statistics instead
-    value_bn, _ = PCBNLoss(model, stats, mode="bn")(data.images, data.labels, torch.full((30,), 1 / 30))
-    assert float(value_bn) < 1e-8
+
+
+def test_pcbn_equals_explicit_sum_over_classes_and_layers():
+    model = _Net().eval()
+    images, labels = _data()
+    stats = per_class_bn_stats(model, TensorDataset(images, labels), 2)
+    g = torch.Generator().manual_seed(4)
+    syn = torch.randn(5, 1, 6, 6, generator=g)
+    lab = torch.tensor([1, 0, 1, 1, 0])
+    w = torch.rand(5, generator=g) + 0.1
+    value, out = PCBNLoss(model, stats)(syn, lab, w)
+    with torch.no_grad(), bn_inputs(model) as captured:
+        logits = model(syn)
+    ref = 0.0
+    for k in (0, 1):
+        for layer, f in enumerate(captured):
+            m, v = weighted_mean_var(f[lab == k], w[lab == k])
+            ref += float(((m - stats.mean[layer][k]) ** 2).sum() + ((v - stats.var[layer][k]) ** 2).sum())
+    assert abs(float(value.detach()) - ref) < 1e-5 * max(1.0, ref)
+    assert torch.allclose(out, logits)
+    # a forward that stops before the classifier still reaches every BN layer here
+    value_e, feats = PCBNLoss(model, stats)(syn, lab, w, forward=model.embed)
+    assert feats.shape == (5, 5) and abs(float(value_e) - ref) < 1e-5 * max(1.0, ref)
+
+
+def test_bn_mode_without_stats_uses_running_statistics():
+    model = _Net().eval()
+    x = torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(5))
+    value, _ = PCBNLoss(model, None, mode="bn")(x, torch.zeros(8, dtype=torch.long), None)
+    with torch.no_grad(), bn_inputs(model) as captured:
+        model(x)
+    ref = 0.0
+    for f, bn in zip(captured, bn_layers(model)):
+        m, v = weighted_mean_var(f, torch.ones(8))
+        ref += float(((m - bn.running_mean) ** 2).sum() + ((v - bn.running_var) ** 2).sum())
+    assert abs(float(value.detach()) - ref) < 1e-5 * max(1.0, ref)
+
+
+def test_validation():
+    model = _Net().eval()
+    images, labels = _data()
+    stats = per_class_bn_stats(model, TensorDataset(images, labels), 3)  # class 2 has no images
+    assert isinstance(stats, BNStats) and stats.counts.tolist() == [12, 18, 0]
+    with pytest.raises(ValueError, match="mode"):
+        PCBNLoss(model, stats, mode="global")
+    with pytest.raises(ValueError, match="stats"):
+        PCBNLoss(model, None)
+    with pytest.raises(ValueError, match="classes without real statistics"):
+        PCBNLoss(model, stats)(images[:2], torch.tensor([2, 2]), torch.ones(2))
+    with pytest.raises(ValueError, match="labels"):
+        per_class_bn_stats(model, TensorDataset(images, labels), 1)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        per_class_bn_stats(nn.Sequential(nn.Flatten(), nn.Linear(36, 2)), TensorDataset(images, labels), 2)

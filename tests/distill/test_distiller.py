@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+import ddmetrics as ddm
+from ddmetrics.distill._common import seeded
+from ddmetrics.distill.distribution_matching import initial_images
+from ddmetrics.models import get_model
+
+
+@pytest.fixture(scope="module")
+def small():
+    """Three digit classes: enough signal, fast."""
+    torch.set_num_threads(1)
+    train = ddm.data.load("digits", seed=0).train
+    keep = train.labels < 3
+    return ddm.data.ArrayDataset(train.images[keep], train.labels[keep], 3)
+
+
+def test_barycenter_matching_drives_features_to_targets(small):
+    d = ddm.Distiller(method="wmdd", ipc=2, seed=0, iterations=150, teacher_epochs=5, augment=None, reg="none",
+                      init="noise", lr=0.1)
+    syn = d.fit(small, progress=False)
+    info = syn.meta["info"]
+    assert info["feature_loss_last"] <= 0.1 * info["feature_loss_first"]
+    # the weights are the barycenter's: per class on the simplex
+    assert torch.allclose(syn.weights.view(3, 2).sum(1), torch.ones(3), atol=1e-5)
+    assert syn.images.shape == (6, 1, 8, 8) and syn.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("loss", sorted(ddm.available_losses()))
+def test_distribution_matching_lowers_the_loss_for_every_backend(small, loss):
+    kwargs = {"krdual": {"steps": 10}}.get(loss, {})
+    iterations = 40
+    d = ddm.Distiller(method="dm", loss=ddm.get_loss(loss, **kwargs), ipc=2, seed=1, iterations=iterations,
+                      iters_per_model=iterations, augment=None, init="noise", optimizer="adam", lr=0.05)
+    syn = d.fit(small, progress=False)
+    with seeded(1 * 1_000_003):  # the one embedder of this run
+        net = get_model("convnet", 1, 3, 8)
+    start = initial_images(small, 3, 2, 1, "noise", torch.Generator().manual_seed(1))
+    metric = ddm.get_loss(loss, **kwargs)
+    with torch.no_grad():
+        for k in range(3):
+            real = net.embed(small.images[small.labels == k])
+            before = float(metric(real, net.embed(start[2 * k:2 * k + 2])))
+            after = float(metric(real, net.embed(syn.images[2 * k:2 * k + 2])))
+            assert after < before, (loss, k, before, after)
+
+
+def test_same_seed_same_synthetic_set(small):
+    kw = dict(method="m3d", ipc=1, iterations=5, seed=3)
+    a = ddm.Distiller(**kw).fit(small, progress=False)
+    b = ddm.Distiller(**kw).fit(small, progress=False)
+    assert torch.equal(a.images, b.images) and a.meta["factor"] == 2
+    images, labels, weights = a.decoded()
+    assert images.shape == (12, 1, 8, 8) and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_every_preset_accepts_every_loss():
+    for method in ddm.distill.PRESETS:
+        for loss in ddm.available_losses():
+            assert ddm.Distiller(method=method, loss=loss, ipc=1).loss.name == loss
+
+
+def test_bad_input_fails_before_any_work(small):
+    with pytest.raises(ValueError, match="ipc"):
+        ddm.Distiller(method="wmdd", ipc=1000).fit(small, progress=False)
+    with pytest.raises(ValueError, match="wmdd"):
+        ddm.Distiller(method="nope")
+    with pytest.raises(KeyError, match="wasserstein"):
+        ddm.Distiller(method="wmdd", loss="nope")
+    with pytest.raises(TypeError, match="valid settings"):
+        ddm.Distiller(method="wmdd", not_a_setting=1)
+    with pytest.raises(ValueError, match="labels"):
+        ddm.data.from_arrays(np.zeros((4, 8, 8)), np.array([0, 1, 2, 3]), num_classes=3)
+    bad = small.images.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="images"):
+        ddm.data.ArrayDataset(bad, small.labels, 3)
