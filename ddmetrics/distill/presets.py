@@ -79,11 +79,11 @@ class DistillConfig:
 PRESETS: Dict[str, Dict[str, Any]] = {
     "wmdd": dict(strategy="barycenter", loss="wasserstein", reg="pcbn", eval_protocol="soft"),
     "dm": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "linear"}, optimizer="sgd", lr=1.0,
-               iterations=600, eval_protocol="hard"),
+               iterations=300, eval_protocol="hard"),
     "m3d": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "gaussian"}, optimizer="sgd", lr=1.0,
-                iterations=600, factor=2, eval_protocol="hard"),
+                iterations=300, factor=2, eval_protocol="hard"),
     "krdual": dict(strategy="distribution", loss="krdual", loss_kwargs={"steps": 20, "warm_start": True},
-                   optimizer="sgd", lr=1.0, iterations=600, eval_protocol="hard"),
+                   optimizer="sgd", lr=1.0, iterations=300, eval_protocol="hard"),
 }
 
 
