@@ -43,7 +43,8 @@ def run_cell(method: str, ipc: int, runs: int, seed: int, splits) -> dict:
     cfg = distiller.config
     report = ddm.evaluate(syn, splits.test, train_set=splits.train, model=cfg.eval_model, runs=runs,
                           protocol=cfg.eval_protocol, teacher=distiller.teacher_, epochs=cfg.eval_epochs,
-                          lr=cfg.eval_lr, temperature=cfg.temperature, seed=seed, progress=False)
+                          lr=cfg.eval_lr, temperature=cfg.temperature, seed=seed, random_hard=True,
+                          progress=False)
     return {"method": method, "loss": syn.meta["loss"], "ipc": ipc, "distill_seconds": seconds,
             "config": cfg.to_dict(), "evaluation": report.to_dict()}
 

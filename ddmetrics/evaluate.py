@@ -93,11 +93,17 @@ def random_subset(train: ArrayDataset, ipc: int, seed: int) -> SyntheticSet:
                         num_classes=train.num_classes)
 
 
+def default_epochs(num_images: int) -> int:
+    """Student epochs when none are given: small sets need more passes (1000 under 50 images, else 300)."""
+    return 1000 if num_images < 50 else 300
+
+
 def train_student(synset: SyntheticSet, model: str = "convnet", protocol: str = "hard",
-                  teacher: Optional[nn.Module] = None, epochs: int = 300, lr: float = 0.01,
+                  teacher: Optional[nn.Module] = None, epochs: Optional[int] = None, lr: float = 0.05,
                   temperature: float = 4.0, augment="auto", seed: int = 0, progress: bool = False) -> nn.Module:
     """Train a fresh ``model`` on ``synset`` under ``protocol`` and return it (eval mode)."""
     images, labels, weights = synset.decoded()
+    epochs = default_epochs(len(images)) if epochs is None else epochs
     channels, size = images.shape[1], images.shape[-1]
     with seeded(seed):
         student = get_model(model, channels, synset.num_classes, size)
@@ -140,13 +146,14 @@ def _train_soft(student, teacher, images, weights, epochs, lr, temperature, aug,
 
 
 def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convnet", runs: int = 3,
-             protocol: Optional[str] = None, teacher: Optional[nn.Module] = None, epochs: int = 300,
-             lr: float = 0.01, temperature: float = 4.0, full_epochs: int = 30, seed: int = 0,
-             progress: bool = True) -> EvalReport:
+             protocol: Optional[str] = None, teacher: Optional[nn.Module] = None, epochs: Optional[int] = None,
+             lr: float = 0.05, temperature: float = 4.0, full_epochs: int = 15, seed: int = 0,
+             random_hard: bool = False, progress: bool = True) -> EvalReport:
     """Evaluate ``synset`` by training ``runs`` fresh students and testing them on ``test_set``.
 
     With ``train_set`` the report also holds the same-size random real subset (same protocol,
-    same seeds; for the soft protocol also with hard labels, the baseline the papers report)
+    same seeds; with ``random_hard`` and the soft protocol also with hard labels, the baseline
+    the papers report)
     and a model trained on the full training set (hard labels, ``full_epochs``).
     ``protocol`` defaults to the one stored in the synthetic set's config (else ``"hard"``).
     """
@@ -172,8 +179,9 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
         start = time.perf_counter()
         ipc = report.ipc or int(torch.bincount(synset.labels).max())
         report.random_runs = [accuracy(train_student(random_subset(train_set, ipc, seed + r), seed=seed + r, **kw),
-                                       test_set) for r in range(runs)]
-        if protocol == "soft":
+                                       test_set) for r in tqdm(range(runs), desc="random subset", disable=not progress,
+                                                               leave=False)]
+        if protocol == "soft" and random_hard:
             hard = dict(kw, protocol="hard", teacher=None)
             report.random_hard_runs = [accuracy(train_student(random_subset(train_set, ipc, seed + r), seed=seed + r,
                                                               **hard), test_set) for r in range(runs)]
@@ -181,7 +189,7 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
         start = time.perf_counter()
         with seeded(seed):
             full_model = get_model(model, train_set.images.shape[1], train_set.num_classes, train_set.images.shape[-1])
-        full_model = train_model(full_model, train_set, epochs=full_epochs, lr=lr, seed=seed, batch_size=64,
+        full_model = train_model(full_model, train_set, epochs=full_epochs, lr=lr, seed=seed, batch_size=128,
                                  augment=make_augment("auto", train_set.images.shape[1]), progress=False)
         report.full = accuracy(full_model, test_set)
         seconds["full_data"] = time.perf_counter() - start

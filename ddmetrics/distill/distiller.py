@@ -110,7 +110,7 @@ class Distiller:
             "loss": self.loss.name or type(self.loss).__name__,
             "ipc": self.ipc,
             "seed": self.seed,
-            "factor": self.config.factor,
+            "factor": info.pop("factor", 1),
             "config": self.config.to_dict(),
             "timings": dict(self.timings_),
             "info": info,

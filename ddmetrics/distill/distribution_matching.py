@@ -52,7 +52,8 @@ def distribution_matching(train, num_classes: int, ipc: int, loss: DistributionL
                           seed: int, progress: bool = True) -> Tuple[Tensor, Tensor, Tensor, Dict]:
     """Run distribution matching; returns stored images, labels, per-image weights and info."""
     gen = torch.Generator().manual_seed(seed)
-    syn = initial_images(train, num_classes, ipc, cfg.factor, cfg.init, gen).requires_grad_(True)
+    factor = cfg.resolved_factor(train.images.shape[-1])
+    syn = initial_images(train, num_classes, ipc, factor, cfg.init, gen).requires_grad_(True)
     labels = torch.arange(num_classes).repeat_interleave(ipc)
     channels, size = syn.shape[1], syn.shape[-1]
     augment = make_augment(cfg.augment, channels)
@@ -75,7 +76,7 @@ def distribution_matching(train, num_classes: int, ipc: int, loss: DistributionL
             real.append(train.images[idx[torch.randperm(len(idx), generator=gen)[:take]]])
         sizes = [len(r) for r in real]
         real = torch.cat(real)
-        imgs, lab, _ = factor_mod.decode(syn, labels, None, cfg.factor) if cfg.factor > 1 else (syn, labels, None)
+        imgs, lab, _ = factor_mod.decode(syn, labels, None, factor) if factor > 1 else (syn, labels, None)
         if augment is not None:
             real, imgs = augment.pair(real, imgs, gen)
         f_real = embedder.embed(real).split(sizes)
@@ -88,5 +89,5 @@ def distribution_matching(train, num_classes: int, ipc: int, loss: DistributionL
             sched.step()
         history.append(float(total.detach()))
     weights = torch.full((len(labels),), 1.0 / ipc)
-    info = {"matching_loss_first": history[0] if history else None, "matching_loss_last": history[-1] if history else None}
+    info = {"factor": factor, "matching_loss_first": history[0] if history else None, "matching_loss_last": history[-1] if history else None}
     return syn.detach(), labels, weights, info

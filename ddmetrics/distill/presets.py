@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 
 @dataclass
@@ -22,7 +22,9 @@ class DistillConfig:
     Synthesis
         ``iterations``, ``lr``, ``optimizer`` (``"adam"``: betas (0.5, 0.9) with a cosine
         schedule, as WMDD; ``"sgd"``: momentum 0.5, as DM), ``init`` (``"real"`` or
-        ``"noise"``), ``factor`` (M3D/IDC sub-images per side), ``augment`` (DSA strategy;
+        ``"noise"``), ``factor`` (M3D/IDC sub-images per side; ``"auto"``: 2 for images of
+        16 px and more, 1 below — on 8×8 digits 4×4 sub-images lose the digit: validation accuracy
+        75 % against 87 % with factor 1 at IPC 1), ``augment`` (DSA strategy;
         ``"auto"`` drops the flip for single-channel data such as digits), ``batch_real``.
     Barycenter matching
         ``teacher`` (model name), ``teacher_epochs``, ``bary_iters`` (K), ``learn_weights``,
@@ -33,7 +35,8 @@ class DistillConfig:
         ``embedder`` (model name), ``iters_per_model``.
     Evaluation
         ``eval_protocol`` (``"soft"``: teacher soft labels, KL at ``temperature``; ``"hard"``),
-        ``eval_model``, ``eval_epochs``, ``eval_lr``.
+        ``eval_model``, ``eval_epochs`` (``None``: 1000 for sets under 50 images, else 300 —
+        chosen on the digits validation split), ``eval_lr``.
     """
 
     strategy: str = "barycenter"
@@ -43,12 +46,12 @@ class DistillConfig:
     lr: float = 0.05
     optimizer: str = "adam"
     init: str = "real"
-    factor: int = 1
+    factor: Union[int, str] = 1
     augment: Optional[str] = "auto"
     batch_real: int = 64
     # barycenter matching
     teacher: str = "convnet_bn"
-    teacher_epochs: int = 40
+    teacher_epochs: int = 30
     bary_iters: int = 10
     learn_weights: bool = True
     feature_loss: str = "barycenter"
@@ -60,7 +63,7 @@ class DistillConfig:
     # evaluation
     eval_protocol: str = "soft"
     eval_model: str = "convnet"
-    eval_epochs: int = 500
+    eval_epochs: Optional[int] = None
     eval_lr: float = 0.05
     temperature: float = 4.0
 
@@ -70,6 +73,14 @@ class DistillConfig:
         if unknown:
             raise TypeError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(sorted(names))}")
         return dataclasses.replace(self, **overrides)
+
+    def resolved_factor(self, image_size: int) -> int:
+        """``factor`` as an integer for images of side ``image_size``."""
+        if self.factor == "auto":
+            return 2 if image_size >= 16 else 1
+        if not isinstance(self.factor, int) or self.factor < 1:
+            raise ValueError(f"factor must be a positive integer or 'auto', got {self.factor!r}")
+        return self.factor
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,7 +92,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "dm": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "linear"}, optimizer="sgd", lr=1.0,
                iterations=300, eval_protocol="hard"),
     "m3d": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "gaussian"}, optimizer="sgd", lr=1.0,
-                iterations=300, factor=2, eval_protocol="hard"),
+                iterations=300, factor="auto", eval_protocol="hard"),
     "krdual": dict(strategy="distribution", loss="krdual", loss_kwargs={"steps": 20, "warm_start": True},
                    optimizer="sgd", lr=1.0, iterations=300, eval_protocol="hard"),
 }

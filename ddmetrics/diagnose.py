@@ -1,0 +1,321 @@
+r"""How far is a synthetic set from the real data, in a model's feature space?
+
+:func:`diagnose` embeds the real images and the (decoded) synthetic images with
+``model.embed`` and compares the two feature clouds, per class and overall, under
+
+- every registered :class:`~ddmetrics.losses.DistributionLoss` (``ddm.available_losses()``),
+  the synthetic side weighted by the synthetic set's weights (renormalised per class), the
+  real side uniform;
+- three moment distances (the M3D paper's Table 1 diagnostic):
+
+  ``moment1``
+      :math:`\|\mu_s - \mu_r\|_2`, the distance between the (weighted) feature means;
+  ``moment2``
+      :math:`\|\Sigma_s - \Sigma_r\|_F`, the Frobenius distance between the (weighted,
+      population) covariance matrices — the 2nd central moment;
+  ``moment3``
+      :math:`\|m^{(3)}_s - m^{(3)}_r\|_2` with :math:`m^{(3)}_j = E[(x_j - \mu_j)^3]`, the
+      *diagonal of the 3rd central moment tensor* (per-dimension third central moment, not
+      standardised). The unstandardised diagonal is used because the standardised skewness
+      :math:`m^{(3)}_j / \sigma_j^3` is undefined where a synthetic class has zero variance
+      (one image per class, or a dead ReLU unit).
+
+"Overall" compares the pooled clouds: all real features (uniform) against all synthetic
+features, each class's synthetic mass scaled to that class's share of the real data, so the
+two mixtures have the same class proportions and only the within-class shapes differ.
+``mean_over_classes`` is the plain average of the per-class values.
+
+>>> report = diagnose(syn, splits.train, teacher)          # doctest: +SKIP
+>>> print(report.table())                                  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .data import as_array_dataset
+from .losses.base import DistributionLoss, available_losses, get_loss
+from .synset import SyntheticSet
+
+__all__ = ["DiagnosisReport", "diagnose", "moment_distances", "MOMENTS", "DEFAULT_LOSS_KWARGS"]
+
+#: names of the moment distances, in table order
+MOMENTS = ("moment1", "moment2", "moment3")
+
+#: keyword arguments used when a backend is named without settings ("few steps" for the KR critic)
+DEFAULT_LOSS_KWARGS: Dict[str, Dict[str, Any]] = {
+    "krdual": {"steps": 25, "seed": 0},
+    "sliced": {"seed": 0},
+}
+
+LossSpec = Union[None, Sequence[Union[str, DistributionLoss]], Mapping[str, Union[DistributionLoss, Dict[str, Any]]]]
+
+
+@dataclass
+class DiagnosisReport:
+    """Distances between synthetic and real features.
+
+    Attributes
+    ----------
+    metrics : list of str
+        Column names: the loss names, then ``moment1``, ``moment2``, ``moment3``.
+    per_class : dict
+        ``{class index: {metric: value}}``; a class without synthetic samples maps every
+        metric to ``None``.
+    overall : dict
+        ``{metric: value}`` between the pooled clouds (see the module docstring).
+    mean_over_classes : dict
+        ``{metric: value}``, the mean of the per-class values over the classes that have them.
+    meta : dict
+        Feature dimension, sample counts, loss settings, seconds per loss, definitions.
+    """
+
+    metrics: List[str]
+    per_class: Dict[int, Dict[str, Optional[float]]]
+    overall: Dict[str, Optional[float]]
+    mean_over_classes: Dict[str, Optional[float]]
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-able dict (class indices become strings, non-finite values ``None``)."""
+        def clean(row: Mapping[str, Optional[float]]) -> Dict[str, Optional[float]]:
+            return {k: (float(v) if v is not None and math.isfinite(v) else None) for k, v in row.items()}
+
+        return {
+            "metrics": list(self.metrics),
+            "per_class": {str(k): clean(v) for k, v in self.per_class.items()},
+            "overall": clean(self.overall),
+            "mean_over_classes": clean(self.mean_over_classes),
+            "meta": self.meta,
+        }
+
+    def table(self, precision: int = 4) -> str:
+        """Fixed-width text table: one row per class, then ``mean`` and ``overall``.
+
+        Parameters
+        ----------
+        precision : int
+            Significant digits of each value.
+        """
+        header = ["class"] + list(self.metrics)
+        rows = [[str(k)] + [_fmt(self.per_class[k].get(m), precision) for m in self.metrics]
+                for k in sorted(self.per_class)]
+        rows.append(["mean"] + [_fmt(self.mean_over_classes.get(m), precision) for m in self.metrics])
+        rows.append(["overall"] + [_fmt(self.overall.get(m), precision) for m in self.metrics])
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+        def line(cells: List[str]) -> str:
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+        sep = "  ".join("-" * w for w in widths)
+        return "\n".join([line(header), sep] + [line(r) for r in rows[:-2]] + [sep] + [line(r) for r in rows[-2:]])
+
+
+def _fmt(value: Optional[float], precision: int) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.{precision}g}"
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for prm in model.parameters():
+        return prm.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def _embed(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    device = _model_device(model)
+    out = [model.embed(images[i:i + batch_size].to(device)).flatten(1).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else images.new_zeros((0, 0))
+
+
+def moment_distances(x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None) -> Dict[str, float]:
+    """The three moment distances between ``x`` (weights ``a``) and ``y`` (weights ``b``).
+
+    Parameters
+    ----------
+    x, y : Tensor
+        ``(n, d)`` and ``(m, d)`` samples.
+    a, b : Tensor, optional
+        Non-negative weights (normalised here); uniform when ``None``.
+
+    Returns
+    -------
+    dict
+        ``moment1`` (mean, L2), ``moment2`` (covariance, Frobenius), ``moment3`` (diagonal of
+        the 3rd central moment tensor, L2); see the module docstring.
+    """
+    def stats(z: Tensor, w: Optional[Tensor]):
+        z = z.to(torch.float64)
+        w = torch.full((len(z),), 1.0 / len(z), dtype=torch.float64) if w is None else w.to(torch.float64)
+        w = w / w.sum()
+        mu = w @ z
+        c = z - mu
+        cov = (c * w.unsqueeze(1)).T @ c
+        m3 = w @ c.pow(3)
+        return mu, cov, m3
+
+    mx, cx, tx = stats(x, a)
+    my, cy, ty = stats(y, b)
+    return {"moment1": float((mx - my).norm()), "moment2": float((cx - cy).norm()), "moment3": float((tx - ty).norm())}
+
+
+def _loss_factories(losses: LossSpec) -> Dict[str, Callable[[], DistributionLoss]]:
+    """name -> zero-argument factory giving a fresh, identically seeded loss for every comparison."""
+    if losses is None:
+        losses = list(available_losses())
+    factories: Dict[str, Callable[[], DistributionLoss]] = {}
+    if isinstance(losses, Mapping):
+        items = list(losses.items())
+    else:
+        items = []
+        for spec in losses:
+            if isinstance(spec, DistributionLoss):
+                items.append((spec.name or type(spec).__name__, spec))
+            elif isinstance(spec, str):
+                items.append((spec, dict(DEFAULT_LOSS_KWARGS.get(spec, {}))))
+            else:
+                raise TypeError(f"losses must hold names or DistributionLoss instances, got {type(spec).__name__}")
+    for name, spec in items:
+        if isinstance(spec, DistributionLoss):
+            factories[name] = (lambda s=spec: s)
+        elif isinstance(spec, Mapping):
+            registered = name
+            get_loss(registered, **spec)  # fail now on an unknown name or bad settings
+            factories[name] = (lambda n=registered, kw=dict(spec): get_loss(n, **kw))
+        else:
+            raise TypeError(f"losses[{name!r}] must be a DistributionLoss or a dict of settings, "
+                            f"got {type(spec).__name__}")
+    return factories
+
+
+def _subsample(z: Tensor, limit: Optional[int], seed: int) -> Tensor:
+    if limit is None or len(z) <= limit:
+        return z
+    gen = torch.Generator().manual_seed(seed)
+    return z[torch.randperm(len(z), generator=gen)[:limit]]
+
+
+def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec = None, batch_size: int = 512,
+             max_real: Optional[int] = 4096, seed: int = 0) -> DiagnosisReport:
+    """Distances between a synthetic set and real data in ``model``'s feature space.
+
+    Parameters
+    ----------
+    synset : SyntheticSet
+        The synthetic set; its decoded images (:meth:`SyntheticSet.decoded`) are embedded,
+        and its weights, renormalised within each class, weight its features.
+    real_set : ArrayDataset or Dataset of (image, label)
+        Real data with the same classes (normally the training split the set was distilled from).
+    model : nn.Module
+        Any model with ``embed(x) -> (N, d)`` features (the trained teacher, or a random ConvNet).
+        Used in eval mode; its previous mode is restored.
+    losses : list of str / DistributionLoss, or dict, optional
+        Which distances to compute. Default: every registered backend, with
+        :data:`DEFAULT_LOSS_KWARGS` (few critic steps for ``krdual``, a fixed seed for ``sliced``).
+        A dict maps a column name to a loss instance or to the settings of the registered loss of
+        that name. Named losses get a fresh instance for every comparison, so the values do
+        not depend on the order of the classes.
+    batch_size : int
+        Embedding batch size.
+    max_real : int, optional
+        At most this many real features per comparison (seeded random subset): keeps the O(nm)
+        and O(n²) backends affordable on large data. ``None``: no limit. Digits never reaches it.
+    seed : int
+        Seed of that subsampling.
+
+    Returns
+    -------
+    DiagnosisReport
+
+    Raises
+    ------
+    TypeError
+        If ``synset`` is not a SyntheticSet or ``model`` has no ``embed``.
+    ValueError
+        If image shapes or class counts of the two sets disagree.
+    """
+    if not isinstance(synset, SyntheticSet):
+        raise TypeError(f"synset must be a SyntheticSet, got {type(synset).__name__}")
+    if not callable(getattr(model, "embed", None)):
+        raise TypeError(f"model must have an embed(x) method, got {type(model).__name__}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    real = as_array_dataset(real_set)
+    images, labels, weights = synset.decoded()
+    images, labels, weights = images.detach().float(), labels.detach(), weights.detach().double()
+    if tuple(images.shape[1:]) != tuple(real.images.shape[1:]):
+        raise ValueError(f"synthetic images are {tuple(images.shape[1:])} but real images are "
+                         f"{tuple(real.images.shape[1:])}")
+    if synset.num_classes != real.num_classes:
+        raise ValueError(f"the synthetic set has {synset.num_classes} classes, the real set {real.num_classes}")
+    factories = _loss_factories(losses)
+    metrics = list(factories) + list(MOMENTS)
+
+    was_training = model.training
+    model.eval()
+    try:
+        f_real = _embed(model, real.images, batch_size).double()
+        f_syn = _embed(model, images, batch_size).double()
+    finally:
+        model.train(was_training)
+
+    seconds = {name: 0.0 for name in list(factories) + ["moments"]}
+
+    def compare(x: Tensor, y: Tensor, b: Tensor, key: int) -> Dict[str, Optional[float]]:
+        x = _subsample(x, max_real, seed + key)
+        row: Dict[str, Optional[float]] = {}
+        for name, make in factories.items():
+            start = time.perf_counter()
+            with torch.no_grad():
+                value = make()(x, y, b=b)
+            row[name] = float(value)
+            seconds[name] += time.perf_counter() - start
+        start = time.perf_counter()
+        row.update(moment_distances(x, y, None, b))
+        seconds["moments"] += time.perf_counter() - start
+        return row
+
+    per_class: Dict[int, Dict[str, Optional[float]]] = {}
+    pooled_w = torch.zeros(len(f_syn), dtype=torch.float64)
+    n_real = len(real)
+    for k in range(real.num_classes):
+        mask = labels == k
+        xr = f_real[real.labels == k]
+        if not bool(mask.any()) or len(xr) == 0:
+            per_class[k] = {m: None for m in metrics}
+            continue
+        w = weights[mask]
+        w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1.0 / len(w))
+        per_class[k] = compare(xr, f_syn[mask], w, key=k + 1)
+        pooled_w[mask] = w * (len(xr) / n_real)
+    present = [k for k, row in per_class.items() if row[metrics[0]] is not None]
+    if present:
+        pooled_w = pooled_w / pooled_w.sum()
+        keep = pooled_w > 0
+        overall = compare(f_real, f_syn[keep], pooled_w[keep], key=0)
+    else:
+        overall = {m: None for m in metrics}
+    mean = {m: (sum(per_class[k][m] for k in present) / len(present) if present else None) for m in metrics}
+    meta = {
+        "feature_dim": int(f_real.shape[1]),
+        "n_real": int(n_real),
+        "n_synthetic": int(len(f_syn)),
+        "classes_without_synthetic": [k for k in per_class if k not in present],
+        "losses": {name: repr(make()) for name, make in factories.items()},
+        "moments": {"moment1": "||mean_s - mean_r||_2",
+                    "moment2": "||cov_s - cov_r||_F (population covariance, weighted)",
+                    "moment3": "||diag3_s - diag3_r||_2, diag3_j = E[(x_j - mean_j)^3] (3rd central moment "
+                               "tensor diagonal, not standardised)"},
+        "weights": "synthetic: synset weights renormalised per class; real: uniform",
+        "max_real": max_real,
+        "seconds": seconds,
+    }
+    return DiagnosisReport(metrics=metrics, per_class=per_class, overall=overall, mean_over_classes=mean, meta=meta)
