@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write the report as JSON here")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
+    from ._diagnose_cli import add_parser as add_diagnose
+
+    add_diagnose(sub)
     ls = sub.add_parser("losses", help="list the registered losses")
     ls.set_defaults(func=_cmd_losses)
     return parser
