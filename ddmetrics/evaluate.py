@@ -29,7 +29,7 @@ from .distill._common import make_augment, seeded
 from .models import accuracy, get_model, train_model
 from .synset import SyntheticSet
 
-__all__ = ["EvalReport", "evaluate", "train_student", "random_subset"]
+__all__ = ["EvalReport", "evaluate", "full_data_accuracy", "train_student", "random_subset"]
 
 
 @dataclass
@@ -146,6 +146,17 @@ def _train_soft(student, teacher, images, weights, epochs, lr, temperature, aug,
     return student.eval()
 
 
+def full_data_accuracy(train_set, test_set, model: str = "convnet", epochs: int = 20, lr: float = 0.05,
+                       seed: int = 0) -> float:
+    """Test accuracy of ``model`` trained on the whole training set (hard labels, DSA, batch 64)."""
+    train_set, test_set = as_array_dataset(train_set), as_array_dataset(test_set)
+    with seeded(seed):
+        net = get_model(model, train_set.images.shape[1], train_set.num_classes, train_set.images.shape[-1])
+    net = train_model(net, train_set, epochs=epochs, lr=lr, seed=seed, batch_size=64,
+                      augment=make_augment("auto", train_set.images.shape[1]), progress=False)
+    return accuracy(net, test_set)
+
+
 def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convnet", runs: int = 3,
              protocol: Optional[str] = None, teacher: Optional[nn.Module] = None, epochs: Optional[int] = None,
              lr: float = 0.05, temperature: float = 4.0, full_epochs: int = 20, seed: int = 0,
@@ -189,10 +200,6 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
                                                               **hard), test_set) for r in range(runs)]
         seconds["random_subset"] = time.perf_counter() - start
         start = time.perf_counter()
-        with seeded(seed):
-            full_model = get_model(model, train_set.images.shape[1], train_set.num_classes, train_set.images.shape[-1])
-        full_model = train_model(full_model, train_set, epochs=full_epochs, lr=lr, seed=seed, batch_size=64,
-                                 augment=make_augment("auto", train_set.images.shape[1]), progress=False)
-        report.full = accuracy(full_model, test_set)
+        report.full = full_data_accuracy(train_set, test_set, model=model, epochs=full_epochs, lr=lr, seed=seed)
         seconds["full_data"] = time.perf_counter() - start
     return report
