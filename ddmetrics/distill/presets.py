@@ -94,7 +94,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                iterations=300, eval_protocol="hard"),
     "m3d": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "gaussian"}, optimizer="sgd", lr=1.0,
                 iterations=300, factor="auto", eval_protocol="hard"),
-    "krdual": dict(strategy="distribution", loss="krdual", optimizer="sgd", lr=1.0, iterations=300,
+    # the clipped critic's values (and gradients) are ~100x smaller than DM's: lr 100 instead of 1,
+    # chosen on the digits validation split (IPC 10: 97.2 % vs 94.8 %; IPC 1: 86.0 % either way)
+    "krdual": dict(strategy="distribution", loss="krdual", optimizer="sgd", lr=100.0, iterations=300,
                    eval_protocol="hard"),
 }
 
