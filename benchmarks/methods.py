@@ -19,14 +19,8 @@ import time
 import torch
 
 import ddmetrics as ddm
+from ddmetrics._io import atomic_write_bytes, atomic_write_json
 from ddmetrics.evaluate import full_data_accuracy
-
-
-def _atomic_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
 
 
 def _pm(values):
@@ -65,10 +59,7 @@ def write_markdown(path: str, cells: list, command: str, full_command=None) -> N
         hard = e["random_hard_runs"] if e["random_hard_runs"] else e["random_runs"] if e["protocol"] == "hard" else []
         lines.append(f"| {c['method']} | {c['loss']} | {c['ipc']} | {e['protocol']} | {_pm(e['runs'])} | "
                      f"{_pm(e['random_runs'])} | {_pm(hard)} | {full} | {c['distill_seconds']:.0f} |")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def main(argv=None) -> int:
@@ -95,7 +86,7 @@ def main(argv=None) -> int:
         for c in cells:
             c["evaluation"]["full"] = full
         saved.update(command=command, cells=cells)
-        _atomic_json(path, saved)
+        atomic_write_json(path, saved)
     for ipc in args.ipc:
         for method in args.methods:
             if (method, ipc) in done:
@@ -103,7 +94,7 @@ def main(argv=None) -> int:
             print(f"{method} ipc={ipc} ...", flush=True)
             cells.append(run_cell(method, ipc, args.runs, args.seed, splits))
             saved.update(command=command, cells=cells)
-            _atomic_json(path, saved)
+            atomic_write_json(path, saved)
             write_markdown(args.out + ".md", cells, command, saved.get("full_command"))
             e = cells[-1]["evaluation"]
             print(f"  {100 * e['mean']:.2f} ± {100 * e['std']:.2f} (random {100 * e['random_mean']:.2f})", flush=True)

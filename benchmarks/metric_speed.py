@@ -29,7 +29,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 
@@ -40,6 +39,7 @@ import ot
 from geomloss import SamplesLoss
 
 import ddmetrics as ddm
+from ddmetrics._io import atomic_write_bytes
 from ddmetrics.barycenter import barycenter_objective, exact_barycenter, init_support
 
 QUICK = dict(sizes=[300, 1000], m=50, d=64, repeats=2, bary_n=1000, bary_m=20, bary_iters=5)
@@ -76,23 +76,6 @@ def command_line() -> str:
     rel = os.path.relpath(exe)
     exe = rel if not rel.startswith("..") else exe
     return f"cd {shlex.quote(os.getcwd())} && " + shlex.join([exe] + sys.argv)
-
-
-def atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def source_digest() -> dict:
@@ -415,9 +398,9 @@ def main(argv=None):
     bary = bench_barycenter(args, log) if args.bary_n > 0 else None
     meta["total_s"] = time.perf_counter() - t_start
     meta["cpu_pct"] = cpu_share(cpu0, cpu_times())
-    atomic_write(args.out + ".json", json.dumps({"meta": meta, "results": recs, "barycenter": bary}, indent=1))
+    atomic_write_bytes(args.out + ".json", json.dumps({"meta": meta, "results": recs, "barycenter": bary}, indent=1).encode())
     md = markdown(meta, recs, bary)
-    atomic_write(args.out + ".md", md)
+    atomic_write_bytes(args.out + ".md", md.encode())
     print(md)
     log(f"wrote {args.out}.md and {args.out}.json")
 

@@ -64,16 +64,16 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
 import ddmetrics as ddm
+from ddmetrics._io import atomic_write_bytes, atomic_write_json
 from ddmetrics.evaluate import random_subset
 
 SCHEMA = 1
@@ -93,28 +93,6 @@ EVALUATE_PARAMS = set(inspect.signature(ddm.evaluate).parameters)
 
 
 # --------------------------------------------------------------------------- small helpers
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and :func:`os.replace`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    """JSON (indented, NaN refused) written atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
-
-
 def settings_key(settings: Dict[str, Any]) -> str:
     """A short stable hash of a JSON-able settings dict."""
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)

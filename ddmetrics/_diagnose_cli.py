@@ -64,7 +64,8 @@ def load_model(synset, synset_path: str, dataset, which: Optional[str]) -> Tuple
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from .data import load
     from .diagnose import diagnose
-    from .synset import SyntheticSet, atomic_write
+    from ._io import atomic_write
+    from .synset import SyntheticSet
 
     syn = SyntheticSet.load(args.synset)
     seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed

@@ -12,6 +12,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ._io import atomic_write_json
+
 
 def _parse_overrides(pairs: List[str]) -> Dict[str, object]:
     """``key=value`` pairs; values are read as JSON when they parse (numbers, booleans, dicts)."""
@@ -25,13 +27,6 @@ def _parse_overrides(pairs: List[str]) -> Dict[str, object]:
         except json.JSONDecodeError:
             out[key] = value
     return out
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
 
 
 def _cmd_distill(args) -> int:
@@ -66,7 +61,7 @@ def _cmd_distill(args) -> int:
         syn.save_grid(os.path.join(tmp, "grid.png"))
         if distiller.teacher_ is not None:
             torch.save(distiller.teacher_.state_dict(), os.path.join(tmp, "teacher.pt"))
-        _write_json(os.path.join(tmp, "report.json"), {
+        atomic_write_json(os.path.join(tmp, "report.json"), {
             "dataset": args.dataset, "method": args.method, "loss": syn.meta["loss"], "ipc": args.ipc,
             "seed": args.seed, "distill_seconds": distill_seconds,
             "evaluation": report.to_dict() if report is not None else None})
@@ -108,7 +103,7 @@ def _cmd_evaluate(args) -> int:
                       temperature=cfg.temperature, seed=args.seed, progress=not args.quiet)
     print(report.summary())
     if args.json:
-        _write_json(args.json, report.to_dict())
+        atomic_write_json(args.json, report.to_dict())
     return 0
 
 

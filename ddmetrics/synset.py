@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -21,52 +20,7 @@ __all__ = ["FORMAT", "SyntheticSet", "atomic_write"]
 #: format tag written into every file
 FORMAT = "ddmetrics.synset/1"
 
-PathLike = Union[str, "os.PathLike[str]"]
-
-
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file atomically: ``write(fh)`` fills a temporary file next to ``path``, which is
-    flushed, fsync'ed and renamed over ``path`` with :func:`os.replace`.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        Destination; its parent directories are created.
-    write : callable
-        ``write(fh)`` with ``fh`` a binary file object opened for writing.
-
-    Notes
-    -----
-    On any error (including ``KeyboardInterrupt``) the temporary file is removed and the
-    previous content of ``path``, if any, is untouched.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.NamedTemporaryFile(mode="wb", delete=False, dir=folder,
-                                      prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with tmp:
-            write(tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp.name, path)
-    except BaseException:
-        try:
-            os.remove(tmp.name)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable (best effort: not every platform allows it)
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+from ._io import PathLike, atomic_write
 
 
 def _stats(value: Any, name: str, channels: int) -> Optional[Tensor]:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 
 import numpy as np
 import ot
 import torch
 
 import ddmetrics as ddm
+from ddmetrics._io import atomic_write_bytes
 
 SEED = 0
 N = 120
@@ -101,16 +101,7 @@ def main(out: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ba
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    folder = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".barycenter_2d.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_bytes(out, buf.getvalue())
     return out
 
 

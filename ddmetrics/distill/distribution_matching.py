@@ -17,7 +17,6 @@ import copy
 from typing import Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
