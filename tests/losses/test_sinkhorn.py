@@ -49,3 +49,16 @@ def test_auto_backend_is_tensorized_on_cpu():
         Sinkhorn(backend="gpu")
     with pytest.raises(ValueError, match="blur"):
         Sinkhorn(blur=0)
+
+
+def test_keops_online_equals_tensorized_on_cpu():
+    # the KeOps path "auto" picks on CUDA, exercised here on CPU with small inputs (compiles once, cached in build/)
+    pytest.importorskip("pykeops")
+    x, y, a, b = _data(7, n=30, m=20, d=3)
+    y1, y2 = y.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    online = Sinkhorn(blur=0.1, backend="online")(x, y1, a, b)
+    dense = Sinkhorn(blur=0.1, backend="tensorized")(x, y2, a, b)
+    assert abs(float(online) - float(dense)) < 1e-6
+    online.backward()
+    dense.backward()
+    assert torch.allclose(y1.grad, y2.grad, atol=1e-6)
