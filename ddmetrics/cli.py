@@ -44,6 +44,8 @@ def _cmd_distill(args) -> int:
     splits = load(args.dataset, seed=args.seed)
     start = time.perf_counter()
     syn = distiller.fit(splits.train, progress=not args.quiet)
+    # the normalisation lives with the splits: record it so the grid shows real pixel values
+    syn.meta.update(mean=[float(v) for v in splits.mean], std=[float(v) for v in splits.std])
     distill_seconds = time.perf_counter() - start
     report = None
     if args.runs > 0:

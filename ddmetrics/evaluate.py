@@ -191,13 +191,13 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
         train_set = as_array_dataset(train_set)
         start = time.perf_counter()
         ipc = report.ipc or int(torch.bincount(synset.labels).max())
-        report.random_runs = [accuracy(train_student(random_subset(train_set, ipc, seed + r), seed=seed + r, **kw),
-                                       test_set) for r in tqdm(range(runs), desc="random subset", disable=not progress,
-                                                               leave=False)]
+        def random_runs(**protocol):
+            return [accuracy(train_student(random_subset(train_set, ipc, seed + r), seed=seed + r, **{**kw, **protocol}),
+                             test_set) for r in tqdm(range(runs), desc="random subset", disable=not progress, leave=False)]
+
+        report.random_runs = random_runs()
         if protocol == "soft" and random_hard:
-            hard = dict(kw, protocol="hard", teacher=None)
-            report.random_hard_runs = [accuracy(train_student(random_subset(train_set, ipc, seed + r), seed=seed + r,
-                                                              **hard), test_set) for r in range(runs)]
+            report.random_hard_runs = random_runs(protocol="hard", teacher=None)
         seconds["random_subset"] = time.perf_counter() - start
         start = time.perf_counter()
         report.full = full_data_accuracy(train_set, test_set, model=model, epochs=full_epochs, lr=lr, seed=seed)

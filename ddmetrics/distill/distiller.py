@@ -115,7 +115,4 @@ class Distiller:
             "timings": dict(self.timings_),
             "info": info,
         }
-        for key in ("mean", "std"):
-            if getattr(train, key, None) is not None:
-                meta[key] = [float(v) for v in torch.as_tensor(getattr(train, key)).flatten()]
         return SyntheticSet(images=images, labels=labels, weights=weights, meta=meta, num_classes=num_classes)
