@@ -1,4 +1,9 @@
-"""The ``ddmetrics`` command: ``distill``, ``evaluate``, ``losses``."""
+"""The ``ddmetrics`` command: ``distill``, ``evaluate``, ``losses``, ``diagnose``.
+
+``distill`` runs under ``torchrun --nproc-per-node N -m ddmetrics distill ...`` as well: classes
+and evaluation runs are sharded over the ranks (gloo on CPU, NCCL on CUDA) and rank 0 writes
+the run folder.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -31,8 +35,7 @@ def _parse_overrides(pairs: List[str]) -> Dict[str, object]:
 
 def _cmd_distill(args) -> int:
     from .data import load
-    from .distill import Distiller
-    from .evaluate import evaluate
+    from .distill import Distiller, distributed
 
     overrides = _parse_overrides(args.set)
     if args.iterations is not None:
@@ -41,9 +44,33 @@ def _cmd_distill(args) -> int:
     distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed, **overrides)
     if os.path.exists(args.out) and not args.overwrite:
         raise ValueError(f"--out {args.out} exists; pass --overwrite to replace it")
-    splits = load(args.dataset, seed=args.seed)
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
+    checkpoint = args.checkpoint
+    if checkpoint is None and (args.checkpoint_every is not None or args.resume):
+        checkpoint = os.path.abspath(args.out) + ".ckpt"
+    if args.resume and not os.path.isdir(checkpoint):
+        raise ValueError(f"--resume: no checkpoint folder {checkpoint}")
+    if checkpoint is not None and not args.resume and os.path.exists(os.path.join(checkpoint, "run.json")):
+        raise ValueError(f"checkpoint folder {checkpoint} holds a previous run; pass --resume or remove it")
+    created = distributed.init_from_env()  # under torchrun: classes and evaluation runs are sharded
+    try:
+        return _distill(args, distiller, load(args.dataset, seed=args.seed), checkpoint)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
+    from .distill import distributed
+    from .evaluate import evaluate
+
+    rank, world_size = distributed.world()
     start = time.perf_counter()
-    syn = distiller.fit(splits.train, progress=not args.quiet)
+    syn = distiller.fit(splits.train, progress=not args.quiet and rank == 0, checkpoint=checkpoint,
+                        checkpoint_every=args.checkpoint_every, resume=args.resume)
     # the normalisation lives with the splits: record it so the grid shows real pixel values
     syn.meta.update(mean=[float(v) for v in splits.mean], std=[float(v) for v in splits.std])
     distill_seconds = time.perf_counter() - start
@@ -52,12 +79,29 @@ def _cmd_distill(args) -> int:
         cfg = distiller.config
         report = evaluate(syn, splits.test, train_set=splits.train, model=cfg.eval_model, runs=args.runs,
                           protocol=cfg.eval_protocol, teacher=distiller.teacher_, epochs=cfg.eval_epochs,
-                          lr=cfg.eval_lr, temperature=cfg.temperature, seed=args.seed, progress=not args.quiet)
+                          lr=cfg.eval_lr, temperature=cfg.temperature, seed=args.seed,
+                          progress=not args.quiet and rank == 0)
         report.seconds = {"distill": distill_seconds, **report.seconds}
-    # write into a sibling temp folder, then move it into place: no half-written run folder
-    parent = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".ddmetrics-", dir=parent)
+    if rank == 0:
+        _write_run(args, syn, distiller, report, distill_seconds, world_size)
+        if checkpoint is not None:  # the run folder now holds everything the checkpoints did
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        print(f"wrote {args.out}/synset.pt, grid.png, report.json")
+        if report is not None:
+            print(report.summary())
+        else:
+            print(f"distilled {len(syn.labels)} images in {distill_seconds:.1f} s")
+    distributed.barrier()
+    return 0
+
+
+def _write_run(args, syn, distiller, report, distill_seconds: float, world_size: int) -> None:
+    """Write the run folder through a sibling temp folder and one rename: never half a folder.
+    The temp name is fixed, so a folder left by a killed run is recognised and cleared."""
+    out = os.path.abspath(args.out)
+    tmp = os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".writing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
     try:
         syn.save(os.path.join(tmp, "synset.pt"))
         syn.save_grid(os.path.join(tmp, "grid.png"))
@@ -65,20 +109,14 @@ def _cmd_distill(args) -> int:
             torch.save(distiller.teacher_.state_dict(), os.path.join(tmp, "teacher.pt"))
         atomic_write_json(os.path.join(tmp, "report.json"), {
             "dataset": args.dataset, "method": args.method, "loss": syn.meta["loss"], "ipc": args.ipc,
-            "seed": args.seed, "distill_seconds": distill_seconds,
+            "seed": args.seed, "distill_seconds": distill_seconds, "world_size": world_size,
             "evaluation": report.to_dict() if report is not None else None})
-        if os.path.exists(args.out):
-            shutil.rmtree(args.out)
-        os.replace(tmp, args.out)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"wrote {args.out}/synset.pt, grid.png, report.json")
-    if report is not None:
-        print(report.summary())
-    else:
-        print(f"distilled {len(syn.labels)} images in {distill_seconds:.1f} s")
-    return 0
 
 
 def _cmd_evaluate(args) -> int:
@@ -135,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a DistillConfig field")
     d.add_argument("--out", required=True)
     d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="checkpoint folder (default with --checkpoint-every/--resume: OUT.ckpt); a finished class "
+                        "is always checkpointed; removed after a successful run")
+    d.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="also checkpoint the class in progress every STEPS synthesis steps")
+    d.add_argument("--resume", action="store_true", help="continue the run saved in the checkpoint folder")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_distill)
     e = sub.add_parser("evaluate", help="evaluate a saved synthetic set")

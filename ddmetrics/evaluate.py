@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import ArrayDataset, as_array_dataset
+from .distill import distributed
 from .distill._common import make_augment, seeded
 from .models import accuracy, get_model, train_model
 from .synset import SyntheticSet
@@ -168,6 +169,8 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
     the papers report). ``augment`` is the students' DSA strategy (``None``: no augmentation).
     and a model trained on the full training set (hard labels, ``full_epochs``).
     ``protocol`` defaults to the one stored in the synthetic set's config (else ``"hard"``).
+    With a ``torch.distributed`` process group, the trainings are spread over the ranks and
+    every rank returns the same report.
     """
     if not isinstance(synset, SyntheticSet):
         raise TypeError(f"synset must be a SyntheticSet, got {type(synset).__name__}")
@@ -180,26 +183,43 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
         raise ValueError("the soft-label protocol needs the teacher (teacher=...)")
     kw = dict(model=model, protocol=protocol, teacher=teacher, epochs=epochs, lr=lr, temperature=temperature,
               augment=augment)
-    seconds: Dict[str, float] = {}
-    start = time.perf_counter()
-    accs = [accuracy(train_student(synset, seed=seed + r, **kw), test_set)
-            for r in tqdm(range(runs), desc="evaluate", disable=not progress, leave=False)]
-    seconds["evaluate"] = time.perf_counter() - start
-    report = EvalReport(method=meta.get("method", "?"), loss=meta.get("loss", "?"), ipc=int(meta.get("ipc", 0)),
-                        protocol=protocol, runs=accs, seconds=seconds)
+    # every training is a task (synthetic runs, random-subset runs, the full-data model); with a
+    # process group the tasks are sharded over ranks and their results summed (zeros elsewhere)
+    ipc = int(meta.get("ipc", 0)) or int(torch.bincount(synset.labels).max())
+    tasks = [("evaluate", r) for r in range(runs)]
     if train_set is not None:
         train_set = as_array_dataset(train_set)
-        start = time.perf_counter()
-        ipc = report.ipc or int(torch.bincount(synset.labels).max())
-        def random_runs(**protocol):
-            return [accuracy(train_student(random_subset(train_set, ipc, seed + r), seed=seed + r, **{**kw, **protocol}),
-                             test_set) for r in tqdm(range(runs), desc="random subset", disable=not progress, leave=False)]
-
-        report.random_runs = random_runs()
+        tasks += [("random_subset", r) for r in range(runs)]
         if protocol == "soft" and random_hard:
-            report.random_hard_runs = random_runs(protocol="hard", teacher=None)
-        seconds["random_subset"] = time.perf_counter() - start
+            tasks += [("random_hard", r) for r in range(runs)]
+        tasks.append(("full_data", 0))
+
+    def run(kind: str, r: int) -> float:
+        if kind == "evaluate":
+            return accuracy(train_student(synset, seed=seed + r, **kw), test_set)
+        if kind == "full_data":
+            return full_data_accuracy(train_set, test_set, model=model, epochs=full_epochs, lr=lr, seed=seed)
+        extra = {"protocol": "hard", "teacher": None} if kind == "random_hard" else {}
+        return accuracy(train_student(random_subset(train_set, ipc, seed + r), seed=seed + r, **{**kw, **extra}),
+                        test_set)
+
+    rank, world_size = distributed.world()
+    values = torch.zeros(len(tasks), dtype=torch.float64)
+    times = torch.zeros(len(tasks), dtype=torch.float64)
+    for i in tqdm(distributed.shard(len(tasks), rank, world_size), desc="evaluate", disable=not progress,
+                  leave=False):
         start = time.perf_counter()
-        report.full = full_data_accuracy(train_set, test_set, model=model, epochs=full_epochs, lr=lr, seed=seed)
-        seconds["full_data"] = time.perf_counter() - start
-    return report
+        values[i] = run(*tasks[i])
+        times[i] = time.perf_counter() - start
+    values, times = distributed.all_reduce_sum(values), distributed.all_reduce_sum(times)
+    result = {kind: [float(values[i]) for i, (k, _) in enumerate(tasks) if k == kind]
+              for kind in ("evaluate", "random_subset", "random_hard", "full_data")}
+    # seconds of training per kind, summed over ranks (= wall time in a single process)
+    seconds = {kind: float(sum(float(times[i]) for i, (k, _) in enumerate(tasks) if k == kind))
+               for kind in ("evaluate", "random_subset", "full_data") if result[kind]}
+    if result["random_hard"]:
+        seconds["random_subset"] += float(sum(float(times[i]) for i, (k, _) in enumerate(tasks) if k == "random_hard"))
+    return EvalReport(method=meta.get("method", "?"), loss=meta.get("loss", "?"), ipc=int(meta.get("ipc", 0)),
+                      protocol=protocol, runs=result["evaluate"], random_runs=result["random_subset"],
+                      random_hard_runs=result["random_hard"],
+                      full=result["full_data"][0] if result["full_data"] else None, seconds=seconds)

@@ -1,8 +1,9 @@
 """The generic :class:`Distiller`: any method preset, any :class:`DistributionLoss`."""
 from __future__ import annotations
 
+import os
 import time
-from typing import Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -11,29 +12,42 @@ from ..data import as_array_dataset
 from ..losses.base import DistributionLoss, get_loss
 from ..models import get_model, train_model
 from ..synset import SyntheticSet
+from . import distributed
 from ._common import make_augment, seeded
-from .barycenter_matching import barycenter_matching
-from .distribution_matching import distribution_matching
+from .barycenter_matching import BarycenterMatching
+from .checkpoint import Checkpoint, data_fingerprint
+from .distribution_matching import DistributionMatching
 from .presets import DistillConfig, preset
 
 LossSpec = Union[str, DistributionLoss, None]
 
 
-def _run_barycenter(self: "Distiller", train, num_classes, ipc, loss, progress):
-    teacher = self.teacher_ if self.teacher_ is not None else self.train_teacher(train, num_classes, progress)
-    return barycenter_matching(train, num_classes, ipc, loss, self.config, teacher, self.seed, progress)
+def _barycenter(self: "Distiller", train, num_classes, ckpt):
+    teacher = self._teacher(train, num_classes, ckpt)
+    return BarycenterMatching(train, num_classes, self.ipc, self.loss, self.config, teacher, self.seed)
 
 
-def _run_distribution(self: "Distiller", train, num_classes, ipc, loss, progress):
-    return distribution_matching(train, num_classes, ipc, loss, self.config, self.seed, progress)
+def _distribution(self: "Distiller", train, num_classes, ckpt):
+    return DistributionMatching(train, num_classes, self.ipc, self.loss, self.config, self.seed)
 
 
-#: matching strategy name -> runner
-STRATEGIES: Dict[str, Callable] = {"barycenter": _run_barycenter, "distribution": _run_distribution}
+#: matching strategy name -> builder of its per-class runner (an object with ``run_class``)
+STRATEGIES: Dict[str, Callable] = {"barycenter": _barycenter, "distribution": _distribution}
+
+#: per-class info entries that are summed over classes in the synthetic set's meta
+_SUMMED_INFO = ("barycenter_seconds", "feature_loss_first", "feature_loss_last", "matching_loss_first",
+                "matching_loss_last")
 
 
 class Distiller:
     """Distil a labelled image set into ``ipc`` synthetic images per class.
+
+    Classes are synthesised independently (each with its own random stream, loss copy and
+    optimiser), which gives three things for free: with a ``torch.distributed`` process group
+    initialised, each rank distils its share of the classes and every rank returns the same
+    :class:`SyntheticSet`, equal to the single-process one; a run can checkpoint per class and
+    every ``checkpoint_every`` steps and resume exactly; real features are computed one class
+    at a time.
 
     Parameters
     ----------
@@ -55,6 +69,8 @@ class Distiller:
     Examples
     --------
     >>> syn = Distiller(method="wmdd", loss="wasserstein", ipc=10, seed=0).fit(train)  # doctest: +SKIP
+    >>> syn = Distiller(method="dm", ipc=10).fit(train, checkpoint="runs/ckpt", checkpoint_every=50,
+    ...                                          resume=True)  # doctest: +SKIP
     """
 
     def __init__(self, method: str = "wmdd", loss: LossSpec = None, ipc: int = 10, seed: int = 0,
@@ -78,14 +94,33 @@ class Distiller:
 
     def train_teacher(self, train, num_classes: int, progress: bool = True) -> nn.Module:
         """Train the preset's teacher on the real training set (seeded) and keep it as ``teacher_``."""
-        channels, size = train.images.shape[1], train.images.shape[-1]
         start = time.perf_counter()
-        with seeded(self.seed):
-            model = get_model(self.config.teacher, channels, num_classes, size)
-        aug = make_augment(self.config.augment, channels)
+        model = self._new_teacher(train, num_classes)
+        aug = make_augment(self.config.augment, train.images.shape[1])
         self.teacher_ = train_model(model, train, epochs=self.config.teacher_epochs, seed=self.seed,
                                     augment=aug, progress=progress)
         self.timings_["teacher_seconds"] = time.perf_counter() - start
+        return self.teacher_
+
+    def _new_teacher(self, train, num_classes: int) -> nn.Module:
+        with seeded(self.seed):
+            return get_model(self.config.teacher, train.images.shape[1], num_classes, train.images.shape[-1])
+
+    def _teacher(self, train, num_classes: int, ckpt: Optional[Checkpoint]) -> nn.Module:
+        """The teacher: given, checkpointed, or trained (on rank 0, then broadcast to every rank)."""
+        if self.teacher_ is not None:
+            return self.teacher_
+        rank, _ = distributed.world()
+        model = self._new_teacher(train, num_classes)
+        if ckpt is not None and ckpt.load_teacher(model):
+            self.teacher_ = model.eval()
+        elif rank == 0:
+            self.train_teacher(train, num_classes, progress=False)
+            if ckpt is not None:
+                ckpt.save_teacher(self.teacher_)
+        else:
+            self.teacher_ = model.eval()
+        distributed.broadcast_module(self.teacher_)
         return self.teacher_
 
     def _check(self, train):
@@ -98,21 +133,91 @@ class Distiller:
                              f"class {int(counts.argmin())})")
         return train, num_classes
 
-    def fit(self, train, progress: bool = True) -> SyntheticSet:
-        """Distil ``train`` (an ``ArrayDataset`` or any Dataset of (image, label) pairs)."""
+    def checkpoint_run(self, train) -> Dict[str, Any]:
+        """What a checkpoint of this run must match to be resumed."""
+        return {"method": self.method, "loss": self.loss.name or type(self.loss).__name__,
+                "loss_repr": repr(self.loss), "ipc": self.ipc, "seed": self.seed, "config": self.config.to_dict(),
+                "data": data_fingerprint(train.images, train.labels), "given_teacher": self.teacher_ is not None}
+
+    def fit(self, train, progress: bool = True, checkpoint: Optional[Union[str, "os.PathLike[str]"]] = None,
+            checkpoint_every: Optional[int] = None, resume: bool = False) -> SyntheticSet:
+        """Distil ``train`` (an ``ArrayDataset`` or any Dataset of (image, label) pairs).
+
+        Parameters
+        ----------
+        train : Dataset
+            The real training set.
+        progress : bool
+            Progress bars (per class).
+        checkpoint : str, optional
+            A folder for checkpoints (see :mod:`ddmetrics.distill.checkpoint`): every finished
+            class, plus the class in progress every ``checkpoint_every`` steps.
+        checkpoint_every : int, optional
+            Steps between in-class checkpoints (``None``: finished classes only).
+        resume : bool
+            Continue from ``checkpoint``'s files (which must describe this same run).
+
+        Returns
+        -------
+        SyntheticSet
+            On every rank when a process group is initialised (classes sharded over ranks).
+        """
+        if checkpoint is None and (checkpoint_every is not None or resume):
+            raise ValueError("checkpoint_every and resume need checkpoint=<folder>")
         train, num_classes = self._check(train)
+        rank, world_size = distributed.world()
+        ckpt = None
+        if checkpoint is not None:
+            ckpt = Checkpoint(os.fspath(checkpoint), self.checkpoint_run(train), every=checkpoint_every, resume=resume)
+            if rank == 0:
+                ckpt.start()
+            distributed.barrier()
         start = time.perf_counter()
-        images, labels, weights, info = STRATEGIES[self.config.strategy](
-            self, train, num_classes, self.ipc, self.loss, progress)
+        runner = STRATEGIES[self.config.strategy](self, train, num_classes, ckpt)
+        results: Dict[int, Dict[str, Any]] = {}
+        for k in distributed.shard(num_classes, rank, world_size):
+            done = ckpt.finished(k) if ckpt is not None else None
+            if done is None:
+                done = runner.run_class(k, ckpt, progress)
+                if ckpt is not None:
+                    ckpt.finish(k, done)
+            results[k] = done
+        images, weights, info = self._combine(results, num_classes, train.images.shape[1:])
         self.timings_["distill_seconds"] = time.perf_counter() - start
+        info["factor"] = self.config.resolved_factor(train.images.shape[-1]) if self.config.strategy == "distribution" else 1
+        info["world_size"] = world_size
         meta = {
             "method": self.method,
             "loss": self.loss.name or type(self.loss).__name__,
             "ipc": self.ipc,
             "seed": self.seed,
-            "factor": info.pop("factor", 1),
+            "factor": info.pop("factor"),
             "config": self.config.to_dict(),
             "timings": dict(self.timings_),
             "info": info,
         }
+        labels = torch.arange(num_classes).repeat_interleave(self.ipc)
         return SyntheticSet(images=images, labels=labels, weights=weights, meta=meta, num_classes=num_classes)
+
+    def _combine(self, results: Dict[int, Dict[str, Any]], num_classes: int, image_shape):
+        """Stack the per-class results in class order, summing over ranks (zeros elsewhere: exact)."""
+        some = next(iter(results.values()), None)
+        shape = tuple(some["images"].shape[1:]) if some is not None else tuple(image_shape)
+        images = torch.zeros((num_classes, self.ipc) + shape)
+        weights = torch.zeros(num_classes, self.ipc)
+        names: List[str] = [n for n in _SUMMED_INFO]
+        values = torch.zeros(num_classes, len(names), dtype=torch.float64)
+        present = torch.zeros(num_classes, len(names), dtype=torch.float64)
+        for k, res in results.items():
+            images[k] = res["images"]
+            weights[k] = res["weights"]
+            for j, name in enumerate(names):
+                if res["info"].get(name) is not None:
+                    values[k, j] = float(res["info"][name])
+                    present[k, j] = 1.0
+        images = distributed.all_reduce_sum(images)
+        weights = distributed.all_reduce_sum(weights)
+        values = distributed.all_reduce_sum(values)
+        present = distributed.all_reduce_sum(present)
+        info = {name: float(values[:, j].sum()) for j, name in enumerate(names) if bool(present[:, j].any())}
+        return images.flatten(0, 1), weights.flatten(), info

@@ -93,6 +93,23 @@ class KRDual(DistributionLoss):
         self.critic = Critic(d, self.hidden, gen, self.clip).to(dtype=like.dtype, device=like.device)
         self._opt = torch.optim.Adam(self.critic.parameters(), lr=self.lr)
 
+    def get_extra_state(self):
+        """Adds the warm-started critic's shape and its optimiser state (the weights themselves
+        are in ``state_dict`` as ``critic.*``)."""
+        state = super().get_extra_state()
+        if self.critic is not None:
+            state["critic"] = {"in_features": self.critic.l1.in_features, "dtype": str(self.critic.l1.weight.dtype),
+                               "optimizer": self._opt.state_dict()}
+        return state
+
+    def set_extra_state(self, state) -> None:
+        super().set_extra_state(state)
+        critic = dict(state or {}).get("critic")
+        if critic is not None:  # rebuild the critic so load_state_dict can fill its weights next
+            dtype = getattr(torch, critic["dtype"].replace("torch.", ""))
+            self._make_critic(int(critic["in_features"]), torch.empty(0, dtype=dtype))
+            self._opt.load_state_dict(critic["optimizer"])
+
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
         c = self.critic
         if (not self.warm_start or c is None or c.l1.in_features != x.shape[1]

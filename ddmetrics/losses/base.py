@@ -160,6 +160,16 @@ class DistributionLoss(nn.Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self._config().items())
 
+    # State that evolves between calls (a direction generator, a warm-started critic) must
+    # survive a checkpoint: it travels in ``state_dict()`` through PyTorch's extra-state hooks.
+    def get_extra_state(self) -> Dict[str, object]:
+        """Random-generator states of this loss (``torch.Generator`` attributes), for checkpoints."""
+        return {"generators": {k: g.get_state() for k, g in vars(self).items() if isinstance(g, torch.Generator)}}
+
+    def set_extra_state(self, state: Dict[str, object]) -> None:
+        for name, g_state in dict(state or {}).get("generators", {}).items():
+            getattr(self, name).set_state(g_state)
+
     def _config(self) -> Dict[str, object]:
         return {}
 

@@ -4,7 +4,8 @@ import torch
 
 import ddmetrics as ddm
 from ddmetrics.distill._common import seeded
-from ddmetrics.distill.distribution_matching import initial_images
+from ddmetrics.distill.distributed import class_seed
+from ddmetrics.distill.distribution_matching import initial_class_images
 from ddmetrics.models import get_model
 
 
@@ -37,12 +38,12 @@ def test_distribution_matching_lowers_the_loss_for_every_backend(small, loss):
     syn = d.fit(small, progress=False)
     with seeded(1 * 1_000_003):  # the one embedder of this run
         net = get_model("convnet", 1, 3, 8)
-    start = initial_images(small, 3, 2, 1, "noise", torch.Generator().manual_seed(1))
     metric = ddm.get_loss(loss, **kwargs)
     with torch.no_grad():
         for k in range(3):
             real = net.embed(small.images[small.labels == k])
-            before = float(metric(real, net.embed(start[2 * k:2 * k + 2])))
+            start = initial_class_images(small, k, 2, 1, "noise", torch.Generator().manual_seed(class_seed(1, k)))
+            before = float(metric(real, net.embed(start)))
             after = float(metric(real, net.embed(syn.images[2 * k:2 * k + 2])))
             assert after < before, (loss, k, before, after)
 

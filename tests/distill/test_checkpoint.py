@@ -1,0 +1,104 @@
+"""Checkpoint and resume: an interrupted run, resumed, equals the uninterrupted one exactly."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ddmetrics as ddm
+from ddmetrics.distill.checkpoint import Checkpoint
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.set_num_threads(1)
+    train = ddm.data.load("digits", seed=0).train
+    keep = train.labels < 3
+    return ddm.data.ArrayDataset(train.images[keep], train.labels[keep], 3)
+
+
+CASES = {
+    # stateful losses are the point: a direction generator (sliced), a warm-started critic (krdual)
+    "dm-sliced": dict(method="dm", loss="sliced", ipc=2, iterations=12),
+    "krdual": dict(method="krdual", ipc=1, iterations=12, loss_kwargs={"steps": 3, "warm_start": True}),
+    "m3d": dict(method="m3d", ipc=1, iterations=12, factor=2),
+    "wmdd-sliced": dict(method="wmdd", loss="sliced", ipc=2, iterations=12, teacher_epochs=1, bary_iters=5),
+}
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_interrupted_run_resumes_exactly(small, tmp_path, monkeypatch, case):
+    kw = CASES[case]
+    reference = ddm.Distiller(seed=4, **kw).fit(small, progress=False)
+    folder = tmp_path / "ckpt"
+    saves = {"n": 0}
+    original = Checkpoint.save_progress
+
+    def save_then_die(self, k, state):
+        original(self, k, state)
+        saves["n"] += 1
+        if saves["n"] == 4:  # class 1, mid-way (every 5 of 12 steps: 2 saves per class)
+            raise Interrupt
+
+    monkeypatch.setattr(Checkpoint, "save_progress", save_then_die)
+    with pytest.raises(Interrupt):
+        ddm.Distiller(seed=4, **kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=5)
+    monkeypatch.setattr(Checkpoint, "save_progress", original)
+    names = sorted(os.listdir(folder))
+    assert "class_0000.pt" in names and "class_0001.progress.pt" in names and "class_0002.pt" not in names
+    resumed = ddm.Distiller(seed=4, **kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=5, resume=True)
+    assert torch.equal(resumed.images, reference.images)
+    assert torch.equal(resumed.weights, reference.weights)
+    assert not [n for n in os.listdir(folder) if n.endswith(".tmp") or n.endswith(".progress.pt")]
+
+
+def test_resume_refuses_another_run(small, tmp_path):
+    kw = dict(method="dm", ipc=1, iterations=2)
+    ddm.Distiller(seed=0, **kw).fit(small, progress=False, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="previous run"):
+        ddm.Distiller(seed=0, **kw).fit(small, progress=False, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="seed"):
+        ddm.Distiller(seed=1, **kw).fit(small, progress=False, checkpoint=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        ddm.Distiller(seed=0, **kw).fit(small, progress=False, checkpoint=tmp_path, checkpoint_every=0, resume=True)
+    with pytest.raises(ValueError, match="checkpoint="):
+        ddm.Distiller(seed=0, **kw).fit(small, progress=False, resume=True)
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "ddmetrics", "distill", "--dataset", "digits", "--runs", "0", "--quiet", *args]
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
+    """A real process killed with SIGKILL mid-class, resumed from the command line."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--method", "krdual", "--ipc", "1", "--iterations", "60", "--set", 'loss_kwargs={"steps": 5, "warm_start": true}']
+    subprocess.run(_cli(*common, "--out", str(tmp_path / "plain")), env=env, check=True, capture_output=True)
+    out, ckpt = tmp_path / "killed", tmp_path / "killed.ckpt"
+    proc = subprocess.Popen(_cli(*common, "--out", str(out), "--checkpoint-every", "7"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (ckpt / "class_0002.progress.pt").exists():
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    resumed = subprocess.run(_cli(*common, "--out", str(out), "--checkpoint-every", "7", "--resume"), env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a = ddm.SyntheticSet.load(str(tmp_path / "plain" / "synset.pt"))
+    b = ddm.SyntheticSet.load(str(out / "synset.pt"))
+    assert torch.equal(a.images, b.images) and torch.equal(a.weights, b.weights)
+    # no checkpoint folder, no temp file or folder left behind
+    assert sorted(os.listdir(tmp_path)) == ["killed", "plain"]
+    assert not [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".tmp")]
