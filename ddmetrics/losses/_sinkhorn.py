@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -81,15 +82,34 @@ class Sinkhorn(DistributionLoss):
         return {"blur": self.blur, "scaling": self.scaling, "p": self.p, "debias": self.debias,
                 "backend": self.backend}
 
-    def samples_loss(self, device: torch.device):
-        """The GeomLoss ``SamplesLoss`` used for tensors on ``device``."""
+    def samples_loss(self, device: torch.device, diameter: Optional[float] = None):
+        """The GeomLoss ``SamplesLoss`` used for tensors on ``device``.
+
+        ``diameter`` fixes the start of GeomLoss's ε-schedule; ``None`` lets GeomLoss
+        estimate it from the data at every call.
+        """
         from geomloss import SamplesLoss
 
         backend = resolve_backend(self.backend, device)
-        if backend not in self._losses:
-            self._losses[backend] = SamplesLoss("sinkhorn", p=self.p, blur=self.blur, scaling=self.scaling,
-                                                debias=self.debias, backend=backend)
-        return self._losses[backend]
+        key = (backend, diameter)
+        if key not in self._losses:
+            self._losses[key] = SamplesLoss("sinkhorn", p=self.p, blur=self.blur, scaling=self.scaling,
+                                            debias=self.debias, backend=backend, diameter=diameter)
+        return self._losses[key]
 
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return self.samples_loss(x.device)(a, x, b, y)
+        diameter = None
+        if not _spread(x, y) > 0:
+            # Every atom on one spot: GeomLoss would start its ε-schedule at log(diameter) =
+            # log(0) and numpy's arange fails ("Maximum allowed size exceeded"). The cost matrix
+            # is then all zeros, so any positive start gives the exact answer; blur is the
+            # natural one (the schedule reduces to the target ε alone).
+            diameter = self.blur
+        return self.samples_loss(x.device, diameter)(a, x, b, y)
+
+
+def _spread(x: Tensor, y: Tensor) -> float:
+    """Diagonal length of the bounding box of both clouds, GeomLoss's diameter estimate."""
+    lo = torch.minimum(x.detach().min(0).values, y.detach().min(0).values)
+    hi = torch.maximum(x.detach().max(0).values, y.detach().max(0).values)
+    return float((hi - lo).norm())
