@@ -202,7 +202,7 @@ def gradient_flow_barycenter(
     x = x.detach()
     support = _initial(x, m, a, seed, init).requires_grad_(True)
     logits = torch.zeros(m, dtype=x.dtype, device=x.device, requires_grad=learn_weights)
-    step = float(lr) if lr is not None else 0.05 * float(x.std().clamp_min(1e-12))
+    step = float(lr) if lr is not None else 0.05 * float(x.std(unbiased=False).clamp_min(1e-12))  # biased: defined for n = 1
     groups = [{"params": [support], "lr": step}]
     if learn_weights:
         groups.append({"params": [logits], "lr": 0.05})

@@ -21,10 +21,16 @@ def emd_plan(a: Tensor, b: Tensor, cost: Tensor, log: bool = False):
     """
     a64, b64, c64 = (t.detach().to("cpu", torch.float64).numpy() for t in (a, b, cost))
     a64, b64 = a64 / a64.sum(), b64 / b64.sum()  # remove float32 rounding of the marginals
+    # the network simplex compares costs with absolute tolerances (~1e-15): solve the same LP on
+    # the cost scaled to max 1, so tiny clouds are solved as exactly as unit-scale ones
+    scale = float(c64.max()) if c64.size else 0.0
+    if scale > 0:
+        c64 = c64 / scale
     if log:
         plan, info = ot.emd(a64, b64, c64, numItermax=_MAX_ITER, log=True)
-        u = torch.as_tensor(info["u"], dtype=cost.dtype, device=cost.device)
-        v = torch.as_tensor(info["v"], dtype=cost.dtype, device=cost.device)
+        unit = scale if scale > 0 else 1.0
+        u = torch.as_tensor(info["u"] * unit, dtype=cost.dtype, device=cost.device)
+        v = torch.as_tensor(info["v"] * unit, dtype=cost.dtype, device=cost.device)
         return torch.as_tensor(plan, dtype=cost.dtype, device=cost.device), u, v
     plan = ot.emd(a64, b64, c64, numItermax=_MAX_ITER)
     return torch.as_tensor(plan, dtype=cost.dtype, device=cost.device)

@@ -68,9 +68,6 @@ ARGS = ("x", "y", "a", "b")
 # GeomLoss's tensorized p=1 cost is sqrt(max(|x - y|^2, 1e-8)): every cost entry, and so the
 # debiased divergence (1 x OT(a, b) - 1/2 x OT(a, a) - 1/2 x OT(b, b)), can be off by ~2e-4.
 GEOMLOSS_P1_FLOOR = 2e-4
-# POT's network simplex treats costs below about 1e-15 as ties (absolute, whatever the scale), so
-# the exact value can be off by that much; see test_exact_ot_is_exact_for_tiny_costs.
-POT_ABSOLUTE_TOL = 1e-15
 
 SETTINGS = dict(
     deadline=None,
@@ -219,8 +216,6 @@ def rounding_tol(loss, case: Case, d: int) -> float:
     tol = 256 * err
     if name == "sinkhorn" and p == 1:
         tol += GEOMLOSS_P1_FLOOR  # not rounding: see test_sinkhorn_p1_is_non_negative_at_small_scale
-    if name == "wasserstein":
-        tol += POT_ABSOLUTE_TOL  # not rounding: see test_exact_ot_is_exact_for_tiny_costs
     return tol
 
 
@@ -416,18 +411,7 @@ def test_barycenter_support_finite_and_weights_on_simplex(name, inputs):
     _check_barycenter(bary, case, m)
 
 
-# The generic gradient flow sets its step to 0.05 * x.std(); the std of a single scalar
-# (n = d = 1) is NaN, the NaN step sends the support to NaN and the next loss call fails with
-# "y contains NaN or inf values". The fix belongs in ddmetrics/barycenter.py.
-_SINGLE_SCALAR_BUG = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="gradient_flow_barycenter: lr = 0.05 * x.std() is NaN for one scalar point (barycenter.py)")
-
-
-@pytest.mark.filterwarnings(r"ignore:std\(\). degrees of freedom:UserWarning")
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=() if name == "wasserstein" else _SINGLE_SCALAR_BUG) for name in NAMES
-])
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_barycenter_of_a_single_scalar_point(name, dtype):
     # ExactOT (p=2) has its own solver; every other backend uses the generic gradient flow
@@ -447,12 +431,10 @@ def test_barycenter_refuses_non_finite_input(name, target):
         make_loss(name).barycenter(x, 2, a=a, iters=2)
 
 
-# --------------------------------------------------------------------------- known bugs outside ddmetrics/losses
-@pytest.mark.xfail(strict=True, reason=(
-    "ExactOT: POT's network simplex compares reduced costs with an absolute tolerance, so costs "
-    "below ~1e-15 count as ties and the plan is not optimal; fix in _exact.emd_plan: solve on "
-    "cost / cost.max() and multiply the duals back"))
+# --------------------------------------------------------------------------- known limits
 def test_exact_ot_is_exact_for_tiny_costs():
+    # POT's network simplex compares reduced costs with an absolute tolerance: emd_plan solves on
+    # cost / cost.max() so that costs below ~1e-15 are not taken for ties
     # found by test_identical_clouds_give_zero with unit coordinates 1e-5 at scale 1e-3
     x = torch.tensor([[0.0], [0.0], [1e-8]], dtype=torch.float64)
     value = float(make_loss("wasserstein")(x, x.clone()))
