@@ -28,20 +28,40 @@ protocol, model, epochs and learning rate read from ``Distiller.config``). Setti
 by an experiment are the presets' (``ddmetrics/distill/presets.py``).
 
 Resuming: each cell is keyed by a hash of (backend, strategy, method, IPC, seed, runs, the
-full resolved ``DistillConfig`` and the evaluation settings). Cells already in the JSON are
-skipped; the JSON is rewritten atomically after every cell, so an interrupted run resumes
-where it stopped. Cells whose settings changed (e.g. a retuned preset) are recomputed; old
-ones stay in the JSON but leave the tables.
+full resolved ``DistillConfig`` and the evaluation settings). Cells (and baselines) already in
+the JSON are skipped; the JSON is rewritten atomically after every finished cell or baseline
+part, so an interrupted run (Ctrl-C included) resumes where it stopped. Cells whose settings
+changed (e.g. a retuned preset) are recomputed; old ones stay in the JSON but leave the tables.
 
 Shared work: the teacher is trained once per distinct (teacher, epochs, augmentation, seed)
 and handed to every barycenter cell that uses it (training is seeded, so this gives the same
 teacher each cell would train itself; its time is reported separately, not in a cell's
 "distill" time). The random-subset and full-data baselines are computed once per (IPC,
-evaluation protocol/settings), during the first cell that needs them.
+evaluation protocol/settings), as tasks of their own: the random subset under the cell's
+protocol (``--runs`` seeds), for the soft protocol also with hard labels (the papers' baseline),
+and the full-data model; a part two baselines share (e.g. the full-data model, or the hard-label
+random subset of the soft and the hard protocol) is computed once.
+
+Parallel runs (``--jobs N``, default 1): with N = 1 everything runs in this process, in plan
+order (each cell, then the baseline parts it is the first to need), with ``--threads`` torch
+threads (default: torch's). With N > 1 the teachers are trained first in this process (all
+threads; their ``state_dict`` goes to a temporary directory, removed at the end), then cells and
+baseline parts go to N spawned worker processes with ``max(1, threads // N)`` torch threads each,
+most expensive first (IPC descending, barycenter cells, distribution cells, baselines). Only this
+process writes the JSON and the progress bar; a failing task is recorded under ``errors`` and the
+others go on. Each task is seeded on its own and every worker loads a fresh copy of its teacher,
+so a cell's numbers do not depend on which worker ran it or in which order. They do depend on
+the torch thread count (CPU kernels sum in a thread-dependent order; on digits a 1- and a
+2-thread run differ by a few test images), so ``--jobs 2`` on 2 cores (1 thread per worker) is
+not bit-identical to ``--jobs 1`` (2 threads), while with ``--threads 1`` every N gives the
+same numbers (tested). Cell keys include neither the thread count nor N: a resumed run keeps
+what earlier runs computed. On 2 cores two 1-thread workers do ~1.3–1.6× the work of one
+2-thread process (these small ConvNets scale poorly with threads): use ``--jobs 2`` there.
 
 Usage::
 
     .venv/bin/python benchmarks/metric_vs_accuracy.py                    # main, all backends
+    .venv/bin/python benchmarks/metric_vs_accuracy.py --jobs 2           # the same, 2 worker processes
     .venv/bin/python benchmarks/metric_vs_accuracy.py --quick            # smoke test, < 3 min
     .venv/bin/python benchmarks/metric_vs_accuracy.py --experiment ablation --runs 5
     .venv/bin/python benchmarks/metric_vs_accuracy.py --backends wasserstein sliced --ipc 1 10
@@ -56,25 +76,29 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
-import inspect
 import io
 import json
+import multiprocessing
 import os
 import platform
 import shlex
+import signal
 import statistics
 import sys
+import tempfile
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
 import ddmetrics as ddm
 from ddmetrics._io import atomic_write_bytes, atomic_write_json
-from ddmetrics.evaluate import random_subset
+from ddmetrics.evaluate import full_data_accuracy, random_subset, train_student
+from ddmetrics.models import accuracy, get_model
 
 SCHEMA = 1
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -89,7 +113,6 @@ QUICK_FULL_EPOCHS = 3
 QUICK_LOSS_KWARGS = {"krdual": {"steps": 5}}
 LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 STRATEGY_METHOD = {"barycenter": "wmdd", "distribution": "dm"}
-EVALUATE_PARAMS = set(inspect.signature(ddm.evaluate).parameters)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -186,24 +209,200 @@ def plan(experiment: str, backends: Sequence[str], ipcs: Sequence[int], override
     return cells
 
 
+# --------------------------------------------------------------------------- tasks
+def full_epochs_of(args: argparse.Namespace) -> Optional[int]:
+    """The full-data model's epochs (``None``: :func:`ddmetrics.evaluate.full_data_accuracy`'s default)."""
+    return QUICK_FULL_EPOCHS if args.quick else None
+
+
+def eval_settings(cfg, args: argparse.Namespace) -> Dict[str, Any]:
+    """The evaluation settings of a cell (part of its key and of its baselines' key)."""
+    return {"model": cfg.eval_model, "protocol": cfg.eval_protocol, "epochs": cfg.eval_epochs, "lr": cfg.eval_lr,
+            "temperature": cfg.temperature, "runs": args.runs, "seed": args.seed,
+            "full_epochs": full_epochs_of(args)}
+
+
+def teacher_settings(cfg, args: argparse.Namespace) -> Dict[str, Any]:
+    """What a trained teacher depends on (``Distiller.train_teacher`` is seeded)."""
+    return {"teacher": cfg.teacher, "teacher_epochs": cfg.teacher_epochs, "augment": cfg.augment,
+            "seed": args.seed, "dataset": args.dataset}
+
+
+@dataclass
+class Task:
+    """One unit of work for the parent loop or a worker process.
+
+    ``kind`` is ``"cell"`` (distil + evaluate ``cell``), ``"random"`` (``params["runs"]``
+    students on seeded random real subsets: a baseline's ``random_runs`` or ``random_hard_runs``)
+    or ``"full"`` (the full-data model). ``key`` is the cell key, or for the baseline parts a
+    hash of exactly what they compute, so that two baselines needing the same part share it.
+    """
+
+    kind: str
+    key: str
+    ipc: int
+    label: str
+    rank: int  # submission order within an IPC: barycenter cells, distribution cells, random, full
+    cell: Optional[Cell] = None
+    params: Dict[str, Any] = field(default_factory=dict)
+    teacher_key: Optional[str] = None  # the (parent-trained) teacher the task needs
+    own_teacher: bool = False  # cell: the teacher is the distiller's own (else only for diagnose)
+    baseline_key: Optional[str] = None  # cell: its baselines' key
+
+
+class _Context:
+    """What a task runs against: the splits, the arguments and a teacher lookup."""
+
+    def __init__(self, args: argparse.Namespace, splits, teacher: Callable[[str], torch.nn.Module]):
+        self.args, self.splits, self.teacher = args, splits, teacher
+
+
+def execute(task: Task, ctx: _Context) -> Dict[str, Any]:
+    """Run ``task``; the result is a cell entry or a baseline part (plain JSON-able data)."""
+    args, splits = ctx.args, ctx.splits
+    if task.kind == "cell":
+        return _cell_entry(task, ctx)
+    if task.kind == "random":
+        p = task.params
+        teacher = ctx.teacher(task.teacher_key) if p["protocol"] == "soft" else None
+        start = time.perf_counter()
+        accs = [accuracy(train_student(random_subset(splits.train, p["ipc"], p["seed"] + r), model=p["model"],
+                                       protocol=p["protocol"], teacher=teacher, epochs=p["epochs"], lr=p["lr"],
+                                       temperature=p.get("temperature", 4.0), seed=p["seed"] + r), splits.test)
+                for r in range(p["runs"])]
+        return {"runs": accs, "seconds": time.perf_counter() - start}
+    if task.kind == "full":
+        p = task.params
+        kw = {} if p["epochs"] is None else {"epochs": p["epochs"]}
+        start = time.perf_counter()
+        acc = full_data_accuracy(splits.train, splits.test, model=p["model"], lr=p["lr"], seed=p["seed"], **kw)
+        return {"full": acc, "seconds": time.perf_counter() - start}
+    raise ValueError(f"unknown task kind {task.kind!r}")
+
+
+def _cell_entry(task: Task, ctx: _Context) -> Dict[str, Any]:
+    """Distil ``task.cell`` and train ``runs`` students on it; ``teacher_seconds`` is filled by the parent."""
+    args, splits, cell = ctx.args, ctx.splits, task.cell
+    distiller = cell.distiller(args.seed)
+    cfg = distiller.config
+    teacher = ctx.teacher(task.teacher_key) if task.teacher_key is not None else None
+    if task.own_teacher:
+        distiller.teacher_ = teacher
+    start = time.perf_counter()
+    syn = distiller.fit(splits.train, progress=False)
+    distill_seconds = time.perf_counter() - start
+    report = ddm.evaluate(syn, splits.test, model=cfg.eval_model, runs=args.runs, protocol=cfg.eval_protocol,
+                          teacher=distiller.teacher_ if cfg.eval_protocol == "soft" else None,
+                          epochs=cfg.eval_epochs, lr=cfg.eval_lr, temperature=cfg.temperature, seed=args.seed,
+                          progress=False)
+    rep = report.to_dict()
+    bary = (syn.meta.get("info") or {}).get("barycenter_seconds")
+    entry = {
+        "key": task.key, "experiment": cell.experiment, "label": cell.label, "backend": cell.backend,
+        "strategy": cell.strategy, "method": cell.method, "loss": syn.meta.get("loss"), "ipc": cell.ipc,
+        "seed": args.seed, "runs": args.runs, "overrides": cell.overrides, "config": cfg.to_dict(),
+        "eval": eval_settings(cfg, args), "baseline_key": task.baseline_key,
+        "accuracies": rep["runs"], "mean": rep["mean"], "std": rep["std"],
+        "distill_seconds": distill_seconds, "barycenter_seconds": bary,
+        "barycenter_share": (bary / distill_seconds) if bary is not None and distill_seconds > 0 else None,
+        "teacher_key": task.teacher_key, "teacher_seconds": None,
+        "eval_seconds": rep["seconds"].get("evaluate"), "timings": syn.meta.get("timings"),
+        "info": syn.meta.get("info"), "finished": now(),
+    }
+    if cell.diagnose:
+        from ddmetrics.diagnose import diagnose
+
+        start = time.perf_counter()
+        entry["diagnosis"] = diagnose(syn, splits.train, teacher).to_dict()
+        entry["diagnose_seconds"] = time.perf_counter() - start
+    return entry
+
+
+def _failure(err: BaseException) -> Dict[str, Any]:
+    return {"error": repr(err), "traceback": traceback.format_exc(limit=6)}
+
+
+# --------------------------------------------------------------------------- worker processes (--jobs > 1)
+_WORKER: Dict[str, Any] = {}
+
+
+def _worker_init(args: argparse.Namespace, threads: int, teacher_files: Dict[str, Tuple[str, str]]) -> None:
+    """Pool initializer: leave Ctrl-C to the parent, set the thread count, load the splits once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    splits = ddm.data.load(args.dataset, seed=args.seed)
+
+    def teacher(key: str) -> torch.nn.Module:
+        # a fresh copy per task: nothing a task does to its teacher reaches the next one
+        path, name = teacher_files[key]
+        images = splits.train.images
+        model = get_model(name, images.shape[1], splits.num_classes, images.shape[-1])
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()  # as train_model returns it
+
+    _WORKER["ctx"] = _Context(args, splits, teacher)
+
+
+def _worker_run(task: Task) -> Dict[str, Any]:
+    try:
+        return {"value": execute(task, _WORKER["ctx"])}
+    except Exception as err:  # reported by the parent; the worker goes on with the next task
+        return _failure(err)
+
+
 # --------------------------------------------------------------------------- the runner
+class TeacherBank:
+    """The teachers of the planned tasks, trained once each (lazily) in this process."""
+
+    def __init__(self, splits):
+        self.splits = splits
+        self.sources: Dict[str, ddm.Distiller] = {}  # key -> a distiller with the teacher's settings
+        self.trained: Dict[str, Tuple[torch.nn.Module, float]] = {}
+
+    def register(self, key: str, source: ddm.Distiller) -> str:
+        self.sources.setdefault(key, source)
+        return key
+
+    def get(self, key: str) -> torch.nn.Module:
+        if key not in self.trained:
+            start = time.perf_counter()
+            teacher = self.sources[key].train_teacher(self.splits.train, self.splits.num_classes, progress=False)
+            self.trained[key] = (teacher, time.perf_counter() - start)
+        return self.trained[key][0]
+
+    def seconds(self, key: Optional[str]) -> Optional[float]:
+        return self.trained[key][1] if key in self.trained else None
+
+
 class Runner:
-    """Runs cells with resume, sharing teachers and baselines; owns the JSON document."""
+    """Runs cells and baselines with resume, sharing teachers and baseline parts; owns the JSON document.
+
+    With ``--jobs 1`` the tasks run here, in plan order (each cell followed by the baseline parts
+    it is the first to need). With ``--jobs N > 1`` the teachers are trained here first, then the
+    tasks go to N spawned worker processes, most expensive first. Either way only this process
+    writes the JSON (after every finished task) and the progress bar.
+    """
 
     def __init__(self, args: argparse.Namespace, command: str):
         self.args = args
         self.json_path = args.out + ".json"
+        torch.set_num_threads(args.threads)
+        self.threads_per_job = args.threads if args.jobs == 1 else max(1, args.threads // args.jobs)
         self.splits = ddm.data.load(args.dataset, seed=args.seed)
-        self.full_epochs = QUICK_FULL_EPOCHS if args.quick else None
+        self.full_epochs = full_epochs_of(args)
         self.doc = self._load()
         self.doc["command"] = command
         self.doc["environment"] = {
             "python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-            "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform()}
-        self.run_log = {"command": command, "argv": sys.argv[1:], "started": now(), "new_cells": 0,
-                        "skipped_cells": 0, "failed_cells": 0}
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform(),
+            "jobs": args.jobs, "threads_per_job": self.threads_per_job}
+        self.run_log = {"command": command, "argv": sys.argv[1:], "started": now(), "jobs": args.jobs,
+                        "threads_per_job": self.threads_per_job, "new_cells": 0, "skipped_cells": 0,
+                        "failed_cells": 0, "new_baselines": 0, "failed_baselines": 0}
         self.doc.setdefault("runs_log", []).append(self.run_log)
-        self._teachers: Dict[str, Tuple[torch.nn.Module, float]] = {}
+        self.teachers = TeacherBank(self.splits)
+        self._baselines: Dict[str, Dict[str, Any]] = {}  # baseline key -> its pending entry and parts
+        self._parts: Dict[str, Dict[str, Any]] = {}  # finished baseline parts by task key
 
     def _load(self) -> Dict[str, Any]:
         if os.path.exists(self.json_path):
@@ -225,13 +424,10 @@ class Runner:
 
     # -- keys
     def eval_settings(self, cfg) -> Dict[str, Any]:
-        return {"model": cfg.eval_model, "protocol": cfg.eval_protocol, "epochs": cfg.eval_epochs, "lr": cfg.eval_lr,
-                "temperature": cfg.temperature, "runs": self.args.runs, "seed": self.args.seed,
-                "full_epochs": self.full_epochs}
+        return eval_settings(cfg, self.args)
 
     def teacher_settings(self, cfg) -> Dict[str, Any]:
-        return {"teacher": cfg.teacher, "teacher_epochs": cfg.teacher_epochs, "augment": cfg.augment,
-                "seed": self.args.seed, "dataset": self.args.dataset}
+        return teacher_settings(cfg, self.args)
 
     def cell_key(self, cell: Cell, distiller: ddm.Distiller) -> str:
         return settings_key({"backend": cell.backend, "strategy": cell.strategy, "method": cell.method,
@@ -244,113 +440,204 @@ class Runner:
             settings["teacher"] = self.teacher_settings(cfg)
         return settings_key(settings)
 
-    # -- shared pieces
-    def teacher_for(self, distiller: ddm.Distiller) -> Tuple[torch.nn.Module, float, str]:
-        """The (cached) teacher of ``distiller``'s settings, its training seconds and key."""
-        key = settings_key(self.teacher_settings(distiller.config))
-        if key not in self._teachers:
-            start = time.perf_counter()
-            teacher = distiller.train_teacher(self.splits.train, self.splits.num_classes, progress=False)
-            self._teachers[key] = (teacher, time.perf_counter() - start)
-        return self._teachers[key][0], self._teachers[key][1], key
+    def teacher_key(self, distiller: ddm.Distiller) -> str:
+        """Register ``distiller``'s teacher settings with the bank; returns their key."""
+        return self.teachers.register(settings_key(self.teacher_settings(distiller.config)), distiller)
 
     def needs_teacher(self, distiller: ddm.Distiller, cell: Cell) -> bool:
         cfg = distiller.config
         return cfg.strategy == "barycenter" or cfg.eval_protocol == "soft" or cell.diagnose
 
-    # -- one cell
-    def run_cell(self, cell: Cell) -> Tuple[str, bool]:
-        """Run ``cell`` unless its key is in the JSON; returns (key, ran)."""
+    # -- planning
+    def tasks(self, cells: List[Cell]) -> Tuple[List[str], List[Task]]:
+        """The cell keys of ``cells`` (plan order) and the tasks still to run, in ``--jobs 1`` order."""
         args = self.args
-        distiller = cell.distiller(args.seed)
-        key = self.cell_key(cell, distiller)
-        if key in self.doc["cells"]:
-            return key, False
-        cfg = distiller.config
-        teacher_seconds, teacher_key = None, None
-        if self.needs_teacher(distiller, cell):
-            # the preset's own teacher: a DM/M3D cell (no teacher of its own) is diagnosed with WMDD's
-            source = distiller if cfg.strategy == "barycenter" or cfg.eval_protocol == "soft" else \
-                ddm.Distiller(method="wmdd", ipc=cell.ipc, seed=args.seed,
-                              **{k: v for k, v in cell.overrides.items() if k in ("teacher_epochs",)})
-            teacher, teacher_seconds, teacher_key = self.teacher_for(source)
-            if source is distiller:
-                distiller.teacher_ = teacher
-        else:
-            teacher = None
-        start = time.perf_counter()
-        syn = distiller.fit(self.splits.train, progress=False)
-        distill_seconds = time.perf_counter() - start
-        bkey = self.baseline_key(cell.ipc, cfg)
-        need_baseline = bkey not in self.doc["baselines"]
-        kw: Dict[str, Any] = {} if self.full_epochs is None else {"full_epochs": self.full_epochs}
-        if need_baseline and cfg.eval_protocol == "soft" and "random_hard" in EVALUATE_PARAMS:
-            kw["random_hard"] = True  # the papers' baseline: random real images, hard labels
-        report = ddm.evaluate(syn, self.splits.test, train_set=self.splits.train if need_baseline else None,
-                              model=cfg.eval_model, runs=args.runs, protocol=cfg.eval_protocol,
-                              teacher=distiller.teacher_ if cfg.eval_protocol == "soft" else None,
-                              epochs=cfg.eval_epochs, lr=cfg.eval_lr, temperature=cfg.temperature, seed=args.seed,
-                              progress=False, **kw)
-        rep = report.to_dict()
-        if need_baseline:
-            self.doc["baselines"][bkey] = self._baseline_entry(cell.ipc, cfg, rep, teacher_key)
-        bary = (syn.meta.get("info") or {}).get("barycenter_seconds")
-        entry = {
-            "key": key, "experiment": cell.experiment, "label": cell.label, "backend": cell.backend,
-            "strategy": cell.strategy, "method": cell.method, "loss": syn.meta.get("loss"), "ipc": cell.ipc,
-            "seed": args.seed, "runs": args.runs, "overrides": cell.overrides, "config": cfg.to_dict(),
-            "eval": self.eval_settings(cfg), "baseline_key": bkey,
-            "accuracies": rep["runs"], "mean": rep["mean"], "std": rep["std"],
-            "distill_seconds": distill_seconds, "barycenter_seconds": bary,
-            "barycenter_share": (bary / distill_seconds) if bary is not None and distill_seconds > 0 else None,
-            "teacher_key": teacher_key, "teacher_seconds": teacher_seconds,
-            "eval_seconds": rep["seconds"].get("evaluate"), "timings": syn.meta.get("timings"),
-            "info": syn.meta.get("info"), "finished": now(),
-        }
-        if cell.diagnose:
-            from ddmetrics.diagnose import diagnose
-
-            start = time.perf_counter()
-            entry["diagnosis"] = diagnose(syn, self.splits.train, teacher).to_dict()
-            entry["diagnose_seconds"] = time.perf_counter() - start
-        self.doc["cells"][key] = entry
-        self.doc["errors"].pop(key, None)
-        return key, True
-
-    def _baseline_entry(self, ipc: int, cfg, rep: Dict[str, Any], teacher_key: Optional[str]) -> Dict[str, Any]:
-        return {"ipc": ipc, "protocol": cfg.eval_protocol, "eval": self.eval_settings(cfg), "teacher_key": teacher_key,
-                "random_runs": rep["random_runs"], "random_hard_runs": rep["random_hard_runs"], "full": rep["full"],
-                "seconds": {k: v for k, v in rep["seconds"].items() if k != "evaluate"}, "finished": now()}
-
-    def run(self, cells: List[Cell]) -> List[str]:
-        """Run every cell (resuming), then fill the moments experiment's random-subset reference."""
         keys: List[str] = []
-        bar = tqdm(cells, desc=f"{self.args.experiment} cells", disable=self.args.no_progress, unit="cell")
-        for cell in bar:
-            bar.set_postfix_str(f"{cell.label}, IPC {cell.ipc}")
-            try:
-                key, ran = self.run_cell(cell)
-            except KeyboardInterrupt:
-                self.save()
-                raise
-            except Exception as err:  # one broken backend must not lose the other cells
-                key = f"error:{cell.label}:{cell.ipc}"
-                self.doc["errors"][key] = {"label": cell.label, "ipc": cell.ipc, "error": repr(err),
-                                           "traceback": traceback.format_exc(limit=6), "when": now()}
-                self.run_log["failed_cells"] += 1
-                tqdm.write(f"cell {cell.label!r} IPC {cell.ipc} failed: {err!r}")
-                self.save()
-                continue
+        tasks: List[Task] = []
+        parts: Dict[str, Task] = {}
+        seen = set()
+        for cell in cells:
+            distiller = cell.distiller(args.seed)
+            cfg = distiller.config
+            key = self.cell_key(cell, distiller)
             keys.append(key)
-            if ran:
-                self.run_log["new_cells"] += 1
-                self.save()
-            else:
+            bkey = self.baseline_key(cell.ipc, cfg)
+            baseline = [] if bkey in self.doc["baselines"] or bkey in self._baselines else \
+                self._plan_baseline(bkey, cell.ipc, distiller, parts)  # also for a finished cell
+            if key in self.doc["cells"] or key in seen:
                 self.run_log["skipped_cells"] += 1
+                tasks += baseline
+                continue
+            seen.add(key)
+            tkey, own = None, False
+            if self.needs_teacher(distiller, cell):
+                # the preset's own teacher: a DM/M3D cell (no teacher of its own) is diagnosed with WMDD's
+                own = cfg.strategy == "barycenter" or cfg.eval_protocol == "soft"
+                source = distiller if own else ddm.Distiller(
+                    method="wmdd", ipc=cell.ipc, seed=args.seed,
+                    **{k: v for k, v in cell.overrides.items() if k in ("teacher_epochs",)})
+                tkey = self.teacher_key(source)
+            rank = 0 if cfg.strategy == "barycenter" else 1
+            tasks.append(Task("cell", key, cell.ipc, f"{cell.label}, IPC {cell.ipc}", rank, cell=cell,
+                              teacher_key=tkey, own_teacher=own, baseline_key=bkey))
+            tasks += baseline
+        return keys, tasks
+
+    def _plan_baseline(self, bkey: str, ipc: int, distiller: ddm.Distiller, parts: Dict[str, Task]) -> List[Task]:
+        """Register baseline ``bkey`` and return its parts not planned yet: the random subset under the
+        cell's protocol, for the soft protocol also with hard labels (the papers' baseline), the full data."""
+        args, cfg = self.args, distiller.config
+        soft = cfg.eval_protocol == "soft"
+        tkey = self.teacher_key(distiller) if soft else None
+        common = {"ipc": ipc, "model": cfg.eval_model, "epochs": cfg.eval_epochs, "lr": cfg.eval_lr,
+                  "runs": args.runs, "seed": args.seed}
+        specs = [("random", "random", {**common, "protocol": cfg.eval_protocol,
+                                       **({"temperature": cfg.temperature} if soft else {})}, tkey, 2)]
+        if soft:
+            specs.append(("random_hard", "random", {**common, "protocol": "hard"}, None, 2))
+        specs.append(("full", "full", {"model": cfg.eval_model, "epochs": self.full_epochs, "lr": cfg.eval_lr,
+                                       "seed": args.seed}, None, 3))
+        new: List[Task] = []
+        names: Dict[str, str] = {}
+        for name, kind, params, teacher, rank in specs:
+            pkey = settings_key({"part": kind, "dataset": args.dataset, "teacher": teacher, **params})
+            names[name] = pkey
+            if pkey in parts:
+                parts[pkey].ipc = max(parts[pkey].ipc, ipc)
+                continue
+            what = {"random": "random subset", "full": "full data"}[kind]
+            label = what + (f" ({params['protocol']} labels), IPC {ipc}" if kind == "random" else "")
+            parts[pkey] = Task(kind, pkey, ipc, label, rank, params=params, teacher_key=teacher)
+            new.append(parts[pkey])
+        self._baselines[bkey] = {"ipc": ipc, "protocol": cfg.eval_protocol, "eval": self.eval_settings(cfg),
+                                 "teacher_key": tkey, "parts": names}
+        return new
+
+    # -- results
+    def _error_key(self, label: str, ipc: int) -> str:
+        return f"error:{label}:{ipc}"
+
+    def record(self, task: Task, result: Dict[str, Any]) -> None:
+        """Store one finished task's result (or its error) in the document and save it."""
+        if task.kind == "cell":
+            cell = task.cell
+            ekey = self._error_key(cell.label, cell.ipc)
+            if "error" in result:
+                self.doc["errors"][ekey] = {"label": cell.label, "ipc": cell.ipc, "error": result["error"],
+                                            "traceback": result["traceback"], "when": now()}
+                self.run_log["failed_cells"] += 1
+                tqdm.write(f"cell {cell.label!r} IPC {cell.ipc} failed: {result['error']}")
+            else:
+                entry = result["value"]
+                entry["teacher_seconds"] = self.teachers.seconds(task.teacher_key)
+                self.doc["cells"][task.key] = entry
+                self.doc["errors"].pop(ekey, None)
+                self.run_log["new_cells"] += 1
+        else:
+            self._parts[task.key] = result
+            for bkey, b in list(self._baselines.items()):
+                if task.key not in b["parts"].values():
+                    continue
+                label = f"baselines ({b['protocol']} protocol)"
+                ekey = self._error_key(label, b["ipc"])
+                if "error" in result:
+                    del self._baselines[bkey]
+                    self.doc["errors"][ekey] = {"label": label, "ipc": b["ipc"], "error": result["error"],
+                                                "traceback": result["traceback"], "when": now()}
+                    self.run_log["failed_baselines"] += 1
+                    tqdm.write(f"{task.label} failed: {result['error']}")
+                elif all(k in self._parts for k in b["parts"].values()):
+                    del self._baselines[bkey]
+                    self.doc["baselines"][bkey] = self._baseline_entry(b)
+                    self.doc["errors"].pop(ekey, None)
+                    self.run_log["new_baselines"] += 1
+        self.save()
+
+    def _baseline_entry(self, b: Dict[str, Any]) -> Dict[str, Any]:
+        random = self._parts[b["parts"]["random"]]["value"]
+        hard = self._parts[b["parts"]["random_hard"]]["value"] if "random_hard" in b["parts"] else None
+        full = self._parts[b["parts"]["full"]]["value"]
+        return {"ipc": b["ipc"], "protocol": b["protocol"], "eval": b["eval"], "teacher_key": b["teacher_key"],
+                "random_runs": random["runs"], "random_hard_runs": hard["runs"] if hard else [],
+                "full": full["full"],
+                "seconds": {"random_subset": random["seconds"] + (hard["seconds"] if hard else 0.0),
+                            "full_data": full["seconds"]}, "finished": now()}
+
+    # -- running
+    def run(self, cells: List[Cell]) -> List[str]:
+        """Run every missing cell and baseline (resuming), then the moments experiment's random reference."""
+        keys, tasks = self.tasks(cells)
+        bar = tqdm(total=len(tasks), desc=f"{self.args.experiment} tasks", disable=self.args.no_progress,
+                   unit="task")
+        try:
+            if self.args.jobs == 1 or not tasks:
+                self._run_here(tasks, bar)
+            else:
+                self._run_pool(tasks, bar)
+        except KeyboardInterrupt:
+            self.save()
+            raise
+        finally:
+            bar.close()
         if self.args.experiment == "moments":
             self._random_reference(cells)
         self.save()
-        return keys
+        failed = {t.key for t in tasks if t.kind == "cell" and t.key not in self.doc["cells"]}
+        return [k for k in keys if k not in failed]
+
+    def _run_here(self, tasks: List[Task], bar) -> None:
+        ctx = _Context(self.args, self.splits, self.teachers.get)
+        for task in tasks:
+            bar.set_postfix_str(task.label)
+            try:
+                result = {"value": execute(task, ctx)}
+            except Exception as err:  # one broken backend must not lose the other tasks
+                result = _failure(err)
+            self.record(task, result)
+            bar.update()
+
+    def _run_pool(self, tasks: List[Task], bar) -> None:
+        args = self.args
+        order = sorted(tasks, key=lambda t: (-t.ipc, t.rank))  # most expensive first
+        needed = list(dict.fromkeys(t.teacher_key for t in order if t.teacher_key is not None))
+        with tempfile.TemporaryDirectory(prefix="mva_teachers_") as folder:
+            files: Dict[str, Tuple[str, str]] = {}
+            for key in needed:  # trained here, with all threads, before the workers start
+                bar.set_postfix_str(f"teacher {key}")
+                try:
+                    teacher = self.teachers.get(key)
+                except Exception as err:
+                    failure = _failure(err)
+                    for task in [t for t in order if t.teacher_key == key]:
+                        order.remove(task)
+                        self.record(task, failure)
+                        bar.update()
+                    continue
+                files[key] = (os.path.join(folder, key + ".pt"), self.teachers.sources[key].config.teacher)
+                torch.save(teacher.state_dict(), files[key][0])
+            pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_worker_init, initargs=(args, self.threads_per_job, files))
+            try:
+                futures = {pool.submit(_worker_run, task): task for task in order}
+                for future in as_completed(futures):
+                    task = futures[future]
+                    try:
+                        result = future.result()
+                    except Exception as err:  # e.g. a worker killed by the OS: BrokenProcessPool
+                        result = {"error": repr(err), "traceback": "".join(traceback.format_exception(err))}
+                    self.record(task, result)
+                    bar.set_postfix_str(task.label)
+                    bar.update()
+            except BaseException:
+                # Ctrl-C (the workers ignore it) or a bug here: drop the queue, stop the running tasks
+                # (the processes are looked up first: shutdown() forgets them)
+                procs = list((getattr(pool, "_processes", None) or {}).values())
+                pool.shutdown(wait=False, cancel_futures=True)
+                for proc in procs:
+                    proc.terminate()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _random_reference(self, cells: List[Cell]) -> None:
         """Moment distances of a same-size random real subset (the floor any method should beat)."""
@@ -363,7 +650,8 @@ class Runner:
             key = settings_key({"random": ipc, "seed": self.args.seed, "teacher": self.teacher_settings(probe.config)})
             if key in refs:
                 continue
-            teacher, _, tkey = self.teacher_for(probe)
+            tkey = self.teacher_key(probe)
+            teacher = self.teachers.get(tkey)
             subset = random_subset(self.splits.train, ipc, self.args.seed)
             refs[key] = {"label": "random subset", "ipc": ipc, "teacher_key": tkey,
                          "diagnosis": diagnose(subset, self.splits.train, teacher).to_dict()}
@@ -412,11 +700,14 @@ def _baseline_rows(doc: Dict[str, Any], rows: List[Dict[str, Any]]) -> List[Tupl
 
 def _header(doc: Dict[str, Any], title: str) -> List[str]:
     env = doc["environment"]
+    jobs = env.get("jobs", 1)  # older documents predate --jobs
+    workers = (f"; `--jobs {jobs}`: {jobs} worker processes × {env.get('threads_per_job')} threads, so per-task "
+               "times are not comparable with a `--jobs 1` run" if jobs > 1 else "; `--jobs 1`")
     return [f"# {title}", "",
             f"Command: `{doc['command']}`", "",
             f"Dataset: {doc['dataset']} (train split distilled, test split evaluated). Machine: {env['machine']}, "
-            f"{env['cpus']} CPUs, torch {env['torch']}, {env['threads']} threads. Accuracy in %, mean ± std "
-            "(population) over the evaluation runs. Times in seconds, wall clock, shared machine.", ""]
+            f"{env['cpus']} CPUs, torch {env['torch']}, {env['threads']} threads{workers} (latest run). Accuracy in "
+            "%, mean ± std (population) over the evaluation runs. Times in seconds, wall clock, shared machine.", ""]
 
 
 TIME_NOTE = ("\"distill (s)\" is `Distiller.fit` with the teacher already trained (teachers are trained once and "
@@ -555,8 +846,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, metavar="PREFIX",
                    help="output prefix for .json/.md(/.png) (default benchmarks/results/metric_vs_accuracy for "
                         "main, benchmarks/results/<experiment> otherwise; '_quick' appended with --quick)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes (default 1: everything in this process, in plan order); N > 1: "
+                        "teachers trained here first, then cells and baselines in N spawned workers")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch threads of this process (default: torch's, %d here); each of the --jobs workers "
+                        "gets max(1, T // N)" % torch.get_num_threads())
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be positive")
+    if args.threads is None:
+        args.threads = torch.get_num_threads()
+    if args.threads < 1:
+        p.error("--threads must be positive")
     known = list(ddm.available_losses())
     if args.backends is None:
         args.backends = known
@@ -591,9 +894,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_plot(args.out + ".png", runner.doc, keys)
     log = runner.run_log
     print(f"{args.experiment}: {log['new_cells']} new cells, {log['skipped_cells']} skipped, "
-          f"{log['failed_cells']} failed in {time.perf_counter() - start:.1f} s; wrote {args.out}.json, "
+          f"{log['failed_cells']} failed, {log['new_baselines']} new baselines"
+          + (f", {log['failed_baselines']} failed" if log["failed_baselines"] else "")
+          + f" in {time.perf_counter() - start:.1f} s (--jobs {args.jobs}); wrote {args.out}.json, "
           f"{args.out}.md" + (f", {args.out}.png" if args.experiment == "main" else ""))
-    return 1 if log["failed_cells"] else 0
+    return 1 if log["failed_cells"] or log["failed_baselines"] else 0
 
 
 if __name__ == "__main__":
