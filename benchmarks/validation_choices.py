@@ -5,6 +5,8 @@ Each comparison distils the digits training split and reports accuracy on the va
 
 - student learning rate 0.01 vs 0.05 (WMDD, IPC 10, 300 epochs)
 - student epochs 300 vs 1000 (WMDD, IPC 1, lr 0.05)
+- student epochs 150 vs 300 at IPC 50 (WMDD soft labels, DM hard labels; 500 images = 2 batches
+  per epoch, so 150 epochs = 300 SGD steps, as 300 epochs are at IPC 10)
 - M3D factor 1 vs 2 (IPC 1)
 - KR-dual synthesis lr 1 vs 100 (IPC 10)
 - exact-barycenter mirror step 1 vs 10 (W2² objective on an 8-cluster mixture, n=400, d=64, m=12)
@@ -32,12 +34,16 @@ def _val(syn, splits, teacher=None, protocol="hard", **kw) -> float:
 def main() -> int:
     splits = ddm.data.load("digits", seed=0)
     rows = []
-    for ipc, key, values, kw in [(10, "lr", (0.01, 0.05), {"epochs": 300}), (1, "epochs", (300, 1000), {"lr": 0.05})]:
-        d = ddm.Distiller(method="wmdd", ipc=ipc, seed=0)
+    for method, ipc, key, values, kw in [("wmdd", 10, "lr", (0.01, 0.05), {"epochs": 300}),
+                                         ("wmdd", 1, "epochs", (300, 1000), {"lr": 0.05}),
+                                         ("wmdd", 50, "epochs", (150, 300), {"lr": 0.05}),
+                                         ("dm", 50, "epochs", (150, 300), {"lr": 0.05})]:
+        d = ddm.Distiller(method=method, ipc=ipc, seed=0)
         syn = d.fit(splits.train, progress=False)
+        protocol = d.config.eval_protocol
         for v in values:
-            acc = _val(syn, splits, d.teacher_, "soft", **{key: v}, **kw)
-            rows.append((f"WMDD IPC {ipc}: student {key}", v, f"{100 * acc:.2f} %"))
+            acc = _val(syn, splits, d.teacher_, protocol, **{key: v}, **kw)
+            rows.append((f"{method.upper()} IPC {ipc}: student {key}", v, f"{100 * acc:.2f} %"))
             print(rows[-1], flush=True)
     for method, ipc, key, values in [("m3d", 1, "factor", (1, 2)), ("krdual", 10, "lr", (1.0, 100.0))]:
         for v in values:

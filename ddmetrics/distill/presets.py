@@ -36,8 +36,9 @@ class DistillConfig:
         ``embedder`` (model name), ``iters_per_model``.
     Evaluation
         ``eval_protocol`` (``"soft"``: teacher soft labels, KL at ``temperature``; ``"hard"``),
-        ``eval_model``, ``eval_epochs`` (``None``: 1000 for sets under 50 images, else 300 —
-        chosen on the digits validation split), ``eval_lr``.
+        ``eval_model``, ``eval_epochs`` (``None``: 1000 for sets under 50 images, else 300 SGD
+        steps' worth, i.e. 300 epochs at IPC 10 and 150 at IPC 50 —
+        :func:`ddmetrics.evaluate.default_epochs`, measured on the digits validation split), ``eval_lr``.
     """
 
     strategy: str = "barycenter"
