@@ -680,7 +680,7 @@ def _baseline_rows(doc: Dict[str, Any], rows: List[Dict[str, Any]]) -> List[Tupl
             continue
         seen.add(r["baseline_key"])
         ev = b["eval"]
-        note = f"{ev['model']}, {ev['epochs']} epochs"
+        note = f"{ev['model']}, {ev['epochs'] or 'default'} epochs"
         if b["protocol"] == "soft":
             out.append((b["ipc"], "random subset (teacher soft labels)", pm(b["random_runs"]), note))
             if b["random_hard_runs"]:
