@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..losses.base import DistributionLoss
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, loop_state, restore_loop
 from .distributed import class_seed
 from .pcbn import PCBNLoss, per_class_bn_stats
 from ._common import make_augment, make_optimizer
@@ -114,10 +114,7 @@ class BarycenterMatching:
         labels = torch.full((self.ipc,), k, dtype=torch.long)
         opt, sched = make_optimizer([syn], cfg.optimizer, cfg.lr, cfg.iterations)
         if state is not None:
-            opt.load_state_dict(state["optimizer"])
-            if sched is not None:
-                sched.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
+            restore_loop(state, opt, sched, gen)
         last = first
         for it in tqdm(range(start, cfg.iterations), desc=f"wmdd synthesis, class {k}", disable=not progress,
                        leave=False):
@@ -139,8 +136,7 @@ class BarycenterMatching:
             if ckpt is not None and ckpt.due(it, cfg.iterations):
                 ckpt.save_progress(k, {
                     "iteration": it + 1, "images": syn.detach().clone(), "targets": targets, "weights": weights,
-                    "barycenter_seconds": bary_seconds, "first": first, "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None, "generator": gen.get_state()})
+                    "barycenter_seconds": bary_seconds, "first": first, **loop_state(opt, sched, gen)})
         info = {"barycenter_seconds": bary_seconds, "feature_loss_first": first, "feature_loss_last": last}
         return {"images": syn.detach(), "weights": weights, "info": info}
 

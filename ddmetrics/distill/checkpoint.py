@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .._io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["Checkpoint", "data_fingerprint"]
+__all__ = ["Checkpoint", "data_fingerprint", "loop_state", "restore_loop"]
 
 RUN_FILE = "run.json"
 
@@ -150,3 +150,16 @@ class Checkpoint:
     def save_progress(self, k: int, state: Dict[str, Any]) -> None:
         _save(self._path(f"class_{k:04d}.progress.pt"), state)
 
+
+def loop_state(opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> Dict[str, Any]:
+    """The optimiser, scheduler and generator state a synthesis loop needs to continue exactly."""
+    return {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
+            "generator": gen.get_state()}
+
+
+def restore_loop(state: Dict[str, Any], opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> None:
+    """Inverse of :func:`loop_state`, in place."""
+    opt.load_state_dict(state["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])

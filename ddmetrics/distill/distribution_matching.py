@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..losses.base import DistributionLoss
 from ..models import get_model
 from . import factor as factor_mod
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, loop_state, restore_loop
 from .distributed import class_seed
 from ._common import make_augment, make_optimizer, seeded
 from .presets import DistillConfig
@@ -100,10 +100,7 @@ class DistributionMatching:
         labels = torch.full((self.ipc,), k, dtype=torch.long)
         opt, sched = make_optimizer([syn], cfg.optimizer, cfg.lr, cfg.iterations)
         if state is not None:
-            opt.load_state_dict(state["optimizer"])
-            if sched is not None:
-                sched.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
+            restore_loop(state, opt, sched, gen)
             loss.load_state_dict(state["loss"])
         indices = train.class_indices(k)
         take = min(cfg.batch_real, len(indices))
@@ -126,8 +123,7 @@ class DistributionMatching:
             first = last if first is None else first
             if ckpt is not None and ckpt.due(it, cfg.iterations):
                 ckpt.save_progress(k, {
-                    "iteration": it + 1, "images": syn.detach().clone(), "first": first, "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None, "generator": gen.get_state(),
+                    "iteration": it + 1, "images": syn.detach().clone(), "first": first, **loop_state(opt, sched, gen),
                     "loss": loss.state_dict()})
         weights = torch.full((self.ipc,), 1.0 / self.ipc)
         return {"images": syn.detach(), "weights": weights,
