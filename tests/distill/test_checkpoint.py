@@ -12,14 +12,6 @@ import ddmetrics as ddm
 from ddmetrics.distill.checkpoint import Checkpoint
 
 
-@pytest.fixture(scope="module")
-def small():
-    torch.set_num_threads(1)
-    train = ddm.data.load("digits", seed=0).train
-    keep = train.labels < 3
-    return ddm.data.ArrayDataset(train.images[keep], train.labels[keep], 3)
-
-
 CASES = {
     # stateful losses are the point: a direction generator (sliced), a warm-started critic (krdual)
     "dm-sliced": dict(method="dm", loss="sliced", ipc=2, iterations=12),

@@ -9,15 +9,6 @@ from ddmetrics.distill.distribution_matching import initial_class_images
 from ddmetrics.models import get_model
 
 
-@pytest.fixture(scope="module")
-def small():
-    """Three digit classes: enough signal, fast."""
-    torch.set_num_threads(1)
-    train = ddm.data.load("digits", seed=0).train
-    keep = train.labels < 3
-    return ddm.data.ArrayDataset(train.images[keep], train.labels[keep], 3)
-
-
 def test_barycenter_matching_drives_features_to_targets(small):
     d = ddm.Distiller(method="wmdd", ipc=2, seed=0, iterations=150, teacher_epochs=5, augment=None, reg="none",
                       init="noise", lr=0.1)
