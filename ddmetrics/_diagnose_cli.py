@@ -39,7 +39,7 @@ def load_model(synset, synset_path: str, dataset, which: Optional[str]) -> Tuple
         ``which="teacher"`` without a ``teacher.pt`` next to the set, or a teacher file that does
         not fit the architecture.
     """
-    from .distill._common import seeded
+    from .utils import seeded
     from .models import get_model
 
     channels, size = dataset.images.shape[1], dataset.images.shape[-1]

@@ -35,7 +35,8 @@ def _parse_overrides(pairs: List[str]) -> Dict[str, object]:
 
 def _cmd_distill(args) -> int:
     from .data import load
-    from .distill import Distiller, distributed
+    from . import distributed
+    from .distill import Distiller
 
     overrides = _parse_overrides(args.set)
     if args.iterations is not None:
@@ -64,7 +65,7 @@ def _cmd_distill(args) -> int:
 
 
 def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
-    from .distill import distributed
+    from . import distributed
     from .evaluate import evaluate
 
     rank, world_size = distributed.world()

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from .data import as_array_dataset
 from .losses.base import DistributionLoss, available_losses, get_loss
 from .synset import SyntheticSet
+from .utils import embed_batched
 
 __all__ = ["DiagnosisReport", "diagnose", "moment_distances", "MOMENTS", "DEFAULT_LOSS_KWARGS"]
 
@@ -122,18 +123,6 @@ def _fmt(value: Optional[float], precision: int) -> str:
     return f"{value:.{precision}g}"
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for prm in model.parameters():
-        return prm.device
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def _embed(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    device = _model_device(model)
-    out = [model.embed(images[i:i + batch_size].to(device)).flatten(1).cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out) if out else images.new_zeros((0, 0))
 
 
 def moment_distances(x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None) -> Dict[str, float]:
@@ -262,8 +251,8 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
     was_training = model.training
     model.eval()
     try:
-        f_real = _embed(model, real.images, batch_size).double()
-        f_syn = _embed(model, images, batch_size).double()
+        f_real = embed_batched(model, real.images, batch_size).cpu().double()
+        f_syn = embed_batched(model, images, batch_size).cpu().double()
     finally:
         model.train(was_training)
 

@@ -26,8 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import ArrayDataset, as_array_dataset
-from .distill import distributed
-from .distill._common import make_augment, seeded
+from . import distributed
+from .augment import make_augment
+from .utils import seeded
 from .models import accuracy, get_model, train_model
 from .synset import SyntheticSet
 

@@ -175,10 +175,10 @@ class SyntheticSet:
         """Images, labels and weights as the learner sees them.
 
         With ``meta["factor"]`` = f > 1 every stored image becomes f² up-sampled tiles
-        (:func:`ddmetrics.distill.factor.decode`; tile weights ``w/f²``); otherwise the
+        (:func:`ddmetrics.factor.decode`; tile weights ``w/f²``); otherwise the
         stored tensors are returned.
         """
-        from .distill.factor import decode
+        from .factor import decode
 
         images, labels, weights = decode(self.images, self.labels, self.weights, self.factor)
         return images, labels, weights

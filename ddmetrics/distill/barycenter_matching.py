@@ -13,7 +13,7 @@ the synthetic inputs to the real class statistics. The weights travel with the s
 
 Both terms are sums over classes and the teacher runs in eval mode, so classes are
 independent: :class:`BarycenterMatching` synthesises one class at a time, with its own random
-stream (:func:`~ddmetrics.distill.distributed.class_seed`) and its own copy of the loss. That
+stream (:func:`~ddmetrics.distributed.class_seed`) and its own copy of the loss. That
 is what lets the :class:`~ddmetrics.Distiller` shard classes over ranks and checkpoint them.
 """
 from __future__ import annotations
@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 
 from ..losses.base import DistributionLoss
 from .checkpoint import Checkpoint, loop_state, restore_loop
-from .distributed import class_seed
+from ..distributed import class_seed
 from .pcbn import PCBNLoss, per_class_bn_stats
-from ._common import make_augment, make_optimizer
+from ..augment import make_augment
+from ._loop import make_optimizer
 from .presets import DistillConfig
 
 

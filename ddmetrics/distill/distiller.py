@@ -12,8 +12,9 @@ from ..data import as_array_dataset
 from ..losses.base import DistributionLoss, get_loss
 from ..models import get_model, train_model
 from ..synset import SyntheticSet
-from . import distributed
-from ._common import make_augment, seeded
+from .. import distributed
+from ..augment import make_augment
+from ..utils import seeded
 from .barycenter_matching import BarycenterMatching
 from .checkpoint import Checkpoint, data_fingerprint
 from .distribution_matching import DistributionMatching

@@ -28,10 +28,12 @@ from tqdm.auto import tqdm
 
 from ..losses.base import DistributionLoss
 from ..models import get_model
-from . import factor as factor_mod
+from .. import factor as factor_mod
 from .checkpoint import Checkpoint, loop_state, restore_loop
-from .distributed import class_seed
-from ._common import make_augment, make_optimizer, seeded
+from ..distributed import class_seed
+from ..augment import make_augment
+from ..utils import seeded
+from ._loop import make_optimizer
 from .presets import DistillConfig
 
 

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..utils import model_device
+
 __all__ = ["BNStats", "PCBNLoss", "bn_inputs", "bn_layers", "per_class_bn_stats", "weighted_mean_var"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -188,11 +190,6 @@ class BNStats:
                        self.counts.to(device=device))
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
 
 @torch.no_grad()
 def per_class_bn_stats(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: int = 256,
@@ -241,7 +238,7 @@ def per_class_bn_stats(model: nn.Module, dataset: Dataset, num_classes: int, bat
     for name, v in (("num_classes", num_classes), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     shift: List[Tensor] = []  # per layer (C,)

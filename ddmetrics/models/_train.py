@@ -10,16 +10,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..data import ArrayDataset, as_array_dataset
+from ..utils import model_device
 
 __all__ = ["train_model", "accuracy"]
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def _batches(n: int, batch_size: int) -> List[Tuple[int, int]]:
@@ -92,7 +88,7 @@ def train_model(model: nn.Module, dataset: Union[ArrayDataset, Dataset], epochs:
     if n == 0:
         raise ValueError("dataset is empty")
     weights = _check_weights(sample_weights, n)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     images, labels = data.images, data.labels
     if weights is not None:
@@ -134,7 +130,7 @@ def accuracy(model: nn.Module, dataset: Union[ArrayDataset, Dataset], batch_size
     data = as_array_dataset(dataset)
     if len(data) == 0:
         raise ValueError("dataset is empty")
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:

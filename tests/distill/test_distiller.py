@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import ddmetrics as ddm
-from ddmetrics.distill._common import seeded
-from ddmetrics.distill.distributed import class_seed
+from ddmetrics.utils import seeded
+from ddmetrics.distributed import class_seed
 from ddmetrics.distill.distribution_matching import initial_class_images
 from ddmetrics.models import get_model
 

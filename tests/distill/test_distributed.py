@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ddmetrics as ddm
-from ddmetrics.distill.distributed import class_seed, shard
+from ddmetrics.distributed import class_seed, shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # torchrun gives each worker one thread; the single-process reference must use the same count

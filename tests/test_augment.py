@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddmetrics.distill.augment import OPS, AugParams, DiffAugment
+from ddmetrics.augment import OPS, AugParams, DiffAugment
 
 
 def _gen(seed):

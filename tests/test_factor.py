@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddmetrics.distill.factor import decode, encode
+from ddmetrics.factor import decode, encode
 
 
 def test_round_trip_shapes_labels_and_weights():

@@ -386,3 +386,13 @@ class DiffAugment:
             raise ValueError(f"real and syn must share (C, H, W): {tuple(real.shape[1:])} vs {tuple(syn.shape[1:])}")
         params = self.sample(1, real.shape, generator, real.device)
         return self.apply(real, params), self.apply(syn, params)
+
+
+def make_augment(strategy: "Optional[str]", channels: int) -> "Optional[DiffAugment]":
+    """DSA augmentation for ``strategy``; ``"auto"`` drops the flip for 1-channel data (digits);
+    ``None`` or ``"none"``: no augmentation."""
+    if strategy is None or strategy == "none":
+        return None
+    if strategy == "auto":
+        strategy = "color_crop_cutout_scale_rotate" if channels == 1 else "color_crop_cutout_flip_scale_rotate"
+    return DiffAugment(strategy=strategy)
