@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..data import as_array_dataset
-from ..losses.base import DistributionLoss, get_loss
+from ..losses import DistributionLoss
 from ..models import get_model, train_model
 from ..synset import SyntheticSet
 from .. import distributed
@@ -18,7 +18,7 @@ from ..utils import seeded
 from .barycenter_matching import BarycenterMatching
 from .checkpoint import Checkpoint, data_fingerprint
 from .distribution_matching import DistributionMatching
-from .presets import DistillConfig, preset
+from .presets import DistillConfig, make_loss, preset
 
 LossSpec = Union[str, DistributionLoss, None]
 
@@ -83,13 +83,18 @@ class Distiller:
         self.method = method
         self.ipc = ipc
         self.seed = seed
-        loss_name = loss.name if isinstance(loss, DistributionLoss) else loss
-        self.config: DistillConfig = preset(method, loss=loss_name, **overrides)
+        if isinstance(loss, DistributionLoss):
+            # used as given; the config records what it is, so the run's record is truthful
+            settings = {k: v for k, v in loss.config().items() if k not in ("name", "class")}
+            self.config: DistillConfig = preset(method, loss=loss.name or type(loss).__qualname__,
+                                                loss_kwargs=settings, **overrides)
+            self.loss: DistributionLoss = loss
+        else:
+            self.config = preset(method, loss=loss, **overrides)
+            # built once, now, so an unknown name fails before any work
+            self.loss = make_loss(self.config.loss, **self.config.loss_kwargs)
         if self.config.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.config.strategy!r}")
-        # resolve the loss now so an unknown name fails before any work
-        self.loss: DistributionLoss = loss if isinstance(loss, DistributionLoss) else get_loss(
-            self.config.loss, **self.config.loss_kwargs)
         self.teacher_ = teacher
         self.timings_: Dict[str, float] = {}
 
@@ -190,6 +195,7 @@ class Distiller:
         meta = {
             "method": self.method,
             "loss": self.loss.name or type(self.loss).__name__,
+            "loss_config": self.loss.config(),
             "ipc": self.ipc,
             "seed": self.seed,
             "factor": info.pop("factor"),

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Union
 
+from ..losses import DistributionLoss, get_loss
+
 
 @dataclass
 class DistillConfig:
@@ -84,6 +86,12 @@ class DistillConfig:
             raise ValueError(f"factor must be a positive integer or 'auto', got {self.factor!r}")
         return self.factor
 
+    def evaluation_kwargs(self) -> Dict[str, Any]:
+        """The :func:`ddmetrics.evaluate` settings of this config (model, protocol, epochs, lr,
+        temperature)."""
+        return {"model": self.eval_model, "protocol": self.eval_protocol, "epochs": self.eval_epochs,
+                "lr": self.eval_lr, "temperature": self.temperature}
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -101,12 +109,18 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                    eval_protocol="hard"),
 }
 
-#: loss settings used inside a distiller when the loss is named without ``loss_kwargs``:
-#: a warm-started critic with 20 steps per call instead of a fresh one trained 100 times
-#: (the KR dual is called once per class and iteration; 5x cheaper, same matching signal)
-LOSS_DEFAULTS: Dict[str, Dict[str, Any]] = {
+#: The one table of loss settings used when a distiller builds a loss from its name — by the
+#: presets, ``diagnose`` and the benchmarks alike: explicit ``loss_kwargs`` override it. The KR
+#: dual is called once per class and iteration, so it keeps a warm-started critic and trains it
+#: 20 steps per call instead of a fresh one 100 times (5x cheaper, same matching signal).
+LOSS_SETTINGS: Dict[str, Dict[str, Any]] = {
     "krdual": {"steps": 20, "warm_start": True},
 }
+
+
+def make_loss(name: str, **kwargs) -> DistributionLoss:
+    """The registered loss ``name`` with :data:`LOSS_SETTINGS` for it, updated by ``kwargs``."""
+    return get_loss(name, **{**LOSS_SETTINGS.get(name, {}), **kwargs})
 
 
 def preset(method: str, **overrides) -> DistillConfig:
@@ -123,6 +137,4 @@ def preset(method: str, **overrides) -> DistillConfig:
     elif overrides["loss"] != settings.get("loss") and "loss_kwargs" not in overrides:
         settings["loss_kwargs"] = {}
     settings.update(overrides)
-    if not settings.get("loss_kwargs") and "loss_kwargs" not in overrides:
-        settings["loss_kwargs"] = dict(LOSS_DEFAULTS.get(settings.get("loss", DistillConfig.loss), {}))
     return DistillConfig().replace(**settings)

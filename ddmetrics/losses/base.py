@@ -160,6 +160,14 @@ class DistributionLoss(nn.Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self._config().items())
 
+    def config(self) -> Dict[str, object]:
+        """The registry name (``""`` for an unregistered class, with ``class``) and the settings
+        this instance was built with, JSON-able: what a run records about its loss."""
+        out: Dict[str, object] = {"name": self.name, "class": type(self).__qualname__}
+        out.update({k: v if isinstance(v, (bool, int, float, str, type(None), list, tuple, dict)) else repr(v)
+                    for k, v in self._config().items()})
+        return out
+
     # State that evolves between calls (a direction generator, a warm-started critic) must
     # survive a checkpoint: it travels in ``state_dict()`` through PyTorch's extra-state hooks.
     def get_extra_state(self) -> Dict[str, object]:
