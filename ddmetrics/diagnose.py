@@ -31,6 +31,7 @@ two mixtures have the same class proportions and only the within-class shapes di
 from __future__ import annotations
 
 import math
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -39,20 +40,15 @@ import torch
 from torch import Tensor, nn
 
 from .data import as_array_dataset
+from .distill.presets import LOSS_SETTINGS
 from .losses.base import DistributionLoss, available_losses, get_loss
 from .synset import SyntheticSet
 from .utils import embed_batched
 
-__all__ = ["DiagnosisReport", "diagnose", "moment_distances", "MOMENTS", "DEFAULT_LOSS_KWARGS"]
+__all__ = ["DiagnosisReport", "diagnose", "moment_distances", "MOMENTS"]
 
 #: names of the moment distances, in table order
 MOMENTS = ("moment1", "moment2", "moment3")
-
-#: keyword arguments used when a backend is named without settings ("few steps" for the KR critic)
-DEFAULT_LOSS_KWARGS: Dict[str, Dict[str, Any]] = {
-    "krdual": {"steps": 25, "seed": 0},
-    "sliced": {"seed": 0},
-}
 
 LossSpec = Union[None, Sequence[Union[str, DistributionLoss]], Mapping[str, Union[DistributionLoss, Dict[str, Any]]]]
 
@@ -156,7 +152,16 @@ def moment_distances(x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Option
     return {"moment1": float((mx - my).norm()), "moment2": float((cx - cy).norm()), "moment3": float((tx - ty).norm())}
 
 
-def _loss_factories(losses: LossSpec) -> Dict[str, Callable[[], DistributionLoss]]:
+def _named_settings(name: str, seed: int) -> Dict[str, Any]:
+    """The distiller's settings for loss ``name`` (:data:`ddmetrics.distill.presets.LOSS_SETTINGS`),
+    plus ``seed`` for a loss that draws random numbers (sliced directions, a KR critic)."""
+    settings = dict(LOSS_SETTINGS.get(name, {}))
+    if "seed" in inspect.signature(type(get_loss(name, **settings)).__init__).parameters:
+        settings["seed"] = seed
+    return settings
+
+
+def _loss_factories(losses: LossSpec, seed: int = 0) -> Dict[str, Callable[[], DistributionLoss]]:
     """name -> zero-argument factory giving a fresh, identically seeded loss for every comparison."""
     if losses is None:
         losses = list(available_losses())
@@ -169,7 +174,7 @@ def _loss_factories(losses: LossSpec) -> Dict[str, Callable[[], DistributionLoss
             if isinstance(spec, DistributionLoss):
                 items.append((spec.name or type(spec).__name__, spec))
             elif isinstance(spec, str):
-                items.append((spec, dict(DEFAULT_LOSS_KWARGS.get(spec, {}))))
+                items.append((spec, _named_settings(spec, seed)))
             else:
                 raise TypeError(f"losses must hold names or DistributionLoss instances, got {type(spec).__name__}")
     for name, spec in items:
@@ -208,7 +213,8 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         Used in eval mode; its previous mode is restored.
     losses : list of str / DistributionLoss, or dict, optional
         Which distances to compute. Default: every registered backend, with
-        :data:`DEFAULT_LOSS_KWARGS` (few critic steps for ``krdual``, a fixed seed for ``sliced``).
+        :data:`ddmetrics.distill.presets.LOSS_SETTINGS` (the distiller's own: 20 warm-started critic
+        steps for ``krdual``), with ``seed`` for losses that take one (``sliced``, ``krdual``).
         A dict maps a column name to a loss instance or to the settings of the registered loss of
         that name. Named losses get a fresh instance for every comparison, so the values do
         not depend on the order of the classes.
@@ -245,7 +251,7 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
                          f"{tuple(real.images.shape[1:])}")
     if synset.num_classes != real.num_classes:
         raise ValueError(f"the synthetic set has {synset.num_classes} classes, the real set {real.num_classes}")
-    factories = _loss_factories(losses)
+    factories = _loss_factories(losses, seed)
     metrics = list(factories) + list(MOMENTS)
 
     was_training = model.training

@@ -18,7 +18,7 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,33 +50,24 @@ class EvalReport:
     full: Optional[float] = None
     seconds: Dict[str, float] = field(default_factory=dict)
 
-    @staticmethod
-    def _ms(values: List[float]):
-        if not values:
-            return None, None
-        return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
-
     @property
     def mean(self) -> float:
-        return self._ms(self.runs)[0]
+        return mean_std(self.runs)[0]
 
     @property
     def std(self) -> float:
-        return self._ms(self.runs)[1]
+        return mean_std(self.runs)[1]
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["mean"], out["std"] = self._ms(self.runs)
-        out["random_mean"], out["random_std"] = self._ms(self.random_runs)
-        out["random_hard_mean"], out["random_hard_std"] = self._ms(self.random_hard_runs)
+        out["mean"], out["std"] = mean_std(self.runs)
+        out["random_mean"], out["random_std"] = mean_std(self.random_runs)
+        out["random_hard_mean"], out["random_hard_std"] = mean_std(self.random_hard_runs)
         return out
 
     def summary(self) -> str:
         """A small fixed-width table of the report (percentages)."""
-        def pm(values):
-            m, s = self._ms(values)
-            return "-" if m is None else f"{100 * m:.2f} ± {100 * s:.2f}"
-
+        pm = format_mean_std
         rows = [
             ("method", self.method), ("loss", self.loss), ("IPC", str(self.ipc)), ("protocol", self.protocol),
             ("accuracy (%)", pm(self.runs)), (f"random subset, {self.protocol} labels (%)", pm(self.random_runs)),
@@ -85,6 +76,19 @@ class EvalReport:
         ] + [(f"time {k} (s)", f"{v:.1f}") for k, v in self.seconds.items()]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and population standard deviation of ``values`` (``(None, None)`` when empty)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def format_mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``"mean ± std"`` of ``values`` times ``scale`` (accuracies in %), ``"-"`` when empty."""
+    m, s = mean_std(values)
+    return "-" if m is None else f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
 
 
 def random_subset(train: ArrayDataset, ipc: int, seed: int) -> SyntheticSet:

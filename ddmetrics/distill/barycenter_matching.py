@@ -25,27 +25,23 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
+from torch.utils.data import Subset
 
-from ..losses.base import DistributionLoss
-from .checkpoint import Checkpoint, loop_state, restore_loop
-from ..distributed import class_seed
-from .pcbn import PCBNLoss, per_class_bn_stats
 from ..augment import make_augment
-from ._loop import make_optimizer
+from ..losses import DistributionLoss
+from ..utils import embed_batched
+from ._loop import Strategy
+from .pcbn import PCBNLoss, per_class_bn_stats
 from .presets import DistillConfig
 
 
-@torch.no_grad()
 def class_features(model: nn.Module, train, indices: Tensor, batch_size: int = 512) -> Tensor:
     """``model.embed`` of the images ``train[indices]``, streamed through a DataLoader
     (only this class's features are ever held, never the whole data set's)."""
-    loader = DataLoader(Subset(train, indices.tolist()), batch_size=batch_size, shuffle=False)
-    return torch.cat([model.embed(images) for images, _ in loader])
+    return embed_batched(model, Subset(train, indices.tolist()), batch_size)
 
 
-class BarycenterMatching:
+class BarycenterMatching(Strategy):
     """WMDD's synthesis, one class at a time (see the module docstring).
 
     Parameters
@@ -64,8 +60,12 @@ class BarycenterMatching:
         Seed of every random choice.
     """
 
+    needs_teacher = True
+    summed_info = ("barycenter_seconds", "feature_loss_first", "feature_loss_last")
+    description = "wmdd synthesis"
+
     def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig,
-                 teacher: nn.Module, seed: int):
+                 seed: int, teacher: nn.Module):
         teacher.eval()
         for prm in teacher.parameters():
             prm.requires_grad_(False)
@@ -94,52 +94,36 @@ class BarycenterMatching:
             nearest.append(self.train[int(indices[i])][0])
         return support, bary.weights.to(feats.dtype), torch.stack(nearest), seconds
 
-    def run_class(self, k: int, ckpt: Optional[Checkpoint] = None, progress: bool = False) -> Dict[str, Any]:
-        """Synthesise class ``k``; returns ``images`` (ipc, C, H, W), ``weights`` (ipc,) and ``info``."""
-        cfg = self.cfg
-        gen = torch.Generator().manual_seed(class_seed(self.seed, k))
-        state = ckpt.progress(k) if ckpt is not None else None
-        if state is None:
-            targets, weights, nearest, bary_seconds = self.targets(k)
-            if cfg.init == "real":
-                init = nearest.clone()
-            elif cfg.init == "noise":
-                init = torch.randn(nearest.shape, generator=gen)
-            else:
-                raise ValueError(f"init must be 'real' or 'noise', got {cfg.init!r}")
-            first, start = None, 0
+    def start(self, k: int, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
+        targets, weights, nearest, bary_seconds = self.targets(k)
+        if self.cfg.init == "real":
+            init = nearest.clone()
+        elif self.cfg.init == "noise":
+            init = torch.randn(nearest.shape, generator=gen)
         else:
-            targets, weights, init = state["targets"], state["weights"], state["images"]
-            bary_seconds, first, start = state["barycenter_seconds"], state["first"], state["iteration"]
-        syn = init.clone().requires_grad_(True)
-        labels = torch.full((self.ipc,), k, dtype=torch.long)
-        opt, sched = make_optimizer([syn], cfg.optimizer, cfg.lr, cfg.iterations)
-        if state is not None:
-            restore_loop(state, opt, sched, gen)
-        last = first
-        for it in tqdm(range(start, cfg.iterations), desc=f"wmdd synthesis, class {k}", disable=not progress,
-                       leave=False):
-            opt.zero_grad(set_to_none=True)
-            view = self.augment(syn, gen) if self.augment is not None else syn
-            feats, logits, reg_value = self._forward(view, labels, weights)
-            if cfg.feature_loss == "barycenter":
-                feature = ((feats - targets) ** 2).sum()
-            elif cfg.feature_loss == "ce":
-                feature = F.cross_entropy(logits, labels, reduction="sum")
-            else:
-                raise ValueError(f"feature_loss must be 'barycenter' or 'ce', got {cfg.feature_loss!r}")
-            (feature + cfg.reg_weight * reg_value).backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            last = float(feature.detach())
-            first = last if first is None else first
-            if ckpt is not None and ckpt.due(it, cfg.iterations):
-                ckpt.save_progress(k, {
-                    "iteration": it + 1, "images": syn.detach().clone(), "targets": targets, "weights": weights,
-                    "barycenter_seconds": bary_seconds, "first": first, **loop_state(opt, sched, gen)})
-        info = {"barycenter_seconds": bary_seconds, "feature_loss_first": first, "feature_loss_last": last}
-        return {"images": syn.detach(), "weights": weights, "info": info}
+            raise ValueError(f"init must be 'real' or 'noise', got {self.cfg.init!r}")
+        return init, {"targets": targets, "weights": weights, "barycenter_seconds": bary_seconds}
+
+    def context(self, k: int, fixed: Dict[str, Any]) -> Dict[str, Any]:
+        return {**fixed, "labels": torch.full((self.ipc,), k, dtype=torch.long)}
+
+    def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
+        view = self.augment(syn, gen) if self.augment is not None else syn
+        feats, logits, reg_value = self._forward(view, ctx["labels"], ctx["weights"])
+        if self.cfg.feature_loss == "barycenter":
+            feature = ((feats - ctx["targets"]) ** 2).sum()
+        elif self.cfg.feature_loss == "ce":
+            feature = F.cross_entropy(logits, ctx["labels"], reduction="sum")
+        else:
+            raise ValueError(f"feature_loss must be 'barycenter' or 'ce', got {self.cfg.feature_loss!r}")
+        return feature + self.cfg.reg_weight * reg_value, feature
+
+    def weights(self, ctx: Dict[str, Any]) -> Tensor:
+        return ctx["weights"]
+
+    def summary(self, ctx: Dict[str, Any], first: Optional[float], last: Optional[float]) -> Dict[str, Any]:
+        return {"barycenter_seconds": ctx["barycenter_seconds"], "feature_loss_first": first,
+                "feature_loss_last": last}
 
     def _forward(self, view: Tensor, labels: Tensor, weights: Tensor):
         """Features, logits and the BN regulariser from one teacher pass."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from .. import distributed
 from ..augment import make_augment
 from ..utils import seeded
 from .barycenter_matching import BarycenterMatching
+from ._loop import Strategy
 from .checkpoint import Checkpoint, data_fingerprint
 from .distribution_matching import DistributionMatching
 from .presets import DistillConfig, make_loss, preset
@@ -23,21 +24,8 @@ from .presets import DistillConfig, make_loss, preset
 LossSpec = Union[str, DistributionLoss, None]
 
 
-def _barycenter(self: "Distiller", train, num_classes, ckpt):
-    teacher = self._teacher(train, num_classes, ckpt)
-    return BarycenterMatching(train, num_classes, self.ipc, self.loss, self.config, teacher, self.seed)
-
-
-def _distribution(self: "Distiller", train, num_classes, ckpt):
-    return DistributionMatching(train, num_classes, self.ipc, self.loss, self.config, self.seed)
-
-
-#: matching strategy name -> builder of its per-class runner (an object with ``run_class``)
-STRATEGIES: Dict[str, Callable] = {"barycenter": _barycenter, "distribution": _distribution}
-
-#: per-class info entries that are summed over classes in the synthetic set's meta
-_SUMMED_INFO = ("barycenter_seconds", "feature_loss_first", "feature_loss_last", "matching_loss_first",
-                "matching_loss_last")
+#: matching strategy name -> its class (a :class:`~ddmetrics.distill._loop.Strategy`)
+STRATEGIES: Dict[str, Type[Strategy]] = {"barycenter": BarycenterMatching, "distribution": DistributionMatching}
 
 
 class Distiller:
@@ -179,7 +167,9 @@ class Distiller:
                 ckpt.start()
             distributed.barrier()
         start = time.perf_counter()
-        runner = STRATEGIES[self.config.strategy](self, train, num_classes, ckpt)
+        strategy_cls = STRATEGIES[self.config.strategy]
+        teacher = self._teacher(train, num_classes, ckpt) if strategy_cls.needs_teacher else None
+        runner = strategy_cls(train, num_classes, self.ipc, self.loss, self.config, self.seed, teacher=teacher)
         results: Dict[int, Dict[str, Any]] = {}
         for k in distributed.shard(num_classes, rank, world_size):
             done = ckpt.finished(k) if ckpt is not None else None
@@ -188,9 +178,8 @@ class Distiller:
                 if ckpt is not None:
                     ckpt.finish(k, done)
             results[k] = done
-        images, weights, info = self._combine(results, num_classes, train.images.shape[1:])
+        images, weights, info = self._combine(results, num_classes, train.images.shape[1:], runner.summed_info)
         self.timings_["distill_seconds"] = time.perf_counter() - start
-        info["factor"] = self.config.resolved_factor(train.images.shape[-1]) if self.config.strategy == "distribution" else 1
         info["world_size"] = world_size
         meta = {
             "method": self.method,
@@ -198,7 +187,7 @@ class Distiller:
             "loss_config": self.loss.config(),
             "ipc": self.ipc,
             "seed": self.seed,
-            "factor": info.pop("factor"),
+            "factor": runner.factor,
             "config": self.config.to_dict(),
             "timings": dict(self.timings_),
             "info": info,
@@ -206,13 +195,13 @@ class Distiller:
         labels = torch.arange(num_classes).repeat_interleave(self.ipc)
         return SyntheticSet(images=images, labels=labels, weights=weights, meta=meta, num_classes=num_classes)
 
-    def _combine(self, results: Dict[int, Dict[str, Any]], num_classes: int, image_shape):
+    def _combine(self, results: Dict[int, Dict[str, Any]], num_classes: int, image_shape, summed: Sequence[str]):
         """Stack the per-class results in class order, summing over ranks (zeros elsewhere: exact)."""
         some = next(iter(results.values()), None)
         shape = tuple(some["images"].shape[1:]) if some is not None else tuple(image_shape)
         images = torch.zeros((num_classes, self.ipc) + shape)
         weights = torch.zeros(num_classes, self.ipc)
-        names: List[str] = [n for n in _SUMMED_INFO]
+        names: List[str] = list(summed)
         values = torch.zeros(num_classes, len(names), dtype=torch.float64)
         present = torch.zeros(num_classes, len(names), dtype=torch.float64)
         for k, res in results.items():

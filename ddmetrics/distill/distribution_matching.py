@@ -20,20 +20,17 @@ only on ``(seed, t)`` and is the same for every class.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..losses.base import DistributionLoss
-from ..models import get_model
 from .. import factor as factor_mod
-from .checkpoint import Checkpoint, loop_state, restore_loop
-from ..distributed import class_seed
 from ..augment import make_augment
+from ..losses import DistributionLoss
+from ..models import get_model
 from ..utils import seeded
-from ._loop import make_optimizer
+from ._loop import Strategy
 from .presets import DistillConfig
 
 
@@ -65,7 +62,7 @@ def embedder_at(cfg: DistillConfig, seed: int, iteration: int, channels: int, nu
     return net
 
 
-class DistributionMatching:
+class DistributionMatching(Strategy):
     """Distribution matching, one class at a time (see the module docstring).
 
     Parameters
@@ -82,51 +79,41 @@ class DistributionMatching:
         Seed of every random choice.
     """
 
-    def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig, seed: int):
+    summed_info = ("matching_loss_first", "matching_loss_last")
+
+    def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig, seed: int,
+                 teacher: Optional[nn.Module] = None):
+        self.description = f"{loss.name or type(loss).__name__} matching"
         self.train, self.num_classes, self.ipc, self.loss, self.cfg, self.seed = train, num_classes, ipc, loss, cfg, seed
         self.factor = cfg.resolved_factor(train.images.shape[-1])
         self.augment = make_augment(cfg.augment, train.images.shape[1])
 
-    def run_class(self, k: int, ckpt: Optional[Checkpoint] = None, progress: bool = False) -> Dict[str, Any]:
-        """Synthesise class ``k``; returns stored ``images``, ``weights`` (uniform) and ``info``."""
-        cfg, train = self.cfg, self.train
-        channels, size = train.images.shape[1], train.images.shape[-1]
-        gen = torch.Generator().manual_seed(class_seed(self.seed, k))
-        loss = copy.deepcopy(self.loss)
-        state = ckpt.progress(k) if ckpt is not None else None
-        if state is None:
-            syn, first, start = initial_class_images(train, k, self.ipc, self.factor, cfg.init, gen), None, 0
-        else:
-            syn, first, start = state["images"], state["first"], state["iteration"]
-        syn = syn.clone().requires_grad_(True)
-        labels = torch.full((self.ipc,), k, dtype=torch.long)
-        opt, sched = make_optimizer([syn], cfg.optimizer, cfg.lr, cfg.iterations)
-        if state is not None:
-            restore_loop(state, opt, sched, gen)
-            loss.load_state_dict(state["loss"])
-        indices = train.class_indices(k)
+    def start(self, k: int, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
+        return initial_class_images(self.train, k, self.ipc, self.factor, self.cfg.init, gen), {}
+
+    def context(self, k: int, fixed: Dict[str, Any]) -> Dict[str, Any]:
+        # a copy of the loss per class: a critic or a direction generator is per-class state
+        return {"loss": copy.deepcopy(self.loss), "indices": self.train.class_indices(k),
+                "labels": torch.full((self.ipc,), k, dtype=torch.long), "embedder": None}
+
+    def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
+        cfg, train, indices = self.cfg, self.train, ctx["indices"]
+        if ctx["embedder"] is None or it % cfg.iters_per_model == 0:
+            ctx["embedder"] = embedder_at(cfg, self.seed, it, train.images.shape[1], self.num_classes,
+                                          train.images.shape[-1])
         take = min(cfg.batch_real, len(indices))
-        embedder, last = None, first
-        for it in tqdm(range(start, cfg.iterations), desc=f"{loss.name or 'loss'} matching, class {k}",
-                       disable=not progress, leave=False):
-            if embedder is None or it % cfg.iters_per_model == 0:
-                embedder = embedder_at(cfg, self.seed, it, channels, self.num_classes, size)
-            real = train.images[indices[torch.randperm(len(indices), generator=gen)[:take]]]
-            imgs = factor_mod.decode(syn, labels, None, self.factor)[0] if self.factor > 1 else syn
-            if self.augment is not None:
-                real, imgs = self.augment.pair(real, imgs, gen)
-            value = loss(embedder.embed(real), embedder.embed(imgs))
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            last = float(value.detach())
-            first = last if first is None else first
-            if ckpt is not None and ckpt.due(it, cfg.iterations):
-                ckpt.save_progress(k, {
-                    "iteration": it + 1, "images": syn.detach().clone(), "first": first, **loop_state(opt, sched, gen),
-                    "loss": loss.state_dict()})
-        weights = torch.full((self.ipc,), 1.0 / self.ipc)
-        return {"images": syn.detach(), "weights": weights,
-                "info": {"matching_loss_first": first, "matching_loss_last": last}}
+        real = train.images[indices[torch.randperm(len(indices), generator=gen)[:take]]]
+        imgs = factor_mod.decode(syn, ctx["labels"], None, self.factor)[0] if self.factor > 1 else syn
+        if self.augment is not None:
+            real, imgs = self.augment.pair(real, imgs, gen)
+        value = ctx["loss"](ctx["embedder"].embed(real), ctx["embedder"].embed(imgs))
+        return value, value
+
+    def loss_state(self, ctx: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        return ctx["loss"].state_dict()
+
+    def load_loss_state(self, ctx: Dict[str, Any], state: Optional[Dict[str, Any]]) -> None:
+        ctx["loss"].load_state_dict(state)
+
+    def summary(self, ctx: Dict[str, Any], first: Optional[float], last: Optional[float]) -> Dict[str, Any]:
+        return {"matching_loss_first": first, "matching_loss_last": last}

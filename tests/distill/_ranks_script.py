@@ -5,7 +5,7 @@ import sys
 import torch
 
 import ddmetrics as ddm
-from ddmetrics.distill import distributed
+from ddmetrics import distributed
 
 created = distributed.init_from_env()
 train_all = ddm.data.load("digits", seed=0)
