@@ -8,7 +8,50 @@ from typing import IO, Any, Callable, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "load_tensors", "UNSAFE_FILE"]
+
+#: our words for a file that torch's weights-only unpickler (or our CIFAR unpickler) refuses
+UNSAFE_FILE = "contains Python objects that could run code; ddmetrics only loads plain tensors (nothing was run)"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_tensors(path: PathLike, what: str) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors in our own words.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file.
+    what : str
+        What the file should be ("a synthetic set", "a checkpoint", ...), for the messages.
+
+    Raises
+    ------
+    ValueError
+        The file is missing, a directory, refused by the weights-only unpickler (it holds Python
+        objects), or not a torch file; the message names ``path`` and never suggests
+        ``weights_only=False``.
+    """
+    import pickle
+
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist (expected {what})")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} {UNSAFE_FILE}") from None
+    except Exception as err:  # a corrupt archive, a text file, ...
+        raise ValueError(f"{path} is not {what} (not a readable torch file: {type(err).__name__})") from None
 
 
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -37,6 +80,8 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
             write(tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
+        # temp files are created 0600; the result gets the mode a plain open() would give it
+        os.chmod(tmp.name, 0o666 & ~_umask())
         os.replace(tmp.name, path)
     except BaseException:
         try:

@@ -78,6 +78,18 @@ class EvalReport:
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
+def check_fits(synset: SyntheticSet, data: ArrayDataset, name: str) -> None:
+    """Refuse ``data`` that ``synset`` cannot be evaluated on: other image shape, channels or classes."""
+    syn_shape = tuple(synset.images.shape[1:])  # factor tiles decode to the stored size
+    real_shape = tuple(data.images.shape[1:])
+    if syn_shape != real_shape:
+        raise ValueError(f"the synthetic images are {'x'.join(map(str, syn_shape))} (channels x height x width) but "
+                         f"{name}'s are {'x'.join(map(str, real_shape))}: they were distilled from other data")
+    if synset.num_classes != data.num_classes:
+        raise ValueError(f"the synthetic set has {synset.num_classes} classes but {name} has {data.num_classes}: "
+                         "they were distilled from other data")
+
+
 def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
     """Mean and population standard deviation of ``values`` (``(None, None)`` when empty)."""
     if not values:
@@ -191,6 +203,9 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
     if not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a positive integer, got {runs!r}")
     test_set = as_array_dataset(test_set)
+    check_fits(synset, test_set, "test_set")
+    if train_set is not None:
+        check_fits(synset, as_array_dataset(train_set), "train_set")
     meta = synset.meta or {}
     protocol = protocol or meta.get("config", {}).get("eval_protocol", "hard")
     if protocol == "soft" and teacher is None:

@@ -20,7 +20,7 @@ __all__ = ["FORMAT", "SyntheticSet", "atomic_write"]
 #: format tag written into every file
 FORMAT = "ddmetrics.synset/1"
 
-from ._io import PathLike, atomic_write
+from ._io import PathLike, atomic_write, load_tensors
 
 
 def _stats(value: Any, name: str, channels: int) -> Optional[Tensor]:
@@ -106,6 +106,12 @@ class SyntheticSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def __repr__(self) -> str:  # the dataclass default would print every pixel
+        shape = "x".join(str(v) for v in self.images.shape[1:])
+        what = ", ".join(f"{k}={self.meta[k]!r}" for k in ("method", "loss", "ipc", "seed") if k in self.meta)
+        return (f"SyntheticSet({len(self)} images of {shape}, {self.num_classes} classes"
+                + (f", factor={self.factor}" if self.factor > 1 else "") + (f", {what}" if what else "") + ")")
+
     @property
     def factor(self) -> int:
         """The factor-technique tiles per side (``meta["factor"]``, default 1)."""
@@ -143,17 +149,11 @@ class SyntheticSet:
 
         Raises
         ------
-        FileNotFoundError
-            If ``path`` does not exist.
         ValueError
-            If the file is not a valid synthetic set; the message names ``path``.
+            If the file is missing, a directory, holds Python objects, or is not a valid
+            synthetic set; the message names ``path``.
         """
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (FileNotFoundError, IsADirectoryError):
-            raise
-        except Exception as err:  # UnpicklingError, corrupt archive, ...
-            raise ValueError(f"{os.fspath(path)} is not a loadable ddmetrics synthetic set: {err}") from err
+        payload = load_tensors(path, "a ddmetrics synthetic set")
         keys = {"images", "labels", "weights", "num_classes", "meta_json"}
         if not isinstance(payload, dict) or not keys <= set(payload):
             raise ValueError(f"{os.fspath(path)} is not a ddmetrics synthetic set (expected keys {sorted(keys)})")

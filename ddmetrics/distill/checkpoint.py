@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_write_bytes, atomic_write_json
+from .._io import atomic_write_bytes, atomic_write_json, load_tensors
 
 __all__ = ["Checkpoint", "data_fingerprint", "loop_state", "restore_loop"]
 
@@ -53,7 +53,7 @@ def _save(path: str, obj: Any) -> None:
 
 
 def _load(path: str) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_tensors(path, "a ddmetrics checkpoint file")
 
 
 class Checkpoint:

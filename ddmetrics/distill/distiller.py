@@ -120,7 +120,17 @@ class Distiller:
     def _check(self, train):
         train = as_array_dataset(train)
         num_classes = train.num_classes
+        if num_classes < 2:
+            # a one-class student is always right: its 100 % says nothing about the synthetic set
+            raise ValueError(f"the training set has {num_classes} class; distillation and its evaluation need "
+                             "at least 2 classes")
         counts = torch.bincount(train.labels, minlength=num_classes)
+        empty = [k for k in range(num_classes) if int(counts[k]) == 0]
+        if empty:
+            shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+            raise ValueError(f"{len(empty)} of the {num_classes} classes have no images (class {shown}): "
+                             f"num_classes is {num_classes} because the largest label is {int(train.labels.max())}; "
+                             "relabel the classes 0..K-1")
         smallest = int(counts.min())
         if self.ipc > smallest:
             raise ValueError(f"ipc={self.ipc} is larger than the smallest class ({smallest} images, "

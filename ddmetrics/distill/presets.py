@@ -7,10 +7,84 @@ ablation).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from ..losses import DistributionLoss, get_loss
+
+
+# --------------------------------------------------------------------------- field checks
+# Every DistillConfig field is checked when a config is built (and so before any data is read):
+# a rule per field says what is allowed, and the error names the field, the value and that.
+
+def _model_names() -> list:
+    from ..models import available_models  # the registry may grow after import
+
+    return available_models()
+
+
+def _augment_ok(v: Any) -> bool:
+    from ..augment import OPS
+
+    return v is None or v in ("auto", "none") or (isinstance(v, str) and bool(v) and
+                                                 all(op in OPS for op in v.split("_")))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: field -> (test of a value, what is allowed); names with a fixed set of choices use a tuple
+_CHOICES: Dict[str, tuple] = {
+    "strategy": ("barycenter", "distribution"),
+    "optimizer": ("adam", "sgd"),
+    "init": ("real", "noise"),
+    "feature_loss": ("barycenter", "ce"),
+    "reg": ("pcbn", "bn", "none"),
+    "eval_protocol": ("soft", "hard"),
+}
+_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "loss": (lambda v: isinstance(v, str) and bool(v), "a loss name (see ddmetrics.available_losses())"),
+    "loss_kwargs": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                    "a dict of the loss's keyword arguments"),
+    "iterations": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "factor": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "a positive integer or 'auto'"),
+    "augment": (_augment_ok, "None, 'none', 'auto' or operations from ddmetrics.augment.OPS joined by '_'"),
+    "batch_real": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "teacher": (lambda v: isinstance(v, str) and v.lower() in _model_names(), "a model name"),
+    "teacher_epochs": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "bary_iters": (lambda v: v is None or (_is_int(v) and v >= 1), "None or a positive integer"),
+    "learn_weights": (lambda v: isinstance(v, bool), "True or False"),
+    "reg_weight": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "embedder": (lambda v: isinstance(v, str) and v.lower() in _model_names(), "a model name"),
+    "iters_per_model": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "eval_model": (lambda v: isinstance(v, str) and v.lower() in _model_names(), "a model name"),
+    "eval_epochs": (lambda v: v is None or (_is_int(v) and v >= 1), "None or a positive integer"),
+    "eval_lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "temperature": (lambda v: _is_number(v) and v > 0, "a positive number"),
+}
+for _name, _choices in _CHOICES.items():
+    _RULES[_name] = ((lambda v, c=_choices: isinstance(v, str) and v in c), "one of " + ", ".join(map(repr, _choices)))
+
+
+def check_field(name: str, value: Any) -> Any:
+    """``value`` if it is allowed for the :class:`DistillConfig` field ``name`` (a float field
+    given an int gets a float); else a ``ValueError`` naming the field, the value and what is
+    allowed."""
+    test, allowed = _RULES[name]
+    if not test(value):
+        if "model name" in allowed:
+            allowed += " (" + ", ".join(_model_names()) + ")"
+        raise ValueError(f"{name}={value!r} is not allowed: {name} must be {allowed}")
+    if isinstance(value, int) and not isinstance(value, bool) and _FLOAT_FIELDS.get(name):
+        return float(value)
+    return value
 
 
 @dataclass
@@ -71,6 +145,10 @@ class DistillConfig:
     eval_lr: float = 0.05
     temperature: float = 4.0
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_field(f.name, getattr(self, f.name)))
+
     def replace(self, **overrides) -> "DistillConfig":
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
@@ -82,8 +160,6 @@ class DistillConfig:
         """``factor`` as an integer for images of side ``image_size``."""
         if self.factor == "auto":
             return 2 if image_size >= 16 else 1
-        if not isinstance(self.factor, int) or self.factor < 1:
-            raise ValueError(f"factor must be a positive integer or 'auto', got {self.factor!r}")
         return self.factor
 
     def evaluation_kwargs(self) -> Dict[str, Any]:
@@ -95,6 +171,8 @@ class DistillConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+_FLOAT_FIELDS = {f.name: f.type in ("float", float) for f in dataclasses.fields(DistillConfig)}
 
 #: method name -> the settings that differ from :class:`DistillConfig`'s defaults
 PRESETS: Dict[str, Dict[str, Any]] = {
