@@ -49,9 +49,10 @@ class Distiller:
         Images per class.
     seed : int
         Seed of every random choice; same seed, same synthetic set on CPU.
-    teacher : nn.Module, optional
-        A trained classifier with ``embed``/``classifier`` for barycenter matching; trained
-        on the real data when omitted (kept as ``teacher_``).
+    teacher : nn.Module or str, optional
+        A trained classifier with ``embed``/``classifier`` for barycenter matching, used as
+        given; when omitted a ``teacher_arch`` model is trained on the real data (kept as
+        ``teacher_``). A string is read as ``teacher_arch``.
     **overrides
         Any :class:`~ddmetrics.distill.presets.DistillConfig` field.
 
@@ -63,7 +64,15 @@ class Distiller:
     """
 
     def __init__(self, method: str = "wmdd", loss: LossSpec = None, ipc: int = 10, seed: int = 0,
-                 teacher: Optional[nn.Module] = None, **overrides):
+                 teacher: Union[nn.Module, str, None] = None, **overrides):
+        if isinstance(teacher, str):  # an architecture name: the teacher to train
+            if overrides.get("teacher_arch", teacher) != teacher:
+                raise ValueError(f"teacher={teacher!r} and teacher_arch={overrides['teacher_arch']!r} disagree; "
+                                 "give the architecture once (teacher_arch=...)")
+            overrides["teacher_arch"], teacher = teacher, None
+        elif teacher is not None and not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be a trained nn.Module or an architecture name (teacher_arch), "
+                            f"got {type(teacher).__name__}")
         if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
             raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -98,7 +107,7 @@ class Distiller:
 
     def _new_teacher(self, train, num_classes: int) -> nn.Module:
         with seeded(self.seed):
-            return get_model(self.config.teacher, train.images.shape[1], num_classes, train.images.shape[-1])
+            return get_model(self.config.teacher_arch, train.images.shape[1], num_classes, train.images.shape[-1])
 
     def _teacher(self, train, num_classes: int, ckpt: Optional[Checkpoint]) -> nn.Module:
         """The teacher: given, checkpointed, or trained (on rank 0, then broadcast to every rank)."""

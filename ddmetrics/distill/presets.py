@@ -57,7 +57,7 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "factor": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "a positive integer or 'auto'"),
     "augment": (_augment_ok, "None, 'none', 'auto' or operations from ddmetrics.augment.OPS joined by '_'"),
     "batch_real": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "teacher": (lambda v: isinstance(v, str) and v.lower() in _model_names(), "a model name"),
+    "teacher_arch": (lambda v: isinstance(v, str) and v.lower() in _model_names(), "a model name"),
     "teacher_epochs": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
     "bary_iters": (lambda v: v is None or (_is_int(v) and v >= 1), "None or a positive integer"),
     "learn_weights": (lambda v: isinstance(v, bool), "True or False"),
@@ -103,7 +103,7 @@ class DistillConfig:
         70.6 % against 88.5 % with factor 1 at IPC 1), ``augment`` (DSA strategy;
         ``"auto"`` drops the flip for single-channel data such as digits), ``batch_real``.
     Barycenter matching
-        ``teacher`` (model name), ``teacher_epochs``, ``bary_iters`` (K; ``None``: the backend's
+        ``teacher_arch`` (the model name of the teacher trained when none is given), ``teacher_epochs``, ``bary_iters`` (K; ``None``: the backend's
         default, 10 for the exact solver, 200 gradient-flow steps otherwise), ``learn_weights``,
         ``feature_loss`` (``"barycenter"``: Eq. 12 MSE to the barycenter atoms; ``"ce"``: the
         teacher's cross-entropy, the WMDD Table 3 ablation), ``reg`` (``"pcbn"``, ``"bn"``,
@@ -128,7 +128,7 @@ class DistillConfig:
     augment: Optional[str] = "auto"
     batch_real: int = 64
     # barycenter matching
-    teacher: str = "convnet_bn"
+    teacher_arch: str = "convnet_bn"
     teacher_epochs: int = 30
     bary_iters: Optional[int] = None
     learn_weights: bool = True
