@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from typing import Any, Dict, Optional
 
 import torch
@@ -31,9 +32,10 @@ from torch import Tensor, nn
 
 from .._io import atomic_write_bytes, atomic_write_json, load_tensors
 
-__all__ = ["Checkpoint", "data_fingerprint", "loop_state", "restore_loop"]
+__all__ = ["Checkpoint", "data_fingerprint", "loop_state", "remove_checkpoint", "restore_loop"]
 
 RUN_FILE = "run.json"
+_CLASS_FILE = re.compile(r"class_\d{4,}(\.progress)?\.pt")
 
 
 def data_fingerprint(images: Tensor, labels: Tensor) -> str:
@@ -149,6 +151,18 @@ class Checkpoint:
 
     def save_progress(self, k: int, state: Dict[str, Any]) -> None:
         _save(self._path(f"class_{k:04d}.progress.pt"), state)
+
+
+def remove_checkpoint(folder: str) -> None:
+    """Delete the files a checkpoint writes in ``folder`` (and ``folder``, once empty); nothing else."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if (name in (RUN_FILE, "teacher.pt") or _CLASS_FILE.fullmatch(name) is not None
+                or (name.startswith(".") and name.endswith(".tmp"))):
+            os.remove(os.path.join(folder, name))
+    if not os.listdir(folder):
+        os.rmdir(folder)
 
 
 def loop_state(opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> Dict[str, Any]:

@@ -94,3 +94,17 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     # no checkpoint folder, no temp file or folder left behind
     assert sorted(os.listdir(tmp_path)) == ["killed", "plain"]
     assert not [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".tmp")]
+
+
+def test_remove_checkpoint_deletes_only_its_own_files(tmp_path, small):
+    from ddmetrics.distill.checkpoint import remove_checkpoint
+
+    folder = tmp_path / "ckpt"
+    ddm.Distiller(method="dm", ipc=1, iterations=4).fit(small, progress=False, checkpoint=folder, checkpoint_every=2)
+    (folder / "mine.txt").write_text("keep")
+    assert {"run.json", "class_0000.pt", "class_0002.pt"} <= set(os.listdir(folder))
+    remove_checkpoint(str(folder))
+    assert os.listdir(folder) == ["mine.txt"]
+    os.remove(folder / "mine.txt")
+    remove_checkpoint(str(folder))
+    assert not folder.exists()

@@ -1,0 +1,121 @@
+"""--overwrite replaces only ddmetrics run folders, and only the files a run wrote."""
+import os
+
+import pytest
+
+from ddmetrics._run_folder import MANIFEST, check_out, write_run_folder
+
+
+def _writer(text):
+    def write(path):
+        with open(path, "w") as fh:
+            fh.write(text)
+    return write
+
+
+def _run(out, text="new", overwrite=False):
+    return write_run_folder(out, {"synset.pt": _writer(text), "report.json": _writer(text)}, overwrite=overwrite)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A user's project folder as the current folder, with a file that must survive."""
+    proj = tmp_path / "project"
+    (proj / "src").mkdir(parents=True)
+    (proj / "notes.txt").write_text("mine")
+    monkeypatch.chdir(proj)
+    return proj
+
+
+def test_new_run_folder_has_manifest_listing_its_files(project):
+    out = project / "runs" / "a"
+    _run(out)
+    assert sorted(os.listdir(out)) == sorted([MANIFEST, "report.json", "synset.pt"])
+    assert not any(n.endswith(".writing") for n in os.listdir(project / "runs"))
+
+
+def test_existing_folder_needs_overwrite(project):
+    out = project / "runs" / "a"
+    _run(out, "old")
+    with pytest.raises(ValueError, match="--overwrite"):
+        _run(out)
+    assert (out / "synset.pt").read_text() == "old"
+
+
+def test_overwrite_replaces_only_the_runs_files(project):
+    out = project / "runs" / "a"
+    _run(out, "old")
+    (project / "runs" / "b.txt").write_text("sibling")
+    _run(out, "new", overwrite=True)
+    assert (out / "synset.pt").read_text() == "new"
+    assert (project / "runs" / "b.txt").read_text() == "sibling"
+    assert (project / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("target,reason", [(".", "current folder"), ("src/..", "current folder"),
+                                           ("..", "parent of the current folder")])
+def test_overwrite_refuses_current_folder_and_parents(project, target, reason):
+    with pytest.raises(ValueError, match=reason):
+        check_out(target, overwrite=True)
+    assert (project / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_refuses_current_folder_even_if_it_looks_like_a_run(project):
+    _run(project / "r")
+    os.chdir(project / "r")
+    with pytest.raises(ValueError, match="current folder"):
+        _run(".", overwrite=True)
+    assert (project / "r" / "synset.pt").read_text() == "new"
+
+
+def test_overwrite_refuses_home(project, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("keep")
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(ValueError, match="home folder"):
+        _run(home, overwrite=True)
+    assert (home / ".bashrc").read_text() == "keep"
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(project):
+    with pytest.raises(ValueError, match="not a ddmetrics run folder"):
+        _run(project / "src", overwrite=True)
+    (project / "src" / "code.py").write_text("x = 1")
+    with pytest.raises(ValueError, match="not a ddmetrics run folder"):
+        _run(project / "src", overwrite=True)
+    assert (project / "src" / "code.py").read_text() == "x = 1"
+
+
+def test_overwrite_refuses_a_run_folder_with_other_files(project):
+    out = project / "runs" / "a"
+    _run(out, "old")
+    (out / "my_analysis.ipynb").write_text("precious")
+    with pytest.raises(ValueError, match="my_analysis.ipynb"):
+        _run(out, overwrite=True)
+    assert (out / "my_analysis.ipynb").read_text() == "precious"
+    assert (out / "synset.pt").read_text() == "old"
+
+
+def test_out_naming_a_file_is_refused(project):
+    with pytest.raises(ValueError, match="is a file"):
+        _run(project / "notes.txt", overwrite=True)
+    assert (project / "notes.txt").read_text() == "mine"
+
+
+def test_unwritable_out_is_refused_before_work():
+    with pytest.raises(ValueError, match="cannot write"):
+        check_out("/proc/ddmetrics-x", overwrite=False)
+
+
+def test_a_failing_writer_leaves_the_previous_run(project):
+    out = project / "runs" / "a"
+    _run(out, "old")
+
+    def boom(path):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_run_folder(out, {"synset.pt": _writer("new"), "report.json": boom}, overwrite=True)
+    assert (out / "synset.pt").read_text() == "old"
+    assert sorted(os.listdir(project / "runs")) == ["a"]
