@@ -46,9 +46,12 @@ def test_pickled_callable_is_refused_and_not_executed(tmp_path, monkeypatch):
     path = tmp_path / "evil.pt"
     torch.save({"images": torch.zeros(1, 1, 2, 2), "labels": torch.zeros(1, dtype=torch.long),
                 "weights": torch.ones(1), "num_classes": 1, "meta_json": json.dumps({}), "x": _Evil()}, path)
-    with pytest.raises(ValueError, match="evil.pt"):
+    with pytest.raises(ValueError, match="evil.pt") as err:
         SyntheticSet.load(path)
     assert not marker.exists()
+    # our own words, never torch's advice to switch the protection off
+    assert "could run code" in str(err.value) and "only loads plain tensors" in str(err.value)
+    assert "weights_only" not in str(err.value) and "allow_pickle" not in str(err.value)
     # the payload itself is live: calling what it would reduce to creates the marker
     func, args = _Evil().__reduce__()
     func(*args)
@@ -130,3 +133,29 @@ def test_views_and_validation():
         SyntheticSet(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), torch.ones(3))
     with pytest.raises(TypeError, match="labels"):
         SyntheticSet(torch.zeros(2, 1, 4, 4), torch.tensor([0.0, 1.0]), torch.ones(2))
+
+
+def test_missing_file_and_directory_are_named(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        SyntheticSet.load(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="is a directory"):
+        SyntheticSet.load(tmp_path)
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _syn().save(tmp_path / "a.pt")
+        _syn().save_grid(tmp_path / "a.png")
+        os.umask(0o077)
+        _syn().save(tmp_path / "b.pt")
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "a.pt").st_mode & 0o777) == 0o644
+    assert (os.stat(tmp_path / "a.png").st_mode & 0o777) == 0o644
+    assert (os.stat(tmp_path / "b.pt").st_mode & 0o777) == 0o600
+
+
+def test_repr_is_a_short_summary():
+    text = repr(_syn())
+    assert text == "SyntheticSet(6 images of 1x8x8, 3 classes, method='wmdd', ipc=2)"

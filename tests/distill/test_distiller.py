@@ -69,3 +69,16 @@ def test_bad_input_fails_before_any_work(small):
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="images"):
         ddm.data.ArrayDataset(bad, small.labels, 3)
+
+
+def test_one_class_training_set_is_refused():
+    one = ddm.data.ArrayDataset(torch.zeros(5, 1, 8, 8), torch.zeros(5, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        ddm.Distiller(method="dm", ipc=1, iterations=1).fit(one, progress=False)
+
+
+def test_labels_that_skip_classes_name_the_real_cause():
+    labels = torch.tensor([0, 0, 1, 1, 99, 99])
+    data = ddm.data.ArrayDataset(torch.zeros(6, 1, 8, 8), labels, 100)
+    with pytest.raises(ValueError, match="largest label is 99"):
+        ddm.Distiller(method="dm", ipc=1, iterations=1).fit(data, progress=False)
