@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .data import ArrayDataset, as_array_dataset
 from . import distributed
 from .augment import make_augment
-from .utils import seeded
+from .utils import DeviceSpec, resolve_device, seeded
 from .models import accuracy, get_model, train_model
 from .synset import SyntheticSet
 
@@ -105,11 +105,12 @@ def format_mean_std(values: Sequence[float], scale: float = 100.0, digits: int =
 
 def random_subset(train: ArrayDataset, ipc: int, seed: int) -> SyntheticSet:
     """``ipc`` random real images per class (seeded), uniform weights."""
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.cat([train.class_indices(k)[torch.randperm(len(train.class_indices(k)), generator=gen)[:ipc]]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    idx = torch.cat([train.class_indices(k)[torch.randperm(len(train.class_indices(k)), generator=gen,
+                                                           device="cpu")[:ipc]]
                      for k in range(train.num_classes)])
     return SyntheticSet(images=train.images[idx].clone(), labels=train.labels[idx].clone(),
-                        weights=torch.full((len(idx),), 1.0 / ipc), meta={"method": "random", "ipc": ipc},
+                        weights=torch.full((len(idx),), 1.0 / ipc, device="cpu"), meta={"method": "random", "ipc": ipc},
                         num_classes=train.num_classes)
 
 
@@ -128,28 +129,32 @@ def default_epochs(num_images: int, batch_size: int = 256) -> int:
 
 def train_student(synset: SyntheticSet, model: str = "convnet", protocol: str = "hard",
                   teacher: Optional[nn.Module] = None, epochs: Optional[int] = None, lr: float = 0.05,
-                  temperature: float = 4.0, augment="auto", seed: int = 0, progress: bool = False) -> nn.Module:
-    """Train a fresh ``model`` on ``synset`` under ``protocol`` and return it (eval mode)."""
+                  temperature: float = 4.0, augment="auto", seed: int = 0, progress: bool = False,
+                  device: DeviceSpec = "cpu") -> nn.Module:
+    """Train a fresh ``model`` on ``synset`` under ``protocol`` on ``device`` and return it (eval mode)."""
+    device = resolve_device(device)
     images, labels, weights = synset.decoded()
     epochs = default_epochs(len(images)) if epochs is None else epochs
     channels, size = images.shape[1], images.shape[-1]
     with seeded(seed):
         student = get_model(model, channels, synset.num_classes, size)
+    student.to(device)
     aug = make_augment(augment, channels)
     if protocol == "hard":
         data = ArrayDataset(images, labels, synset.num_classes)
         return train_model(student, data, epochs=epochs, lr=lr, seed=seed, augment=aug,
-                           sample_weights=weights * len(weights) / weights.sum(), progress=progress)
+                           sample_weights=weights * len(weights) / weights.sum(), progress=progress, device=device)
     if protocol != "soft":
         raise ValueError(f"protocol must be 'hard' or 'soft', got {protocol!r}")
     if teacher is None:
         raise ValueError("teacher is required for the soft-label protocol")
-    return _train_soft(student, teacher, images, weights, epochs, lr, temperature, aug, seed, progress)
+    return _train_soft(student, teacher, images, weights, epochs, lr, temperature, aug, seed, progress, device)
 
 
-def _train_soft(student, teacher, images, weights, epochs, lr, temperature, aug, seed, progress):
-    teacher.eval()
-    gen = torch.Generator().manual_seed(seed)
+def _train_soft(student, teacher, images, weights, epochs, lr, temperature, aug, seed, progress, device):
+    teacher.to(device).eval()
+    gen = torch.Generator(device="cpu").manual_seed(seed)  # the same draws on every device
+    images, weights = images.to(device), weights.to(device)
     w = weights / weights.mean()
     batch = min(256, len(images))
     steps_per_epoch = (len(images) + batch - 1) // batch
@@ -157,7 +162,7 @@ def _train_soft(student, teacher, images, weights, epochs, lr, temperature, aug,
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [epochs * steps_per_epoch // 2], 0.1)
     student.train()
     for _ in tqdm(range(epochs), desc="student (soft labels)", disable=not progress, leave=False):
-        order = torch.randperm(len(images), generator=gen)
+        order = torch.randperm(len(images), generator=gen, device="cpu").to(device)
         for i in range(0, len(images), batch):
             idx = order[i:i + batch]
             view = aug(images[idx], gen) if aug is not None else images[idx]
@@ -174,20 +179,22 @@ def _train_soft(student, teacher, images, weights, epochs, lr, temperature, aug,
 
 
 def full_data_accuracy(train_set, test_set, model: str = "convnet", epochs: int = 20, lr: float = 0.05,
-                       seed: int = 0) -> float:
+                       seed: int = 0, device: DeviceSpec = "cpu") -> float:
     """Test accuracy of ``model`` trained on the whole training set (hard labels, DSA, batch 64)."""
+    device = resolve_device(device)
     train_set, test_set = as_array_dataset(train_set), as_array_dataset(test_set)
     with seeded(seed):
         net = get_model(model, train_set.images.shape[1], train_set.num_classes, train_set.images.shape[-1])
     net = train_model(net, train_set, epochs=epochs, lr=lr, seed=seed, batch_size=64,
-                      augment=make_augment("auto", train_set.images.shape[1]), progress=False)
+                      augment=make_augment("auto", train_set.images.shape[1]), progress=False, device=device)
     return accuracy(net, test_set)
 
 
 def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convnet", runs: int = 3,
              protocol: Optional[str] = None, teacher: Optional[nn.Module] = None, epochs: Optional[int] = None,
              lr: float = 0.05, temperature: float = 4.0, full_epochs: int = 20, seed: int = 0,
-             random_hard: bool = False, augment="auto", progress: bool = True) -> EvalReport:
+             random_hard: bool = False, augment="auto", progress: bool = True, full_data: bool = True,
+             device: DeviceSpec = None) -> EvalReport:
     """Evaluate ``synset`` by training ``runs`` fresh students and testing them on ``test_set``.
 
     With ``train_set`` the report also holds the same-size random real subset (same protocol,
@@ -195,13 +202,17 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
     the papers report). ``augment`` is the students' DSA strategy (``None``: no augmentation).
     and a model trained on the full training set (hard labels, ``full_epochs``).
     ``protocol`` defaults to the one stored in the synthetic set's config (else ``"hard"``).
+    ``full_data=False`` skips the full-data model (most of an evaluation's time on small sets).
+    Students, the teacher and every baseline train on ``device`` (``None``/``"auto"``: CUDA when
+    available); their random draws come from CPU generators, the same on every device.
     With a ``torch.distributed`` process group, the trainings are spread over the ranks and
     every rank returns the same report.
     """
     if not isinstance(synset, SyntheticSet):
         raise TypeError(f"synset must be a SyntheticSet, got {type(synset).__name__}")
-    if not isinstance(runs, int) or runs < 1:
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a positive integer, got {runs!r}")
+    device = resolve_device(device)
     test_set = as_array_dataset(test_set)
     check_fits(synset, test_set, "test_set")
     if train_set is not None:
@@ -211,7 +222,7 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
     if protocol == "soft" and teacher is None:
         raise ValueError("the soft-label protocol needs the teacher (teacher=...)")
     kw = dict(model=model, protocol=protocol, teacher=teacher, epochs=epochs, lr=lr, temperature=temperature,
-              augment=augment)
+              augment=augment, device=device)
     # every training is a task (synthetic runs, random-subset runs, the full-data model); with a
     # process group the tasks are sharded over ranks and their results summed (zeros elsewhere)
     ipc = int(meta.get("ipc", 0)) or int(torch.bincount(synset.labels).max())
@@ -221,20 +232,22 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
         tasks += [("random_subset", r) for r in range(runs)]
         if protocol == "soft" and random_hard:
             tasks += [("random_hard", r) for r in range(runs)]
-        tasks.append(("full_data", 0))
+        if full_data:
+            tasks.append(("full_data", 0))
 
     def run(kind: str, r: int) -> float:
         if kind == "evaluate":
             return accuracy(train_student(synset, seed=seed + r, **kw), test_set)
         if kind == "full_data":
-            return full_data_accuracy(train_set, test_set, model=model, epochs=full_epochs, lr=lr, seed=seed)
+            return full_data_accuracy(train_set, test_set, model=model, epochs=full_epochs, lr=lr, seed=seed,
+                                      device=device)
         extra = {"protocol": "hard", "teacher": None} if kind == "random_hard" else {}
         return accuracy(train_student(random_subset(train_set, ipc, seed + r), seed=seed + r, **{**kw, **extra}),
                         test_set)
 
     rank, world_size = distributed.world()
-    values = torch.zeros(len(tasks), dtype=torch.float64)
-    times = torch.zeros(len(tasks), dtype=torch.float64)
+    values = torch.zeros(len(tasks), dtype=torch.float64, device="cpu")
+    times = torch.zeros(len(tasks), dtype=torch.float64, device="cpu")
     for i in tqdm(distributed.shard(len(tasks), rank, world_size), desc="evaluate", disable=not progress,
                   leave=False):
         start = time.perf_counter()

@@ -1,23 +1,70 @@
 """Seeding, device and batching utilities shared by distill, evaluate, synset and diagnose."""
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["embed_batched", "model_device", "seeded"]
+__all__ = ["autocast", "batches", "embed_batched", "model_device", "resolve_device", "seeded"]
 
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run a block (e.g. a model's default initialisation) under ``seed`` without touching
-    the caller's global RNG state."""
-    with torch.random.fork_rng(devices=[]):
+    the caller's global RNG state. Tensors created in the block without a device go to the
+    CPU and draw from the CPU generator, so a model built here has the same weights whatever
+    device it is moved to afterwards."""
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
         yield
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast for an embedder pass on CUDA when ``enabled`` (and bf16 is supported);
+    a no-op context otherwise (the CPU path stays float32 and bit-reproducible)."""
+    use = bool(enabled) and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use)
+
+
+DeviceSpec = Union[str, torch.device, None]
+
+
+def resolve_device(device: DeviceSpec = None) -> torch.device:
+    """The device a run uses: ``None``/``"auto"``: CUDA when available (``cuda:LOCAL_RANK``
+    under ``torchrun``), else the CPU; any ``torch.device`` string otherwise.
+
+    Raises
+    ------
+    ValueError
+        ``device`` is not a device name, or names CUDA on a machine without it (or an index
+        it does not have).
+    TypeError
+        ``device`` is neither a string nor a ``torch.device``.
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', or a torch.device; "
+                        f"got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA was asked for but is not available on this machine "
+                             "(use device='cpu' or 'auto')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type not in ("cpu", "meta"):
+        raise ValueError(f"device={device!r}: ddmetrics runs on 'cpu' or 'cuda' devices")
+    return dev
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -27,6 +74,22 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def batches(dataset: Dataset, batch_size: int, workers: int = 0) -> Iterator[Tuple[Tensor, Tensor]]:
+    """(images, labels) batches of ``dataset`` in order, read by a DataLoader with ``workers``
+    worker processes; CPU tensors, for the caller to move where it computes."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    # the loader's seed tensor and the collated labels are made without a device: pin them to the
+    # CPU, batch by batch (a device context held across a yield would leak into the caller)
+    with torch.device("cpu"):
+        it = iter(loader)
+    while True:
+        with torch.device("cpu"):
+            batch = next(it, None)
+        if batch is None:
+            return
+        yield batch
+
+
 @torch.no_grad()
 def embed_batched(model: nn.Module, data: Union[Tensor, Dataset], batch_size: int = 512) -> Tensor:
     """``model.embed`` of ``data`` in batches on the model's device, flattened to (n, d), without
@@ -34,8 +97,8 @@ def embed_batched(model: nn.Module, data: Union[Tensor, Dataset], batch_size: in
     DataLoader, so only one batch of images (and the features) is held at a time."""
     device = model_device(model)
     if isinstance(data, Tensor):
-        batches: Iterable[Tensor] = (data[i:i + batch_size] for i in range(0, len(data), batch_size))
+        chunks: Iterable[Tensor] = (data[i:i + batch_size] for i in range(0, len(data), batch_size))
     else:
-        batches = (images for images, _ in DataLoader(data, batch_size=batch_size, shuffle=False))
-    out = [model.embed(images.to(device)).flatten(1) for images in batches]
+        chunks = (images for images, _ in batches(data, batch_size))
+    out = [model.embed(images.to(device)).flatten(1) for images in chunks]
     return torch.cat(out) if out else torch.zeros((0, 0), device=device)

@@ -43,6 +43,8 @@ class Strategy:
     """
 
     needs_teacher: bool = False
+    #: where the class's tensors live (set by the strategy's constructor)
+    device: torch.device = torch.device("cpu")
     #: sub-images per side of each stored image (M3D's factor technique)
     factor: int = 1
     summed_info: Tuple[str, ...] = ()
@@ -69,7 +71,7 @@ class Strategy:
 
     def weights(self, ctx: Dict[str, Any]) -> Tensor:
         """The class's synthetic-sample weights (uniform unless the strategy learns them)."""
-        return torch.full((self.ipc,), 1.0 / self.ipc)
+        return torch.full((self.ipc,), 1.0 / self.ipc, device=self.device)
 
     def summary(self, ctx: Dict[str, Any], first: Optional[float], last: Optional[float]) -> Dict[str, Any]:
         """The class's numeric info."""
@@ -95,8 +97,9 @@ def synthesize_class(strategy: Strategy, k: int, ckpt: Optional[Checkpoint] = No
     if state is None:
         images, fixed = strategy.start(k, gen)
         first, begin = None, 0
-    else:
-        images, fixed, first, begin = state["images"], state["fixed"], state["first"], state["iteration"]
+    else:  # checkpoints hold CPU tensors: put them where the run is
+        images, first, begin = state["images"].to(strategy.device), state["first"], state["iteration"]
+        fixed = {key: v.to(strategy.device) if isinstance(v, Tensor) else v for key, v in state["fixed"].items()}
     ctx = strategy.context(k, fixed)
     syn = images.clone().requires_grad_(True)
     opt, sched = make_optimizer([syn], cfg.optimizer, cfg.lr, cfg.iterations)
@@ -117,4 +120,6 @@ def synthesize_class(strategy: Strategy, k: int, ckpt: Optional[Checkpoint] = No
         if ckpt is not None and ckpt.due(it, cfg.iterations):
             ckpt.save_progress(k, {"iteration": it + 1, "images": syn.detach().clone(), "fixed": fixed,
                                    "first": first, "loss": strategy.loss_state(ctx), **loop_state(opt, sched, gen)})
-    return {"images": syn.detach(), "weights": strategy.weights(ctx), "info": strategy.summary(ctx, first, last)}
+    # results are CPU tensors whatever the device: classes are combined, saved and sent on the CPU
+    return {"images": syn.detach().cpu(), "weights": strategy.weights(ctx).detach().cpu(),
+            "info": strategy.summary(ctx, first, last)}

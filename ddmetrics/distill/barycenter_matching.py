@@ -29,7 +29,7 @@ from torch.utils.data import Subset
 
 from ..augment import make_augment
 from ..losses import DistributionLoss
-from ..utils import embed_batched
+from ..utils import autocast, embed_batched
 from ._loop import Strategy
 from .pcbn import PCBNLoss, per_class_bn_stats
 from .presets import DistillConfig
@@ -65,14 +65,15 @@ class BarycenterMatching(Strategy):
     description = "wmdd synthesis"
 
     def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig,
-                 seed: int, teacher: nn.Module):
-        teacher.eval()
+                 seed: int, teacher: nn.Module, device: torch.device = torch.device("cpu"), amp: bool = False):
+        self.device, self.amp = torch.device(device), amp
+        teacher.to(self.device).eval()
         for prm in teacher.parameters():
             prm.requires_grad_(False)
         self.train, self.num_classes, self.ipc, self.loss, self.cfg = train, num_classes, ipc, loss, cfg
         self.teacher, self.seed = teacher, seed
         self.augment = make_augment(cfg.augment, train.images.shape[1])
-        stats = per_class_bn_stats(teacher, train, num_classes) if cfg.reg != "none" else None
+        stats = per_class_bn_stats(teacher, train, num_classes, device=self.device) if cfg.reg != "none" else None
         self.reg = PCBNLoss(teacher, stats, mode=cfg.reg) if stats is not None else None
 
     def targets(self, k: int) -> Tuple[Tensor, Tensor, Tensor, float]:
@@ -86,26 +87,27 @@ class BarycenterMatching(Strategy):
         seconds = time.perf_counter() - start
         support = bary.support.to(feats.dtype)
         d2 = torch.cdist(support, feats)
-        taken = torch.zeros(len(feats), dtype=torch.bool)
+        taken = torch.zeros(len(feats), dtype=torch.bool, device=feats.device)
         nearest = []
         for j in range(self.ipc):  # greedy: a distinct real image per atom
             i = int(d2[j].masked_fill(taken, float("inf")).argmin())
             taken[i] = True
             nearest.append(self.train[int(indices[i])][0])
-        return support, bary.weights.to(feats.dtype), torch.stack(nearest), seconds
+        return support, bary.weights.to(feats.dtype), torch.stack(nearest).to(self.device), seconds
 
     def start(self, k: int, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
         targets, weights, nearest, bary_seconds = self.targets(k)
         if self.cfg.init == "real":
             init = nearest.clone()
         elif self.cfg.init == "noise":
-            init = torch.randn(nearest.shape, generator=gen)
+            # drawn on the CPU generator: the same start on every device
+            init = torch.randn(nearest.shape, generator=gen, device="cpu").to(self.device)
         else:
             raise ValueError(f"init must be 'real' or 'noise', got {self.cfg.init!r}")
         return init, {"targets": targets, "weights": weights, "barycenter_seconds": bary_seconds}
 
     def context(self, k: int, fixed: Dict[str, Any]) -> Dict[str, Any]:
-        return {**fixed, "labels": torch.full((self.ipc,), k, dtype=torch.long)}
+        return {**fixed, "labels": torch.full((self.ipc,), k, dtype=torch.long, device=self.device)}
 
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
         view = self.augment(syn, gen) if self.augment is not None else syn
@@ -126,9 +128,13 @@ class BarycenterMatching(Strategy):
                 "feature_loss_last": last}
 
     def _forward(self, view: Tensor, labels: Tensor, weights: Tensor):
-        """Features, logits and the BN regulariser from one teacher pass."""
-        if self.reg is None:
-            feats = self.teacher.embed(view)
-            return feats, self.teacher.classifier(feats), view.new_zeros(())
-        reg_value, feats = self.reg(view, labels, weights, forward=self.teacher.embed)
-        return feats, self.teacher.classifier(feats), reg_value
+        """Features, logits and the BN regulariser from one teacher pass (bf16 autocast with
+        ``amp`` on CUDA; what comes out is float32 for the losses)."""
+        with autocast(self.device, self.amp):
+            if self.reg is None:
+                feats = self.teacher.embed(view)
+                reg_value = view.new_zeros(())
+            else:
+                reg_value, feats = self.reg(view, labels, weights, forward=self.teacher.embed)
+            logits = self.teacher.classifier(feats)
+        return feats.float(), logits.float(), reg_value.float()

@@ -48,9 +48,20 @@ def data_fingerprint(images: Tensor, labels: Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor moved to the CPU (checkpoints load on any device)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 def _save(path: str, obj: Any) -> None:
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(_on_cpu(obj), buf)
     atomic_write_bytes(path, buf.getvalue())
 
 

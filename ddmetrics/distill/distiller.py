@@ -14,7 +14,7 @@ from ..models import get_model, train_model
 from ..synset import SyntheticSet
 from .. import distributed
 from ..augment import make_augment
-from ..utils import seeded
+from ..utils import DeviceSpec, resolve_device, seeded
 from .barycenter_matching import BarycenterMatching
 from ._loop import Strategy
 from .checkpoint import Checkpoint, data_fingerprint
@@ -53,6 +53,13 @@ class Distiller:
         A trained classifier with ``embed``/``classifier`` for barycenter matching, used as
         given; when omitted a ``teacher_arch`` model is trained on the real data (kept as
         ``teacher_``). A string is read as ``teacher_arch``.
+    device : str or torch.device, optional
+        Where the run's tensors live: ``None``/``"auto"``: CUDA when available (``cuda:LOCAL_RANK``
+        under ``torchrun``), else the CPU; or any device string (``"cuda:1"``). Random draws come
+        from CPU generators, so the same seed gives the same draws on every device.
+    amp : bool
+        bf16 autocast for the teacher/embedder passes on CUDA (off by default; losses compute in
+        float32).
     **overrides
         Any :class:`~ddmetrics.distill.presets.DistillConfig` field.
 
@@ -64,7 +71,8 @@ class Distiller:
     """
 
     def __init__(self, method: str = "wmdd", loss: LossSpec = None, ipc: int = 10, seed: int = 0,
-                 teacher: Union[nn.Module, str, None] = None, **overrides):
+                 teacher: Union[nn.Module, str, None] = None, device: DeviceSpec = None, amp: bool = False,
+                 **overrides):
         if isinstance(teacher, str):  # an architecture name: the teacher to train
             if overrides.get("teacher_arch", teacher) != teacher:
                 raise ValueError(f"teacher={teacher!r} and teacher_arch={overrides['teacher_arch']!r} disagree; "
@@ -77,6 +85,10 @@ class Distiller:
             raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if not isinstance(amp, bool):
+            raise TypeError(f"amp must be True or False, got {amp!r}")
+        self.device: torch.device = resolve_device(device)
+        self.amp = amp
         self.method = method
         self.ipc = ipc
         self.seed = seed
@@ -101,13 +113,14 @@ class Distiller:
         model = self._new_teacher(train, num_classes)
         aug = make_augment(self.config.augment, train.images.shape[1])
         self.teacher_ = train_model(model, train, epochs=self.config.teacher_epochs, seed=self.seed,
-                                    augment=aug, progress=progress)
+                                    augment=aug, progress=progress, device=self.device)
         self.timings_["teacher_seconds"] = time.perf_counter() - start
         return self.teacher_
 
     def _new_teacher(self, train, num_classes: int) -> nn.Module:
-        with seeded(self.seed):
-            return get_model(self.config.teacher_arch, train.images.shape[1], num_classes, train.images.shape[-1])
+        with seeded(self.seed):  # initialised on the CPU: the same teacher on every device
+            model = get_model(self.config.teacher_arch, train.images.shape[1], num_classes, train.images.shape[-1])
+        return model.to(self.device)
 
     def _teacher(self, train, num_classes: int, ckpt: Optional[Checkpoint]) -> nn.Module:
         """The teacher: given, checkpointed, or trained (on rank 0, then broadcast to every rank)."""
@@ -188,7 +201,8 @@ class Distiller:
         start = time.perf_counter()
         strategy_cls = STRATEGIES[self.config.strategy]
         teacher = self._teacher(train, num_classes, ckpt) if strategy_cls.needs_teacher else None
-        runner = strategy_cls(train, num_classes, self.ipc, self.loss, self.config, self.seed, teacher=teacher)
+        runner = strategy_cls(train, num_classes, self.ipc, self.loss, self.config, self.seed, teacher=teacher,
+                              device=self.device, amp=self.amp)
         results: Dict[int, Dict[str, Any]] = {}
         for k in distributed.shard(num_classes, rank, world_size):
             done = ckpt.finished(k) if ckpt is not None else None
@@ -208,21 +222,23 @@ class Distiller:
             "seed": self.seed,
             "factor": runner.factor,
             "config": self.config.to_dict(),
+            "device": str(self.device),
+            "amp": self.amp,
             "timings": dict(self.timings_),
             "info": info,
         }
-        labels = torch.arange(num_classes).repeat_interleave(self.ipc)
+        labels = torch.arange(num_classes, device="cpu").repeat_interleave(self.ipc)
         return SyntheticSet(images=images, labels=labels, weights=weights, meta=meta, num_classes=num_classes)
 
     def _combine(self, results: Dict[int, Dict[str, Any]], num_classes: int, image_shape, summed: Sequence[str]):
         """Stack the per-class results in class order, summing over ranks (zeros elsewhere: exact)."""
         some = next(iter(results.values()), None)
         shape = tuple(some["images"].shape[1:]) if some is not None else tuple(image_shape)
-        images = torch.zeros((num_classes, self.ipc) + shape)
-        weights = torch.zeros(num_classes, self.ipc)
+        images = torch.zeros((num_classes, self.ipc) + shape, device="cpu")
+        weights = torch.zeros(num_classes, self.ipc, device="cpu")
         names: List[str] = list(summed)
-        values = torch.zeros(num_classes, len(names), dtype=torch.float64)
-        present = torch.zeros(num_classes, len(names), dtype=torch.float64)
+        values = torch.zeros(num_classes, len(names), dtype=torch.float64, device="cpu")
+        present = torch.zeros(num_classes, len(names), dtype=torch.float64, device="cpu")
         for k, res in results.items():
             images[k] = res["images"]
             weights[k] = res["weights"]

@@ -29,7 +29,7 @@ from .. import factor as factor_mod
 from ..augment import make_augment
 from ..losses import DistributionLoss
 from ..models import get_model
-from ..utils import seeded
+from ..utils import autocast, seeded
 from ._loop import Strategy
 from .presets import DistillConfig
 
@@ -39,24 +39,26 @@ def initial_class_images(train, k: int, ipc: int, factor: int, init: str, gen: t
     tiled into each stored image when ``factor`` > 1) or Gaussian noise."""
     c, h, w = train.images.shape[1:]
     if init == "noise":
-        return torch.randn(ipc, c, h, w, generator=gen)
+        return torch.randn(ipc, c, h, w, generator=gen, device="cpu")
     if init != "real":
         raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
     per = ipc * factor * factor
     idx = train.class_indices(k)
-    pick = idx[torch.randperm(len(idx), generator=gen)[:per]]
+    pick = idx[torch.randperm(len(idx), generator=gen, device="cpu")[:per]]
     if len(pick) < per:  # small classes: repeat to fill the sub-images
-        pick = pick[torch.arange(per) % len(pick)]
+        pick = pick[torch.arange(per, device="cpu") % len(pick)]
     images = train.images[pick]
     return factor_mod.encode(images, factor) if factor > 1 else images
 
 
-def embedder_at(cfg: DistillConfig, seed: int, iteration: int, channels: int, num_classes: int, size: int) -> nn.Module:
-    """The frozen random embedder used at ``iteration`` (redrawn every ``iters_per_model`` steps)."""
+def embedder_at(cfg: DistillConfig, seed: int, iteration: int, channels: int, num_classes: int, size: int,
+                device: torch.device = torch.device("cpu")) -> nn.Module:
+    """The frozen random embedder used at ``iteration`` (redrawn every ``iters_per_model`` steps),
+    initialised on the CPU (the same weights on every device), then moved to ``device``."""
     drawn_at = iteration - iteration % cfg.iters_per_model
     with seeded(seed * 1_000_003 + drawn_at):
         net = get_model(cfg.embedder, channels, num_classes, size)
-    net.train()
+    net.to(device).train()
     for prm in net.parameters():
         prm.requires_grad_(False)
     return net
@@ -82,31 +84,35 @@ class DistributionMatching(Strategy):
     summed_info = ("matching_loss_first", "matching_loss_last")
 
     def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig, seed: int,
-                 teacher: Optional[nn.Module] = None):
+                 teacher: Optional[nn.Module] = None, device: torch.device = torch.device("cpu"), amp: bool = False):
+        self.device, self.amp = torch.device(device), amp
         self.description = f"{loss.name or type(loss).__name__} matching"
         self.train, self.num_classes, self.ipc, self.loss, self.cfg, self.seed = train, num_classes, ipc, loss, cfg, seed
         self.factor = cfg.resolved_factor(train.images.shape[-1])
         self.augment = make_augment(cfg.augment, train.images.shape[1])
 
     def start(self, k: int, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
-        return initial_class_images(self.train, k, self.ipc, self.factor, self.cfg.init, gen), {}
+        return initial_class_images(self.train, k, self.ipc, self.factor, self.cfg.init, gen).to(self.device), {}
 
     def context(self, k: int, fixed: Dict[str, Any]) -> Dict[str, Any]:
         # a copy of the loss per class: a critic or a direction generator is per-class state
         return {"loss": copy.deepcopy(self.loss), "indices": self.train.class_indices(k),
-                "labels": torch.full((self.ipc,), k, dtype=torch.long), "embedder": None}
+                "labels": torch.full((self.ipc,), k, dtype=torch.long, device=self.device), "embedder": None}
 
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
         cfg, train, indices = self.cfg, self.train, ctx["indices"]
         if ctx["embedder"] is None or it % cfg.iters_per_model == 0:
             ctx["embedder"] = embedder_at(cfg, self.seed, it, train.images.shape[1], self.num_classes,
-                                          train.images.shape[-1])
+                                          train.images.shape[-1], self.device)
         take = min(cfg.batch_real, len(indices))
-        real = train.images[indices[torch.randperm(len(indices), generator=gen)[:take]]]
+        # the batch is drawn on the CPU (the same draw on every device), then moved
+        real = train.images[indices[torch.randperm(len(indices), generator=gen, device="cpu")[:take]]].to(self.device)
         imgs = factor_mod.decode(syn, ctx["labels"], None, self.factor)[0] if self.factor > 1 else syn
         if self.augment is not None:
             real, imgs = self.augment.pair(real, imgs, gen)
-        value = ctx["loss"](ctx["embedder"].embed(real), ctx["embedder"].embed(imgs))
+        with autocast(self.device, self.amp):
+            f_real, f_syn = ctx["embedder"].embed(real), ctx["embedder"].embed(imgs)
+        value = ctx["loss"](f_real.float(), f_syn.float())  # losses compute in float32 at least
         return value, value
 
     def loss_state(self, ctx: Dict[str, Any]) -> Optional[Dict[str, Any]]:

@@ -24,9 +24,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..utils import model_device
+from ..utils import batches, model_device
 
 __all__ = ["BNStats", "PCBNLoss", "bn_inputs", "bn_layers", "per_class_bn_stats", "weighted_mean_var"]
 
@@ -248,7 +248,7 @@ def per_class_bn_stats(model: nn.Module, dataset: Dataset, num_classes: int, bat
     images_per_class = torch.zeros(num_classes, dtype=torch.int64, device=device)
     try:
         with bn_inputs(model) as captured:
-            for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            for images, labels in batches(dataset, batch_size):
                 labels = torch.as_tensor(labels, device=device).long().reshape(-1)
                 if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
                     raise ValueError(f"dataset labels must lie in 0..{num_classes - 1}, got "

@@ -93,8 +93,9 @@ def train_model(model: nn.Module, dataset: Union[ArrayDataset, Dataset], epochs:
     images, labels = data.images, data.labels
     if weights is not None:
         weights = weights.to(device)
-    shuffle_gen = torch.Generator().manual_seed(int(seed))
-    aug_gen = torch.Generator(device=device).manual_seed(int(seed) + 1)
+    # CPU generators: the same shuffles and augmentations on every device
+    shuffle_gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    aug_gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     bounds = _batches(n, batch_size)
     bar = tqdm(range(epochs), desc="train", disable=not progress, leave=False)
@@ -103,7 +104,7 @@ def train_model(model: nn.Module, dataset: Union[ArrayDataset, Dataset], epochs:
             for group in opt.param_groups:
                 group["lr"] = lr * 0.1
         model.train()
-        perm = torch.randperm(n, generator=shuffle_gen)
+        perm = torch.randperm(n, generator=shuffle_gen, device="cpu")
         total, seen = 0.0, 0
         for start, stop in bounds:
             idx = perm[start:stop]
