@@ -5,7 +5,6 @@ and :mod:`ddmetrics.losses._barycenter` (the exact barycenter) both solve throug
 """
 from __future__ import annotations
 
-import ot
 import torch
 from torch import Tensor
 
@@ -34,6 +33,10 @@ def emd_plan(a: Tensor, b: Tensor, cost: Tensor, log: bool = False):
     plan : Tensor
         ``(n, m)``; with ``log``, the tuple ``(plan, u, v)``.
     """
+    # POT is imported on first use (then it is a dict lookup): `import ot` also imports
+    # scikit-learn (ot.lowrank) and GeomLoss/KeOps (ot.bregman), which `import ddmetrics` must not pay for.
+    import ot
+
     a64, b64, c64 = (t.detach().to("cpu", torch.float64).numpy() for t in (a, b, cost))
     a64, b64 = a64 / a64.sum(), b64 / b64.sum()  # remove float32 rounding of the marginals
     # the network simplex compares costs with absolute tolerances (~1e-15): solve the same LP on
