@@ -40,7 +40,7 @@ from geomloss import SamplesLoss
 
 import ddmetrics as ddm
 from ddmetrics._io import atomic_write_bytes
-from ddmetrics.barycenter import barycenter_objective, exact_barycenter, init_support
+from ddmetrics.losses import barycenter_objective, exact_barycenter, init_support
 
 QUICK = dict(sizes=[300, 1000], m=50, d=64, repeats=2, bary_n=1000, bary_m=20, bary_iters=5)
 

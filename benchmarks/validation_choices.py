@@ -21,7 +21,7 @@ import torch
 
 import ddmetrics as ddm
 from ddmetrics._io import atomic_write_bytes
-from ddmetrics.barycenter import exact_barycenter
+from ddmetrics.losses import exact_barycenter
 from ddmetrics.evaluate import train_student
 from ddmetrics.models import accuracy
 

@@ -6,7 +6,7 @@
 >>> syn = ddm.Distiller(method="wmdd", loss="sliced", ipc=10, seed=0).fit(train)  # doctest: +SKIP
 """
 from . import data, losses, models
-from .barycenter import Barycenter
+from .losses import Barycenter
 from .distill import Distiller
 from .evaluate import EvalReport, evaluate
 from .losses import DistributionLoss, available_losses, get_loss, register_loss

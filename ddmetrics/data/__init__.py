@@ -5,9 +5,10 @@
 >>> splits.train.images.shape                # doctest: +SKIP
 torch.Size([1293, 1, 8, 8])
 """
+from ._array import ArrayDataset, as_array_dataset, from_arrays, from_npz, stratified_split
 from ._cifar import cifar_batches
-from ._datasets import ArrayDataset, Splits, as_array_dataset, from_arrays, from_npz, load, stratified_split
 from ._images import image_folder
+from ._load import Splits, load
 
 __all__ = ["ArrayDataset", "Splits", "as_array_dataset", "cifar_batches", "from_arrays", "from_npz",
            "image_folder", "load", "stratified_split"]

@@ -9,7 +9,7 @@ from typing import Any, List, Optional, Union
 import numpy as np
 import torch
 
-from ._datasets import ArrayDataset
+from ._array import ArrayDataset
 
 __all__ = ["cifar_batches", "safe_unpickle", "is_cifar_dir"]
 

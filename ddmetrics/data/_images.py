@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from ._datasets import ArrayDataset
+from ._array import ArrayDataset
 
 __all__ = ["image_folder", "IMAGE_EXTENSIONS"]
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..losses import check_weight_vector
 from ..utils import batches, model_device
 
 __all__ = ["BNStats", "PCBNLoss", "bn_inputs", "bn_layers", "per_class_bn_stats", "weighted_mean_var"]
@@ -61,14 +62,8 @@ def _grouped_mean_var(flat: Tensor, weights: Tensor, group: Tensor, num_groups: 
 
 
 def _check_weights(weights: Tensor, m: int, name: str = "weights") -> None:
-    if not isinstance(weights, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(weights).__name__}")
-    if weights.dim() != 1 or weights.shape[0] != m:
-        raise ValueError(f"{name} must have shape ({m},), got {tuple(weights.shape)}")
-    if not torch.is_floating_point(weights):
-        raise TypeError(f"{name} must be floating point, got dtype {weights.dtype}")
-    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-        raise ValueError(f"{name} must be finite and non-negative")
+    # not normalised (any positive scale); the positive sum is checked per class by _grouped_mean_var
+    check_weight_vector(weights, m, name)
 
 
 def weighted_mean_var(features: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:

@@ -3,8 +3,11 @@
 >>> import ddmetrics as ddm
 >>> loss = ddm.get_loss("sinkhorn", blur=0.05)
 >>> value = loss(x, y)            # doctest: +SKIP
+>>> bary = ddm.get_loss("wasserstein").barycenter(x, m=10)   # doctest: +SKIP
 """
-from .base import DistributionLoss, available_losses, check_inputs, check_weights, get_loss, register_loss
+from ._validate import check_inputs, check_weight_vector, check_weights
+from ._barycenter import Barycenter, barycenter_objective, exact_barycenter, gradient_flow_barycenter, init_support
+from .base import DistributionLoss, available_losses, get_loss, register_loss
 from ._exact import ExactOT
 from ._sliced import SlicedWasserstein
 from ._sinkhorn import Sinkhorn
@@ -12,6 +15,7 @@ from ._krdual import KRDual
 from ._mmd import MMD
 
 __all__ = [
-    "DistributionLoss", "available_losses", "check_inputs", "check_weights", "get_loss", "register_loss",
-    "ExactOT", "SlicedWasserstein", "Sinkhorn", "KRDual", "MMD",
+    "DistributionLoss", "available_losses", "check_inputs", "check_weight_vector", "check_weights", "get_loss",
+    "register_loss", "ExactOT", "SlicedWasserstein", "Sinkhorn", "KRDual", "MMD",
+    "Barycenter", "barycenter_objective", "exact_barycenter", "gradient_flow_barycenter", "init_support",
 ]

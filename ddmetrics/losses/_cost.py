@@ -15,12 +15,16 @@ def squared_distances(x: Tensor, y: Tensor) -> Tensor:
     return d2.clamp_min(0.0)
 
 
-def distances(x: Tensor, y: Tensor) -> Tensor:
-    r"""Matrix of :math:`\|x_i - y_j\|`, with a zero (not NaN) gradient where the distance is zero."""
-    d2 = squared_distances(x, y)
+def safe_sqrt(d2: Tensor) -> Tensor:
+    r""":math:`\sqrt{d^2}` of non-negative ``d2``, with a zero (not NaN) gradient where ``d2`` is zero."""
     positive = d2 > 0
     # sqrt has an infinite derivative at 0: evaluate it only where it is safe.
     return torch.where(positive, d2.where(positive, torch.ones_like(d2)).sqrt(), torch.zeros_like(d2))
+
+
+def distances(x: Tensor, y: Tensor) -> Tensor:
+    r"""Matrix of :math:`\|x_i - y_j\|`, with a zero (not NaN) gradient where the distance is zero."""
+    return safe_sqrt(squared_distances(x, y))
 
 
 def ground_cost(x: Tensor, y: Tensor, p: int) -> Tensor:

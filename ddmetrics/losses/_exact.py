@@ -3,38 +3,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-import ot
 import torch
 from torch import Tensor
 
+from ._barycenter import Barycenter, exact_barycenter
 from ._cost import ground_cost
+from ._emd import emd_plan
 from .base import DistributionLoss, register_loss
-
-# POT's default of 100 000 simplex pivots is too few for n = 10^4 .. 10^5 points.
-_MAX_ITER = 100_000_000
-
-
-def emd_plan(a: Tensor, b: Tensor, cost: Tensor, log: bool = False):
-    """Optimal plan (and, with ``log``, the dual potentials) of the exact OT problem, on detached tensors.
-
-    Solved by POT's network simplex in float64; returned in ``cost``'s dtype and device.
-    """
-    a64, b64, c64 = (t.detach().to("cpu", torch.float64).numpy() for t in (a, b, cost))
-    a64, b64 = a64 / a64.sum(), b64 / b64.sum()  # remove float32 rounding of the marginals
-    # the network simplex compares costs with absolute tolerances (~1e-15): solve the same LP on
-    # the cost scaled to max 1, so tiny clouds are solved as exactly as unit-scale ones
-    scale = float(c64.max()) if c64.size else 0.0
-    if scale > 0:
-        c64 = c64 / scale
-    if log:
-        plan, info = ot.emd(a64, b64, c64, numItermax=_MAX_ITER, log=True)
-        unit = scale if scale > 0 else 1.0
-        u = torch.as_tensor(info["u"] * unit, dtype=cost.dtype, device=cost.device)
-        v = torch.as_tensor(info["v"] * unit, dtype=cost.dtype, device=cost.device)
-        return torch.as_tensor(plan, dtype=cost.dtype, device=cost.device), u, v
-    plan = ot.emd(a64, b64, c64, numItermax=_MAX_ITER)
-    return torch.as_tensor(plan, dtype=cost.dtype, device=cost.device)
-
 
 class _PlanCost(torch.autograd.Function):
     """<T*, C> with the envelope-theorem gradients: dC = T*, da = u, db = v (centred)."""
@@ -94,14 +69,12 @@ class ExactOT(DistributionLoss):
         return _PlanCost.apply(a, b, ground_cost(x, y, self.p))
 
     def barycenter(self, x: Tensor, m: int, a: Optional[Tensor] = None, learn_weights: bool = True,
-                   iters: Optional[int] = None, seed: int = 0, **kwargs):
-        """Free-support barycenter by the WMDD alternation (see :func:`ddmetrics.barycenter.exact_barycenter`).
+                   iters: Optional[int] = None, seed: int = 0, **kwargs) -> Barycenter:
+        """Free-support barycenter by the WMDD alternation (see :func:`ddmetrics.losses.exact_barycenter`).
 
         Only ``p=2`` has the Newton position step; ``p=1`` falls back to the generic gradient flow.
         """
         if self.p != 2:
             return super().barycenter(x, m, a=a, learn_weights=learn_weights, iters=iters, seed=seed, **kwargs)
-        from ..barycenter import exact_barycenter
-
         return exact_barycenter(x, m, a=a, learn_weights=learn_weights, iters=10 if iters is None else iters,
                                 seed=seed, **kwargs)

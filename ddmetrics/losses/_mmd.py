@@ -6,7 +6,7 @@ from typing import Callable, Dict, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._cost import squared_distances
+from ._cost import safe_sqrt, squared_distances
 from .base import DistributionLoss, register_loss
 
 Bandwidth = Union[float, Sequence[float], str]
@@ -29,10 +29,7 @@ def _clean_sq_distances(x: Tensor, y: Tensor) -> Tensor:
 
 def _clean_distances(x: Tensor, y: Tensor) -> Tensor:
     """Distances from :func:`_clean_sq_distances`, with a zero (not NaN) gradient where they vanish."""
-    d2 = _clean_sq_distances(x, y)
-    positive = d2 > 0
-    # sqrt has an infinite derivative at 0: evaluate it only where it is safe.
-    return torch.where(positive, d2.where(positive, torch.ones_like(d2)).sqrt(), torch.zeros_like(d2))
+    return safe_sqrt(_clean_sq_distances(x, y))
 
 
 def _gaussian(x: Tensor, y: Tensor, bw: Tensor, **_) -> Tensor:

@@ -1,18 +1,22 @@
-"""The :class:`DistributionLoss` interface, its shared input validation, and the registry.
+"""The :class:`DistributionLoss` interface and the registry.
 
 Every backend in :mod:`ddmetrics.losses` subclasses :class:`DistributionLoss` and
 implements ``_loss(x, y, a, b)`` on already validated inputs. The public
 ``forward(x, y, a=None, b=None)`` flattens, validates and fills in uniform weights
-once, here, so all backends refuse bad input in exactly the same way.
+once, here (with :func:`~ddmetrics.losses.check_inputs`), so all backends refuse bad
+input in exactly the same way.
 """
 from __future__ import annotations
 
 import logging
 from importlib.metadata import entry_points
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Callable, Dict, Optional, Type
 
 import torch
 from torch import Tensor, nn
+
+from ._barycenter import Barycenter, gradient_flow_barycenter
+from ._validate import check_inputs, check_weights
 
 logger = logging.getLogger("ddmetrics")
 
@@ -24,87 +28,6 @@ __all__ = [
     "get_loss",
     "available_losses",
 ]
-
-# Weights must sum to one within this tolerance (relative to the dtype's precision).
-_SUM_TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4, torch.float64: 1e-8}
-
-
-def _as_samples(t: Tensor, name: str) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if t.dim() == 0:
-        raise ValueError(f"{name} must have at least one dimension (samples first), got a scalar")
-    if t.dim() == 1:  # a 1-D tensor is n samples on the real line
-        t = t.unsqueeze(1)
-    elif t.dim() > 2:  # images and feature maps: one sample per leading index
-        t = t.reshape(t.shape[0], -1)
-    if t.shape[0] == 0:
-        raise ValueError(f"{name} is empty: it needs at least one sample")
-    if t.shape[1] == 0:
-        raise ValueError(f"{name} has zero features")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or inf values")
-    return t
-
-
-def check_weights(w: Optional[Tensor], n: int, like: Tensor, name: str) -> Tensor:
-    """Validate a weight vector on the simplex, or return uniform weights of length ``n``.
-
-    Raises
-    ------
-    ValueError
-        if ``w`` has the wrong length, negative, non-finite or non-normalised entries.
-    TypeError
-        if ``w`` is not a floating-point tensor of ``like``'s dtype and device.
-    """
-    if w is None:
-        return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
-    if not isinstance(w, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
-    if w.dtype != like.dtype:
-        raise TypeError(f"{name} has dtype {w.dtype} but the samples have {like.dtype}")
-    if w.device != like.device:
-        raise ValueError(f"{name} is on {w.device} but the samples are on {like.device}")
-    if w.dim() != 1 or w.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},) to match its samples, got {tuple(w.shape)}")
-    if not torch.isfinite(w).all():
-        raise ValueError(f"{name} contains NaN or inf values")
-    if (w < 0).any():
-        raise ValueError(f"{name} has negative entries: weights must be non-negative")
-    total = float(w.detach().sum())
-    if abs(total - 1.0) > _SUM_TOL.get(w.dtype, 1e-4):
-        raise ValueError(f"{name} must sum to 1, sums to {total:.6g}")
-    return w
-
-
-def check_inputs(
-    x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The validation every backend shares.
-
-    Flattens ``x`` and ``y`` to ``(n, d)`` and ``(m, d)``, checks that they are finite,
-    non-empty, of the same feature dimension, dtype and device, and that the weights
-    ``a`` and ``b`` (uniform when ``None``) lie on the simplex.
-
-    Returns
-    -------
-    x, y, a, b : Tensor
-        The flattened samples and their weights.
-    """
-    x = _as_samples(x, "x")
-    y = _as_samples(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same number of features, got x: {x.shape[1]}, y: {y.shape[1]}")
-    if x.dtype != y.dtype:
-        raise TypeError(f"x and y must have the same dtype, got x: {x.dtype}, y: {y.dtype}")
-    if x.device != y.device:
-        raise ValueError(f"x and y must be on the same device, got x: {x.device}, y: {y.device}")
-    a = check_weights(a, x.shape[0], x, "a")
-    b = check_weights(b, y.shape[0], y, "b")
-    return x, y, a, b
-
 
 class DistributionLoss(nn.Module):
     r"""A divergence between two weighted point clouds.
@@ -139,20 +62,18 @@ class DistributionLoss(nn.Module):
         iters: Optional[int] = None,
         seed: int = 0,
         **kwargs,
-    ):
+    ) -> Barycenter:
         """Free-support barycenter of ``x`` with ``m`` atoms under this loss.
 
         The default is a gradient flow of the support (and of softmax-parametrised
         weights when ``learn_weights``) on ``self(x, support, b=weights)``; backends with
-        a better algorithm override it. See :func:`ddmetrics.barycenter.gradient_flow_barycenter`.
+        a better algorithm override it. See :func:`ddmetrics.losses.gradient_flow_barycenter`.
 
         Returns
         -------
         Barycenter
             ``support`` of shape ``(m, d)`` and ``weights`` of shape ``(m,)``.
         """
-        from ..barycenter import gradient_flow_barycenter
-
         return gradient_flow_barycenter(
             self, x, m, a=a, learn_weights=learn_weights, iters=200 if iters is None else iters, seed=seed, **kwargs
         )

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..data import ArrayDataset, as_array_dataset
+from ..losses import check_weight_vector
 from ..utils import model_device
 
 __all__ = ["train_model", "accuracy"]
@@ -31,11 +32,9 @@ def _batches(n: int, batch_size: int) -> List[Tuple[int, int]]:
 def _check_weights(sample_weights, n: int) -> Optional[Tensor]:
     if sample_weights is None:
         return None
+    # any array-like of n entries (e.g. an (n, 1) column) is accepted: cast and flatten first
     w = torch.as_tensor(sample_weights).detach().to(torch.float32).flatten()
-    if w.numel() != n:
-        raise ValueError(f"sample_weights must have one entry per sample ({n}), got {w.numel()}")
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
-        raise ValueError("sample_weights must be finite, non-negative and not all zero")
+    check_weight_vector(w, n, "sample_weights", positive_sum=True)
     return w / w.mean()
 
 

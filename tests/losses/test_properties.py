@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import ddmetrics as ddm
-from ddmetrics.barycenter import Barycenter
+from ddmetrics.losses import Barycenter
 
 # Small settings per backend so that hundreds of examples stay within seconds; a
 # plugin loss found through the registry is built with its defaults.
@@ -433,7 +433,7 @@ def test_barycenter_refuses_non_finite_input(name, target):
 
 # --------------------------------------------------------------------------- known limits
 def test_exact_ot_is_exact_for_tiny_costs():
-    # POT's network simplex compares reduced costs with an absolute tolerance: emd_plan solves on
+    # POT's network simplex compares reduced costs with an absolute tolerance: _emd.emd_plan solves on
     # cost / cost.max() so that costs below ~1e-15 are not taken for ties
     # found by test_identical_clouds_give_zero with unit coordinates 1e-5 at scale 1e-3
     x = torch.tensor([[0.0], [0.0], [1e-8]], dtype=torch.float64)

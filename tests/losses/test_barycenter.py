@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ddmetrics as ddm
-from ddmetrics.barycenter import barycenter_objective, exact_barycenter, init_support
+from ddmetrics.losses import barycenter_objective, exact_barycenter, init_support
 
 
 def _cloud(n, d, seed):

@@ -13,17 +13,20 @@ Two algorithms:
 - :func:`gradient_flow_barycenter` — the generic default of every
   :class:`~ddmetrics.losses.DistributionLoss`: Adam on the support points and on
   softmax-parametrised weights.
+
+This module does not import :mod:`ddmetrics.losses.base`: the gradient flow takes the loss as
+an argument, so ``base`` and ``_exact`` can import it at module level without a cycle.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
-from .losses._cost import squared_distances
-from .losses._exact import emd_plan
-from .losses.base import _as_samples, check_weights
+from ._cost import squared_distances
+from ._emd import emd_plan
+from ._validate import as_samples, check_weights
 
 __all__ = ["Barycenter", "exact_barycenter", "gradient_flow_barycenter", "init_support", "barycenter_objective"]
 
@@ -38,7 +41,7 @@ class Barycenter(NamedTuple):
 
 
 def _check(x: Tensor, m: int, a: Optional[Tensor]):
-    x = _as_samples(x, "x")
+    x = as_samples(x, "x")
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
         raise ValueError(f"m must be a positive integer, got {m!r}")
     if m > x.shape[0]:
@@ -84,7 +87,7 @@ def exact_barycenter(
     learn_weights: bool = True,
     iters: int = 10,
     seed: int = 0,
-    init="kmeans++",
+    init: Union[str, Tensor] = "kmeans++",
     weight_step: float = 1.0,
     damping: float = 1.0,
 ) -> Barycenter:
@@ -176,14 +179,14 @@ def _initial(x: Tensor, m: int, a: Tensor, seed: int, init) -> Tensor:
 
 
 def gradient_flow_barycenter(
-    loss,
+    loss: Callable[..., Tensor],
     x: Tensor,
     m: int,
     a: Optional[Tensor] = None,
     learn_weights: bool = True,
     iters: int = 200,
     seed: int = 0,
-    init="kmeans++",
+    init: Union[str, Tensor] = "kmeans++",
     lr: Optional[float] = None,
 ) -> Barycenter:
     r"""Barycenter under any loss by gradient flow.
@@ -192,6 +195,18 @@ def gradient_flow_barycenter(
     support :math:`B` (and the logits :math:`\ell` when ``learn_weights``) with Adam for
     ``iters`` steps, from ``init`` (as in :func:`exact_barycenter`). ``lr`` defaults to
     0.05 × the standard deviation of ``x`` for the support (logits use 0.05).
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(x, y, a=..., b=...) -> Tensor``, differentiable in ``y`` and ``b``: any
+        :class:`~ddmetrics.losses.DistributionLoss` (whose default ``barycenter`` this is).
+    x, m, a, learn_weights, seed, init
+        As in :func:`exact_barycenter`.
+    iters : int
+        Number of Adam steps.
+    lr : float, optional
+        Adam step size for the support.
 
     Returns
     -------

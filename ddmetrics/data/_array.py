@@ -1,8 +1,11 @@
-"""In-memory image datasets, array/npz loaders, stratified splits and :func:`load`."""
+"""In-memory image datasets: :class:`ArrayDataset`, array/npz/Dataset conversion and stratified splits.
+
+The readers (:mod:`ddmetrics.data._cifar`, :mod:`ddmetrics.data._images`) build on this module
+only; :mod:`ddmetrics.data._load` dispatches to them.
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -12,7 +15,7 @@ from torch.utils.data import Dataset
 
 ArrayLike = Union[np.ndarray, Tensor]
 
-__all__ = ["ArrayDataset", "Splits", "from_arrays", "from_npz", "as_array_dataset", "stratified_split", "load"]
+__all__ = ["ArrayDataset", "from_arrays", "from_npz", "as_array_dataset", "stratified_split"]
 
 
 def _to_tensor(value: Any, name: str) -> Tensor:
@@ -119,35 +122,6 @@ class ArrayDataset(Dataset):
             raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
         idx = idx.to(torch.int64).flatten()
         return ArrayDataset(self.images[idx], self.labels[idx], self.num_classes, self.class_names)
-
-
-@dataclass
-class Splits:
-    """Train/validation/test splits of one dataset, normalised with the train statistics.
-
-    Attributes
-    ----------
-    train, val, test : ArrayDataset
-        The three splits (already normalised: ``(x - mean) / std`` per channel).
-    num_classes : int
-        Number of classes.
-    mean, std : Tensor, shape (C,)
-        Per-channel statistics of the *training* split in [0, 1] pixel units.
-    class_names : list of str, optional
-        Class names when known.
-    """
-
-    train: ArrayDataset
-    val: ArrayDataset
-    test: ArrayDataset
-    num_classes: int
-    mean: Tensor
-    std: Tensor
-    class_names: Optional[list] = field(default=None)
-
-    def denormalize(self, images: Tensor) -> Tensor:
-        """Map normalised ``images`` (N, C, H, W) back to [0, 1] pixel units."""
-        return images * self.std.view(1, -1, 1, 1).to(images) + self.mean.view(1, -1, 1, 1).to(images)
 
 
 def from_arrays(x: ArrayLike, y: ArrayLike, num_classes: Optional[int] = None,
@@ -292,91 +266,3 @@ def stratified_split(ds: ArrayDataset, fraction: float, seed: int) -> Tuple[Arra
     held_idx = torch.sort(torch.cat(held)).values if held else torch.empty(0, dtype=torch.int64)
     rest_idx = torch.sort(torch.cat(rest)).values if rest else torch.empty(0, dtype=torch.int64)
     return ds.subset(rest_idx), ds.subset(held_idx)
-
-
-def _digits() -> ArrayDataset:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # values 0..16 -> [0, 1]
-    return ArrayDataset(x, torch.from_numpy(d.target.astype(np.int64)), 10, [str(i) for i in range(10)])
-
-
-def _channel_stats(images: Tensor) -> Tuple[Tensor, Tensor]:
-    flat = images.transpose(0, 1).reshape(images.shape[1], -1).to(torch.float64)
-    mean = flat.mean(dim=1)
-    std = flat.std(dim=1, unbiased=False)
-    std = torch.where(std > 1e-12, std, torch.ones_like(std))
-    return mean.to(torch.float32), std.to(torch.float32)
-
-
-def _normalise(ds: ArrayDataset, mean: Tensor, std: Tensor) -> ArrayDataset:
-    x = (ds.images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    return ArrayDataset(x, ds.labels, ds.num_classes, ds.class_names)
-
-
-def _read_source(path: str) -> Tuple[ArrayDataset, Optional[ArrayDataset]]:
-    """Training data and (when the source has one) its own test split."""
-    from ._cifar import cifar_batches, is_cifar_dir
-    from ._images import image_folder
-
-    if os.path.isfile(path):
-        if not path.endswith(".npz"):
-            raise ValueError(f"name_or_path {path!r}: files must be .npz")
-        return from_npz(path), None
-    if os.path.isdir(path):
-        if is_cifar_dir(path):
-            train = cifar_batches(path, train=True)
-            try:
-                test = cifar_batches(path, train=False)
-            except FileNotFoundError:
-                test = None
-            return train, test
-        return image_folder(path, size=None), None
-    raise ValueError(f"name_or_path {path!r} is neither a known dataset name ('digits') nor an existing path")
-
-
-def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: float = 0.1,
-         test_fraction: float = 0.2) -> Splits:
-    """Load a dataset and return seeded, stratified, train-normalised splits.
-
-    Parameters
-    ----------
-    name_or_path : str or PathLike
-        ``"digits"`` (scikit-learn's embedded 8x8 digits, 1797 images), a ``.npz`` file
-        (see :func:`from_npz`), a CIFAR-10/100 python batch directory (see :func:`cifar_batches`)
-        or an image folder with one sub-folder per class (see :func:`image_folder`; images are
-        kept at their size when all share one, otherwise resized to the smallest side seen).
-    seed : int
-        Seed of the stratified draws; the same seed gives identical splits.
-    val_fraction : float
-        Fraction of the remaining training data held out (per class) as validation.
-    test_fraction : float
-        Fraction of all data held out (per class) as test, when the source has no test split
-        (CIFAR has one and ignores this argument).
-
-    Returns
-    -------
-    Splits
-        ``test`` is drawn first (``test_fraction`` of everything), then ``val`` is ``val_fraction``
-        of the rest; for digits with the defaults this gives about 1293 / 144 / 360 images. All
-        three are normalised per channel with the mean/std of the training split only (pixels
-        first scaled to [0, 1]; digits' 0..16 values are divided by 16).
-    """
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-    key = os.fspath(name_or_path)
-    if key == "digits":
-        full, test = _digits(), None
-    else:
-        full, test = _read_source(key)
-    if test is None:
-        if test_fraction <= 0:
-            raise ValueError("test_fraction must be > 0 when the source has no test split")
-        full, test = stratified_split(full, test_fraction, seed)
-    train, val = stratified_split(full, val_fraction, seed + 1)
-    mean, std = _channel_stats(train.images)
-    return Splits(train=_normalise(train, mean, std), val=_normalise(val, mean, std),
-                  test=_normalise(test, mean, std), num_classes=train.num_classes, mean=mean, std=std,
-                  class_names=train.class_names)
