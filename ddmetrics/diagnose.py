@@ -43,7 +43,7 @@ from .data import as_array_dataset
 from .distill.presets import LOSS_SETTINGS
 from .losses.base import DistributionLoss, available_losses, get_loss
 from .synset import SyntheticSet
-from .utils import embed_batched
+from .utils import DeviceSpec, embed_batched, resolve_device
 
 __all__ = ["DiagnosisReport", "diagnose", "moment_distances", "MOMENTS"]
 
@@ -139,7 +139,8 @@ def moment_distances(x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Option
     """
     def stats(z: Tensor, w: Optional[Tensor]):
         z = z.to(torch.float64)
-        w = torch.full((len(z),), 1.0 / len(z), dtype=torch.float64) if w is None else w.to(torch.float64)
+        w = (torch.full((len(z),), 1.0 / len(z), dtype=torch.float64, device=z.device) if w is None
+             else w.to(torch.float64))
         w = w / w.sum()
         mu = w @ z
         c = z - mu
@@ -193,12 +194,12 @@ def _loss_factories(losses: LossSpec, seed: int = 0) -> Dict[str, Callable[[], D
 def _subsample(z: Tensor, limit: Optional[int], seed: int) -> Tensor:
     if limit is None or len(z) <= limit:
         return z
-    gen = torch.Generator().manual_seed(seed)
-    return z[torch.randperm(len(z), generator=gen)[:limit]]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return z[torch.randperm(len(z), generator=gen, device="cpu")[:limit].to(z.device)]
 
 
 def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec = None, batch_size: int = 512,
-             max_real: Optional[int] = 4096, seed: int = 0) -> DiagnosisReport:
+             max_real: Optional[int] = 4096, seed: int = 0, device: DeviceSpec = None) -> DiagnosisReport:
     """Distances between a synthetic set and real data in ``model``'s feature space.
 
     Parameters
@@ -225,6 +226,9 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         and O(n²) backends affordable on large data. ``None``: no limit. Digits never reaches it.
     seed : int
         Seed of that subsampling.
+    device : str or torch.device, optional
+        Where the model runs and the distances are computed (``None``/``"auto"``: CUDA when
+        available); the model is moved there.
 
     Returns
     -------
@@ -251,14 +255,16 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
                          f"{tuple(real.images.shape[1:])}")
     if synset.num_classes != real.num_classes:
         raise ValueError(f"the synthetic set has {synset.num_classes} classes, the real set {real.num_classes}")
+    device = resolve_device(device)
     factories = _loss_factories(losses, seed)
     metrics = list(factories) + list(MOMENTS)
 
     was_training = model.training
     model.eval()
     try:
-        f_real = embed_batched(model, real.images, batch_size).cpu().double()
-        f_syn = embed_batched(model, images, batch_size).cpu().double()
+        model.to(device)
+        f_real = embed_batched(model, real.images, batch_size).double()
+        f_syn = embed_batched(model, images, batch_size).double()
     finally:
         model.train(was_training)
 
@@ -279,11 +285,13 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         return row
 
     per_class: Dict[int, Dict[str, Optional[float]]] = {}
-    pooled_w = torch.zeros(len(f_syn), dtype=torch.float64)
+    weights, labels = weights.to(device), labels.to(device)
+    real_labels = real.labels.to(device)
+    pooled_w = torch.zeros(len(f_syn), dtype=torch.float64, device=device)
     n_real = len(real)
     for k in range(real.num_classes):
         mask = labels == k
-        xr = f_real[real.labels == k]
+        xr = f_real[real_labels == k]
         if not bool(mask.any()) or len(xr) == 0:
             per_class[k] = {m: None for m in metrics}
             continue

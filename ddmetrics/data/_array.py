@@ -250,7 +250,7 @@ def stratified_split(ds: ArrayDataset, fraction: float, seed: int) -> Tuple[Arra
         raise ValueError(f"fraction must be a float in [0, 1), got {fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
     held, rest = [], []
     for k in range(ds.num_classes):
         idx = ds.class_indices(k)

@@ -92,7 +92,7 @@ def synthesize_class(strategy: Strategy, k: int, ckpt: Optional[Checkpoint] = No
         ``images`` (ipc, C, H, W), ``weights`` (ipc,) and ``info``.
     """
     cfg = strategy.cfg
-    gen = torch.Generator().manual_seed(class_seed(strategy.seed, k))
+    gen = torch.Generator(device="cpu").manual_seed(class_seed(strategy.seed, k))
     state = ckpt.progress(k) if ckpt is not None else None
     if state is None:
         images, fixed = strategy.start(k, gen)

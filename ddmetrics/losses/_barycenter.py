@@ -51,7 +51,7 @@ def _check(x: Tensor, m: int, a: Optional[Tensor]):
 
 def init_support(x: Tensor, m: int, a: Tensor, seed: int = 0, method: str = "kmeans++") -> Tensor:
     """``m`` distinct rows of ``x``: k-means++ (D² sampling, weighted by ``a``) or uniformly at random."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     n = x.shape[0]
     if method == "random":
         return x[torch.randperm(n, generator=gen)[:m].to(x.device)].clone()

@@ -89,8 +89,10 @@ class KRDual(DistributionLoss):
                 "warm_start": self.warm_start}
 
     def _make_critic(self, d: int, like: Tensor) -> None:
-        gen = torch.Generator().manual_seed(self.seed)
-        self.critic = Critic(d, self.hidden, gen, self.clip).to(dtype=like.dtype, device=like.device)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        with torch.device("cpu"):  # initialised on the CPU: the same critic on every device
+            critic = Critic(d, self.hidden, gen, self.clip)
+        self.critic = critic.to(dtype=like.dtype, device=like.device)
         self._opt = torch.optim.Adam(self.critic.parameters(), lr=self.lr)
 
     def get_extra_state(self):

@@ -12,7 +12,7 @@ from .base import DistributionLoss, register_loss
 def random_directions(d: int, n_projections: int, generator: torch.Generator,
                       dtype=torch.float32, device=None) -> Tensor:
     """``(d, n_projections)`` matrix of directions drawn uniformly on the unit sphere."""
-    theta = torch.randn(d, n_projections, generator=generator, dtype=torch.float64)
+    theta = torch.randn(d, n_projections, generator=generator, dtype=torch.float64, device=generator.device)
     theta = theta / theta.norm(dim=0, keepdim=True)
     return theta.to(dtype=dtype, device=device)
 
@@ -116,7 +116,7 @@ class SlicedWasserstein(DistributionLoss):
         self.p = p
         self.seed = seed
         self.projections = projections
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def _config(self):
         return {"n_projections": self.n_projections, "p": self.p, "seed": self.seed}
