@@ -2,26 +2,31 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 # KeOps compiles formulas on first use; keep its cache inside the ignored build folder.
 export KEOPS_CACHE_FOLDER := $(CURDIR)/build/keops
 export MPLBACKEND := Agg
 
 .PHONY: test demo bench clean
 
-$(STAMP): setup.cfg constraints.txt pyproject.toml
+# One stamp per set of extras (setup.cfg): each target installs what it runs, into the same
+# .venv, and reinstalls when setup.cfg, constraints.txt or pyproject.toml change.
+#   test  -> .[dev]       everything tests/ imports
+#   demo  -> .  (core)    WMDD with the exact loss (POT); the grid PNG is written with Pillow
+#   bench -> .[sinkhorn]  benchmarks/metric_speed.py compares against GeomLoss
+# Every pip install goes through constraints.txt (torch pinned to a CPU build).
+$(VENV)/.installed-%: setup.cfg constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.$(if $(filter core,$*),,[$*])'
+	touch $@
 
-test: $(STAMP)
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 
-demo: $(STAMP)
+demo: $(VENV)/.installed-core
 	$(BIN)/ddmetrics distill --dataset digits --method wmdd --loss wasserstein --ipc 10 --out runs/demo
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-sinkhorn
 	$(BIN)/python benchmarks/metric_speed.py
 
 clean:

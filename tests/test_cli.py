@@ -47,3 +47,137 @@ def test_losses_lists_every_backend(tmp_path):
     assert res.returncode == 0
     for name in ["wasserstein", "sliced", "sinkhorn", "krdual", "mmd"]:
         assert name in res.stdout
+
+
+# -- start-up: `ddmetrics --help` and `import ddmetrics` load no optional backend
+
+_OPTIONAL = "{'pykeops', 'geomloss', 'matplotlib'}"
+
+
+def _python(code: str, cwd):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600)
+
+
+def test_help_prints_no_keops_warning(tmp_path):
+    res = _run("--help", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    for command in ["distill", "evaluate", "diagnose", "losses"]:
+        assert command in res.stdout
+    assert "KeOps" not in res.stdout + res.stderr
+
+
+def test_import_loads_no_optional_backend(tmp_path):
+    res = _python("import ddmetrics, sys; "
+                  f"print(sorted(m for m in sys.modules if m.split('.')[0] in {_OPTIONAL}))", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_building_the_parser_imports_no_torch(tmp_path):
+    # what keeps `ddmetrics --help` quick: the commands import torch, the models and the losses
+    res = _python("import sys; from ddmetrics.cli import build_parser; build_parser(); "
+                  "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'ot', 'sklearn'}))",
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_distill_help_lists_the_method_presets(capsys):
+    from ddmetrics.cli import build_parser
+    from ddmetrics.distill import PRESETS
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["distill", "--help"])
+    assert exit_.value.code == 0
+    assert f"one of {', '.join(sorted(PRESETS))}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_package_names_resolve_lazily():
+    import ddmetrics as ddm
+    from ddmetrics.evaluate import EvalReport
+
+    for name in ddm.__all__:
+        assert getattr(ddm, name) is not None
+    assert callable(ddm.evaluate) and ddm.EvalReport is EvalReport  # the function, not the module
+    assert ddm.distill.presets.PRESETS is ddm.distill.PRESETS
+    with pytest.raises(AttributeError):
+        ddm.no_such_name
+
+
+# -- the teacher.pt next to a synthetic set (evaluate --protocol soft, diagnose --model teacher)
+
+def _run_folder(tmp_path, teacher=None):
+    """A synset.pt for the 10 digits classes (soft-label config) and, optionally, a teacher.pt."""
+    import torch
+
+    import ddmetrics as ddm
+
+    folder = tmp_path / "run"
+    syn = ddm.SyntheticSet(torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(10),
+                           torch.ones(10), meta={"seed": 0, "config": {"eval_protocol": "soft", "teacher": "convnet_bn"}},
+                           num_classes=10)
+    folder.mkdir()
+    syn.save(str(folder / "synset.pt"))
+    if teacher is not None:
+        torch.save(teacher, str(folder / "teacher.pt"))
+    return folder
+
+
+def _teacher_state():
+    import ddmetrics as ddm
+
+    return ddm.models.get_model("convnet_bn", 1, 10, 8).state_dict()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "diagnose"])
+@pytest.mark.parametrize("teacher,needle", [
+    ([1, 2], "is not a state_dict"),
+    ({"weight": [0.0]}, "does not fit"),
+    ("wrong-shape", "does not fit"),
+])
+def test_a_bad_teacher_file_is_an_error_naming_it(tmp_path, capsys, command, teacher, needle):
+    import torch
+
+    from ddmetrics.cli import main
+
+    if teacher == "wrong-shape":
+        teacher = {k: torch.zeros(1) for k in _teacher_state()}
+    folder = _run_folder(tmp_path, teacher)
+    args = ["--runs", "1", "--quiet"] if command == "evaluate" else ["--model", "teacher", "--losses", "mmd"]
+    assert main([command, str(folder / "synset.pt"), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"ddmetrics {command}: error: " in err and str(folder / "teacher.pt") in err and needle in err
+
+
+def test_diagnose_with_the_saved_teacher(tmp_path, capsys):
+    from ddmetrics.cli import main
+
+    folder = _run_folder(tmp_path, _teacher_state())
+    out = tmp_path / "d.json"
+    assert main(["diagnose", str(folder / "synset.pt"), "--losses", "mmd", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["model"].startswith("teacher convnet_bn") and doc["split"] == "train"
+    assert "mmd" in capsys.readouterr().out
+
+
+def test_load_state_dict_file(tmp_path):
+    import torch
+
+    import ddmetrics as ddm
+    from ddmetrics.models import load_state_dict_file
+
+    state = _teacher_state()
+    torch.save(state, tmp_path / "t.pt")
+    model = ddm.models.get_model("convnet_bn", 1, 10, 8)
+    assert load_state_dict_file(model, tmp_path / "t.pt") is model
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="does not fit"):
+        load_state_dict_file(ddm.models.get_model("convnet_bn", 1, 3, 8), tmp_path / "t.pt")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a pickled module: weights_only refuses it
+    with pytest.raises(ValueError, match="module.pt"):
+        load_state_dict_file(model, tmp_path / "module.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_state_dict_file(model, tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError):
+        load_state_dict_file(model, tmp_path / "missing.pt")

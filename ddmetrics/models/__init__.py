@@ -14,11 +14,12 @@ from typing import Any, Callable, Dict
 from torch import nn
 
 from ._convnet import ConvNet
+from ._io import load_state_dict_file
 from ._resnet import ResNet, ResNet18, ResNetAP10
 from ._train import accuracy, train_model
 
 __all__ = ["ConvNet", "ResNet", "ResNet18", "ResNetAP10", "MODELS", "available_models", "get_model",
-           "train_model", "accuracy"]
+           "train_model", "accuracy", "load_state_dict_file"]
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "convnet": ConvNet,
