@@ -26,7 +26,7 @@ from ._io import PathLike, atomic_write, load_tensors
 def _stats(value: Any, name: str, channels: int) -> Optional[Tensor]:
     if value is None:
         return None
-    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+    t = torch.as_tensor(value, dtype=torch.float32, device="cpu").flatten()
     if t.numel() not in (1, channels):
         raise ValueError(f"{name} must have 1 or {channels} entries, got {t.numel()}")
     if not bool(torch.isfinite(t).all()) or (name == "std" and bool((t <= 0).any())):

@@ -26,7 +26,7 @@ def _to_tensor(value: Any, name: str) -> Tensor:
             raise TypeError(f"{name} must not be an object array")
         return torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, (list, tuple)):
-        return torch.as_tensor(np.asarray(value))
+        return torch.as_tensor(np.asarray(value), device="cpu")
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
 
 
@@ -113,7 +113,7 @@ class ArrayDataset(Dataset):
 
     def subset(self, indices: Union[Sequence[int], Tensor, np.ndarray]) -> "ArrayDataset":
         """A new dataset with the samples at ``indices`` (same ``num_classes``/``class_names``)."""
-        idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, Tensor) else indices)
+        idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, Tensor) else indices, device="cpu")
         if idx.numel() == 0:
             idx = idx.to(torch.int64)
         if idx.dtype == torch.bool:
@@ -208,7 +208,7 @@ def as_array_dataset(ds: Dataset, num_classes: Optional[int] = None) -> ArrayDat
         item = ds[i]
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise TypeError(f"ds[{i}] must be an (image, label) pair, got {type(item).__name__}")
-        img = torch.as_tensor(item[0])
+        img = torch.as_tensor(item[0], device="cpu")
         if not torch.is_floating_point(img):
             img = img.to(torch.float32)
         images.append(img)

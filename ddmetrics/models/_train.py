@@ -33,7 +33,7 @@ def _check_weights(sample_weights, n: int) -> Optional[Tensor]:
     if sample_weights is None:
         return None
     # any array-like of n entries (e.g. an (n, 1) column) is accepted: cast and flatten first
-    w = torch.as_tensor(sample_weights).detach().to(torch.float32).flatten()
+    w = torch.as_tensor(sample_weights, device="cpu").detach().to(torch.float32).flatten()
     check_weight_vector(w, n, "sample_weights", positive_sum=True)
     return w / w.mean()
 
