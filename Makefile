@@ -24,7 +24,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 
 demo: $(VENV)/.installed-core
-	$(BIN)/ddmetrics distill --dataset digits --method wmdd --loss wasserstein --ipc 10 --out runs/demo
+	$(BIN)/ddmetrics distill --dataset digits --method wmdd --loss wasserstein --ipc 10 --out runs/demo --overwrite
 
 bench: $(VENV)/.installed-sinkhorn
 	$(BIN)/python benchmarks/metric_speed.py

@@ -16,42 +16,78 @@ quick. One ``_cmd_*`` function per subcommand, all wired up in :func:`build_pars
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
+from . import __version__
 from ._io import atomic_write, atomic_write_json
 
 
+
+
+def _parse_value(kind: str, text: str) -> Any:
+    """``text`` read as a value of the DistillConfig field type ``kind`` (its annotation string);
+    text that does not parse is passed on as it is, for the config's check to refuse by name."""
+    optional = kind.startswith("Optional[")
+    if optional and text.strip().lower() in ("none", "null"):
+        return None
+    base = kind[len("Optional["):-1] if optional else kind
+    try:
+        if base == "int":
+            return int(text)
+        if base == "float":
+            return float(text)
+        if base == "bool":
+            return {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}[text.strip().lower()]
+        if base.startswith("Dict"):
+            return json.loads(text)
+        if base == "Union[int, str]":
+            return int(text) if text.strip().lstrip("-").isdigit() else text
+    except (ValueError, KeyError):
+        return text
+    return text
+
+
 def _parse_overrides(pairs: List[str]) -> Dict[str, object]:
-    """``key=value`` pairs; values are read as JSON when they parse (numbers, booleans, dicts)."""
+    """``--set key=value`` pairs, each value parsed by its DistillConfig field's type."""
+    from .distill.presets import DistillConfig
+
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(DistillConfig)}
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise ValueError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        if key not in kinds:
+            hint = " (the teacher's architecture is teacher_arch)" if key == "teacher" else ""
+            raise ValueError(f"--set {pair}: unknown setting {key!r}{hint}; valid settings: {', '.join(sorted(kinds))}")
+        out[key] = _parse_value(kinds[key], value)
     return out
 
 
 def _cmd_distill(args) -> int:
-    from .data import load
     from . import distributed
+    from ._run_folder import check_out
+    from .data import load
     from .distill import Distiller
 
     overrides = _parse_overrides(args.set)
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
-    # everything that can fail on arguments fails here, before any work or any file
-    distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed, **overrides)
-    if os.path.exists(args.out) and not args.overwrite:
-        raise ValueError(f"--out {args.out} exists; pass --overwrite to replace it")
+    if args.teacher_arch is not None:
+        overrides["teacher_arch"] = args.teacher_arch
+    if args.runs < 0:
+        raise ValueError(f"--runs must be 0 (no evaluation) or a positive number of student runs, got {args.runs}")
+    # everything that can fail on arguments fails here, before any data is read or any file written
+    distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed,
+                          device=_device(args.device), amp=args.amp, **overrides)
+    check_out(args.out, args.overwrite)
+    if args.teacher is not None and not distiller.config.strategy == "barycenter":
+        raise ValueError(f"--teacher: method {args.method!r} uses no teacher (it matches random embedders)")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
     checkpoint = args.checkpoint
@@ -63,7 +99,10 @@ def _cmd_distill(args) -> int:
         raise ValueError(f"checkpoint folder {checkpoint} holds a previous run; pass --resume or remove it")
     created = distributed.init_from_env()  # under torchrun: classes and evaluation runs are sharded
     try:
-        return _distill(args, distiller, load(args.dataset, seed=args.seed), checkpoint)
+        splits = load(args.dataset, seed=args.seed)
+        if args.teacher is not None:
+            distiller.teacher_ = _load_teacher(args.teacher, distiller.config.teacher_arch, splits.train)
+        return _distill(args, distiller, splits, checkpoint)
     finally:
         if created:
             import torch.distributed as dist
@@ -73,6 +112,7 @@ def _cmd_distill(args) -> int:
 
 def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
     from . import distributed
+    from .distill.checkpoint import remove_checkpoint
     from .evaluate import evaluate
 
     rank, world_size = distributed.world()
@@ -85,13 +125,13 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
     report = None
     if args.runs > 0:
         report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs, teacher=distiller.teacher_,
-                          seed=args.seed, progress=not args.quiet and rank == 0,
-                          **distiller.config.evaluation_kwargs())
+                          seed=args.seed, progress=not args.quiet and rank == 0, full_data=not args.no_full,
+                          device=distiller.device, **distiller.config.evaluation_kwargs())
         report.seconds = {"distill": distill_seconds, **report.seconds}
     if rank == 0:
         _write_run(args, syn, distiller, report, distill_seconds, world_size)
         if checkpoint is not None:  # the run folder now holds everything the checkpoints did
-            shutil.rmtree(checkpoint, ignore_errors=True)
+            remove_checkpoint(checkpoint)
         print(f"wrote {args.out}/synset.pt, grid.png, report.json")
         if report is not None:
             print(report.summary())
@@ -102,29 +142,36 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
 
 
 def _write_run(args, syn, distiller, report, distill_seconds: float, world_size: int) -> None:
-    """Write the run folder through a sibling temp folder and one rename: never half a folder.
-    The temp name is fixed, so a folder left by a killed run is recognised and cleared."""
+    """Write the run folder (:mod:`ddmetrics._run_folder`: a manifest of the files, written
+    last; ``--overwrite`` replaces only a previous run's files)."""
     import torch
 
-    out = os.path.abspath(args.out)
-    tmp = os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".writing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        syn.save(os.path.join(tmp, "synset.pt"))
-        syn.save_grid(os.path.join(tmp, "grid.png"))
-        if distiller.teacher_ is not None:
-            torch.save(distiller.teacher_.state_dict(), os.path.join(tmp, "teacher.pt"))
-        atomic_write_json(os.path.join(tmp, "report.json"), {
-            "dataset": args.dataset, "method": args.method, "loss": syn.meta["loss"], "ipc": args.ipc,
-            "seed": args.seed, "distill_seconds": distill_seconds, "world_size": world_size,
-            "evaluation": report.to_dict() if report is not None else None})
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    from ._io import atomic_write
+    from ._run_folder import write_run_folder
+
+    summary = {"dataset": args.dataset, "method": args.method, "loss": syn.meta["loss"], "ipc": args.ipc,
+               "seed": args.seed, "device": str(distiller.device), "distill_seconds": distill_seconds,
+               "world_size": world_size, "evaluation": report.to_dict() if report is not None else None}
+    writers = {"synset.pt": syn.save, "grid.png": syn.save_grid,
+               "report.json": lambda path: atomic_write_json(path, summary)}
+    if distiller.teacher_ is not None:
+        state = {k: v.detach().cpu() for k, v in distiller.teacher_.state_dict().items()}  # loads anywhere
+        writers["teacher.pt"] = lambda path: atomic_write(path, lambda fh: torch.save(state, fh))
+    write_run_folder(args.out, writers, overwrite=args.overwrite)
+
+
+def _device(text: Optional[str]):
+    from .utils import resolve_device
+
+    return resolve_device(text)
+
+
+def _load_teacher(path: str, arch: str, train) -> Any:
+    """``--teacher PATH``: a TorchScript file, or a state dict loaded into ``arch`` (``--teacher-arch``)."""
+    from .models import get_model, load_teacher_file
+
+    return load_teacher_file(path, lambda: get_model(arch, train.images.shape[1], train.num_classes,
+                                                     train.images.shape[-1]))
 
 
 def _teacher_path(synset_path: str) -> str:
@@ -135,13 +182,23 @@ def _teacher_path(synset_path: str) -> str:
 def _cmd_evaluate(args) -> int:
     from .data import load
     from .distill.presets import DistillConfig
-    from .evaluate import evaluate
+    from .evaluate import check_fits, evaluate
     from .models import get_model, load_state_dict_file
     from .synset import SyntheticSet
 
+    if args.runs < 1:
+        raise ValueError(f"--runs must be a positive number of student runs, got {args.runs}")
+    device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
+    stored = dict(syn.meta.get("config") or {})
+    if "teacher" in stored and "teacher_arch" not in stored:  # sets saved before the field was renamed
+        stored["teacher_arch"] = stored.pop("teacher")
+    try:
+        cfg = DistillConfig(**{k: v for k, v in stored.items() if k in DistillConfig.__dataclass_fields__})
+    except ValueError as err:
+        raise ValueError(f"{args.synset} records settings this version cannot use: {err}") from None
     splits = load(args.dataset, seed=args.seed)
-    cfg = DistillConfig(**{k: v for k, v in syn.meta.get("config", {}).items() if k in DistillConfig.__dataclass_fields__})
+    check_fits(syn, splits.test, f"--dataset {args.dataset}")
     settings = cfg.evaluation_kwargs()
     if args.protocol:
         settings["protocol"] = args.protocol
@@ -153,7 +210,7 @@ def _cmd_evaluate(args) -> int:
         x = splits.train.images
         teacher = load_state_dict_file(get_model(cfg.teacher_arch, x.shape[1], splits.train.num_classes, x.shape[-1]), path)
     report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs, teacher=teacher, seed=args.seed,
-                      progress=not args.quiet, **settings)
+                      progress=not args.quiet, full_data=not args.no_full, device=device, **settings)
     print(report.summary())
     if args.json:
         atomic_write_json(args.json, report.to_dict())
@@ -209,12 +266,16 @@ def _cmd_diagnose(args) -> int:
     from .diagnose import diagnose
     from .synset import SyntheticSet
 
+    from .evaluate import check_fits
+
+    device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
     splits = load(args.dataset, seed=seed)
     real = getattr(splits, args.split)
+    check_fits(syn, real, f"--dataset {args.dataset}")
     model, description = _feature_model(syn, args.synset, real, args.model)
-    report = diagnose(syn, real, model, losses=args.losses, batch_size=args.batch_size)
+    report = diagnose(syn, real, model, losses=args.losses, batch_size=args.batch_size, device=device)
     print(f"synthetic set: {args.synset} ({len(syn.labels)} stored images, method {syn.meta.get('method', '?')}, "
           f"loss {syn.meta.get('loss', '?')})")
     print(f"real data: {args.dataset} {args.split} split (seed {seed}), {len(real)} images; features: {description}, "
@@ -240,7 +301,8 @@ def _cmd_losses(args) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` with help texts filled in only when help is shown.
+    """An ``ArgumentParser`` with help texts filled in only when help is shown, defaults in every
+    option's help, and usage errors as one line on stderr (exit code 2).
 
     ``parser.late_help.append((action, fn))`` sets ``action.help = fn()`` before the help is
     formatted: texts that name things defined in heavy modules (the method presets) do not
@@ -248,6 +310,7 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
         self.late_help: List[Tuple[argparse.Action, Callable[[], str]]] = []
 
@@ -257,32 +320,54 @@ class _Parser(argparse.ArgumentParser):
         self.late_help = []
         return super().format_help()
 
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def _methods_help() -> str:
     from .distill.presets import PRESETS
 
-    return f"one of {', '.join(sorted(PRESETS))}"
+    return f"method preset, one of {', '.join(sorted(PRESETS))}"
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="where the work runs: auto (CUDA when available), cpu, cuda or cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ddmetrics`` parser; each subcommand's ``func`` default runs it and returns the exit status."""
     parser = _Parser(prog="ddmetrics", description="Dataset distillation with a pluggable distance.")
+    parser.add_argument("--version", action="version", version=f"ddmetrics {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)  # the subparsers are _Parser too
 
     d = sub.add_parser("distill", help="distil a data set, evaluate it, write synset.pt, grid.png, report.json")
     d.add_argument("--dataset", default="digits", help="'digits' or a path (.npz, CIFAR batch folder, image folder)")
     d.late_help.append((d.add_argument("--method", default="wmdd", help="a method preset"), _methods_help))
-    d.add_argument("--loss", default=None, help="a registered loss (default: the method's own)")
-    d.add_argument("--ipc", type=int, default=10)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--loss", default=None, help="a registered loss (default: the method's own; see 'ddmetrics losses')")
+    d.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
+    d.add_argument("--seed", type=int, default=0, help="seed of every random choice (and of the data split)")
     d.add_argument("--runs", type=int, default=3, help="evaluation runs (0: no evaluation)")
-    d.add_argument("--iterations", type=int, default=None)
-    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a DistillConfig field")
-    d.add_argument("--out", required=True)
-    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--no-full", action="store_true",
+                   help="skip the full-data baseline model (most of an evaluation's time on small sets)")
+    d.add_argument("--iterations", type=int, default=None, help="synthesis steps per class (default: the method's)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", default=None,
+                   help="override a DistillConfig field, e.g. --set lr=0.1 --set augment=none (repeatable)")
+    d.add_argument("--teacher", default=None, metavar="PATH",
+                   help="your trained teacher: a state_dict file (loaded into --teacher-arch, weights only) or a "
+                        "TorchScript file; default: train one on the data")
+    d.add_argument("--teacher-arch", default=None, metavar="NAME",
+                   help="the teacher's architecture, a registered model name (default: the method's, convnet_bn)")
+    _add_device(d)
+    d.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher/embedder passes on CUDA")
+    d.add_argument("--out", required=True, help="the run folder to write")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run folder at --out: only a folder ddmetrics wrote (it holds a manifest) "
+                        "and only the files listed in it; anything else is refused")
     d.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="checkpoint folder (default with --checkpoint-every/--resume: OUT.ckpt); a finished class "
-                        "is always checkpointed; removed after a successful run")
+                        "is always checkpointed; its files are removed after a successful run")
     d.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                    help="also checkpoint the class in progress every STEPS synthesis steps")
     d.add_argument("--resume", action="store_true", help="continue the run saved in the checkpoint folder")
@@ -290,13 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_distill)
 
     e = sub.add_parser("evaluate", help="evaluate a saved synthetic set")
-    e.add_argument("synset")
-    e.add_argument("--dataset", default="digits")
-    e.add_argument("--runs", type=int, default=3)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--protocol", choices=["hard", "soft"], default=None)
+    e.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
+    e.add_argument("--dataset", default="digits", help="the data the set was distilled from ('digits' or a path)")
+    e.add_argument("--runs", type=int, default=3, help="student runs")
+    e.add_argument("--seed", type=int, default=0, help="seed of the students and of the data split")
+    e.add_argument("--protocol", choices=["hard", "soft"], default=None,
+                   help="labels of the students (default: the method's; soft needs the teacher.pt beside the set)")
+    e.add_argument("--no-full", action="store_true", help="skip the full-data baseline model")
+    _add_device(e)
     e.add_argument("--json", default=None, help="also write the report as JSON here")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=_cmd_evaluate)
 
     g = sub.add_parser(
@@ -307,14 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
     g.add_argument("--dataset", default="digits", help="'digits' or a path accepted by ddmetrics.data.load")
     g.add_argument("--split", choices=["train", "val", "test"], default="train",
-                   help="real split to compare with (default: train, the data that was distilled)")
+                   help="real split to compare with (train is the data that was distilled)")
     g.add_argument("--model", choices=["teacher", "convnet"], default=None,
                    help="feature extractor: the teacher.pt next to the set (default when present) or a random "
                         "ConvNet seeded with 0 (default otherwise)")
     g.add_argument("--losses", nargs="+", default=None, metavar="NAME",
                    help="registered losses to compute (default: all)")
     g.add_argument("--seed", type=int, default=None, help="split seed (default: the synthetic set's meta['seed'])")
-    g.add_argument("--batch-size", type=int, default=512)
+    g.add_argument("--batch-size", type=int, default=512, help="images per embedding batch")
+    _add_device(g)
     g.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON here")
     g.set_defaults(func=_cmd_diagnose)
 
@@ -324,12 +413,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; an error is one line on stderr and exit code 2 (``--debug``: traceback)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, KeyError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"ddmetrics {args.command}: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"ddmetrics {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # every failure, ours or a library's, ends in one line
+        if args.debug:
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        msg = " ".join(str(msg).split()) or type(err).__name__
+        kind = "" if isinstance(err, (ValueError, TypeError, KeyError)) else f"{type(err).__name__}: "
+        print(f"ddmetrics {args.command}: error: {kind}{msg}", file=sys.stderr)
         return 2
 
 

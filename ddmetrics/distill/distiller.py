@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data import as_array_dataset
 from ..losses import DistributionLoss
-from ..models import get_model, train_model
+from ..models import as_teacher, get_model, train_model
 from ..synset import SyntheticSet
 from .. import distributed
 from ..augment import make_augment
@@ -81,6 +81,8 @@ class Distiller:
         elif teacher is not None and not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher must be a trained nn.Module or an architecture name (teacher_arch), "
                             f"got {type(teacher).__name__}")
+        elif teacher is not None:
+            teacher = as_teacher(teacher)  # any classifier with a final layer "fc"; else wrap it yourself
         if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
             raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):

@@ -24,6 +24,10 @@ def _model_names() -> list:
     return available_models()
 
 
+def _model_ok(v: Any) -> bool:
+    return (isinstance(v, str) and v.lower() in _model_names()) or (callable(v) and not isinstance(v, (str, type(None))))
+
+
 def _augment_ok(v: Any) -> bool:
     from ..augment import OPS
 
@@ -57,14 +61,14 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "factor": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "a positive integer or 'auto'"),
     "augment": (_augment_ok, "None, 'none', 'auto' or operations from ddmetrics.augment.OPS joined by '_'"),
     "batch_real": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "teacher_arch": (lambda v: isinstance(v, str) and v.lower() in _model_names(), "a model name"),
+    "teacher_arch": (_model_ok, "a model name or a builder fn(channels, num_classes, image_size)"),
     "teacher_epochs": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
     "bary_iters": (lambda v: v is None or (_is_int(v) and v >= 1), "None or a positive integer"),
     "learn_weights": (lambda v: isinstance(v, bool), "True or False"),
     "reg_weight": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
-    "embedder": (lambda v: isinstance(v, str) and v.lower() in _model_names(), "a model name"),
+    "embedder": (_model_ok, "a model name or a builder fn(channels, num_classes, image_size)"),
     "iters_per_model": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "eval_model": (lambda v: isinstance(v, str) and v.lower() in _model_names(), "a model name"),
+    "eval_model": (_model_ok, "a model name or a builder fn(channels, num_classes, image_size)"),
     "eval_epochs": (lambda v: v is None or (_is_int(v) and v >= 1), "None or a positive integer"),
     "eval_lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
     "temperature": (lambda v: _is_number(v) and v > 0, "a positive number"),
@@ -169,7 +173,12 @@ class DistillConfig:
                 "lr": self.eval_lr, "temperature": self.temperature}
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as JSON-able data (a model builder is recorded by its qualified name)."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if callable(value):
+                out[key] = f"<builder {getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}>"
+        return out
 
 
 _FLOAT_FIELDS = {f.name: f.type in ("float", float) for f in dataclasses.fields(DistillConfig)}

@@ -109,8 +109,11 @@ _ENTRY_POINT_GROUP = "ddmetrics.losses"
 _entry_points_loaded = False
 
 
-def register_loss(name: str) -> Callable[[Type[DistributionLoss]], Type[DistributionLoss]]:
+def register_loss(name: str, override: bool = False) -> Callable[[Type[DistributionLoss]], Type[DistributionLoss]]:
     """Class decorator that makes a :class:`DistributionLoss` subclass available by ``name``.
+
+    Registering a name that another class already has is refused unless ``override=True``
+    (re-running the same definition, e.g. in a notebook, is allowed).
 
     Examples
     --------
@@ -124,6 +127,11 @@ def register_loss(name: str) -> Callable[[Type[DistributionLoss]], Type[Distribu
     def decorate(cls: Type[DistributionLoss]) -> Type[DistributionLoss]:
         if not (isinstance(cls, type) and issubclass(cls, DistributionLoss)):
             raise TypeError(f"register_loss({name!r}) decorates DistributionLoss subclasses, got {cls!r}")
+        old = _REGISTRY.get(name)
+        same = old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
+        if old is not None and not same and not override:
+            raise ValueError(f"loss {name!r} is already registered ({old.__module__}.{old.__qualname__}); "
+                             "pass override=True to replace it, or choose another name")
         _REGISTRY[name] = cls
         cls.name = name
         return cls

@@ -9,38 +9,95 @@ Every model has ``forward(x) -> logits``, ``embed(x) -> (N, feature_dim)`` featu
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Dict
+import logging
+from importlib.metadata import entry_points
+from typing import Any, Callable, Dict, Optional, Union
 
 from torch import nn
 
 from ._convnet import ConvNet
-from ._io import load_state_dict_file
+from ._io import load_state_dict_file, load_teacher_file
 from ._resnet import ResNet, ResNet18, ResNetAP10
+from ._teacher import Teacher, as_teacher
 from ._train import accuracy, train_model
 
-__all__ = ["ConvNet", "ResNet", "ResNet18", "ResNetAP10", "MODELS", "available_models", "get_model",
-           "train_model", "accuracy", "load_state_dict_file"]
+__all__ = ["ConvNet", "ResNet", "ResNet18", "ResNetAP10", "MODELS", "Teacher", "as_teacher", "available_models",
+           "get_model", "load_state_dict_file", "load_teacher_file", "register_model", "train_model", "accuracy"]
 
-MODELS: Dict[str, Callable[..., nn.Module]] = {
+#: A model builder: ``builder(channels, num_classes, image_size, **kw) -> nn.Module``.
+ModelBuilder = Callable[..., nn.Module]
+
+#: name -> builder; :func:`register_model` adds to it, so do packages through the entry-point
+#: group ``ddmetrics.models``
+MODELS: Dict[str, ModelBuilder] = {
     "convnet": ConvNet,
     "convnet_bn": partial(ConvNet, norm="batch"),
     "resnetap10": ResNetAP10,
     "resnet18": ResNet18,
 }
+_ENTRY_POINT_GROUP = "ddmetrics.models"
+_entry_points_loaded = False
+
+
+def register_model(name: str, builder: Optional[ModelBuilder] = None, override: bool = False):
+    """Make ``builder(channels, num_classes, image_size, **kw)`` available as model ``name``.
+
+    Use as a function (``register_model("vit", build_vit)``) or as a decorator. A registered
+    name can be a teacher (``teacher_arch``), a DM-style embedder (``embedder``, built afresh at
+    every redraw) or the evaluation model (``eval_model``).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is empty, or already registered and ``override`` is False.
+    TypeError
+        ``builder`` is not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("name must be a non-empty string")
+    key = name.lower()
+
+    def add(fn: ModelBuilder) -> ModelBuilder:
+        if not callable(fn):
+            raise TypeError(f"register_model({name!r}) needs a callable builder, got {type(fn).__name__}")
+        if key in MODELS and MODELS[key] is not fn and not override:
+            raise ValueError(f"model {name!r} is already registered; pass override=True to replace it")
+        MODELS[key] = fn
+        return fn
+
+    return add if builder is None else add(builder)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=_ENTRY_POINT_GROUP):
+        try:
+            fn = ep.load()
+        except Exception as err:  # a broken plugin must not break the built-in models
+            logging.getLogger("ddmetrics").warning("ddmetrics: could not load model plugin %r: %s", ep.name, err)
+            continue
+        if callable(fn) and ep.name.lower() not in MODELS:
+            MODELS[ep.name.lower()] = fn
 
 
 def available_models() -> list:
-    """Names accepted by :func:`get_model`."""
+    """Names accepted by :func:`get_model` (built-in, registered and from entry points)."""
+    _load_entry_points()
     return sorted(MODELS)
 
 
-def get_model(name: str, channels: int, num_classes: int, image_size: int, **kw: Any) -> nn.Module:
+def get_model(name: Union[str, ModelBuilder], channels: int, num_classes: int, image_size: int,
+              **kw: Any) -> nn.Module:
     """Build model ``name`` for ``channels``-channel ``image_size`` images and ``num_classes`` classes.
 
     Parameters
     ----------
-    name : str
-        One of :func:`available_models` (case-insensitive).
+    name : str or callable
+        One of :func:`available_models` (case-insensitive), or a builder
+        ``fn(channels, num_classes, image_size, **kw) -> nn.Module``.
     channels, num_classes, image_size : int
         Input channels, number of classes, image side length.
     **kw
@@ -51,7 +108,12 @@ def get_model(name: str, channels: int, num_classes: int, image_size: int, **kw:
     KeyError
         If ``name`` is unknown (the message lists the known names).
     """
+    if callable(name) and not isinstance(name, str):
+        model = name(channels, num_classes, image_size, **kw)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"the model builder {name!r} returned {type(model).__name__}, not an nn.Module")
+        return model
     key = name.lower() if isinstance(name, str) else name
-    if key not in MODELS:
+    if key not in available_models():
         raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     return MODELS[key](channels, num_classes, image_size, **kw)

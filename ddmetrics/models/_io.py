@@ -1,17 +1,22 @@
-"""Reading a saved ``state_dict`` (a ``teacher.pt``) into a model."""
+"""Reading a saved teacher: a ``state_dict`` file (``teacher.pt``) or a TorchScript file."""
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
-from typing import Union
+from typing import Callable, Union
 
 import torch
 from torch import nn
 
-__all__ = ["load_state_dict_file"]
+from .._io import load_tensors
+
+__all__ = ["load_state_dict_file", "load_teacher_file"]
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 
-def load_state_dict_file(model: nn.Module, path: Union[str, "os.PathLike[str]"]) -> nn.Module:
+def load_state_dict_file(model: nn.Module, path: PathLike) -> nn.Module:
     """Load the ``state_dict`` saved in ``path`` (by ``torch.save(model.state_dict(), path)``) into
     ``model``.
 
@@ -32,27 +37,50 @@ def load_state_dict_file(model: nn.Module, path: Union[str, "os.PathLike[str]"])
 
     Raises
     ------
-    FileNotFoundError
-        ``path`` does not exist.
     ValueError
-        The file is not a ``state_dict`` (not a torch file, not a mapping of parameter names, or
-        it holds objects that ``weights_only`` refuses), or it does not fit ``model`` (missing,
-        unexpected or misshapen entries). The message names ``path``.
+        The file is missing, is not a ``state_dict`` (not a torch file, not a mapping of parameter
+        names, or it holds Python objects), or does not fit ``model`` (missing, unexpected or
+        misshapen entries). The message names ``path``.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as err:  # not a torch file, or one that holds more than tensors
-        raise ValueError(f"{path} is not a state_dict file readable with weights_only=True: {err}") from err
+    state = load_tensors(path, "a state_dict file")
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]  # the common {"state_dict": ..., "epoch": ...} training checkpoint
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise ValueError(f"{path} is not a state_dict (a mapping of parameter names to tensors) "
                          f"but a {type(state).__name__}")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{path} does not fit a {type(model).__name__}: {err}") from err
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0] if first else ""
+        raise ValueError(f"{path} does not fit a {type(model).__name__}: {detail}") from None
     return model
+
+
+def _is_torchscript(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any("/code/" in name for name in zf.namelist())
+
+
+def load_teacher_file(path: PathLike, build: Callable[[], nn.Module]) -> nn.Module:
+    """A teacher from ``path``: a TorchScript file (loaded as it is; it must provide ``embed`` and
+    ``classifier``, or a final linear layer ``fc``), or a ``state_dict`` loaded into ``build()``.
+
+    Raises
+    ------
+    ValueError
+        The file is missing, not a state dict / TorchScript file, or does not fit the model.
+    """
+    from ._teacher import as_teacher
+
+    path = os.fspath(path)
+    if os.path.isfile(path) and _is_torchscript(path):
+        model = torch.jit.load(path, map_location="cpu")
+        if hasattr(model, "embed") and hasattr(model, "classifier"):
+            return model.eval()
+        raise ValueError(f"--teacher {path}: a TorchScript teacher must export embed(x) and classifier; "
+                         "or save its state_dict and name the architecture with --teacher-arch")
+    return as_teacher(load_state_dict_file(build(), path)).eval()

@@ -1,0 +1,190 @@
+"""The command line as a new user meets it: bad settings and hostile files are refused before any
+work, in one line on stderr with exit code 2, and no user file is ever lost."""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import ddmetrics as ddm
+from ddmetrics.cli import _parse_overrides, main
+from ddmetrics.distill import DistillConfig
+from ddmetrics.distill.presets import preset
+
+QUICK = ["--quiet", "--runs", "0", "--iterations", "2", "--set", "teacher_epochs=1"]
+
+
+def _err(capsys):
+    err = capsys.readouterr().err.strip()
+    return err
+
+
+def _one_line(capsys, needle):
+    err = _err(capsys)
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and needle in err, err
+    return err
+
+
+# ---------------------------------------------------------------- --overwrite never loses files
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    proj = tmp_path / "project"
+    proj.mkdir()
+    (proj / "notes.txt").write_text("mine")
+    monkeypatch.chdir(proj)
+    return proj
+
+
+@pytest.mark.parametrize("out,reason", [(".", "current folder"), ("..", "parent of the current folder"),
+                                        ("notes.txt", "is a file")])
+def test_overwrite_refuses_user_folders_before_any_work(project, capsys, out, reason):
+    assert main(["distill", "--out", out, "--overwrite", *QUICK]) == 2
+    _one_line(capsys, reason)
+    assert (project / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_refuses_home_and_foreign_folders(project, tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    monkeypatch.setenv("HOME", str(home))
+    assert main(["distill", "--out", str(home), "--overwrite", *QUICK]) == 2
+    _one_line(capsys, "home folder")
+    runs = project / "runs"
+    runs.mkdir()
+    (runs / "old_run_by_hand.txt").write_text("x")
+    assert main(["distill", "--out", "runs", "--overwrite", *QUICK]) == 2
+    _one_line(capsys, "not a ddmetrics run folder")
+    assert (home / "thesis.tex").exists() and (runs / "old_run_by_hand.txt").exists()
+
+
+def test_overwrite_replaces_a_previous_run_and_only_its_files(project, capsys):
+    args = ["distill", "--method", "dm", "--ipc", "1", "--out", "runs/a", *QUICK]
+    assert main(args) == 0
+    first = (project / "runs" / "a" / "synset.pt").stat().st_mtime_ns
+    (project / "runs" / "keep.txt").write_text("sibling")
+    assert main(args) == 2
+    _one_line(capsys, "--overwrite")
+    assert main(args + ["--overwrite"]) == 0
+    names = sorted(os.listdir(project / "runs" / "a"))
+    assert names == [".ddmetrics-run.json", "grid.png", "report.json", "synset.pt"]   # dm: no teacher.pt
+    assert (project / "runs" / "a" / "synset.pt").stat().st_mtime_ns >= first
+    assert (project / "runs" / "keep.txt").read_text() == "sibling"
+    (project / "runs" / "a" / "analysis.ipynb").write_text("mine")
+    assert main(args + ["--overwrite"]) == 2
+    _one_line(capsys, "analysis.ipynb")
+    assert (project / "runs" / "a" / "analysis.ipynb").read_text() == "mine"
+
+
+def test_unwritable_out_is_refused_before_work(capsys):
+    assert main(["distill", "--out", "/proc/ddmetrics-x", *QUICK]) == 2
+    _one_line(capsys, "cannot write")
+
+
+# ---------------------------------------------------------------- settings refused before any work
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "lr=abc"], "lr='abc'"),
+    (["--set", "iterations=-5"], "iterations=-5"),
+    (["--set", "iterations=0"], "iterations=0"),
+    (["--set", "eval_protocol=sofft"], "eval_protocol='sofft'"),
+    (["--set", "teacher=resnetap10"], "teacher_arch"),
+    (["--set", "nonsense=1"], "unknown setting"),
+    (["--runs", "-3"], "--runs"),
+    (["--device", "gpu"], "not a device"),
+    (["--teacher-arch", "nope"], "teacher_arch='nope'"),
+])
+def test_bad_settings_fail_in_one_line_before_data_is_read(tmp_path, capsys, monkeypatch, args, needle):
+    def no_data(*a, **k):
+        raise AssertionError("data was read before the settings were checked")
+
+    monkeypatch.setattr(ddm.data, "load", no_data)
+    assert main(["distill", "--out", str(tmp_path / "r"), "--quiet", "--runs", "0", *args]) == 2
+    _one_line(capsys, needle)
+    assert not (tmp_path / "r").exists()
+
+
+# one valid, non-default value per DistillConfig field
+NON_DEFAULT = {"strategy": "distribution", "loss": "sliced", "loss_kwargs": {"n_projections": 7}, "iterations": 7,
+               "lr": 0.5, "optimizer": "sgd", "init": "noise", "factor": 2, "augment": "color_crop",
+               "batch_real": 9, "teacher_arch": "resnetap10", "teacher_epochs": 2, "bary_iters": 4,
+               "learn_weights": False, "feature_loss": "ce", "reg": "bn", "reg_weight": 0.5, "embedder": "resnet18",
+               "iters_per_model": 2, "eval_protocol": "hard", "eval_model": "resnetap10", "eval_epochs": 5,
+               "eval_lr": 0.2, "temperature": 2.5}
+
+
+def test_every_config_field_can_be_set_through_set_and_the_api():
+    fields = [f.name for f in dataclasses.fields(DistillConfig)]
+    assert sorted(NON_DEFAULT) == sorted(fields)
+    for name, value in NON_DEFAULT.items():
+        assert getattr(DistillConfig(), name) != value, name
+        text = json.dumps(value) if isinstance(value, (dict, bool)) else str(value)
+        parsed = _parse_overrides([f"{name}={text}"])
+        assert parsed == {name: value}, name
+        kwargs = {name: value, **({"loss": "sliced"} if name == "loss_kwargs" else {})}
+        assert getattr(ddm.Distiller(method="wmdd", ipc=1, **kwargs).config, name) == value, name
+    assert _parse_overrides(["bary_iters=none", "augment=null"]) == {"bary_iters": None, "augment": None}
+    assert preset("dm", augment=None).augment is None
+
+
+# ---------------------------------------------------------------- files: missing, wrong, hostile
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + os.environ["DDM_MARKER"],))
+
+
+def test_hostile_and_wrong_files_are_refused_in_our_words(tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("DDM_MARKER", str(marker))
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": _Evil()}, evil)
+    assert main(["evaluate", str(evil)]) == 2
+    err = _one_line(capsys, "could run code")
+    assert "weights_only" not in err and not marker.exists()
+    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2
+    _one_line(capsys, "does not exist")
+    assert main(["diagnose", str(tmp_path)]) == 2
+    _one_line(capsys, "is a directory")
+    (tmp_path / "text.pt").write_text("hello")
+    assert main(["evaluate", str(tmp_path / "text.pt")]) == 2
+    _one_line(capsys, "not a ddmetrics synthetic set")
+
+
+def test_synset_that_does_not_fit_the_dataset_is_refused(tmp_path, capsys):
+    syn = ddm.SyntheticSet(torch.zeros(3, 3, 8, 8), torch.arange(3), torch.ones(3), meta={"ipc": 1}, num_classes=3)
+    syn.save(tmp_path / "s.pt")
+    assert main(["evaluate", str(tmp_path / "s.pt"), "--dataset", "digits", "--protocol", "hard"]) == 2
+    _one_line(capsys, "3x8x8")
+    assert main(["diagnose", str(tmp_path / "s.pt"), "--dataset", "digits"]) == 2
+    _one_line(capsys, "3x8x8")
+
+
+def test_npz_with_a_skipped_class_names_the_label(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32)
+    y = np.array([0, 1, 2, 99] * 10)
+    np.savez(tmp_path / "d.npz", images=x, labels=y)
+    assert main(["distill", "--dataset", str(tmp_path / "d.npz"), "--method", "dm", "--ipc", "1",
+                 "--out", str(tmp_path / "r"), *QUICK]) == 2
+    _one_line(capsys, "largest label is 99")
+
+
+def test_version_and_defaults_in_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"ddmetrics {ddm.__version__}"
+    for command in ("distill", "evaluate", "diagnose"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default:" in text
+        if command == "distill":
+            assert "--overwrite" in text and "(default: 3)" in text and "--no-full" in text
+    with pytest.raises(SystemExit) as done:
+        main(["distill", "--ipc", "x", "--out", "r"])
+    assert done.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
