@@ -30,18 +30,23 @@ Writes ``<out>.json`` and ``<out>.md`` atomically (default ``benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import re
 import resource
-import shlex
 import signal
 import subprocess
 import sys
 import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # the shared helpers sit next to this script (also when it is loaded by path)
+    sys.path.insert(0, HERE)
+
+# torch-free: a --child process sets its address-space cap before importing torch
+from _common import (GIB as _GIB, command_line, local_date, loadavg_1min, machine_info,  # noqa: E402
+                     markdown_table, write_json, write_text)
 
 # Measurement kinds, in the order they are run and reported.
 KINDS = ("barycenter", "wasserstein", "sinkhorn", "sliced")
@@ -52,7 +57,6 @@ LABELS = {
     "sliced": "`sliced` (256 projections) value + backward",
 }
 _MARK = "@@large_support@@ "  # prefix of the child's one result line on stdout
-_GIB = 1024 ** 3
 
 
 # --------------------------------------------------------------------------- data
@@ -254,7 +258,7 @@ def run_child(spec: dict, timeout: float = 3600.0) -> dict:
         or ``"error"`` (with ``error`` giving the reason).
     """
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    load0 = _loadavg()
+    load0 = loadavg_1min()
     t0 = time.perf_counter()
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -271,48 +275,8 @@ def run_child(spec: dict, timeout: float = 3600.0) -> dict:
     rec["process_seconds"] = time.perf_counter() - t0  # includes interpreter start, imports, data
     # The machine is shared: the 1-min load average before and after tells whether the wall time
     # includes waiting for a core (also visible as cpu_seconds < seconds for single-threaded work).
-    rec["loadavg_1min"] = [load0, _loadavg()]
+    rec["loadavg_1min"] = [load0, loadavg_1min()]
     return rec
-
-
-def _loadavg() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
-# --------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    """CPU model name from ``/proc/cpuinfo`` (falls back to :func:`platform.processor`)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def meminfo_gib(key: str) -> float:
-    """A ``/proc/meminfo`` entry (e.g. ``MemTotal``) in GiB; NaN when unavailable."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024 / _GIB
-    except OSError:
-        pass
-    return float("nan")
-
-
-def command_line() -> str:
-    """The command that produced the results, runnable from the repository root."""
-    exe = sys.executable
-    rel = os.path.relpath(exe)
-    exe = rel if not rel.startswith("..") else exe
-    return f"cd {shlex.quote(os.getcwd())} && " + shlex.join([exe] + sys.argv)
 
 
 # --------------------------------------------------------------------------- report
@@ -370,14 +334,16 @@ def markdown(meta: dict, rows: list) -> str:
          f"- Each child's address space is capped at {a['mem_limit_gib']:g} GiB (RLIMIT_AS): a measurement "
          "needing more fails to allocate and is reported as *did not fit*.",
          "- KeOps (`sinkhorn` `backend=\"online\"`/`\"auto\"` on CUDA) on GPU was **not measured here**: "
-         "no GPU was lent to this run; on CPU only the tensorized backend is measured.", "",
-         "| measurement | n | d | m | seconds | peak RSS GiB | RSS before GiB | data GiB | notes |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
+         "no GPU was lent to this run; on CPU only the tensorized backend is measured.", ""]
+
+    def cells(r: dict) -> list:
         ok = r["status"] == "ok"
-        L.append(f"| {LABELS[r['kind']]} | {r['n']} | {r['d']} | {r['m']} | {_secs(r.get('seconds')) if ok else '—'} "
-                 f"| {_gib(r.get('peak_rss')) if ok else '—'} | {_gib(r.get('rss_before')) if ok else '—'} "
-                 f"| {_gib(r.get('data_bytes')) if ok else '—'} | {_notes(r)} |")
+        return [LABELS[r["kind"]], r["n"], r["d"], r["m"], _secs(r.get("seconds")) if ok else "—",
+                _gib(r.get("peak_rss")) if ok else "—", _gib(r.get("rss_before")) if ok else "—",
+                _gib(r.get("data_bytes")) if ok else "—", _notes(r)]
+
+    L += markdown_table(["measurement", "n", "d", "m", "seconds", "peak RSS GiB", "RSS before GiB", "data GiB",
+                         "notes"], [cells(r) for r in rows], align="lrrrrrrrl")
     L += ["", f"Total wall time of the run: {meta['total_s']:.0f} s."]
     return "\n".join(L) + "\n"
 
@@ -408,22 +374,20 @@ def main(argv=None):
         return _child_main(args.child)
     import numpy as np
     import ot
-    import torch
-
-    from ddmetrics._io import atomic_write_bytes, atomic_write_json
 
     t_start = time.perf_counter()
 
     def log(msg):
         print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
 
+    machine = machine_info()
     meta = {
         "command": command_line(),
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "mem_total_gib": meminfo_gib("MemTotal"), "mem_available_gib": meminfo_gib("MemAvailable"),
+        "date": local_date(),
+        "machine": {**{k: machine[k] for k in ("cpu_model", "cpu_count", "platform", "mem_total_gib",
+                                                "mem_available_gib")},
                     "gpu": "none measured (no GPU lent; KeOps GPU not measured)"},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "pot": ot.__version__,
+        "versions": {"python": machine["python"], "torch": machine["torch"], "pot": ot.__version__,
                      "numpy": np.__version__},
         "args": {k: v for k, v in vars(args).items() if k != "child"},
     }
@@ -442,9 +406,9 @@ def main(argv=None):
             else:
                 log(f"  {rec['status']}: {rec.get('error')}")
     meta["total_s"] = time.perf_counter() - t_start
-    atomic_write_json(args.out + ".json", {"meta": meta, "results": rows})
+    write_json(args.out + ".json", {"meta": meta, "results": rows})
     md = markdown(meta, rows)
-    atomic_write_bytes(args.out + ".md", md.encode())
+    write_text(args.out + ".md", md)
     print(md)
     log(f"wrote {args.out}.md and {args.out}.json")
     return 0

@@ -21,26 +21,26 @@ Writes ``<out>.md`` (tables) and ``<out>.json`` (raw repeat timings), atomically
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import gc
-import json
 import os
-import platform
-import shlex
-import statistics
 import sys
 import time
 import warnings
 
-import numpy as np
-import torch
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # the shared helpers sit next to this script (also when it is loaded by path)
+    sys.path.insert(0, HERE)
 
-import ot
-from geomloss import SamplesLoss
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-import ddmetrics as ddm
-from ddmetrics._io import atomic_write_bytes
-from ddmetrics.losses import barycenter_objective, exact_barycenter, init_support
+import ot  # noqa: E402
+from geomloss import SamplesLoss  # noqa: E402
+
+import ddmetrics as ddm  # noqa: E402
+from ddmetrics.losses import barycenter_objective, exact_barycenter, init_support  # noqa: E402
+
+from _common import (command_line, cpu_share, cpu_times, interleaved_repeats, local_date,  # noqa: E402
+                     machine_info, markdown_table, median as med, stopwatch, write_json, write_text)
 
 QUICK = dict(sizes=[300, 1000], m=50, d=64, repeats=2, bary_n=1000, bary_m=20, bary_iters=5)
 
@@ -71,13 +71,6 @@ def parse_args(argv=None):
     return args
 
 
-def command_line() -> str:
-    exe = sys.executable
-    rel = os.path.relpath(exe)
-    exe = rel if not rel.startswith("..") else exe
-    return f"cd {shlex.quote(os.getcwd())} && " + shlex.join([exe] + sys.argv)
-
-
 def source_digest() -> dict:
     """sha256 (12 hex) of the ddmetrics sources as imported, to tie the timings to a code state."""
     import hashlib
@@ -93,17 +86,6 @@ def source_digest() -> dict:
     return {"sha256": h.hexdigest()[:12], "files": len(files)}
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def data(n: int, m: int, d: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=gen) / d ** 0.5
@@ -114,35 +96,14 @@ def data(n: int, m: int, d: int, seed: int):
 def timed(fn, y0: torch.Tensor):
     """One forward + backward w.r.t. a fresh copy of y0: (seconds, value, gradient)."""
     y = y0.clone().requires_grad_(True)
-    gc.collect()
-    t0 = time.perf_counter()
-    v = fn(y)
-    v.backward()
-    dt = time.perf_counter() - t0
+
+    def value_and_backward():
+        v = fn(y)
+        v.backward()
+        return v
+
+    dt, v = stopwatch(value_and_backward)
     return dt, float(v.detach()), y.grad.detach().clone()
-
-
-def cpu_times():
-    """Aggregate CPU jiffies from /proc/stat (Linux): dict user/system/idle/steal/total, or None."""
-    try:
-        with open("/proc/stat") as fh:
-            f = [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    f += [0] * (8 - len(f))
-    return {"user": f[0] + f[1], "system": f[2] + f[5] + f[6], "idle": f[3] + f[4], "steal": f[7], "total": sum(f[:8])}
-
-
-def cpu_share(before, after) -> dict:
-    """Percent of machine CPU time spent in each state between two cpu_times() snapshots."""
-    if not before or not after or after["total"] <= before["total"]:
-        return {}
-    tot = after["total"] - before["total"]
-    return {k: round(100.0 * (after[k] - before[k]) / tot, 1) for k in ("user", "system", "idle", "steal")}
-
-
-def med(ts):
-    return statistics.median(ts) if ts else float("nan")
 
 
 def rel_diff(g1, g2) -> float:
@@ -162,10 +123,7 @@ def compare(name, n, y0, ours, refs, repeats, log, skip_after=None):
         if skip_after and k in skip_after and dt > skip_after[k]:
             rec["skipped"][k] = f"warm-up took {dt:.1f} s > {skip_after[k]:g} s"
     active = [k for k in fns if k not in rec["skipped"]]
-    for r in range(repeats):
-        order = active if r % 2 == 0 else active[::-1]
-        for k in order:
-            rec["times"][k].append(timed(fns[k], y0)[0])
+    rec["times"].update(interleaved_repeats({k: (lambda k=k: timed(fns[k], y0)[0]) for k in active}, repeats))
     rec["cpu_pct"] = cpu_share(cpu0, cpu_times())
     rec["median"] = {k: med(ts) for k, ts in rec["times"].items()}
     rec["grad_rel_diff"] = {k: rel_diff(grads["ours"], g) for k, g in grads.items() if k != "ours"}
@@ -241,17 +199,10 @@ def bench_barycenter(args, log):
         return ot.lp.free_support_barycenter([x64], [a64], init64, numItermax=iters, log=True)
 
     fns = {"ours (learned weights)": ours_w, "ours (positions only)": ours_pos, "POT free_support_barycenter": pot}
-    times = {k: [] for k in fns}
     results = {}
     for k, fn in fns.items():  # warm-up
         results[k] = fn()
-    for r in range(args.bary_repeats):
-        order = list(fns) if r % 2 == 0 else list(fns)[::-1]
-        for k in order:
-            gc.collect()
-            t0 = time.perf_counter()
-            fn = fns[k]()
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved_repeats({k: (lambda fn=fn: stopwatch(fn)[0]) for k, fn in fns.items()}, args.bary_repeats)
     X_pot, pot_log = results["POT free_support_barycenter"]
     objectives = {
         "ours (learned weights)": results["ours (learned weights)"].objective,
@@ -306,27 +257,26 @@ def markdown(meta, recs, bary):
         L.extend([f"## {title}", "", note, ""])
         refs = [k for k in rows[0]["times"] if k != "ours"]
         if not refs:
-            L.append("| n | ours median (s) | ours min (s) | ours max (s) | value | CPU steal / sys % |")
-            L.append("|---:|---:|---:|---:|---:|---:|")
-            for r in rows:
-                t = r["times"]["ours"]
-                L.append(f"| {r['n']} | {fmt_t(med(t))} | {fmt_t(min(t))} | {fmt_t(max(t))} | {r['value']['ours']:.6g} | {cpu(r)} |")
+            L.extend(markdown_table(
+                ["n", "ours median (s)", "ours min (s)", "ours max (s)", "value", "CPU steal / sys %"],
+                [(r["n"], fmt_t(med(r["times"]["ours"])), fmt_t(min(r["times"]["ours"])),
+                  fmt_t(max(r["times"]["ours"])), f"{r['value']['ours']:.6g}", cpu(r)) for r in rows],
+                align="rrrrrr"))
             L.append("")
             return
-        L.append("| n | reference | ours median (s) | reference median (s) | ratio ours/ref | value ours | value ref "
-                 "| abs value diff | grad rel. diff | CPU steal / sys % |")
-        L.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in rows:
-            for k in refs:
-                if k in r["skipped"]:
-                    L.append(f"| {r['n']} | {k} | {fmt_t(r['median']['ours'])} | skipped ({r['skipped'][k]}) | — "
-                             f"| {r['value']['ours']:.6g} | {r['value'][k]:.6g} | {r['abs_value_diff'][k]:.2e} "
-                             f"| {r['grad_rel_diff'][k]:.2e} | {cpu(r)} |")
-                    continue
-                ratio = r["median"]["ours"] / r["median"][k]
-                L.append(f"| {r['n']} | {k} | {fmt_t(r['median']['ours'])} | {fmt_t(r['median'][k])} | {ratio:.2f} "
-                         f"| {r['value']['ours']:.6g} | {r['value'][k]:.6g} | {r['abs_value_diff'][k]:.2e} "
-                         f"| {r['grad_rel_diff'][k]:.2e} | {cpu(r)} |")
+
+        def row(r, k):
+            skipped = k in r["skipped"]
+            return (r["n"], k, fmt_t(r["median"]["ours"]),
+                    f"skipped ({r['skipped'][k]})" if skipped else fmt_t(r["median"][k]),
+                    "—" if skipped else f"{r['median']['ours'] / r['median'][k]:.2f}",
+                    f"{r['value']['ours']:.6g}", f"{r['value'][k]:.6g}", f"{r['abs_value_diff'][k]:.2e}",
+                    f"{r['grad_rel_diff'][k]:.2e}", cpu(r))
+
+        L.extend(markdown_table(
+            ["n", "reference", "ours median (s)", "reference median (s)", "ratio ours/ref", "value ours", "value ref",
+             "abs value diff", "grad rel. diff", "CPU steal / sys %"],
+            [row(r, k) for r in rows for k in refs], align="rlrrrrrrrr"))
         L.append("")
 
     section("wasserstein", "Exact W2² (`wasserstein`) vs POT `ot.emd2(a, b, ot.dist(x, y))`",
@@ -354,12 +304,12 @@ def markdown(meta, recs, bary):
                   "Same k-means++ initial support (`init_support(x, m, uniform a, seed)`) for all three. Objective = "
                   "W2² between x and the returned (support, weights) by an exact solve; POT's support is evaluated "
                   "with uniform weights (`barycenter_objective(x, X_pot, uniform)`). Median of "
-                  f"{meta['args']['bary_repeats']} repeats after one warm-up, interleaved.", "",
-                  "| method | median (s) | ratio ours/POT | objective W2² |", "|---|---:|---:|---:|"])
+                  f"{meta['args']['bary_repeats']} repeats after one warm-up, interleaved.", ""])
         tp = b["median"]["POT free_support_barycenter"]
-        for k, t in b["median"].items():
-            ratio = "—" if k.startswith("POT") else f"{t / tp:.2f}"
-            L.append(f"| {k} | {fmt_t(t)} | {ratio} | {b['objective'][k]:.6g} |")
+        L.extend(markdown_table(
+            ["method", "median (s)", "ratio ours/POT", "objective W2²"],
+            [(k, fmt_t(t), "—" if k.startswith("POT") else f"{t / tp:.2f}", f"{b['objective'][k]:.6g}")
+             for k, t in b["median"].items()], align="lrrr"))
         L.extend(["", f"- Objective at the initial support (uniform weights): {b['objective_init']:.6g}",
                   f"- POT ran {b['pot_iterations_run']} of {b['iters']} iterations (it stops early when the "
                   "squared displacement < stopThr = 1e-7).",
@@ -381,14 +331,14 @@ def main(argv=None):
         print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
 
     import geomloss
+    machine = machine_info()
     meta = {
         "command": command_line(),
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "machine": platform.machine(),
-                    "cpu_count": os.cpu_count(), "cpu_model": cpu_model()},
-        "torch_threads": torch.get_num_threads(),
+        "date": local_date(),
+        "machine": {k: machine[k] for k in ("platform", "processor", "machine", "cpu_count", "cpu_model")},
+        "torch_threads": machine["threads"],
         "ddmetrics_source": source_digest(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "pot": ot.__version__,
+        "versions": {"python": machine["python"], "torch": machine["torch"], "pot": ot.__version__,
                      "geomloss": getattr(geomloss, "__version__", "?"), "numpy": np.__version__},
         "args": vars(args),
     }
@@ -398,9 +348,9 @@ def main(argv=None):
     bary = bench_barycenter(args, log) if args.bary_n > 0 else None
     meta["total_s"] = time.perf_counter() - t_start
     meta["cpu_pct"] = cpu_share(cpu0, cpu_times())
-    atomic_write_bytes(args.out + ".json", json.dumps({"meta": meta, "results": recs, "barycenter": bary}, indent=1).encode())
+    write_json(args.out + ".json", {"meta": meta, "results": recs, "barycenter": bary}, indent=1)
     md = markdown(meta, recs, bary)
-    atomic_write_bytes(args.out + ".md", md.encode())
+    write_text(args.out + ".md", md)
     print(md)
     log(f"wrote {args.out}.md and {args.out}.json")
 

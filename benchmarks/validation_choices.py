@@ -15,15 +15,21 @@ Each comparison distils the digits training split and reports accuracy on the va
 """
 from __future__ import annotations
 
+import os
 import sys
 
-import torch
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # the shared helpers sit next to this script (also when it is loaded by path)
+    sys.path.insert(0, HERE)
 
-import ddmetrics as ddm
-from ddmetrics._io import atomic_write_bytes
-from ddmetrics.losses import exact_barycenter
-from ddmetrics.evaluate import train_student
-from ddmetrics.models import accuracy
+import torch  # noqa: E402
+
+import ddmetrics as ddm  # noqa: E402
+from ddmetrics.losses import exact_barycenter  # noqa: E402
+from ddmetrics.evaluate import train_student  # noqa: E402
+from ddmetrics.models import accuracy  # noqa: E402
+
+from _common import RESULTS, markdown_table, write_lines  # noqa: E402
 
 
 def _val(syn, splits, teacher=None, protocol="hard", **kw) -> float:
@@ -59,10 +65,9 @@ def main() -> int:
         rows.append(("exact barycenter: mirror step", step, f"W2² {exact_barycenter(x, 12, weight_step=step).objective:.2f}"))
         print(rows[-1], flush=True)
     lines = ["# Settings chosen on the digits validation split", "",
-             "Command: `python benchmarks/validation_choices.py` (validation accuracy, mean of 2 student runs)", "",
-             "| comparison | value | result |", "|---|---:|---:|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    atomic_write_bytes("benchmarks/results/validation_choices.md", ("\n".join(lines) + "\n").encode())
+             "Command: `python benchmarks/validation_choices.py` (validation accuracy, mean of 2 student runs)", ""]
+    lines += markdown_table(["comparison", "value", "result"], rows, align="lrr")
+    write_lines(os.path.join(RESULTS, "validation_choices.md"), lines)
     return 0
 
 

@@ -1,0 +1,223 @@
+"""Helpers shared by the benchmark scripts: machine description, timing, atomic writing,
+Markdown tables, the ``mean ± std`` formatter and PNG plots.
+
+The scripts are run as ``python benchmarks/<name>.py``, which puts this folder first on
+``sys.path``; a script loaded by path (the tests) adds it itself, so ``import _common`` works
+both ways. Nothing here imports torch, ddmetrics or matplotlib at module level: the large-support
+child processes measure their own memory, and most scripts never plot.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import io
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+GIB = 1024 ** 3
+
+__all__ = ["HERE", "RESULTS", "GIB", "cpu_model", "meminfo_gib", "machine_info", "command_line", "now_utc",
+           "local_date", "cpu_times", "cpu_share", "loadavg_1min", "median", "stopwatch", "interleaved_repeats",
+           "write_json", "write_text", "write_lines", "markdown_table", "mean_std", "pm", "percent", "pyplot",
+           "save_png"]
+
+
+# --------------------------------------------------------------------------- machine
+def cpu_model() -> str:
+    """CPU model name from ``/proc/cpuinfo`` (falls back to :func:`platform.processor`)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def meminfo_gib(key: str) -> float:
+    """A ``/proc/meminfo`` entry (e.g. ``MemTotal``) in GiB; NaN when unavailable."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024 / GIB
+    except OSError:
+        pass
+    return float("nan")
+
+
+def machine_info() -> Dict[str, Any]:
+    """What a timing depends on: CPU model and count, RAM, platform, python, torch and its threads."""
+    import torch  # here, not at import: see the module docstring
+
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "mem_total_gib": meminfo_gib("MemTotal"),
+            "mem_available_gib": meminfo_gib("MemAvailable"), "platform": platform.platform(),
+            "machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def command_line() -> str:
+    """The command that produced the results, runnable from the repository root."""
+    exe = sys.executable
+    rel = os.path.relpath(exe)
+    exe = rel if not rel.startswith("..") else exe
+    return f"cd {shlex.quote(os.getcwd())} && " + shlex.join([exe] + sys.argv)
+
+
+def now_utc() -> str:
+    """The current time, UTC, ISO 8601 to the second (the runner's record times)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def local_date() -> str:
+    """The current local time with its UTC offset, ISO 8601 to the second (a report's date)."""
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- machine load
+def cpu_times() -> Optional[Dict[str, int]]:
+    """Aggregate CPU jiffies from /proc/stat (Linux): dict user/system/idle/steal/total, or None."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    f += [0] * (8 - len(f))
+    return {"user": f[0] + f[1], "system": f[2] + f[5] + f[6], "idle": f[3] + f[4], "steal": f[7], "total": sum(f[:8])}
+
+
+def cpu_share(before: Optional[Dict[str, int]], after: Optional[Dict[str, int]]) -> Dict[str, float]:
+    """Percent of machine CPU time spent in each state between two :func:`cpu_times` snapshots."""
+    if not before or not after or after["total"] <= before["total"]:
+        return {}
+    tot = after["total"] - before["total"]
+    return {k: round(100.0 * (after[k] - before[k]) / tot, 1) for k in ("user", "system", "idle", "steal")}
+
+
+def loadavg_1min() -> float:
+    """The machine's 1-minute load average (NaN where unknown): on a shared machine it tells
+    whether a wall time includes waiting for a core."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+# --------------------------------------------------------------------------- timing
+def median(times: Sequence[float]) -> float:
+    """Median of ``times``; NaN for none (a skipped measurement)."""
+    return statistics.median(times) if times else float("nan")
+
+
+def stopwatch(fn: Callable[[], Any]) -> Tuple[float, Any]:
+    """``(seconds, result)`` of one call of ``fn``, after a garbage collection (so that a
+    collection left over by an earlier call is not charged to this one)."""
+    gc.collect()
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def interleaved_repeats(repeat_once: Mapping[str, Callable[[], float]], repeats: int) -> Dict[str, List[float]]:
+    """Seconds of ``repeats`` repeats of each measurement, interleaved.
+
+    ``repeat_once[name]()`` runs one repeat of ``name`` and returns its seconds. Each round runs
+    every measurement once, in the mapping's order on even rounds and reversed on odd ones, so
+    that all of them share the machine's noise and none always runs first (take the median).
+    """
+    names = list(repeat_once)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(repeat_once[name]())
+    return times
+
+
+# --------------------------------------------------------------------------- writing (always atomic)
+def write_json(path: str, obj: Any, indent: int = 2) -> None:
+    """``obj`` as JSON at ``path``, atomically (an interrupted run never leaves half a file)."""
+    from ddmetrics._io import atomic_write_json  # importing ddmetrics imports torch
+
+    atomic_write_json(path, obj, indent=indent)
+
+
+def write_text(path: str, text: str) -> None:
+    """``text`` (UTF-8) at ``path``, atomically."""
+    from ddmetrics._io import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
+
+
+def write_lines(path: str, lines: Iterable[str]) -> None:
+    """``lines`` joined by newlines, with a final newline, at ``path``, atomically."""
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align: Optional[str] = None) -> List[str]:
+    """The lines of a Markdown table.
+
+    ``align`` has one letter per column, ``"l"`` (``|---|``) or ``"r"`` (``|---:|``); default
+    all left. Cells are written with :func:`str`; a ``|`` inside a cell must be escaped by the
+    caller (``\\|``).
+    """
+    align = align or "l" * len(columns)
+    if len(align) != len(columns) or set(align) - {"l", "r"}:
+        raise ValueError(f"align must be one 'l' or 'r' per column ({len(columns)}), got {align!r}")
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+    for row in rows:
+        row = list(row)
+        if len(row) != len(columns):
+            raise ValueError(f"a row has {len(row)} cells, the table {len(columns)} columns: {row!r}")
+        lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+# --------------------------------------------------------------------------- mean ± std
+def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and population standard deviation, in float64 (``(None, None)`` for no values; the
+    standard deviation of one value is 0). The same statistics as :class:`ddmetrics.EvalReport`."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+
+def pm(values: Sequence[float], scale: float = 100.0, digits: int = 2, missing: str = "-") -> str:
+    """``"mean ± std"`` of ``values`` × ``scale`` (default: fractions shown in percent) to
+    ``digits`` decimals; ``missing`` for no values."""
+    m, s = mean_std(values)
+    return missing if m is None else f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+def percent(value: Optional[float], digits: int = 2, missing: str = "-") -> str:
+    """A fraction in percent to ``digits`` decimals; ``missing`` for ``None``."""
+    return missing if value is None else f"{100 * value:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- plots
+def pyplot():
+    """``matplotlib.pyplot`` with the non-interactive Agg backend, imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: str) -> None:
+    """Write ``fig`` as PNG at ``path``, atomically, and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    pyplot().close(fig)
+    from ddmetrics._io import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())

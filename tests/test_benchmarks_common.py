@@ -1,0 +1,122 @@
+"""The benchmarks' shared helpers (benchmarks/_common.py, _runner.py, _report.py): table and
+number formatting, interleaved timing, atomic writing, and the resumable store's skipping."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+if BENCH not in sys.path:  # the scripts import their helpers as top-level modules
+    sys.path.insert(0, BENCH)
+
+import _common  # noqa: E402
+import _runner  # noqa: E402
+import methods  # noqa: E402
+from ddmetrics.distill import presets  # noqa: E402
+
+
+def test_markdown_table_layout_and_checks():
+    lines = _common.markdown_table(["name", "n", "value"], [("a", 1, "2.50"), ("b|c", 10, "-")], align="lrr")
+    assert lines == ["| name | n | value |", "|---|---:|---:|", "| a | 1 | 2.50 |", "| b|c | 10 | - |"]
+    assert _common.markdown_table(["x"], [])[1] == "|---|"  # default: left-aligned
+    with pytest.raises(ValueError):
+        _common.markdown_table(["x", "y"], [], align="l")
+    with pytest.raises(ValueError):
+        _common.markdown_table(["x", "y"], [(1,)])
+
+
+def test_mean_std_formatter():
+    assert _common.pm([0.9, 0.95]) == "92.50 ± 2.50"
+    assert _common.pm([0.0, 1.0]) == "50.00 ± 50.00"  # population std (the sample std would be 70.71)
+    assert _common.pm([0.5]) == "50.00 ± 0.00" and _common.pm([]) == "-"
+    assert _common.pm([0.123456], digits=1) == "12.3 ± 0.0" and _common.pm([1.5, 2.5], scale=1) == "2.00 ± 0.50"
+    assert _common.percent(0.99163) == "99.16" and _common.percent(None) == "-"
+    assert _common.mean_std([]) == (None, None)
+
+
+def test_interleaved_repeats_alternate_the_order():
+    calls = []
+
+    def once(name):
+        def run():
+            calls.append(name)
+            return float(len(calls))
+        return run
+
+    times = _common.interleaved_repeats({"a": once("a"), "b": once("b")}, 3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert times == {"a": [1.0, 4.0, 5.0], "b": [2.0, 3.0, 6.0]}
+    assert _common.median([3.0, 1.0, 2.0]) == 2.0 and _common.median([]) != _common.median([])  # NaN
+
+
+def test_write_json_is_atomic_and_complete(tmp_path):
+    path = tmp_path / "sub" / "doc.json"
+    _common.write_json(str(path), {"a": [1, 2]})
+    assert json.loads(path.read_text()) == {"a": [1, 2]} and path.read_text().endswith("\n")
+    assert os.listdir(path.parent) == ["doc.json"]  # no temporary file left
+
+
+def _runner_for(tmp_path, name="doc"):
+    # the current thread count: a Runner sets it for the whole process (other tests pin numbers)
+    run = _runner.RunSettings("test", str(tmp_path / f"{name}.json"), runs=1, threads=torch.get_num_threads(),
+                              progress=False)
+    return _runner.Runner(run, "test command")
+
+
+def test_runner_skips_a_finished_cell_and_plans_only_missing_baseline_parts(tmp_path):
+    cell = _runner.Cell("test", "wasserstein / distribution", "wasserstein", "distribution", "dm", 1,
+                        loss="wasserstein")
+    runner = _runner_for(tmp_path)
+    keys, tasks = runner.tasks([cell])
+    # a new cell: the cell, its hard-protocol random subset and the full-data model
+    assert [t.kind for t in tasks] == ["cell", "random", "full"] and tasks[0].key == keys[0]
+
+    runner.doc["cells"][keys[0]] = {"key": keys[0], "accuracies": [0.5]}
+    runner.doc["baselines"][tasks[0].baseline_key] = {"random_runs": [0.4]}
+    runner.save()
+    again = _runner_for(tmp_path)  # a second invocation on the saved document
+    keys2, tasks2 = again.tasks([cell])
+    assert keys2 == keys and tasks2 == [] and again.run_log["skipped_cells"] == 1
+    assert again.run([cell]) == keys and again.run_log["new_cells"] == 0
+    doc = json.loads((tmp_path / "doc.json").read_text())
+    assert len(doc["runs_log"]) == 2 and doc["cells"][keys[0]]["accuracies"] == [0.5]
+
+
+def test_cell_key_follows_the_loss_settings_table(monkeypatch):
+    run = _runner.RunSettings("test", "unused.json")
+    cell = _runner.Cell("test", "krdual", "krdual", "distribution", "krdual", 1)
+    cfg = cell.distiller(0).config
+    assert _runner.resolved_config(cfg)["loss_kwargs"] == presets.LOSS_SETTINGS["krdual"]
+    before = _runner.cell_key(cell, cfg, run)
+    monkeypatch.setitem(presets.LOSS_SETTINGS, "krdual", {**presets.LOSS_SETTINGS["krdual"], "steps": 7})
+    assert _runner.cell_key(cell, cfg, run) != before  # a retuned table recomputes the cells it affects
+
+
+def test_store_refuses_another_experiment_or_schema(tmp_path):
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(_runner.new_document("other", "digits")))
+    with pytest.raises(SystemExit, match="other"):
+        _runner.ResultStore(str(path), "test", "digits")
+    path.write_text(json.dumps({**_runner.new_document("test", "digits"), "schema": 0}))
+    with pytest.raises(SystemExit, match="schema"):
+        _runner.ResultStore(str(path), "test", "digits")
+
+
+def test_legacy_methods_document_is_converted_and_rendered(tmp_path):
+    cfg = _runner.resolved_config(presets.preset("dm"))
+    evaluation = {"protocol": "hard", "runs": [0.88, 0.89], "mean": 0.885, "std": 0.005, "random_runs": [0.7, 0.8],
+                  "random_hard_runs": [], "full": 0.9916, "seconds": {"evaluate": 1.0, "random_subset": 2.0,
+                                                                        "full_data": 3.0}}
+    legacy = {"command": "python benchmarks/methods.py --ipc 1 --runs 2",
+              "cells": [{"method": "dm", "loss": "mmd", "ipc": 1, "distill_seconds": 74.2, "config": cfg,
+                         "evaluation": evaluation}]}
+    doc = methods.upgrade_legacy(legacy)
+    run = _runner.RunSettings("methods", "unused.json", runs=2)
+    keys = [_runner.cell_key(c, c.distiller(0).config, run) for c in methods.plan(["dm"], [1])]
+    assert list(doc["cells"]) == keys  # the planned cell is found: a re-run skips it
+    methods.write_markdown(str(tmp_path / "m.md"), doc, keys)
+    assert (tmp_path / "m.md").read_text().splitlines()[-1] == \
+        "| dm | mmd | 1 | hard | 88.50 ± 0.50 | 75.00 ± 5.00 | 75.00 ± 5.00 | 99.16 | 74 |"
