@@ -183,18 +183,19 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align:
 
 # --------------------------------------------------------------------------- mean ± std
 def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
-    """Mean and population standard deviation, in float64 (``(None, None)`` for no values; the
-    standard deviation of one value is 0). The same statistics as :class:`ddmetrics.EvalReport`."""
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+    """Mean and population standard deviation (``(None, None)`` for no values): the package's
+    own :func:`ddmetrics.evaluate.mean_std`, imported when first used."""
+    from ddmetrics.evaluate import mean_std as package_mean_std
+
+    return package_mean_std(values)
 
 
 def pm(values: Sequence[float], scale: float = 100.0, digits: int = 2, missing: str = "-") -> str:
-    """``"mean ± std"`` of ``values`` × ``scale`` (default: fractions shown in percent) to
-    ``digits`` decimals; ``missing`` for no values."""
-    m, s = mean_std(values)
-    return missing if m is None else f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+    """``"mean ± std"`` of ``values`` × ``scale`` (:func:`ddmetrics.evaluate.format_mean_std`);
+    ``missing`` for no values."""
+    from ddmetrics.evaluate import format_mean_std
+
+    return format_mean_std(values, scale, digits) if values else missing
 
 
 def percent(value: Optional[float], digits: int = 2, missing: str = "-") -> str:

@@ -66,7 +66,8 @@ def upgrade_legacy(old: Dict[str, Any]) -> Dict[str, Any]:
     if "full_command" in old:
         doc["full_command"] = old["full_command"]
     for c in old.get("cells", []):
-        cfg, e = DistillConfig().replace(**c["config"]), c["evaluation"]
+        stored = {("teacher_arch" if k == "teacher" else k): v for k, v in c["config"].items()}  # renamed field
+        cfg, e = DistillConfig().replace(**stored), c["evaluation"]
         now = ddm.Distiller(method=c["method"], ipc=c["ipc"], seed=seed).config
         run = RunSettings(EXPERIMENT, "", dataset="digits", seed=seed, runs=len(e["runs"]))
         cell = Cell(EXPERIMENT, c["method"], now.loss, now.strategy, c["method"], c["ipc"], loss=None)
