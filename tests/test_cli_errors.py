@@ -188,3 +188,23 @@ def test_version_and_defaults_in_help(capsys):
         main(["distill", "--ipc", "x", "--out", "r"])
     assert done.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_teacher_file_on_the_command_line(tmp_path, capsys):
+    model = ddm.models.get_model("resnetap10", 1, 10, 8)
+    torch.save(model.state_dict(), tmp_path / "mine.pt")
+    out = tmp_path / "r"
+    assert main(["distill", "--method", "wmdd", "--ipc", "1", "--teacher", str(tmp_path / "mine.pt"),
+                 "--teacher-arch", "resnetap10", "--out", str(out), "--quiet", "--runs", "0", "--iterations", "2"]) == 0
+    saved = torch.load(out / "teacher.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())  # used as given, not retrained
+    assert main(["distill", "--method", "wmdd", "--teacher", str(tmp_path / "mine.pt"), "--out", str(tmp_path / "q"),
+                 *QUICK]) == 2
+    _one_line(capsys, "does not fit")   # default teacher_arch convnet_bn
+    (tmp_path / "junk.pt").write_text("x")
+    assert main(["distill", "--teacher", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "q"), *QUICK]) == 2
+    _one_line(capsys, "junk.pt")
+    assert main(["distill", "--method", "dm", "--teacher", str(tmp_path / "mine.pt"), "--out", str(tmp_path / "q"),
+                 *QUICK]) == 2
+    _one_line(capsys, "uses no teacher")
+    assert not (tmp_path / "q").exists()

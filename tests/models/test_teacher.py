@@ -1,0 +1,124 @@
+"""Any trained classifier as a teacher or embedder: as_teacher, the model registry, teacher files."""
+import pytest
+import torch
+from torch import nn
+
+import ddmetrics as ddm
+from ddmetrics.models import Teacher, as_teacher, get_model, load_teacher_file, register_model
+
+
+class TorchvisionStyle(nn.Module):
+    """The shape of a torchvision ResNet: conv/bn/relu body, global pool, flatten, a final `fc`."""
+
+    def __init__(self, channels=1, num_classes=3, width=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        self.layer1 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.layer1(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def test_as_teacher_embeds_what_the_head_receives_without_copying():
+    torch.manual_seed(0)
+    model = TorchvisionStyle().eval()
+    teacher = as_teacher(model)
+    x = torch.randn(5, 1, 8, 8)
+    body = model.layer1(model.relu(model.bn1(model.conv1(x))))
+    expected = torch.flatten(model.avgpool(body), 1)
+    assert torch.allclose(teacher.embed(x), expected)
+    assert torch.allclose(teacher.classifier(teacher.embed(x)), model(x))
+    assert model.fc.weight.data_ptr() == teacher.model.fc.weight.data_ptr()  # shared, not copied
+    assert [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)] == [model.bn1, model.layer1[1]]
+    assert as_teacher(get_model("convnet_bn", 1, 3, 8)).__class__.__name__ == "ConvNet"  # ours pass through
+
+
+def test_as_teacher_errors_name_the_head():
+    with pytest.raises(ValueError, match="head='classifier'.*fc"):
+        as_teacher(TorchvisionStyle(), head="classifier")
+    with pytest.raises(TypeError, match="head"):
+        as_teacher(TorchvisionStyle(), head=3)
+    with pytest.raises(TypeError, match="model"):
+        as_teacher("resnet18")
+
+
+def test_callable_head():
+    model = TorchvisionStyle().eval()
+    feats = lambda x: torch.flatten(model.avgpool(model.layer1(model.relu(model.bn1(model.conv1(x))))), 1)  # noqa
+    teacher = as_teacher(model, head=feats, classifier=model.fc)
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.allclose(teacher.classifier(teacher.embed(x)), model(x))
+    with pytest.raises(ValueError, match="classifier"):
+        Teacher(model, head=feats).classifier(teacher.embed(x))
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.set_num_threads(1)
+    train = ddm.data.load("digits", seed=0).train
+    keep = train.labels < 3
+    return ddm.data.ArrayDataset(train.images[keep], train.labels[keep], 3)
+
+
+def test_a_torchvision_style_teacher_drives_wmdd_with_its_own_batchnorm(small):
+    torch.manual_seed(0)
+    model = TorchvisionStyle()
+    ddm.models.train_model(model, small, epochs=3, seed=0, progress=False)
+    d = ddm.Distiller(method="wmdd", teacher=model, ipc=2, seed=0, iterations=100, init="noise", lr=0.1,
+                      reg="none", augment="none")
+    syn = d.fit(small, progress=False)
+    assert isinstance(d.teacher_, Teacher) and d.teacher_.model is model
+    info = syn.meta["info"]
+    assert info["feature_loss_last"] < 0.1 * info["feature_loss_first"]  # the features reach the barycenter
+    from ddmetrics.distill.pcbn import per_class_bn_stats
+
+    stats = per_class_bn_stats(d.teacher_, small, 3)
+    assert len(stats.mean) == 2 and stats.mean[0].shape == (3, 8)  # the model's own two BatchNorm2d layers
+    syn = ddm.Distiller(method="wmdd", teacher=model, ipc=1, seed=0, iterations=3).fit(small, progress=False)
+    assert torch.isfinite(syn.images).all()
+
+
+def test_registered_models_and_builders_are_embedders_and_students(small):
+    calls = []
+
+    def tiny(channels, num_classes, image_size):
+        calls.append(image_size)
+        return get_model("convnet", channels, num_classes, image_size, width=16)
+
+    register_model("tiny_convnet_test", tiny)
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("tiny_convnet_test", lambda *a: None)
+    register_model("tiny_convnet_test", tiny, override=True)
+    assert "tiny_convnet_test" in ddm.models.available_models()
+    syn = ddm.Distiller(method="dm", embedder="tiny_convnet_test", ipc=1, iterations=4, iters_per_model=2,
+                        seed=0).fit(small, progress=False)
+    assert len(calls) == 3 * 2  # a fresh random embedder every iters_per_model steps, per class
+    d = ddm.Distiller(method="dm", embedder=tiny, eval_model=tiny, ipc=1, iterations=2, seed=0)
+    assert d.config.to_dict()["embedder"].startswith("<builder ")
+    report = ddm.evaluate(d.fit(small, progress=False), small, runs=1, epochs=2, progress=False,
+                          **{k: v for k, v in d.config.evaluation_kwargs().items() if k != "epochs"})
+    assert 0.0 <= report.mean <= 1.0 and len(calls) > 6
+    assert syn.meta["config"]["embedder"] == "tiny_convnet_test"
+
+
+def test_teacher_files(tmp_path):
+    model = get_model("convnet_bn", 1, 3, 8)
+    torch.save(model.state_dict(), tmp_path / "t.pt")
+    loaded = load_teacher_file(tmp_path / "t.pt", lambda: get_model("convnet_bn", 1, 3, 8))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")  # a training checkpoint
+    assert load_teacher_file(tmp_path / "ckpt.pt", lambda: get_model("convnet_bn", 1, 3, 8)) is not None
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="not a state_dict"):
+        load_teacher_file(tmp_path / "list.pt", lambda: get_model("convnet_bn", 1, 3, 8))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_teacher_file(tmp_path / "t.pt", lambda: get_model("resnetap10", 1, 3, 8))
+    scripted = torch.jit.script(TorchvisionStyle())
+    scripted.save(str(tmp_path / "ts.pt"))
+    with pytest.raises(ValueError, match="TorchScript teacher must export embed"):
+        load_teacher_file(tmp_path / "ts.pt", lambda: get_model("convnet_bn", 1, 3, 8))
