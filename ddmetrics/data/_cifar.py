@@ -38,8 +38,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         factory = _ALLOWED.get((module, name))
         if factory is None:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: CIFAR batch files "
-                                         "may only contain dicts, lists, bytes, strings, ints and numpy arrays")
+            raise pickle.UnpicklingError(f"the file contains Python objects that could run code ({module}.{name}); "
+                                         "ddmetrics only loads plain arrays from CIFAR batches (nothing was run)")
         return factory()
 
     def persistent_load(self, pid: Any) -> Any:
@@ -65,7 +65,10 @@ def _get(d: dict, key: str, path: str) -> Any:
 
 def _read_batch(path: str) -> dict:
     with open(path, "rb") as f:
-        obj = safe_unpickle(f.read())
+        try:
+            obj = safe_unpickle(f.read())
+        except pickle.UnpicklingError as err:
+            raise pickle.UnpicklingError(f"{path}: {err}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return obj

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .._io import atomic_write_bytes, atomic_write_json, load_tensors
+from ..models import load_state_dict_file
 
 __all__ = ["Checkpoint", "data_fingerprint", "loop_state", "remove_checkpoint", "restore_loop"]
 
@@ -131,7 +132,7 @@ class Checkpoint:
         path = self._path("teacher.pt")
         if not os.path.exists(path):
             return False
-        model.load_state_dict(_load(path))
+        load_state_dict_file(model, path)
         return True
 
     def save_teacher(self, model: nn.Module) -> None:
