@@ -69,6 +69,13 @@ def _parse_overrides(pairs: List[str]) -> Dict[str, object]:
     return out
 
 
+def _check_data_options(args) -> None:
+    if args.image_size is not None and args.image_size < 1:
+        raise ValueError(f"--image-size must be a positive number of pixels, got {args.image_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be 0 (read in the main process) or more, got {args.workers}")
+
+
 def _cmd_distill(args) -> int:
     from . import distributed
     from ._run_folder import check_out
@@ -82,6 +89,7 @@ def _cmd_distill(args) -> int:
         overrides["teacher_arch"] = args.teacher_arch
     if args.runs < 0:
         raise ValueError(f"--runs must be 0 (no evaluation) or a positive number of student runs, got {args.runs}")
+    _check_data_options(args)
     # everything that can fail on arguments fails here, before any data is read or any file written
     distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed,
                           device=_device(args.device), amp=args.amp, **overrides)
@@ -99,7 +107,7 @@ def _cmd_distill(args) -> int:
         raise ValueError(f"checkpoint folder {checkpoint} holds a previous run; pass --resume or remove it")
     created = distributed.init_from_env()  # under torchrun: classes and evaluation runs are sharded
     try:
-        splits = load(args.dataset, seed=args.seed)
+        splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
         if args.teacher is not None:
             distiller.teacher_ = _load_teacher(args.teacher, distiller.config.teacher_arch, splits.train)
         return _distill(args, distiller, splits, checkpoint)
@@ -170,8 +178,8 @@ def _load_teacher(path: str, arch: str, train) -> Any:
     """``--teacher PATH``: a TorchScript file, or a state dict loaded into ``arch`` (``--teacher-arch``)."""
     from .models import get_model, load_teacher_file
 
-    return load_teacher_file(path, lambda: get_model(arch, train.images.shape[1], train.num_classes,
-                                                     train.images.shape[-1]))
+    return load_teacher_file(path, lambda: get_model(arch, train.image_shape[0], train.num_classes,
+                                                     train.image_shape[-1]))
 
 
 def _teacher_path(synset_path: str) -> str:
@@ -188,6 +196,7 @@ def _cmd_evaluate(args) -> int:
 
     if args.runs < 1:
         raise ValueError(f"--runs must be a positive number of student runs, got {args.runs}")
+    _check_data_options(args)
     device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     stored = dict(syn.meta.get("config") or {})
@@ -197,7 +206,7 @@ def _cmd_evaluate(args) -> int:
         cfg = DistillConfig(**{k: v for k, v in stored.items() if k in DistillConfig.__dataclass_fields__})
     except ValueError as err:
         raise ValueError(f"{args.synset} records settings this version cannot use: {err}") from None
-    splits = load(args.dataset, seed=args.seed)
+    splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
     check_fits(syn, splits.test, f"--dataset {args.dataset}")
     settings = cfg.evaluation_kwargs()
     if args.protocol:
@@ -207,8 +216,8 @@ def _cmd_evaluate(args) -> int:
         path = _teacher_path(args.synset)
         if not os.path.exists(path):
             raise ValueError(f"the soft-label protocol needs the teacher saved next to the synthetic set ({path})")
-        x = splits.train.images
-        teacher = load_state_dict_file(get_model(cfg.teacher_arch, x.shape[1], splits.train.num_classes, x.shape[-1]), path)
+        shape = splits.train.image_shape
+        teacher = load_state_dict_file(get_model(cfg.teacher_arch, shape[0], splits.train.num_classes, shape[-1]), path)
     report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs, teacher=teacher, seed=args.seed,
                       progress=not args.quiet, full_data=not args.no_full, device=device, **settings)
     print(report.summary())
@@ -246,7 +255,7 @@ def _feature_model(synset, synset_path: str, dataset, which: Optional[str]) -> T
     from .models import get_model, load_state_dict_file
     from .utils import seeded
 
-    channels, size = dataset.images.shape[1], dataset.images.shape[-1]
+    channels, size = dataset.image_shape[0], dataset.image_shape[-1]
     path = _teacher_path(synset_path)
     if which is None:
         which = "teacher" if os.path.exists(path) else "convnet"
@@ -268,10 +277,11 @@ def _cmd_diagnose(args) -> int:
 
     from .evaluate import check_fits
 
+    _check_data_options(args)
     device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
-    splits = load(args.dataset, seed=seed)
+    splits = load(args.dataset, seed=seed, image_size=args.image_size, workers=args.workers)
     real = getattr(splits, args.split)
     check_fits(syn, real, f"--dataset {args.dataset}")
     model, description = _feature_model(syn, args.synset, real, args.model)
@@ -330,6 +340,14 @@ def _methods_help() -> str:
     return f"method preset, one of {', '.join(sorted(PRESETS))}"
 
 
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
+                   help="image folders: side length (shorter side resized, centre crop; default: the images' "
+                        "own size when they share one square size)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="image folders: DataLoader worker processes that decode images (0: the main process)")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="where the work runs: auto (CUDA when available), cpu, cuda or cuda:N")
@@ -359,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "TorchScript file; default: train one on the data")
     d.add_argument("--teacher-arch", default=None, metavar="NAME",
                    help="the teacher's architecture, a registered model name (default: the method's, convnet_bn)")
+    _add_data_options(d)
     _add_device(d)
     d.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher/embedder passes on CUDA")
     d.add_argument("--out", required=True, help="the run folder to write")
@@ -382,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", choices=["hard", "soft"], default=None,
                    help="labels of the students (default: the method's; soft needs the teacher.pt beside the set)")
     e.add_argument("--no-full", action="store_true", help="skip the full-data baseline model")
+    _add_data_options(e)
     _add_device(e)
     e.add_argument("--json", default=None, help="also write the report as JSON here")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -403,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered losses to compute (default: all)")
     g.add_argument("--seed", type=int, default=None, help="split seed (default: the synthetic set's meta['seed'])")
     g.add_argument("--batch-size", type=int, default=512, help="images per embedding batch")
+    _add_data_options(g)
     _add_device(g)
     g.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON here")
     g.set_defaults(func=_cmd_diagnose)

@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .data import as_array_dataset
+from .data import as_dataset
 from .distill.presets import LOSS_SETTINGS
 from .losses.base import DistributionLoss, available_losses, get_loss
 from .synset import SyntheticSet
@@ -247,12 +247,12 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         raise TypeError(f"model must have an embed(x) method, got {type(model).__name__}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    real = as_array_dataset(real_set)
+    real = as_dataset(real_set)  # embedded batch by batch below: a streaming set stays streamed
     images, labels, weights = synset.decoded()
     images, labels, weights = images.detach().float(), labels.detach(), weights.detach().double()
-    if tuple(images.shape[1:]) != tuple(real.images.shape[1:]):
+    if tuple(images.shape[1:]) != tuple(real.image_shape):
         raise ValueError(f"synthetic images are {tuple(images.shape[1:])} but real images are "
-                         f"{tuple(real.images.shape[1:])}")
+                         f"{tuple(real.image_shape)}")
     if synset.num_classes != real.num_classes:
         raise ValueError(f"the synthetic set has {synset.num_classes} classes, the real set {real.num_classes}")
     device = resolve_device(device)
@@ -263,7 +263,7 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
     model.eval()
     try:
         model.to(device)
-        f_real = embed_batched(model, real.images, batch_size).double()
+        f_real = embed_batched(model, real, batch_size).double()
         f_syn = embed_batched(model, images, batch_size).double()
     finally:
         model.train(was_training)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ArrayDataset, as_array_dataset
+from .data import ArrayDataset, ImageDataset, as_dataset
 from . import distributed
 from .augment import make_augment
 from .utils import DeviceSpec, resolve_device, seeded
@@ -78,10 +78,10 @@ class EvalReport:
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def check_fits(synset: SyntheticSet, data: ArrayDataset, name: str) -> None:
+def check_fits(synset: SyntheticSet, data: ImageDataset, name: str) -> None:
     """Refuse ``data`` that ``synset`` cannot be evaluated on: other image shape, channels or classes."""
     syn_shape = tuple(synset.images.shape[1:])  # factor tiles decode to the stored size
-    real_shape = tuple(data.images.shape[1:])
+    real_shape = tuple(data.image_shape)
     if syn_shape != real_shape:
         raise ValueError(f"the synthetic images are {'x'.join(map(str, syn_shape))} (channels x height x width) but "
                          f"{name}'s are {'x'.join(map(str, real_shape))}: they were distilled from other data")
@@ -103,13 +103,13 @@ def format_mean_std(values: Sequence[float], scale: float = 100.0, digits: int =
     return "-" if m is None else f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
 
 
-def random_subset(train: ArrayDataset, ipc: int, seed: int) -> SyntheticSet:
-    """``ipc`` random real images per class (seeded), uniform weights."""
+def random_subset(train: ImageDataset, ipc: int, seed: int) -> SyntheticSet:
+    """``ipc`` random real images per class (seeded), uniform weights; only those are read."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     idx = torch.cat([train.class_indices(k)[torch.randperm(len(train.class_indices(k)), generator=gen,
                                                            device="cpu")[:ipc]]
                      for k in range(train.num_classes)])
-    return SyntheticSet(images=train.images[idx].clone(), labels=train.labels[idx].clone(),
+    return SyntheticSet(images=train.load(idx), labels=train.labels[idx].clone(),
                         weights=torch.full((len(idx),), 1.0 / ipc, device="cpu"), meta={"method": "random", "ipc": ipc},
                         num_classes=train.num_classes)
 
@@ -182,11 +182,12 @@ def full_data_accuracy(train_set, test_set, model: str = "convnet", epochs: int 
                        seed: int = 0, device: DeviceSpec = "cpu") -> float:
     """Test accuracy of ``model`` trained on the whole training set (hard labels, DSA, batch 64)."""
     device = resolve_device(device)
-    train_set, test_set = as_array_dataset(train_set), as_array_dataset(test_set)
+    train_set, test_set = as_dataset(train_set), as_dataset(test_set)
+    channels, size = train_set.image_shape[0], train_set.image_shape[-1]
     with seeded(seed):
-        net = get_model(model, train_set.images.shape[1], train_set.num_classes, train_set.images.shape[-1])
+        net = get_model(model, channels, train_set.num_classes, size)
     net = train_model(net, train_set, epochs=epochs, lr=lr, seed=seed, batch_size=64,
-                      augment=make_augment("auto", train_set.images.shape[1]), progress=False, device=device)
+                      augment=make_augment("auto", channels), progress=False, device=device)
     return accuracy(net, test_set)
 
 
@@ -213,10 +214,11 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a positive integer, got {runs!r}")
     device = resolve_device(device)
-    test_set = as_array_dataset(test_set)
+    test_set = as_dataset(test_set)  # a streaming ImageFolder stays streamed
     check_fits(synset, test_set, "test_set")
     if train_set is not None:
-        check_fits(synset, as_array_dataset(train_set), "train_set")
+        train_set = as_dataset(train_set)
+        check_fits(synset, train_set, "train_set")
     meta = synset.meta or {}
     protocol = protocol or meta.get("config", {}).get("eval_protocol", "hard")
     if protocol == "soft" and teacher is None:
@@ -228,7 +230,6 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
     ipc = int(meta.get("ipc", 0)) or int(torch.bincount(synset.labels).max())
     tasks = [("evaluate", r) for r in range(runs)]
     if train_set is not None:
-        train_set = as_array_dataset(train_set)
         tasks += [("random_subset", r) for r in range(runs)]
         if protocol == "soft" and random_hard:
             tasks += [("random_hard", r) for r in range(runs)]

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 __all__ = ["autocast", "batches", "embed_batched", "model_device", "resolve_device", "seeded"]
 
@@ -74,10 +74,34 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def batches(dataset: Dataset, batch_size: int, workers: int = 0) -> Iterator[Tuple[Tensor, Tensor]]:
+def _unwrap_subsets(dataset: Dataset) -> Tuple[Dataset, Optional[List[int]]]:
+    """``(base, positions)`` of nested ``torch.utils.data.Subset`` s (``positions`` None: all)."""
+    positions: Optional[List[int]] = None
+    while isinstance(dataset, Subset):
+        inner = [int(i) for i in dataset.indices]
+        positions = inner if positions is None else [inner[i] for i in positions]
+        dataset = dataset.dataset
+    return dataset, positions
+
+
+def batches(dataset: Dataset, batch_size: int, workers: Optional[int] = None) -> Iterator[Tuple[Tensor, Tensor]]:
     """(images, labels) batches of ``dataset`` in order, read by a DataLoader with ``workers``
-    worker processes; CPU tensors, for the caller to move where it computes."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    worker processes; CPU tensors, for the caller to move where it computes.
+
+    An :class:`~ddmetrics.data.ImageDataset` (or a ``Subset`` of one) is read batch by batch
+    with its ``load`` (``workers`` defaults to the data set's own); any other Dataset item by item
+    (``workers`` defaults to 0)."""
+    from .data import ImageDataset, read_batches
+
+    base, positions = _unwrap_subsets(dataset)
+    if isinstance(base, ImageDataset):
+        idx = (torch.arange(len(base), device="cpu") if positions is None
+               else torch.tensor(positions, dtype=torch.int64, device="cpu"))
+        chunks = list(idx.split(batch_size))
+        for chunk, images in zip(chunks, read_batches(base, chunks, workers)):
+            yield images, base.labels[chunk]
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers or 0)
     # the loader's seed tensor and the collated labels are made without a device: pin them to the
     # CPU, batch by batch (a device context held across a yield would leak into the caller)
     with torch.device("cpu"):

@@ -1,7 +1,7 @@
 """In-memory image datasets: :class:`ArrayDataset`, array/npz/Dataset conversion and stratified splits.
 
 The readers (:mod:`ddmetrics.data._cifar`, :mod:`ddmetrics.data._images`) build on this module
-only; :mod:`ddmetrics.data._load` dispatches to them.
+and :mod:`ddmetrics.data._base` only; :mod:`ddmetrics.data._load` dispatches to them.
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ._base import ImageDataset, Indices
+
 ArrayLike = Union[np.ndarray, Tensor]
 
-__all__ = ["ArrayDataset", "from_arrays", "from_npz", "as_array_dataset", "stratified_split"]
+__all__ = ["ArrayDataset", "from_arrays", "from_npz", "as_array_dataset", "as_dataset", "stratified_split"]
 
 
 def _to_tensor(value: Any, name: str) -> Tensor:
@@ -30,7 +32,7 @@ def _to_tensor(value: Any, name: str) -> Tensor:
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
 
 
-class ArrayDataset(Dataset):
+class ArrayDataset(ImageDataset):
     """A labelled image dataset held in memory as two tensors.
 
     Parameters
@@ -105,11 +107,9 @@ class ArrayDataset(Dataset):
         """``(C, H, W)`` of one image."""
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def class_indices(self, k: int) -> Tensor:
-        """Indices (``LongTensor``) of the samples of class ``k``."""
-        if not 0 <= int(k) < self.num_classes:
-            raise ValueError(f"k must lie in 0..{self.num_classes - 1}, got {k}")
-        return torch.nonzero(self.labels == int(k), as_tuple=False).flatten()
+    def load(self, indices: Indices) -> Tensor:
+        """``images[indices]``: the batch read the pipeline uses (see :class:`ImageDataset`)."""
+        return self.images[indices]
 
     def subset(self, indices: Union[Sequence[int], Tensor, np.ndarray]) -> "ArrayDataset":
         """A new dataset with the samples at ``indices`` (same ``num_classes``/``class_names``)."""
@@ -223,7 +223,19 @@ def as_array_dataset(ds: Dataset, num_classes: Optional[int] = None) -> ArrayDat
     return ArrayDataset(x, torch.tensor(labels, dtype=torch.int64), num_classes)
 
 
-def stratified_split(ds: ArrayDataset, fraction: float, seed: int) -> Tuple[ArrayDataset, ArrayDataset]:
+def as_dataset(ds: Dataset, num_classes: Optional[int] = None) -> ImageDataset:
+    """``ds`` as an :class:`ImageDataset`: an :class:`ArrayDataset` or a streaming
+    :class:`~ddmetrics.data.ImageFolder` is returned as it is (nothing is decoded), any other
+    Dataset of ``(image, label)`` pairs is materialised with :func:`as_array_dataset`.
+    """
+    if isinstance(ds, ImageDataset) and not isinstance(ds, ArrayDataset):
+        if num_classes is not None and int(num_classes) != ds.num_classes:
+            raise ValueError(f"num_classes={num_classes} but the data set has {ds.num_classes} classes")
+        return ds
+    return as_array_dataset(ds, num_classes)
+
+
+def stratified_split(ds: ImageDataset, fraction: float, seed: int) -> Tuple[ImageDataset, ImageDataset]:
     """Split ``ds`` per class into ``(rest, held_out)`` with ``fraction`` of each class held out.
 
     Each class ``k`` with ``n_k`` samples gives ``round(fraction * n_k)`` samples to ``held_out``,
@@ -233,8 +245,9 @@ def stratified_split(ds: ArrayDataset, fraction: float, seed: int) -> Tuple[Arra
 
     Parameters
     ----------
-    ds : ArrayDataset
-        Dataset to split.
+    ds : ArrayDataset or ImageFolder
+        Dataset to split (any other Dataset is materialised first); the parts are
+        ``ds.subset(...)``, so an :class:`~ddmetrics.data.ImageFolder` splits without decoding.
     fraction : float
         Fraction in [0, 1) to hold out.
     seed : int
@@ -242,9 +255,9 @@ def stratified_split(ds: ArrayDataset, fraction: float, seed: int) -> Tuple[Arra
 
     Returns
     -------
-    rest, held_out : ArrayDataset
+    rest, held_out : same type as ``ds``
     """
-    if not isinstance(ds, ArrayDataset):
+    if not isinstance(ds, ImageDataset):
         ds = as_array_dataset(ds)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be a float in [0, 1), got {fraction!r}")

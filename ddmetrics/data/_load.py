@@ -1,4 +1,8 @@
-"""Named datasets and paths to train/val/test :class:`Splits`, normalised with the train statistics."""
+"""Named datasets and paths to train/val/test :class:`Splits`, normalised with the train statistics.
+
+In-memory sources (digits, ``.npz``, CIFAR batches) give :class:`ArrayDataset` splits; an image
+folder gives :class:`ImageFolder` splits (index subsets of one listing, decoded on access).
+"""
 from __future__ import annotations
 
 import os
@@ -10,8 +14,9 @@ import torch
 from torch import Tensor
 
 from ._array import ArrayDataset, from_npz, stratified_split
+from ._base import ImageDataset
 from ._cifar import cifar_batches, is_cifar_dir
-from ._images import image_folder
+from ._images import ImageFolder
 
 __all__ = ["Splits", "load"]
 
@@ -22,8 +27,9 @@ class Splits:
 
     Attributes
     ----------
-    train, val, test : ArrayDataset
-        The three splits (already normalised: ``(x - mean) / std`` per channel).
+    train, val, test : ArrayDataset or ImageFolder
+        The three splits (already normalised: ``(x - mean) / std`` per channel); ImageFolder
+        splits for an image folder, which decode their images when read.
     num_classes : int
         Number of classes.
     mean, std : Tensor, shape (C,)
@@ -32,9 +38,9 @@ class Splits:
         Class names when known.
     """
 
-    train: ArrayDataset
-    val: ArrayDataset
-    test: ArrayDataset
+    train: ImageDataset
+    val: ImageDataset
+    test: ImageDataset
     num_classes: int
     mean: Tensor
     std: Tensor
@@ -66,7 +72,8 @@ def _normalise(ds: ArrayDataset, mean: Tensor, std: Tensor) -> ArrayDataset:
     return ArrayDataset(x, ds.labels, ds.num_classes, ds.class_names)
 
 
-def _read_source(path: str) -> Tuple[ArrayDataset, Optional[ArrayDataset]]:
+def _read_source(path: str, image_size: Optional[int], workers: int
+                 ) -> Tuple[ImageDataset, Optional[ImageDataset]]:
     """Training data and (when the source has one) its own test split."""
     if os.path.isfile(path):
         if not path.endswith(".npz"):
@@ -80,12 +87,14 @@ def _read_source(path: str) -> Tuple[ArrayDataset, Optional[ArrayDataset]]:
             except FileNotFoundError:
                 test = None
             return train, test
-        return image_folder(path, size=None), None
+        # [0, 1] pixels for now: normalised below with the train split's statistics
+        return ImageFolder(path, image_size, mean=0.0, std=1.0, workers=workers), None
     raise ValueError(f"name_or_path {path!r} is neither a known dataset name ('digits') nor an existing path")
 
 
 def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: float = 0.1,
-         test_fraction: float = 0.2) -> Splits:
+         test_fraction: float = 0.2, image_size: Optional[int] = None, workers: int = 0,
+         stats_images: int = 1000) -> Splits:
     """Load a dataset and return seeded, stratified, train-normalised splits.
 
     Parameters
@@ -93,8 +102,7 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
     name_or_path : str or PathLike
         ``"digits"`` (scikit-learn's embedded 8x8 digits, 1797 images), a ``.npz`` file
         (see :func:`from_npz`), a CIFAR-10/100 python batch directory (see :func:`cifar_batches`)
-        or an image folder with one sub-folder per class (see :func:`image_folder`; images are
-        kept at their size when all share one, otherwise resized to the smallest side seen).
+        or an image folder with one sub-folder per class, streamed (see :class:`ImageFolder`).
     seed : int
         Seed of the stratified draws; the same seed gives identical splits.
     val_fraction : float
@@ -102,6 +110,16 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
     test_fraction : float
         Fraction of all data held out (per class) as test, when the source has no test split
         (CIFAR has one and ignores this argument).
+    image_size : int, optional
+        Image folders: side length (shorter side resized, centre crop); ``None`` keeps the
+        images' size when all share one square size, else the smallest side seen. Other
+        sources keep their size; a different ``image_size`` raises ``ValueError``.
+    workers : int
+        Image folders: DataLoader worker processes for listing and every pass over the images
+        (0: decode in the calling process). Ignored by in-memory sources.
+    stats_images : int
+        Image folders: the mean/std are estimated from a uniform sample (seeded with ``seed``)
+        of at most this many *training* images (exact when the train split is smaller).
 
     Returns
     -------
@@ -114,16 +132,29 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+    for name, value, lowest in (("image_size", image_size, 1), ("workers", workers, 0), ("stats_images", stats_images, 1)):
+        if value is None and name == "image_size":  # None: the images' own size
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+            raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")
     key = os.fspath(name_or_path)
     if key == "digits":
         full, test = _digits(), None
     else:
-        full, test = _read_source(key)
+        full, test = _read_source(key, image_size, workers)
+    if image_size is not None and full.image_shape[-1] != image_size:
+        raise ValueError(f"image_size={image_size}: {key!r} holds {full.image_shape[-1]}-pixel images and only "
+                         "image folders are resized")
     if test is None:
         if test_fraction <= 0:
             raise ValueError("test_fraction must be > 0 when the source has no test split")
         full, test = stratified_split(full, test_fraction, seed)
     train, val = stratified_split(full, val_fraction, seed + 1)
+    if isinstance(train, ImageFolder):  # streamed: statistics from a sample, normalisation on access
+        mean, std = train.pixel_stats(stats_images, seed)
+        return Splits(train=train.normalized(mean, std), val=val.normalized(mean, std),
+                      test=test.normalized(mean, std), num_classes=train.num_classes, mean=mean, std=std,
+                      class_names=train.class_names)
     mean, std = _channel_stats(train.images)
     return Splits(train=_normalise(train, mean, std), val=_normalise(val, mean, std),
                   test=_normalise(test, mean, std), num_classes=train.num_classes, mean=mean, std=std,

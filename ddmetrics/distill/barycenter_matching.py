@@ -46,8 +46,8 @@ class BarycenterMatching(Strategy):
 
     Parameters
     ----------
-    train : ArrayDataset
-        The real training set.
+    train : ArrayDataset or ImageFolder
+        The real training set (features and BN statistics are read in batches).
     num_classes, ipc : int
         Classes and synthetic images per class.
     loss : DistributionLoss
@@ -72,7 +72,7 @@ class BarycenterMatching(Strategy):
             prm.requires_grad_(False)
         self.train, self.num_classes, self.ipc, self.loss, self.cfg = train, num_classes, ipc, loss, cfg
         self.teacher, self.seed = teacher, seed
-        self.augment = make_augment(cfg.augment, train.images.shape[1])
+        self.augment = make_augment(cfg.augment, train.image_shape[0])
         stats = per_class_bn_stats(teacher, train, num_classes, device=self.device) if cfg.reg != "none" else None
         self.reg = PCBNLoss(teacher, stats, mode=cfg.reg) if stats is not None else None
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 
-from ..data import as_array_dataset
+from ..data import as_dataset
 from ..losses import DistributionLoss
 from ..models import as_teacher, get_model, train_model
 from ..synset import SyntheticSet
@@ -113,7 +113,7 @@ class Distiller:
         """Train the preset's teacher on the real training set (seeded) and keep it as ``teacher_``."""
         start = time.perf_counter()
         model = self._new_teacher(train, num_classes)
-        aug = make_augment(self.config.augment, train.images.shape[1])
+        aug = make_augment(self.config.augment, train.image_shape[0])
         self.teacher_ = train_model(model, train, epochs=self.config.teacher_epochs, seed=self.seed,
                                     augment=aug, progress=progress, device=self.device)
         self.timings_["teacher_seconds"] = time.perf_counter() - start
@@ -121,7 +121,7 @@ class Distiller:
 
     def _new_teacher(self, train, num_classes: int) -> nn.Module:
         with seeded(self.seed):  # initialised on the CPU: the same teacher on every device
-            model = get_model(self.config.teacher_arch, train.images.shape[1], num_classes, train.images.shape[-1])
+            model = get_model(self.config.teacher_arch, train.image_shape[0], num_classes, train.image_shape[-1])
         return model.to(self.device)
 
     def _teacher(self, train, num_classes: int, ckpt: Optional[Checkpoint]) -> nn.Module:
@@ -142,7 +142,7 @@ class Distiller:
         return self.teacher_
 
     def _check(self, train):
-        train = as_array_dataset(train)
+        train = as_dataset(train)  # an ImageFolder stays streamed: only its labels are read here
         num_classes = train.num_classes
         if num_classes < 2:
             # a one-class student is always right: its 100 % says nothing about the synthetic set
@@ -163,13 +163,16 @@ class Distiller:
 
     def checkpoint_run(self, train) -> Dict[str, Any]:
         """What a checkpoint of this run must match to be resumed."""
+        # a streaming set hashes its file list (decoding it would be a pass over the data)
+        data = train.fingerprint() if hasattr(train, "fingerprint") else data_fingerprint(train.images, train.labels)
         return {"method": self.method, "loss": self.loss.name or type(self.loss).__name__,
                 "loss_repr": repr(self.loss), "ipc": self.ipc, "seed": self.seed, "config": self.config.to_dict(),
-                "data": data_fingerprint(train.images, train.labels), "given_teacher": self.teacher_ is not None}
+                "data": data, "given_teacher": self.teacher_ is not None}
 
     def fit(self, train, progress: bool = True, checkpoint: Optional[Union[str, "os.PathLike[str]"]] = None,
             checkpoint_every: Optional[int] = None, resume: bool = False) -> SyntheticSet:
-        """Distil ``train`` (an ``ArrayDataset`` or any Dataset of (image, label) pairs).
+        """Distil ``train`` (an ``ArrayDataset``, a streaming ``ImageFolder`` or any Dataset of
+        (image, label) pairs, which is materialised).
 
         Parameters
         ----------
@@ -213,7 +216,7 @@ class Distiller:
                 if ckpt is not None:
                     ckpt.finish(k, done)
             results[k] = done
-        images, weights, info = self._combine(results, num_classes, train.images.shape[1:], runner.summed_info)
+        images, weights, info = self._combine(results, num_classes, train.image_shape, runner.summed_info)
         self.timings_["distill_seconds"] = time.perf_counter() - start
         info["world_size"] = world_size
         meta = {

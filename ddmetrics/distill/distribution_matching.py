@@ -37,7 +37,7 @@ from .presets import DistillConfig
 def initial_class_images(train, k: int, ipc: int, factor: int, init: str, gen: torch.Generator) -> Tensor:
     """``ipc`` stored images of class ``k``: random real images of the class (``factor``² of them
     tiled into each stored image when ``factor`` > 1) or Gaussian noise."""
-    c, h, w = train.images.shape[1:]
+    c, h, w = train.image_shape
     if init == "noise":
         return torch.randn(ipc, c, h, w, generator=gen, device="cpu")
     if init != "real":
@@ -47,7 +47,7 @@ def initial_class_images(train, k: int, ipc: int, factor: int, init: str, gen: t
     pick = idx[torch.randperm(len(idx), generator=gen, device="cpu")[:per]]
     if len(pick) < per:  # small classes: repeat to fill the sub-images
         pick = pick[torch.arange(per, device="cpu") % len(pick)]
-    images = train.images[pick]
+    images = train.load(pick)
     return factor_mod.encode(images, factor) if factor > 1 else images
 
 
@@ -69,8 +69,8 @@ class DistributionMatching(Strategy):
 
     Parameters
     ----------
-    train : ArrayDataset
-        The real training set.
+    train : ArrayDataset or ImageFolder
+        The real training set (read by index with ``load``).
     num_classes, ipc : int
         Classes and stored synthetic images per class.
     loss : DistributionLoss
@@ -88,8 +88,8 @@ class DistributionMatching(Strategy):
         self.device, self.amp = torch.device(device), amp
         self.description = f"{loss.name or type(loss).__name__} matching"
         self.train, self.num_classes, self.ipc, self.loss, self.cfg, self.seed = train, num_classes, ipc, loss, cfg, seed
-        self.factor = cfg.resolved_factor(train.images.shape[-1])
-        self.augment = make_augment(cfg.augment, train.images.shape[1])
+        self.factor = cfg.resolved_factor(train.image_shape[-1])
+        self.augment = make_augment(cfg.augment, train.image_shape[0])
 
     def start(self, k: int, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
         return initial_class_images(self.train, k, self.ipc, self.factor, self.cfg.init, gen).to(self.device), {}
@@ -102,11 +102,11 @@ class DistributionMatching(Strategy):
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
         cfg, train, indices = self.cfg, self.train, ctx["indices"]
         if ctx["embedder"] is None or it % cfg.iters_per_model == 0:
-            ctx["embedder"] = embedder_at(cfg, self.seed, it, train.images.shape[1], self.num_classes,
-                                          train.images.shape[-1], self.device)
+            ctx["embedder"] = embedder_at(cfg, self.seed, it, train.image_shape[0], self.num_classes,
+                                          train.image_shape[-1], self.device)
         take = min(cfg.batch_real, len(indices))
         # the batch is drawn on the CPU (the same draw on every device), then moved
-        real = train.images[indices[torch.randperm(len(indices), generator=gen, device="cpu")[:take]]].to(self.device)
+        real = train.load(indices[torch.randperm(len(indices), generator=gen, device="cpu")[:take]]).to(self.device)
         imgs = factor_mod.decode(syn, ctx["labels"], None, self.factor)[0] if self.factor > 1 else syn
         if self.augment is not None:
             real, imgs = self.augment.pair(real, imgs, gen)

@@ -1,4 +1,4 @@
-"""Seeded SGD training and accuracy for any model on an in-memory dataset."""
+"""Seeded SGD training and accuracy for any model on an in-memory or streaming dataset."""
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Tuple, Union
@@ -9,9 +9,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..data import ArrayDataset, as_array_dataset
+from ..data import ArrayDataset, as_dataset, read_batches
 from ..losses import check_weight_vector
-from ..utils import model_device
+from ..utils import batches, model_device
 
 __all__ = ["train_model", "accuracy"]
 
@@ -48,8 +48,10 @@ def train_model(model: nn.Module, dataset: Union[ArrayDataset, Dataset], epochs:
     ----------
     model : nn.Module
         Maps images ``(N, C, H, W)`` to logits. Trained in place.
-    dataset : ArrayDataset or Dataset
-        Training data (any Dataset of ``(image, label)`` pairs is converted).
+    dataset : ArrayDataset, ImageFolder or Dataset
+        Training data. An :class:`~ddmetrics.data.ImageDataset` is read batch by batch with its
+        ``load`` (an ImageFolder with ``workers`` > 0 through DataLoader workers, a few batches
+        ahead); any other Dataset of ``(image, label)`` pairs is converted to an ArrayDataset.
     epochs : int
         Passes over the data; epochs ``epochs // 2 ..`` use ``0.1 * lr`` (when ``epochs >= 2``).
     lr, batch_size, weight_decay : float, int, float
@@ -82,14 +84,14 @@ def train_model(model: nn.Module, dataset: Union[ArrayDataset, Dataset], epochs:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
     if augment is not None and not callable(augment):
         raise TypeError("augment must be callable(images, generator) or None")
-    data = as_array_dataset(dataset)
+    data = as_dataset(dataset)
     n = len(data)
     if n == 0:
         raise ValueError("dataset is empty")
     weights = _check_weights(sample_weights, n)
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
-    images, labels = data.images, data.labels
+    labels = data.labels
     if weights is not None:
         weights = weights.to(device)
     # CPU generators: the same shuffles and augmentations on every device
@@ -105,9 +107,9 @@ def train_model(model: nn.Module, dataset: Union[ArrayDataset, Dataset], epochs:
         model.train()
         perm = torch.randperm(n, generator=shuffle_gen, device="cpu")
         total, seen = 0.0, 0
-        for start, stop in bounds:
-            idx = perm[start:stop]
-            x = images[idx].to(device, non_blocking=True)
+        chunks = [perm[start:stop] for start, stop in bounds]
+        for idx, x in zip(chunks, read_batches(data, chunks)):  # ArrayDataset: images[idx]
+            x = x.to(device, non_blocking=True)
             y = labels[idx].to(device, non_blocking=True)
             if augment is not None:
                 x = augment(x, aug_gen)
@@ -127,7 +129,7 @@ def accuracy(model: nn.Module, dataset: Union[ArrayDataset, Dataset], batch_size
     """Top-1 accuracy of ``model`` on ``dataset`` in [0, 1] (evaluated in eval mode, then restored)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    data = as_array_dataset(dataset)
+    data = as_dataset(dataset)
     if len(data) == 0:
         raise ValueError("dataset is empty")
     device = model_device(model)
@@ -135,9 +137,8 @@ def accuracy(model: nn.Module, dataset: Union[ArrayDataset, Dataset], batch_size
     model.eval()
     try:
         correct = 0
-        for i in range(0, len(data), batch_size):
-            x = data.images[i:i + batch_size].to(device)
-            y = data.labels[i:i + batch_size].to(device)
+        for x, y in batches(data, batch_size):  # in order, one batch decoded at a time
+            x, y = x.to(device), y.to(device)
             correct += int((model(x).argmax(dim=1) == y).sum())
     finally:
         model.train(was_training)
