@@ -14,10 +14,11 @@ from ._sinkhorn import Sinkhorn
 from ._krdual import KRDual
 from ._mmd import MMD
 from ._energy import EnergyDistance
+from ._gaussian import GaussianW2
 
 __all__ = [
     "DistributionLoss", "available_losses", "check_inputs", "check_weight_vector", "check_weights", "get_loss",
     "register_loss", "ExactOT", "SlicedWasserstein", "Sinkhorn", "KRDual", "MMD",
-    "EnergyDistance",
+    "EnergyDistance", "GaussianW2",
     "Barycenter", "barycenter_objective", "exact_barycenter", "gradient_flow_barycenter", "init_support",
 ]

@@ -6,14 +6,9 @@ from typing import Dict
 import torch
 from torch import Tensor
 
+from ._cost import working_dtype
 from ._mmd import _clean_distances
 from .base import DistributionLoss, register_loss
-
-
-def working_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a loss computes in: the input's, at least float32 (half precision loses the
-    differences that the divergences are made of)."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 @register_loss("energy")
