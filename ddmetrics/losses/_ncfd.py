@@ -97,8 +97,10 @@ class NCFD(DistributionLoss):
     is a mean over ``n_frequencies`` draws; see :func:`ncfd_value` for the stable evaluation.
 
     The sampler :math:`g_\psi` is a residual MLP that starts at the identity
-    (:class:`FrequencySampler`). The length unit :math:`h` (``bandwidth``) is the pooled median
-    pairwise distance by default (recomputed, detached, at each call): the authors normalise
+    (:class:`FrequencySampler`). The length unit :math:`h` (``bandwidth``) is by default the median
+    pairwise distance of the reference cloud ``x`` (recomputed, detached, at each call; of the
+    pooled clouds where all points of ``x`` coincide): it does not move with the optimised ``y``,
+    so values at two ``y`` are in the same unit. The authors normalise
     features to the unit sphere and draw frequencies of unit scale, which fixes the ratio of
     frequencies to distances; dividing by the median does the same while keeping the value a
     function of the given clouds (scale-invariant, and translation-invariant since a shift only
@@ -207,7 +209,15 @@ class NCFD(DistributionLoss):
 
     # ------------------------------------------------------------------ the loss
     def _unit(self, x: Tensor, y: Tensor) -> float:
-        return median_bandwidths(x, y)[1] if self.bandwidth == "median" else float(self.bandwidth)
+        if self.bandwidth != "median":
+            return float(self.bandwidth)
+        # the reference cloud's own median distance: the unit must not move with the optimised y,
+        # or values at two y (before/after a synthesis step) would be in different units; the
+        # pooled one (then 1) only where x has no spread
+        unit = median_bandwidths(x, x[:0])[1]
+        if unit == 1.0 and not bool((x != x[:1]).any()):
+            unit = median_bandwidths(x, y)[1]
+        return unit
 
     def _noise(self, d: int, like: Tensor) -> Tensor:
         eps = torch.randn(self.n_frequencies, d, generator=self._generator, dtype=torch.float64, device="cpu")

@@ -50,6 +50,21 @@ def test_untrained_value_is_the_paper_formula_at_gaussian_frequencies(alpha):
         assert ref == pytest.approx(np.sqrt(np.abs(diff) ** 2 / 2).mean(), rel=1e-10)
 
 
+def test_default_unit_is_the_median_distance_of_the_reference_cloud():
+    # the unit follows x only: the optimised y does not change the frequencies' scale
+    x, y = _cloud(8), _cloud(9, n=30) * 3 + 2
+    dist = np.sqrt(((x.numpy()[:, None] - x.numpy()[None]) ** 2).sum(-1))
+    off = np.sort(dist[~np.eye(48, dtype=bool)])
+    unit = off[(len(off) - 1) // 2]  # torch.median's lower middle element
+    assert float(NCFD(steps=0)(x, y)) == pytest.approx(float(NCFD(steps=0, bandwidth=float(unit))(x, y)), rel=1e-12)
+    # with no spread in x the pooled median is used
+    one = x[:1].expand(5, 4)
+    pooled = np.sqrt(((np.concatenate([one.numpy(), y.numpy()])[:, None] - np.concatenate([one.numpy(), y.numpy()])[None]) ** 2).sum(-1))
+    off = np.sort(pooled[~np.eye(35, dtype=bool)])
+    assert float(NCFD(steps=0)(one, y)) == pytest.approx(
+        float(NCFD(steps=0, bandwidth=float(off[(len(off) - 1) // 2]))(one, y)), rel=1e-12)
+
+
 def test_invariant_to_translation_and_scale_with_the_median_unit():
     x, y = _cloud(4), _cloud(5, n=30) + 0.5
     loss = lambda p, q: float(NCFD(steps=3, **SMALL)(p, q))
