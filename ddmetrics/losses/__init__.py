@@ -13,9 +13,13 @@ from ._sliced import SlicedWasserstein
 from ._sinkhorn import Sinkhorn
 from ._krdual import KRDual
 from ._mmd import MMD
+from ._energy import EnergyDistance
+from ._gaussian import GaussianW2
+from ._ncfd import NCFD
 
 __all__ = [
     "DistributionLoss", "available_losses", "check_inputs", "check_weight_vector", "check_weights", "get_loss",
     "register_loss", "ExactOT", "SlicedWasserstein", "Sinkhorn", "KRDual", "MMD",
+    "EnergyDistance", "GaussianW2", "NCFD",
     "Barycenter", "barycenter_objective", "exact_barycenter", "gradient_flow_barycenter", "init_support",
 ]

@@ -30,3 +30,9 @@ def distances(x: Tensor, y: Tensor) -> Tensor:
 def ground_cost(x: Tensor, y: Tensor, p: int) -> Tensor:
     r"""Cost matrix :math:`\|x_i - y_j\|^p` for ``p`` in {1, 2}."""
     return squared_distances(x, y) if p == 2 else distances(x, y)
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a backend computes in: the input's, at least float32 (half precision loses the
+    small differences that divergences are made of)."""
+    return torch.promote_types(dtype, torch.float32)

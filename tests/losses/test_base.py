@@ -9,8 +9,8 @@ import torch
 import ddmetrics as ddm
 from ddmetrics.losses import DistributionLoss, register_loss
 
-ALL = ["wasserstein", "sliced", "sinkhorn", "krdual", "mmd"]
-FAST = {"krdual": {"steps": 2}}
+ALL = ["wasserstein", "sliced", "sinkhorn", "krdual", "mmd", "energy", "gaussian_w2", "ncfd"]
+FAST = {"krdual": {"steps": 2}, "ncfd": {"steps": 2, "n_frequencies": 32, "hidden": 8}}
 
 
 def _loss(name):

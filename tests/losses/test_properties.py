@@ -43,6 +43,9 @@ LOSS_KWARGS = {
     "sinkhorn": {"backend": "tensorized"},  # "auto" would pick KeOps on a CUDA machine
     "krdual": {"steps": 5, "hidden": 16},
     "mmd": {},
+    "energy": {},
+    "gaussian_w2": {},
+    "ncfd": {"n_frequencies": 32, "hidden": 8, "steps": 2},
 }
 # Non-default settings whose numerics differ (another ground cost, kernel or estimator),
 # checked beside the defaults by the finiteness property only.
@@ -52,6 +55,8 @@ VARIANTS = {
     "sinkhorn-p1": ("sinkhorn", {"backend": "tensorized", "p": 1}),
     "mmd-laplacian": ("mmd", {"kernel": "laplacian"}),
     "mmd-unbiased": ("mmd", {"unbiased": True}),
+    "ncfd-warm-amplitude": ("ncfd", {"n_frequencies": 32, "hidden": 8, "steps": 2, "warm_start": True, "alpha": 1.0}),
+    "ncfd-phase-fixed-unit": ("ncfd", {"n_frequencies": 32, "hidden": 8, "steps": 2, "alpha": 0.0, "bandwidth": 1.0}),
 }
 NAMES = sorted(ddm.available_losses())
 CONFIGS = [pytest.param(name, LOSS_KWARGS.get(name, {}), id=name) for name in NAMES] + [
@@ -60,9 +65,9 @@ CONFIGS = [pytest.param(name, LOSS_KWARGS.get(name, {}), id=name) for name in NA
 # Divergences that are >= 0 and vanish on identical measures. The KR-dual value is an
 # estimate through a trained critic (it can dip below zero) and unbiased MMD is a
 # U-statistic, so neither is held to these two.
-NON_NEGATIVE = {"wasserstein", "sliced", "sinkhorn", "mmd"}
+NON_NEGATIVE = {"wasserstein", "sliced", "sinkhorn", "mmd", "energy", "gaussian_w2", "ncfd"}
 # Backends whose value is differentiable in the weights (the contract of all built-ins).
-WEIGHT_GRADIENTS = {"wasserstein", "sliced", "sinkhorn", "krdual", "mmd"}
+WEIGHT_GRADIENTS = {"wasserstein", "sliced", "sinkhorn", "krdual", "mmd", "energy", "gaussian_w2", "ncfd"}
 DTYPES = (torch.float32, torch.float64)
 ARGS = ("x", "y", "a", "b")
 # GeomLoss's tensorized p=1 cost is sqrt(max(|x - y|^2, 1e-8)): every cost entry, and so the
@@ -208,7 +213,9 @@ def rounding_tol(loss, case: Case, d: int) -> float:
     name = type(loss).name
     if name == "mmd":
         return 256 * eps * 3.0  # lengths are rescaled by the bandwidth; three kernels in [0, 1]
-    p = getattr(loss, "p", 2)
+    if name == "ncfd":
+        return 256 * eps  # lengths in units of the bandwidth; a mean of roots of terms in [0, 4]
+    p = 1 if name == "energy" else getattr(loss, "p", 2)  # energy: a distance, like p = 1
     r = math.sqrt(d) * case.scale
     err = eps * (2.0 * r) ** p if p == 2 else math.sqrt(eps) * r
     if name == "sinkhorn":  # potentials also carry eps_blur * log(n m) terms, eps_blur = blur^p

@@ -1,0 +1,63 @@
+"""Energy distance between weighted point clouds (an MMD with the distance kernel)."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import Tensor
+
+from ._cost import working_dtype
+from ._mmd import _clean_distances
+from .base import DistributionLoss, register_loss
+
+
+@register_loss("energy")
+class EnergyDistance(DistributionLoss):
+    r"""Energy distance (squared form) between weighted samples.
+
+    .. math::
+        \mathcal{E}(\alpha, \beta) = 2 \sum_{i,j} a_i b_j \|x_i - y_j\|
+        - \sum_{i,i'} a_i a_{i'} \|x_i - x_{i'}\|
+        - \sum_{j,j'} b_j b_{j'} \|y_j - y_{j'}\|
+
+    It is non-negative and vanishes only for equal measures: the MMD² of the conditionally
+    negative definite kernel :math:`-\|x - y\|`, with no bandwidth to choose. It is
+    translation- and rotation-invariant and scales linearly with the data.
+
+    Conventions of the references (both checked in ``tests/losses/test_energy.py``):
+
+    - ``scipy.stats.energy_distance`` returns the *square root*, :math:`\sqrt{\mathcal{E}}`
+      (in 1-D :math:`\mathcal{E} = 2\int (F_\alpha - F_\beta)^2`, hence scipy's
+      :math:`\sqrt{2}\, l_2(F_\alpha, F_\beta)`): ``value == energy_distance(...) ** 2``.
+    - GeomLoss ``SamplesLoss("energy")`` returns :math:`\tfrac12 \mathcal{E}` (a kernel norm
+      :math:`\tfrac12 \|\alpha - \beta\|_k^2`); its tensorized backend also floors every
+      distance at :math:`10^{-4}`, which subtracts :math:`\tfrac12 10^{-4} (\sum a_i^2 + \sum b_j^2)`
+      from the diagonals of the self terms.
+
+    Distances are computed on clouds centred at their pooled (detached) mean, from the expanded
+    squared distances with rounding noise set to zero, through a square root whose gradient is
+    zero (a subgradient) where two points coincide. Differentiable in ``x``, ``y``, ``a``, ``b``.
+    Cost: :math:`O((n+m)^2 d)` time, :math:`O((n+m)^2)` memory.
+
+    References
+    ----------
+    .. [1] G. J. Székely, M. L. Rizzo. Energy statistics: a class of statistics based on distances.
+       Journal of Statistical Planning and Inference 143(8), 2013.
+    .. [2] D. Sejdinovic, B. Sriperumbudur, A. Gretton, K. Fukumizu. Equivalence of distance-based
+       and RKHS-based statistics in hypothesis testing. Annals of Statistics 41(5), 2013.
+    """
+
+    def _config(self) -> Dict[str, object]:
+        return {}
+
+    def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        out_dtype = x.dtype
+        work = working_dtype(x.dtype)
+        x, y, a, b = (t.to(work) for t in (x, y, a, b))
+        # distances do not change under a shift; their rounding shrinks from |x|^2 to the spread's
+        center = torch.cat([x, y]).detach().mean(0)
+        x, y = x - center, y - center
+        cross = a @ _clean_distances(x, y) @ b
+        self_x = a @ _clean_distances(x, x) @ a
+        self_y = b @ _clean_distances(y, y) @ b
+        return (2.0 * cross - self_x - self_y).to(out_dtype)
