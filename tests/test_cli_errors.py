@@ -208,3 +208,10 @@ def test_teacher_file_on_the_command_line(tmp_path, capsys):
                  *QUICK]) == 2
     _one_line(capsys, "uses no teacher")
     assert not (tmp_path / "q").exists()
+
+
+def test_object_array_npz_is_refused_in_our_words(tmp_path, capsys):
+    np.savez(tmp_path / "evil.npz", x=np.array([object()], dtype=object), y=np.array([0]))
+    assert main(["distill", "--dataset", str(tmp_path / "evil.npz"), "--out", str(tmp_path / "r"), *QUICK]) == 2
+    err = _one_line(capsys, "could run code")
+    assert "allow_pickle" not in err

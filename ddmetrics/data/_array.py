@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._io import UNSAFE_FILE
+
 from ._base import ImageDataset, Indices
 
 ArrayLike = Union[np.ndarray, Tensor]
@@ -174,17 +176,22 @@ def from_npz(path: Union[str, os.PathLike]) -> ArrayDataset:
     Optional keys: ``num_classes`` (scalar) and ``class_names`` (string array). The file is read
     with ``allow_pickle=False``; layout rules are those of :func:`from_arrays`.
     """
-    with np.load(os.fspath(path), allow_pickle=False) as f:
-        keys = set(f.files)
-        for xk, yk in (("x", "y"), ("images", "labels")):
-            if xk in keys and yk in keys:
-                x, y = f[xk], f[yk]
-                break
-        else:
-            raise ValueError(f"path {os.fspath(path)!r} must contain arrays 'x' and 'y' (or 'images' and "
-                             f"'labels'), found {sorted(keys)}")
-        num_classes = int(f["num_classes"]) if "num_classes" in keys else None
-        class_names = [str(c) for c in f["class_names"]] if "class_names" in keys else None
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            keys = set(f.files)
+            for xk, yk in (("x", "y"), ("images", "labels")):
+                if xk in keys and yk in keys:
+                    x, y = f[xk], f[yk]
+                    break
+            else:
+                raise ValueError(f"path {os.fspath(path)!r} must contain arrays 'x' and 'y' (or 'images' and "
+                                 f"'labels'), found {sorted(keys)}")
+            num_classes = int(f["num_classes"]) if "num_classes" in keys else None
+            class_names = [str(c) for c in f["class_names"]] if "class_names" in keys else None
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # an object array: say so in our words, not numpy's advice
+            raise ValueError(f"{os.fspath(path)} {UNSAFE_FILE}") from None
+        raise
     return from_arrays(x, y, num_classes=num_classes, class_names=class_names)
 
 
