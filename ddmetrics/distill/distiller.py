@@ -41,7 +41,7 @@ class Distiller:
     Parameters
     ----------
     method : str
-        A preset: ``"wmdd"``, ``"dm"``, ``"m3d"`` or ``"krdual"`` (see
+        A preset: ``"wmdd"``, ``"dm"``, ``"m3d"``, ``"krdual"``, ``"ncfm"`` (see
         :data:`ddmetrics.distill.presets.PRESETS`).
     loss : str or DistributionLoss, optional
         Overrides the preset's loss (``method="wmdd", loss="sliced"`` is WMDD's sliced ablation).
