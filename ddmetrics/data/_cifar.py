@@ -131,7 +131,7 @@ def cifar_batches(root: Union[str, os.PathLike], train: bool = True) -> ArrayDat
         label_key, meta_file, names_key, default_classes = "fine_labels", "meta", "fine_label_names", 100
     else:
         raise FileNotFoundError(f"root {root!r} has neither data_batch_1 (CIFAR-10) nor train (CIFAR-100)")
-    xs, ys = [], []
+    xs, ys = [], []  # uint8 batches: a quarter of the float32 images
     for name in files:
         path = os.path.join(root, name)
         if not os.path.isfile(path):
@@ -154,6 +154,13 @@ def cifar_batches(root: Union[str, os.PathLike], train: bool = True) -> ArrayDat
         except ValueError:
             class_names = None
     num_classes = len(class_names) if class_names else default_classes
-    images = torch.from_numpy(np.concatenate(xs)).to(torch.float32) / 255.0
+    # filled batch by batch and scaled in place: one float32 copy of the images, not three
+    images = torch.empty((sum(len(x) for x in xs), 3, 32, 32), dtype=torch.float32, device="cpu")
+    start = 0
+    for x in xs:
+        images[start:start + len(x)] = torch.from_numpy(x)
+        start += len(x)
+    del xs
+    images.div_(255.0)
     return ArrayDataset(images, torch.from_numpy(np.concatenate(ys)), num_classes,
                         class_names if class_names and len(class_names) == num_classes else None)

@@ -60,16 +60,23 @@ def _digits() -> ArrayDataset:
 
 
 def _channel_stats(images: Tensor) -> Tuple[Tensor, Tensor]:
-    flat = images.transpose(0, 1).reshape(images.shape[1], -1).to(torch.float64)
-    mean = flat.mean(dim=1)
-    std = flat.std(dim=1, unbiased=False)
+    # one channel at a time in float64: a float64 copy of one channel, not of the whole set
+    # (CIFAR-10: 0.4 GiB instead of 1.6 GiB); the same float32 values as the all-channel pass
+    c = images.shape[1]
+    mean = torch.empty(c, dtype=torch.float64, device="cpu")
+    std = torch.empty(c, dtype=torch.float64, device="cpu")
+    for k in range(c):
+        row = images[:, k].reshape(1, -1).to(torch.float64)
+        mean[k], std[k] = row.mean(dim=1)[0], row.std(dim=1, unbiased=False)[0]
+        del row
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
     return mean.to(torch.float32), std.to(torch.float32)
 
 
 def _normalise(ds: ArrayDataset, mean: Tensor, std: Tensor) -> ArrayDataset:
-    x = (ds.images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    return ArrayDataset(x, ds.labels, ds.num_classes, ds.class_names)
+    # in place: the splits own their images (stratified_split copies), so no second copy
+    ds.images.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    return ds
 
 
 def _read_source(path: str, image_size: Optional[int], workers: int
@@ -150,6 +157,7 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
             raise ValueError("test_fraction must be > 0 when the source has no test split")
         full, test = stratified_split(full, test_fraction, seed)
     train, val = stratified_split(full, val_fraction, seed + 1)
+    del full  # the unsplit copy: train and val hold their own images
     if isinstance(train, ImageFolder):  # streamed: statistics from a sample, normalisation on access
         mean, std = train.pixel_stats(stats_images, seed)
         return Splits(train=train.normalized(mean, std), val=val.normalized(mean, std),

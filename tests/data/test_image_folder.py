@@ -299,3 +299,26 @@ def test_cli_distills_an_image_folder(tmp_path, capsys):
     assert syn.images.shape == (2, 3, 8, 8)
     assert main(["distill", "--dataset", str(tmp_path / "d"), "--workers", "-1", "--out", str(tmp_path / "x")]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_train_model_through_workers_equals_the_in_memory_training(streamed):
+    from ddmetrics.models import get_model, train_model
+
+    stream, memory = streamed
+    nets = []
+    for data in (stream.subset(range(len(stream))), memory):
+        if data is not memory:
+            data.workers = 2  # shuffled batches read by two DataLoader workers, in order
+        with ddm.utils.seeded(0):
+            net = get_model("convnet", 3, 3, 16)
+        nets.append(train_model(net, data, epochs=2, batch_size=8, seed=3, progress=False, device="cpu"))
+    a, b = (n.state_dict() for n in nets)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fingerprint_follows_files_and_normalisation(streamed):
+    stream, _ = streamed
+    fp = stream.fingerprint()
+    assert fp == stream.subset(range(len(stream))).fingerprint()
+    assert fp != stream.subset(range(1, len(stream))).fingerprint()
+    assert fp != stream.normalized(0.0, 1.0).fingerprint()
