@@ -120,3 +120,31 @@ def test_legacy_methods_document_is_converted_and_rendered(tmp_path):
     methods.write_markdown(str(tmp_path / "m.md"), doc, keys)
     assert (tmp_path / "m.md").read_text().splitlines()[-1] == \
         "| dm | mmd | 1 | hard | 88.50 ± 0.50 | 75.00 ± 5.00 | 75.00 ± 5.00 | 99.16 | 74 |"
+
+
+def test_paired_difference_by_hand_and_against_ttest_rel():
+    from _common import T975, format_difference, paired_difference, t_quantile
+
+    a, b = [0.90, 0.80, 0.85], [0.80, 0.80, 0.70]
+    d = paired_difference(a, b)
+    # by hand: d = (0.10, 0.00, 0.15), mean 0.08333, sample sd 0.07638, t_{0.975,2} = 4.3027
+    half = 4.3027 * 0.0763763 / 3 ** 0.5
+    assert d["n"] == 3 and abs(d["mean"] - 0.0833333) < 1e-6
+    assert abs(d["low"] - (0.0833333 - half)) < 1e-4 and abs(d["high"] - (0.0833333 + half)) < 1e-4
+    assert not d["excludes_zero"] and format_difference(d) == "+8.33 [-10.64, +27.31]"
+    assert paired_difference([0.5], [0.4])["low"] is None
+    assert abs(t_quantile(4) - T975[4]) < 1e-3
+    stats = pytest.importorskip("scipy.stats")
+    g = __import__("random").Random(0)
+    for n in (3, 5, 8):
+        for shift in (0.0, 0.01, 0.05):
+            x = [g.gauss(0.9, 0.02) for _ in range(n)]
+            y = [v - shift + g.gauss(0, 0.02) for v in x]
+            d = paired_difference(x, y)
+            res = stats.ttest_rel(x, y)
+            se = (d["mean"] / res.statistic) if res.statistic else None
+            if se:  # the same t statistic, and the interval excludes 0 iff p < 0.05
+                assert abs(d["high"] - d["mean"] - stats.t.ppf(0.975, n - 1) * se) < 1e-9
+            assert d["excludes_zero"] == (res.pvalue < 0.05)
+    with pytest.raises(ValueError):
+        paired_difference([0.1, 0.2], [0.1])
