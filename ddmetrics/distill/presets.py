@@ -194,6 +194,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # chosen on the digits validation split (IPC 10: 97.2 % vs 94.8 %; IPC 1: 86.0 % either way)
     "krdual": dict(strategy="distribution", loss="krdual", optimizer="sgd", lr=100.0, iterations=300,
                    eval_protocol="hard"),
+    # SRe²L (Yin et al. 2023): the teacher's cross-entropy plus its BatchNorm statistics (global,
+    # not per class), uniform weights, soft-label evaluation. Departs from the paper in starting
+    # from real images (the nearest to each class's barycenter atom) instead of noise.
+    "sre2l": dict(strategy="barycenter", feature_loss="ce", reg="bn", learn_weights=False, eval_protocol="soft"),
 }
 
 #: The one table of loss settings used when a distiller builds a loss from its name — by the
