@@ -143,7 +143,8 @@ def _coreset_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, A
     # the random subset (hard and soft labels) comes with every cell's baselines
     for kind in CORESETS:
         for protocol in ("hard", "soft"):
-            add(f"{kind} ({protocol} labels)", kind, "coreset", "wmdd", {"eval_protocol": protocol}, kind=kind)
+            add(f"{kind} ({protocol} labels)", kind, "coreset", "wmdd", {"eval_protocol": protocol}, loss=None,
+                kind=kind)
 
 
 def _preset_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:

@@ -148,3 +148,35 @@ def test_paired_difference_by_hand_and_against_ttest_rel():
             assert d["excludes_zero"] == (res.pvalue < 0.05)
     with pytest.raises(ValueError):
         paired_difference([0.1, 0.2], [0.1])
+
+
+def test_herding_and_kcenter_selection():
+    feats = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [10.0, 0.0], [0.2, 0.0]])
+    mean = feats.mean(0)  # (2.04, 0)
+    # by hand: mean x = 2.04; t=1 nearest is 1.0 (#1); t=2 (1 + x)/2 nearest 2.04 is x = 0.2 (#4, 0.6);
+    # t=3 (1.2 + x)/3: x = 0 gives 0.40 (1.64 away), x = 10 gives 3.73 (1.69 away) -> #0
+    assert _runner.herding_indices(feats, 3) == [1, 4, 0] and float(mean[0]) == pytest.approx(2.04)
+    k = _runner.kcenter_indices(feats, 3, seed=0)
+    assert len(set(k)) == 3 and k == _runner.kcenter_indices(feats, 3, seed=0)
+    first = k[0]
+    assert k[1] == int(torch.cdist(feats, feats[first:first + 1]).squeeze(1).argmax())  # the farthest point
+    assert 3 in k  # the outlier is always covered
+
+
+def test_main_plan_parts_share_the_wmdd_cell_and_get_the_mnist_cut():
+    import metric_vs_accuracy as mva
+
+    run = _runner.RunSettings("main", "", dataset="mnist", runs=3, runs_ipc1=5)
+    presets_ = mva.plan("main", ["wasserstein"], None, {}, parts=["presets"], dataset="mnist")
+    assert len(presets_) == 2 * len(mva.PRESET_METHODS) and {c.ipc for c in presets_} == {10}
+    assert sum("= paper" in c.label for c in presets_) == len(mva.PRESET_METHODS)
+    backend = mva.plan("main", ["wasserstein"], None, {}, parts=["ipc10"], dataset="mnist")
+    keys = lambda cells: {_runner.cell_key(c, c.distiller(0).config, run) for c in cells}  # noqa: E731
+    assert len(keys(presets_) & keys(backend)) == 1  # WMDD (soft labels = paper) is wasserstein / barycenter
+    cfg = backend[0].distiller(0).config
+    assert (cfg.teacher_epochs, cfg.iterations, cfg.eval_epochs) == (4, 100, 60)
+    assert run.runs_for(1) == 5 and run.runs_for(10) == 3
+    digits = mva.plan("main", ["wasserstein"], [1], {}, parts=["ipc1"], dataset="digits")
+    assert digits[0].distiller(0).config.iterations == 300  # no cut off mnist
+    with pytest.raises(ValueError, match="unknown part"):
+        mva.plan("main", ["wasserstein"], None, {}, parts=["nope"])
