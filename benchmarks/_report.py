@@ -192,7 +192,7 @@ def ci_tables(doc: Dict[str, Any], entries: Sequence[Dict[str, Any]]) -> List[st
         lines += markdown_table(["IPC", "row", "runs", "accuracy", "Δ vs best [95 % CI]"], table, align="rlrrr")
         fulls = {(b["full"], b["eval"]["full_epochs"]) for b in _used_baselines(doc, rows)}
         for full, epochs in sorted(fulls, key=str):
-            lines += ["", f"Full data (whole training split, hard labels, {epochs or 20} epochs, 1 run): "
+            lines += ["", f"- full data (whole training split, hard labels, {epochs or 20} epochs, 1 run): "
                           f"{percent(full)} %"]
         lines.append("")
     lines.append(TIME_NOTE)
