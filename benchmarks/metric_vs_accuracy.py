@@ -3,11 +3,28 @@
 
 Experiments (``--experiment``):
 
-``main`` (default)
-    every registered backend (``--backends``, default all of ``ddm.available_losses()``) ×
-    strategy {barycenter = ``method="wmdd"`` with that loss, distribution = ``method="dm"``
-    with that loss} × IPC (``--ipc``, default 1 10 50); plus "random subset" and "full data"
-    rows per IPC. Writes ``<out>.json``, ``<out>.md`` and ``<out>.png`` (accuracy vs IPC).
+``main`` (default; on ``--dataset mnist`` by default, ``--quick`` on digits)
+    in named parts (``--part``, default all; :data:`MAIN_PARTS`):
+
+    - ``ipc1`` / ``ipc10`` / ``ipc50``: every registered backend (``--backends``, default all of
+      ``ddm.available_losses()``) × strategy {barycenter = ``method="wmdd"`` with that loss,
+      distribution = ``method="dm"`` with that loss} at that IPC;
+    - ``baselines``: coresets herding and k-center (greedy, on the WMDD teacher's features) ×
+      {hard, soft} labels at IPC 1 10 50, with the random subsets (hard / soft) and the full-data model;
+    - ``presets``: DM, M3D, KR-dual, WMDD and SRe²L presets, each under hard and under soft
+      labels (one of which is its paper's protocol), IPC 10: the soft-label gain and the method
+      gain in one table;
+    - ``ablation``: WMDD Table 3, feature loss {barycenter, ce} × reg {pcbn, bn}, IPC 10.
+
+    Every cell gets ``--runs`` evaluation runs (default 3; ``--runs-ipc1``, default 5 on mnist, at
+    IPC 1) with student seeds seed .. seed + n − 1 in every cell, so runs are paired. Writes
+    ``<out>.json``, ``<out>.md`` (every part's finished cells, mean ± std and the paired difference
+    with a 95 % t interval against the best row of the IPC and against the random subset with
+    the same labels; partial results say so) and ``<out>.png`` (one panel per strategy). A part's
+    run re-renders the others' cells from the JSON. On mnist the cells get
+    :data:`DATASET_CUTS` (teacher 4 epochs, 100 synthesis iterations, students 300 / 60 / 20
+    epochs at IPC 1 / 10 / 50, full-data model 5 epochs), measured by
+    ``benchmarks/mnist_validation.py`` on the mnist validation split.
 ``wass_vs_mmd``
     WMDD Fig. 4: ``wasserstein`` vs ``mmd`` inside WMDD, with augmentation (the preset) and
     without (``augment=None``, hard-label evaluation), IPC 1 and 10.
@@ -22,7 +39,7 @@ Experiments (``--experiment``):
     synthetic and real *training* features of the trained WMDD teacher (1st, 2nd, 3rd moments
     and every backend, :func:`ddmetrics.diagnose.diagnose`), next to a random real subset.
 
-Every cell distils the digits training split (``Distiller(...).fit``) and trains ``--runs``
+Every cell distils the training split of ``--dataset`` (digits unless said) (``Distiller(...).fit``) and trains ``--runs``
 fresh students on the result, tested on the test split (``ddm.evaluate`` with
 ``Distiller.config.evaluation_kwargs()``: the preset's protocol, model, epochs, learning rate
 and temperature). Settings not named by an experiment are the presets' and, for the losses,
@@ -67,7 +84,11 @@ what earlier runs computed. On 2 cores two 1-thread workers do ~1.3–1.6× the 
 
 Usage::
 
-    .venv/bin/python benchmarks/metric_vs_accuracy.py                    # main, all backends
+    .venv/bin/python benchmarks/metric_vs_accuracy.py --jobs 2 --part baselines   # mnist, one part
+    .venv/bin/python benchmarks/metric_vs_accuracy.py --jobs 2 --part ipc1
+    .venv/bin/python benchmarks/metric_vs_accuracy.py --render-only                # re-write .md/.png
+    .venv/bin/python benchmarks/metric_vs_accuracy.py --experiment ablation --dataset mnist
+    .venv/bin/python benchmarks/metric_vs_accuracy.py                    # main, all parts, all backends
     .venv/bin/python benchmarks/metric_vs_accuracy.py --jobs 2           # the same, 2 worker processes
     .venv/bin/python benchmarks/metric_vs_accuracy.py --quick            # smoke test, < 3 min
     .venv/bin/python benchmarks/metric_vs_accuracy.py --experiment ablation --runs 5
