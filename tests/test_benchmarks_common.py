@@ -180,3 +180,18 @@ def test_main_plan_parts_share_the_wmdd_cell_and_get_the_mnist_cut():
     assert digits[0].distiller(0).config.iterations == 300  # no cut off mnist
     with pytest.raises(ValueError, match="unknown part"):
         mva.plan("main", ["wasserstein"], None, {}, parts=["nope"])
+
+
+def test_main_defaults_to_mnist_and_quick_stays_on_digits():
+    import metric_vs_accuracy as mva
+
+    a = mva.parse_args([])
+    assert a.dataset == "mnist" and a.out.endswith("mnist_metric_vs_accuracy") and (a.runs, a.runs_ipc1) == (3, 5)
+    q = mva.parse_args(["--quick"])
+    assert q.dataset == "digits" and q.out.endswith("metric_vs_accuracy_quick") and q.part == list(mva.BACKEND_PARTS)
+    assert mva.parse_args(["--experiment", "ablation"]).dataset == "digits"
+    assert mva.parse_args(["--experiment", "ablation", "--dataset", "mnist"]).out.endswith("mnist_ablation")
+    with pytest.raises(SystemExit):
+        mva.parse_args(["--part", "nope"])
+    with pytest.raises(SystemExit):
+        mva.parse_args(["--experiment", "lambda", "--part", "ipc1"])
