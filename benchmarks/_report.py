@@ -160,6 +160,10 @@ def ci_tables(doc: Dict[str, Any], entries: Sequence[Dict[str, Any]]) -> List[st
         lines += [f"**Partial results: {finished} of {total} planned cells finished** (the missing ones are listed "
                   "at the end; re-run the missing `--part`s to complete the table).", ""]
     lines += [CI_NOTE, ""]
+    commands = list(dict.fromkeys(r["command"] for r in doc.get("runs_log", []) if r.get("new_cells") or
+                                  r.get("new_baselines")))
+    if len(commands) > 1:
+        lines += ["Made by these runs (one per part):", ""] + [f"- `{c}`" for c in commands] + [""]
     if best:
         lines += ["Best row per IPC: " + "; ".join(f"IPC {ipc}: {label} ({pm(runs)})"
                                                      for ipc, (label, runs) in sorted(best.items())), ""]
@@ -266,16 +270,19 @@ def write_plot(path: str, doc: Dict[str, Any], keys: Sequence[str],
         sorted(k for k in panels if k not in ("barycenter", "distribution", "coreset"))
     if not order:
         order = ["(no results)"]
-    fig, axes = plt.subplots(1, len(order), figsize=(4.6 * len(order), 4.6), dpi=110, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(order), figsize=(4.8 * len(order), 6.0), dpi=110, sharey=True, squeeze=False)
     base = _baseline_runs(doc, [r for r in rows if r["key"] in in_series])
     fulls = sorted({b["full"] for b in _used_baselines(doc, [r for r in rows if r["key"] in in_series])})
     ipcs = sorted({r["ipc"] for r in rows if r["key"] in in_series})
     styles = ["-", "--", "-.", ":"]
     markers = ["o", "s", "^", "D", "v", "P", "X"]
     for ax, strategy in zip(axes[0], order):
-        for i, (name, pts) in enumerate(sorted(panels.get(strategy, {}).items())):
-            pts.sort()
+        names = sorted(panels.get(strategy, {}))
+        for i, name in enumerate(names):
+            pts = sorted(panels[strategy][name])
             x, y, e = zip(*pts)
+            shift = 1.0 + 0.04 * (i - (len(names) - 1) / 2)  # side by side: no two error bars on one x
+            x = [v * shift for v in x]
             ax.errorbar(x, y, yerr=e, marker=markers[i % len(markers)], ms=5, capsize=3, lw=1.6,
                         linestyle=styles[i % len(styles)], label=name)
         for label, color in (("random subset (hard labels)", "tab:grey"),
@@ -291,16 +298,19 @@ def write_plot(path: str, doc: Dict[str, Any], keys: Sequence[str],
         for full in fulls:
             ax.axhspan(100 * full - 0.15, 100 * full + 0.15, color="black", alpha=0.6,
                        label=f"full data ({100 * full:.1f} %)")
-        if len(ipcs) > 1:
-            ax.set_xscale("log")
+        ax.set_xscale("log")
         if ipcs:
             ax.set_xticks(ipcs)
             ax.set_xticklabels([str(i) for i in ipcs])
         ax.set_title(f"{strategy}", fontsize=11)
         ax.set_xlabel("images per class (IPC)", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7.5, loc="lower right")
-    axes[0][0].set_ylabel("test accuracy (%), mean ± std", fontsize=10)
-    fig.suptitle(f"{doc['dataset']}: distilled-set accuracy by matching strategy", fontsize=12)
+        ax.minorticks_off()
+        if len(ipcs) == 1:
+            ax.set_xlim(ipcs[0] / 1.5, ipcs[0] * 1.5)
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    axes[0][0].set_ylabel("test accuracy (%), mean ± std over runs", fontsize=10)
+    fig.suptitle(f"{doc['dataset']}: test accuracy by strategy\n(bands: random subsets ± std; line: full data)",
+                 fontsize=10)
     fig.tight_layout()
     save_png(fig, path)

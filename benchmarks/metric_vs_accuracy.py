@@ -431,9 +431,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     quick = QUICK if args.quick else QuickSettings()
     cells = plan(args.experiment, args.backends, args.ipc, dict(quick.overrides), quick.loss_kwargs, args.part,
                  args.dataset)
-    # the report covers every part (of the same IPCs/backends), finished or not
+    # the report covers every part at every IPC (of the same backends), finished or not
     everything = cells if not experiment.parts or args.quick else \
-        plan(args.experiment, args.backends, args.ipc, dict(quick.overrides), quick.loss_kwargs, None, args.dataset)
+        plan(args.experiment, args.backends, None, dict(quick.overrides), quick.loss_kwargs, None, args.dataset)
     run = RunSettings(experiment=args.experiment, json_path=args.out + ".json", dataset=args.dataset, seed=args.seed,
                       runs=args.runs, full_epochs=quick.full_epochs if args.quick else
                       DATASET_CUTS.get(args.dataset, DatasetCut()).full_epochs, jobs=args.jobs, threads=args.threads,
