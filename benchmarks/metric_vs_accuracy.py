@@ -3,11 +3,28 @@
 
 Experiments (``--experiment``):
 
-``main`` (default)
-    every registered backend (``--backends``, default all of ``ddm.available_losses()``) ×
-    strategy {barycenter = ``method="wmdd"`` with that loss, distribution = ``method="dm"``
-    with that loss} × IPC (``--ipc``, default 1 10 50); plus "random subset" and "full data"
-    rows per IPC. Writes ``<out>.json``, ``<out>.md`` and ``<out>.png`` (accuracy vs IPC).
+``main`` (default; on ``--dataset mnist`` by default, ``--quick`` on digits)
+    in named parts (``--part``, default all; :data:`MAIN_PARTS`):
+
+    - ``ipc1`` / ``ipc10`` / ``ipc50``: every registered backend (``--backends``, default all of
+      ``ddm.available_losses()``) × strategy {barycenter = ``method="wmdd"`` with that loss,
+      distribution = ``method="dm"`` with that loss} at that IPC;
+    - ``baselines``: coresets herding and k-center (greedy, on the WMDD teacher's features) ×
+      {hard, soft} labels at IPC 1 10 50, with the random subsets (hard / soft) and the full-data model;
+    - ``presets``: DM, M3D, KR-dual, WMDD and SRe²L presets, each under hard and under soft
+      labels (one of which is its paper's protocol), IPC 10: the soft-label gain and the method
+      gain in one table;
+    - ``ablation``: WMDD Table 3, feature loss {barycenter, ce} × reg {pcbn, bn}, IPC 10.
+
+    Every cell gets ``--runs`` evaluation runs (default 3; ``--runs-ipc1``, default 5 on mnist, at
+    IPC 1) with student seeds seed .. seed + n − 1 in every cell, so runs are paired. Writes
+    ``<out>.json``, ``<out>.md`` (every part's finished cells, mean ± std and the paired difference
+    with a 95 % t interval against the best row of the IPC and against the random subset with
+    the same labels; partial results say so) and ``<out>.png`` (one panel per strategy). A part's
+    run re-renders the others' cells from the JSON. On mnist the cells get
+    :data:`DATASET_CUTS` (teacher 4 epochs, 100 synthesis iterations, students 300 / 60 / 20
+    epochs at IPC 1 / 10 / 50, full-data model 5 epochs), measured by
+    ``benchmarks/mnist_validation.py`` on the mnist validation split.
 ``wass_vs_mmd``
     WMDD Fig. 4: ``wasserstein`` vs ``mmd`` inside WMDD, with augmentation (the preset) and
     without (``augment=None``, hard-label evaluation), IPC 1 and 10.
@@ -22,7 +39,7 @@ Experiments (``--experiment``):
     synthetic and real *training* features of the trained WMDD teacher (1st, 2nd, 3rd moments
     and every backend, :func:`ddmetrics.diagnose.diagnose`), next to a random real subset.
 
-Every cell distils the digits training split (``Distiller(...).fit``) and trains ``--runs``
+Every cell distils the training split of ``--dataset`` (digits unless said) (``Distiller(...).fit``) and trains ``--runs``
 fresh students on the result, tested on the test split (``ddm.evaluate`` with
 ``Distiller.config.evaluation_kwargs()``: the preset's protocol, model, epochs, learning rate
 and temperature). Settings not named by an experiment are the presets' and, for the losses,
@@ -67,7 +84,11 @@ what earlier runs computed. On 2 cores two 1-thread workers do ~1.3–1.6× the 
 
 Usage::
 
-    .venv/bin/python benchmarks/metric_vs_accuracy.py                    # main, all backends
+    .venv/bin/python benchmarks/metric_vs_accuracy.py --jobs 2 --part baselines   # mnist, one part
+    .venv/bin/python benchmarks/metric_vs_accuracy.py --jobs 2 --part ipc1
+    .venv/bin/python benchmarks/metric_vs_accuracy.py --render-only                # re-write .md/.png
+    .venv/bin/python benchmarks/metric_vs_accuracy.py --experiment ablation --dataset mnist
+    .venv/bin/python benchmarks/metric_vs_accuracy.py                    # main, all parts, all backends
     .venv/bin/python benchmarks/metric_vs_accuracy.py --jobs 2           # the same, 2 worker processes
     .venv/bin/python benchmarks/metric_vs_accuracy.py --quick            # smoke test, < 3 min
     .venv/bin/python benchmarks/metric_vs_accuracy.py --experiment ablation --runs 5
@@ -139,6 +160,23 @@ def _main_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]
             add(f"{backend} / {strategy}", backend, strategy, method)
 
 
+def _coreset_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
+    # the random subset (hard and soft labels) comes with every cell's baselines
+    for kind in CORESETS:
+        for protocol in ("hard", "soft"):
+            add(f"{kind} ({protocol} labels)", kind, "coreset", "wmdd", {"eval_protocol": protocol}, loss=None,
+                kind=kind)
+
+
+def _preset_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
+    for method in PRESET_METHODS:
+        own = ddm.Distiller(method=method, ipc=1, seed=0).config
+        for protocol in ("hard", "soft"):
+            paper = " = paper" if protocol == own.eval_protocol else ""
+            add(f"{method.upper().replace('SRE2L', 'SRe²L').replace('KRDUAL', 'KR-dual')} ({protocol} labels{paper})",
+                own.loss, own.strategy, method, {"eval_protocol": protocol}, loss=None)
+
+
 def _wass_vs_mmd_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
     for variant, extra in (("augmented, soft labels", {}),
                            ("no augmentation, hard labels", {"augment": None, "eval_protocol": "hard"})):
@@ -169,6 +207,60 @@ def _moments_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, A
         add(method.upper(), cfg.loss, cfg.strategy, method, loss=None, diagnose=True)
 
 
+CORESETS = ("herding", "kcenter")
+PRESET_METHODS = ("dm", "m3d", "krdual", "wmdd", "sre2l")
+
+
+@dataclass(frozen=True)
+class Part:
+    """A named slice of an experiment's plan (``--part``): its cells, its IPCs and its table section."""
+
+    description: str
+    cells: Callable[[AddCell, Sequence[str], Dict[str, Any]], None]
+    ipcs: Tuple[int, ...]
+    section: str
+
+
+@dataclass(frozen=True)
+class DatasetCut:
+    """Settings a dataset's cells get over the presets' (before the experiment's own and --quick's):
+    ``overrides`` for every cell, ``eval_epochs`` by IPC. Chosen on that dataset's validation split."""
+
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    eval_epochs: Dict[int, int] = field(default_factory=dict)
+    full_epochs: Optional[int] = None  # the full-data model's (None: full_data_accuracy's 20)
+
+    def settings(self, ipc: int) -> Dict[str, Any]:
+        return {**self.overrides, **({"eval_epochs": self.eval_epochs[ipc]} if ipc in self.eval_epochs else {})}
+
+
+#: ``--dataset`` -> its cut (``benchmarks/mnist_validation.py``, ``results/mnist_validation.md``):
+#: mnist's 3,600 28×28 training images cost ~50× digits' per step; the presets' teacher (30 epochs),
+#: synthesis (300 iterations) and students (1000 / 300 / 150 epochs at IPC 1 / 10 / 50) would not
+#: fit ≈ 2 h per part on 2 cores
+DATASET_CUTS: Dict[str, DatasetCut] = {
+    "mnist": DatasetCut(overrides={"teacher_epochs": 4, "iterations": 100},
+                        eval_epochs={1: 300, 10: 60, 50: 20}, full_epochs=5),
+}
+
+#: the main experiment's parts (``--part``), in table order; without --part all run (--quick: the
+#: backend × strategy cells at IPC 1 only)
+MAIN_PARTS: Dict[str, Part] = {
+    "ipc1": Part("every backend × strategy {barycenter, distribution}, IPC 1", _main_cells, (1,),
+                 "Distance backend × matching strategy"),
+    "ipc10": Part("every backend × strategy, IPC 10", _main_cells, (10,), "Distance backend × matching strategy"),
+    "ipc50": Part("every backend × strategy, IPC 50", _main_cells, (50,), "Distance backend × matching strategy"),
+    "baselines": Part("coresets herding / k-center (WMDD teacher features) × {hard, soft} labels, IPC 1 10 50; "
+                      "their random subsets and the full-data model", _coreset_cells, (1, 10, 50),
+                      "Coresets (real images; random subset = the baselines below)"),
+    "presets": Part("DM / M3D / KR-dual / WMDD / SRe²L presets, each under hard and soft labels, IPC 10",
+                    _preset_cells, (10,), "Method presets under both evaluation protocols"),
+    "ablation": Part("WMDD Table 3: feature loss {barycenter, ce} × reg {pcbn, bn}, IPC 10", _ablation_cells, (10,),
+                     "WMDD ablation: feature loss × BN regulariser"),
+}
+BACKEND_PARTS = ("ipc1", "ipc10", "ipc50")
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One comparison: its cells (``cells(add, backends, overrides)``, called once per IPC), its
@@ -182,14 +274,15 @@ class Experiment:
     plot: bool = False
     references: bool = False
     out_name: Optional[str] = None  # default: the experiment's name
+    parts: Dict[str, Part] = field(default_factory=dict)
 
     def outputs(self, prefix: str) -> List[str]:
         return [prefix + ".json", prefix + ".md"] + ([prefix + ".png"] if self.plot else [])
 
 
 EXPERIMENTS: Dict[str, Experiment] = {
-    "main": Experiment("Distance backend vs distilled-set accuracy", _main_cells, (1, 10, 50), plot=True,
-                       out_name="metric_vs_accuracy"),
+    "main": Experiment("Distance backend vs distilled-set accuracy", _main_cells, (1, 10, 50), table="ci",
+                       plot=True, out_name="metric_vs_accuracy", parts=MAIN_PARTS),
     "wass_vs_mmd": Experiment("Wasserstein vs MMD inside WMDD (WMDD paper, Fig. 4)", _wass_vs_mmd_cells, (1, 10)),
     "exact_vs_sliced": Experiment("Exact vs sliced Wasserstein barycenters (WMDD paper, Table 4)",
                                   _exact_vs_sliced_cells, (1, 10, 50)),
@@ -200,27 +293,43 @@ EXPERIMENTS: Dict[str, Experiment] = {
 }
 
 
-def plan(experiment: str, backends: Sequence[str], ipcs: Sequence[int], overrides: Dict[str, Any],
-         loss_kwargs: Optional[Dict[str, Dict[str, Any]]] = None) -> List[Cell]:
-    """The cells of ``experiment``, IPC by IPC.
+def plan(experiment: str, backends: Sequence[str], ipcs: Optional[Sequence[int]], overrides: Dict[str, Any],
+         loss_kwargs: Optional[Dict[str, Dict[str, Any]]] = None, parts: Optional[Sequence[str]] = None,
+         dataset: str = "digits") -> List[Cell]:
+    """The cells of ``experiment``, IPC by IPC (part by part for an experiment with parts).
 
-    ``overrides`` (e.g. the --quick settings) apply to every cell; ``loss_kwargs`` maps a loss
-    name to explicit ``loss_kwargs`` for the cells that name that loss.
+    ``overrides`` (e.g. the --quick settings) apply to every cell, over ``dataset``'s
+    :data:`DATASET_CUTS`; ``loss_kwargs`` maps a loss name to explicit ``loss_kwargs`` for the cells
+    that name that loss. ``parts`` (default: all) picks parts of an experiment that has them;
+    ``ipcs`` (default: each part's, or the experiment's) restricts the IPCs.
     """
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; valid: {', '.join(EXPERIMENTS)}")
+    exp = EXPERIMENTS[experiment]
+    cut = DATASET_CUTS.get(dataset, DatasetCut())
+    if exp.parts:
+        unknown = [p for p in (parts or ()) if p not in exp.parts]
+        if unknown:
+            raise ValueError(f"unknown part(s) {', '.join(unknown)}; valid: {', '.join(exp.parts)}")
+        chosen = [(name, exp.parts[name]) for name in (parts or exp.parts)]
+    else:
+        if parts:
+            raise ValueError(f"experiment {experiment!r} has no parts")
+        chosen = [(experiment, Part(exp.title, exp.cells, exp.default_ipc, exp.title))]
     cells: List[Cell] = []
     loss_kwargs = loss_kwargs or {}
-    for ipc in ipcs:
-        def add(label, backend, strategy, method, extra=None, loss="same", diagnose=False, ipc=ipc):
-            loss = backend if loss == "same" else loss
-            settings = {**overrides, **(extra or {})}
-            if loss is not None and loss in loss_kwargs:
-                settings["loss_kwargs"] = dict(loss_kwargs[loss])
-            cells.append(Cell(experiment, label, backend, strategy, method, ipc, settings, loss=loss,
-                              diagnose=diagnose))
+    for name, part in chosen:
+        for ipc in (part.ipcs if ipcs is None else [i for i in ipcs if not exp.parts or i in part.ipcs]):
+            def add(label, backend, strategy, method, extra=None, loss="same", diagnose=False, kind="distill",
+                    ipc=ipc, part=name, section=part.section):
+                loss = backend if loss == "same" else loss
+                settings = {**cut.settings(ipc), **overrides, **(extra or {})}
+                if loss is not None and loss in loss_kwargs:
+                    settings["loss_kwargs"] = dict(loss_kwargs[loss])
+                cells.append(Cell(experiment, label, backend, strategy, method, ipc, settings, loss=loss,
+                                  diagnose=diagnose, kind=kind, part=part, section=section))
 
-        EXPERIMENTS[experiment].cells(add, backends, overrides)
+            part.cells(add, backends, overrides)
     return cells
 
 
@@ -234,8 +343,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--ipc", nargs="+", type=int, default=None,
                    help="images per class (default per experiment: main 1 10 50, wass_vs_mmd 1 10, ...)")
     p.add_argument("--runs", type=int, default=None, help="evaluation runs per cell (default 3; --quick: 1)")
+    p.add_argument("--runs-ipc1", type=int, default=None, metavar="N",
+                   help="evaluation runs per cell at IPC 1 (default 5 on mnist, else --runs; --quick: 1)")
+    p.add_argument("--part", nargs="+", default=None, metavar="NAME",
+                   help="parts of the main experiment (default: all; --quick: the backend cells): "
+                        + "; ".join(f"{k}: {v.description}" for k, v in MAIN_PARTS.items()))
     p.add_argument("--seed", type=int, default=0, help="seed of the splits, distillation and evaluation")
-    p.add_argument("--dataset", default="digits", help="'digits' or a path accepted by ddm.data.load")
+    p.add_argument("--dataset", default=None,
+                   help="'mnist', 'digits' or a path accepted by ddm.data.load (default: mnist for main, digits for "
+                        "--quick and the other experiments); mnist cells get the cuts of DATASET_CUTS")
     p.add_argument("--quick", action="store_true",
                    help="IPC 1, 1 run, iterations=20, eval_epochs=50, teacher_epochs=3, krdual steps=5 (smoke test)")
     p.add_argument("--out", default=None, metavar="PREFIX",
@@ -264,25 +380,47 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     unknown = [b for b in args.backends if b not in known]
     if unknown:
         p.error(f"unknown backend(s) {', '.join(unknown)}; registered: {', '.join(known)}")
-    if args.ipc is None:
-        args.ipc = [1] if args.quick else list(EXPERIMENTS[args.experiment].default_ipc)
-    if any(i < 1 for i in args.ipc):
+    if args.dataset is None:
+        args.dataset = "mnist" if args.experiment == "main" and not args.quick else "digits"
+    if args.part is not None:
+        if not EXPERIMENTS[args.experiment].parts:
+            p.error(f"--part: experiment {args.experiment!r} has no parts")
+        unknown = [x for x in args.part if x not in MAIN_PARTS]
+        if unknown:
+            p.error(f"unknown part(s) {', '.join(unknown)}; valid: {', '.join(MAIN_PARTS)}")
+    elif args.quick and EXPERIMENTS[args.experiment].parts:
+        args.part = list(BACKEND_PARTS)
+    if args.ipc is None and args.quick:
+        args.ipc = [1]
+    if args.ipc is not None and any(i < 1 for i in args.ipc):
         p.error("--ipc values must be positive")
     if args.runs is None:
         args.runs = 1 if args.quick else 3
     if args.runs < 1:
         p.error("--runs must be positive")
+    if args.runs_ipc1 is None:
+        args.runs_ipc1 = 1 if args.quick else (5 if args.dataset == "mnist" else args.runs)
+    if args.runs_ipc1 < 1:
+        p.error("--runs-ipc1 must be positive")
     if args.out is None:
         name = EXPERIMENTS[args.experiment].out_name or args.experiment
+        if args.dataset != "digits":  # the committed digits results keep their names
+            name = os.path.basename(os.path.normpath(args.dataset)) + "_" + name
         args.out = os.path.join(RESULTS, name + ("_quick" if args.quick else ""))
     return args
 
 
-def write_reports(experiment: Experiment, prefix: str, doc: Dict[str, Any], keys: Sequence[str]) -> None:
-    """``<prefix>.md`` (and ``.png`` for a plotting experiment) from the document's cells ``keys``."""
-    write_markdown(prefix + ".md", doc, keys, experiment.title, experiment.table)
+def write_reports(experiment: Experiment, prefix: str, doc: Dict[str, Any], cells: Sequence[Cell],
+                  run: RunSettings) -> List[str]:
+    """``<prefix>.md`` (and ``.png`` for a plotting experiment) from the document's results for the
+    planned ``cells`` (all parts: a part's run re-renders what the others finished); their keys."""
+    keys = [cell_key(c, c.distiller(run.seed).config, run) for c in cells]
+    entries = [{"key": k, "label": c.label, "section": c.section, "part": c.part, "ipc": c.ipc}
+               for k, c in zip(keys, cells)]
+    write_markdown(prefix + ".md", doc, keys, experiment.title, experiment.table, entries=entries)
     if experiment.plot:
-        write_plot(prefix + ".png", doc, keys)
+        write_plot(prefix + ".png", doc, keys, entries=entries)
+    return keys
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -291,25 +429,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         " ".join(shlex.quote(a) for a in [sys.executable, os.path.relpath(__file__), *argv])
     experiment = EXPERIMENTS[args.experiment]
     quick = QUICK if args.quick else QuickSettings()
-    cells = plan(args.experiment, args.backends, args.ipc, dict(quick.overrides), quick.loss_kwargs)
+    cells = plan(args.experiment, args.backends, args.ipc, dict(quick.overrides), quick.loss_kwargs, args.part,
+                 args.dataset)
+    # the report covers every part at every IPC (of the same backends), finished or not
+    everything = cells if not experiment.parts or args.quick else \
+        plan(args.experiment, args.backends, None, dict(quick.overrides), quick.loss_kwargs, None, args.dataset)
     run = RunSettings(experiment=args.experiment, json_path=args.out + ".json", dataset=args.dataset, seed=args.seed,
-                      runs=args.runs, full_epochs=quick.full_epochs, jobs=args.jobs, threads=args.threads,
-                      progress=not args.no_progress)
+                      runs=args.runs, full_epochs=quick.full_epochs if args.quick else
+                      DATASET_CUTS.get(args.dataset, DatasetCut()).full_epochs, jobs=args.jobs, threads=args.threads,
+                      progress=not args.no_progress, runs_ipc1=None if args.runs_ipc1 == args.runs else args.runs_ipc1)
     if args.render_only:
         if not os.path.exists(run.json_path):
             raise SystemExit(f"--render-only: no {run.json_path} to render")
         doc = ResultStore(run.json_path, run.experiment, run.dataset).doc
-        keys = [cell_key(c, c.distiller(run.seed).config, run) for c in cells]
-        write_reports(experiment, args.out, doc, keys)
-        print(f"{args.experiment}: {sum(k in doc['cells'] for k in keys)} of {len(keys)} planned cells in "
+        keys = write_reports(experiment, args.out, doc, everything, run)
+        print(f"{args.experiment}: {sum(k in doc['cells'] for k in set(keys))} of {len(set(keys))} planned cells in "
               f"{run.json_path}; wrote " + ", ".join(experiment.outputs(args.out)[1:]))
         return 0
     start = time.perf_counter()
     runner = Runner(run, command)
-    keys = runner.run(cells)
+    runner.run(cells)
     if experiment.references:
         runner.random_references([c.ipc for c in cells], cells[0].overrides if cells else {})
-    write_reports(experiment, args.out, runner.doc, keys)
+    write_reports(experiment, args.out, runner.doc, everything, run)
     log = runner.run_log
     print(f"{args.experiment}: {log['new_cells']} new cells, {log['skipped_cells']} skipped, "
           f"{log['failed_cells']} failed, {log['new_baselines']} new baselines"

@@ -120,3 +120,78 @@ def test_legacy_methods_document_is_converted_and_rendered(tmp_path):
     methods.write_markdown(str(tmp_path / "m.md"), doc, keys)
     assert (tmp_path / "m.md").read_text().splitlines()[-1] == \
         "| dm | mmd | 1 | hard | 88.50 ± 0.50 | 75.00 ± 5.00 | 75.00 ± 5.00 | 99.16 | 74 |"
+
+
+def test_paired_difference_by_hand_and_against_ttest_rel():
+    from _common import T975, format_difference, paired_difference, t_quantile
+
+    a, b = [0.90, 0.80, 0.85], [0.80, 0.80, 0.70]
+    d = paired_difference(a, b)
+    # by hand: d = (0.10, 0.00, 0.15), mean 0.08333, sample sd 0.07638, t_{0.975,2} = 4.3027
+    half = 4.3027 * 0.0763763 / 3 ** 0.5
+    assert d["n"] == 3 and abs(d["mean"] - 0.0833333) < 1e-6
+    assert abs(d["low"] - (0.0833333 - half)) < 1e-4 and abs(d["high"] - (0.0833333 + half)) < 1e-4
+    assert not d["excludes_zero"] and format_difference(d) == "+8.33 [-10.64, +27.31]"
+    assert paired_difference([0.5], [0.4])["low"] is None
+    assert abs(t_quantile(4) - T975[4]) < 1e-3
+    stats = pytest.importorskip("scipy.stats")
+    g = __import__("random").Random(0)
+    for n in (3, 5, 8):
+        for shift in (0.0, 0.01, 0.05):
+            x = [g.gauss(0.9, 0.02) for _ in range(n)]
+            y = [v - shift + g.gauss(0, 0.02) for v in x]
+            d = paired_difference(x, y)
+            res = stats.ttest_rel(x, y)
+            se = (d["mean"] / res.statistic) if res.statistic else None
+            if se:  # the same t statistic, and the interval excludes 0 iff p < 0.05
+                assert abs(d["high"] - d["mean"] - stats.t.ppf(0.975, n - 1) * se) < 1e-9
+            assert d["excludes_zero"] == (res.pvalue < 0.05)
+    with pytest.raises(ValueError):
+        paired_difference([0.1, 0.2], [0.1])
+
+
+def test_herding_and_kcenter_selection():
+    feats = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [10.0, 0.0], [0.2, 0.0]])
+    mean = feats.mean(0)  # (2.04, 0)
+    # by hand: mean x = 2.04; t=1 nearest is 1.0 (#1); t=2 (1 + x)/2 nearest 2.04 is x = 0.2 (#4, 0.6);
+    # t=3 (1.2 + x)/3: x = 0 gives 0.40 (1.64 away), x = 10 gives 3.73 (1.69 away) -> #0
+    assert _runner.herding_indices(feats, 3) == [1, 4, 0] and float(mean[0]) == pytest.approx(2.04)
+    k = _runner.kcenter_indices(feats, 3, seed=0)
+    assert len(set(k)) == 3 and k == _runner.kcenter_indices(feats, 3, seed=0)
+    first = k[0]
+    assert k[1] == int(torch.cdist(feats, feats[first:first + 1]).squeeze(1).argmax())  # the farthest point
+    assert 3 in k  # the outlier is always covered
+
+
+def test_main_plan_parts_share_the_wmdd_cell_and_get_the_mnist_cut():
+    import metric_vs_accuracy as mva
+
+    run = _runner.RunSettings("main", "", dataset="mnist", runs=3, runs_ipc1=5)
+    presets_ = mva.plan("main", ["wasserstein"], None, {}, parts=["presets"], dataset="mnist")
+    assert len(presets_) == 2 * len(mva.PRESET_METHODS) and {c.ipc for c in presets_} == {10}
+    assert sum("= paper" in c.label for c in presets_) == len(mva.PRESET_METHODS)
+    backend = mva.plan("main", ["wasserstein"], None, {}, parts=["ipc10"], dataset="mnist")
+    keys = lambda cells: {_runner.cell_key(c, c.distiller(0).config, run) for c in cells}  # noqa: E731
+    assert len(keys(presets_) & keys(backend)) == 1  # WMDD (soft labels = paper) is wasserstein / barycenter
+    cfg = backend[0].distiller(0).config
+    assert (cfg.teacher_epochs, cfg.iterations, cfg.eval_epochs) == (4, 100, 60)
+    assert run.runs_for(1) == 5 and run.runs_for(10) == 3
+    digits = mva.plan("main", ["wasserstein"], [1], {}, parts=["ipc1"], dataset="digits")
+    assert digits[0].distiller(0).config.iterations == 300  # no cut off mnist
+    with pytest.raises(ValueError, match="unknown part"):
+        mva.plan("main", ["wasserstein"], None, {}, parts=["nope"])
+
+
+def test_main_defaults_to_mnist_and_quick_stays_on_digits():
+    import metric_vs_accuracy as mva
+
+    a = mva.parse_args([])
+    assert a.dataset == "mnist" and a.out.endswith("mnist_metric_vs_accuracy") and (a.runs, a.runs_ipc1) == (3, 5)
+    q = mva.parse_args(["--quick"])
+    assert q.dataset == "digits" and q.out.endswith("metric_vs_accuracy_quick") and q.part == list(mva.BACKEND_PARTS)
+    assert mva.parse_args(["--experiment", "ablation"]).dataset == "digits"
+    assert mva.parse_args(["--experiment", "ablation", "--dataset", "mnist"]).out.endswith("mnist_ablation")
+    with pytest.raises(SystemExit):
+        mva.parse_args(["--part", "nope"])
+    with pytest.raises(SystemExit):
+        mva.parse_args(["--experiment", "lambda", "--part", "ipc1"])

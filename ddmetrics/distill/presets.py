@@ -200,6 +200,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # IPC 1: 78.7 / 83.9 / 82.5 %; IPC 10: 96.5 / 96.5 / 92.0 %; DM: 90.9 % and 95.5 %)
     "ncfm": dict(strategy="distribution", loss="ncfd", loss_kwargs={"n_frequencies": 4096, "alpha": 0.5},
                  optimizer="adam", lr=0.05, iterations=300, factor="auto", eval_protocol="hard"),
+    # SRe²L (Yin et al. 2023): the teacher's cross-entropy plus its BatchNorm statistics (global,
+    # not per class), uniform weights, soft-label evaluation. Departs from the paper in starting
+    # from real images (the nearest to each class's barycenter atom) instead of noise.
+    "sre2l": dict(strategy="barycenter", feature_loss="ce", reg="bn", learn_weights=False, eval_protocol="soft"),
 }
 
 #: The one table of loss settings used when a distiller builds a loss from its name — by the

@@ -3,6 +3,7 @@ import dataclasses
 import math
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -128,3 +129,15 @@ def test_teacher_architecture_and_teacher_module_do_not_collide(small):
     d = ddm.Distiller(method="wmdd", teacher_arch="resnetap10", ipc=1, iterations=2, teacher_epochs=1)
     d.fit(small, progress=False)
     assert isinstance(d.teacher_, ddm.models.ResNetAP10)
+
+
+def test_sre2l_preset_is_barycenter_matching_with_ce_and_global_bn(small):
+    cfg = preset("sre2l")
+    assert (cfg.strategy, cfg.feature_loss, cfg.reg, cfg.eval_protocol, cfg.learn_weights) == \
+        ("barycenter", "ce", "bn", "soft", False)
+    d = ddm.Distiller(method="sre2l", ipc=1, seed=0, iterations=3, teacher_epochs=1)
+    syn = d.fit(small, progress=False)
+    assert syn.images.shape == (3, 1, 8, 8) and torch.isfinite(syn.images).all()
+    assert torch.allclose(syn.weights, torch.ones(3))  # uniform: no learned barycenter weights
+    info = syn.meta["info"]
+    assert info["feature_loss_first"] is not None and math.isfinite(info["feature_loss_last"])
