@@ -57,14 +57,6 @@ def test_callable_head():
         Teacher(model, head=feats).classifier(teacher.embed(x))
 
 
-@pytest.fixture(scope="module")
-def small():
-    torch.set_num_threads(1)
-    train = ddm.data.load("digits", seed=0).train
-    keep = train.labels < 3
-    return ddm.data.ArrayDataset(train.images[keep], train.labels[keep], 3)
-
-
 def test_a_torchvision_style_teacher_drives_wmdd_with_its_own_batchnorm(small):
     torch.manual_seed(0)
     model = TorchvisionStyle()
