@@ -234,7 +234,7 @@ def as_array_dataset(ds: Dataset, num_classes: Optional[int] = None) -> ArrayDat
         num_classes = getattr(ds, "num_classes", None)
     if num_classes is None and hasattr(ds, "classes"):
         num_classes = len(ds.classes)
-    return ArrayDataset(x, torch.tensor(labels, dtype=torch.int64), num_classes)
+    return ArrayDataset(x, torch.tensor(labels, dtype=torch.int64, device="cpu"), num_classes)
 
 
 def as_dataset(ds: Dataset, num_classes: Optional[int] = None) -> ImageDataset:
@@ -287,9 +287,9 @@ def stratified_split(ds: ImageDataset, fraction: float, seed: int) -> Tuple[Imag
         take = int(round(fraction * n_k))
         if fraction > 0 and n_k >= 2:
             take = min(max(take, 1), n_k - 1)
-        perm = idx[torch.randperm(n_k, generator=gen)]
+        perm = idx[torch.randperm(n_k, generator=gen, device="cpu")]
         held.append(perm[:take])
         rest.append(perm[take:])
-    held_idx = torch.sort(torch.cat(held)).values if held else torch.empty(0, dtype=torch.int64)
-    rest_idx = torch.sort(torch.cat(rest)).values if rest else torch.empty(0, dtype=torch.int64)
+    held_idx = torch.sort(torch.cat(held)).values if held else torch.empty(0, dtype=torch.int64, device="cpu")
+    rest_idx = torch.sort(torch.cat(rest)).values if rest else torch.empty(0, dtype=torch.int64, device="cpu")
     return ds.subset(rest_idx), ds.subset(held_idx)
