@@ -54,7 +54,7 @@ def init_support(x: Tensor, m: int, a: Tensor, seed: int = 0, method: str = "kme
     gen = torch.Generator(device="cpu").manual_seed(seed)
     n = x.shape[0]
     if method == "random":
-        return x[torch.randperm(n, generator=gen)[:m].to(x.device)].clone()
+        return x[torch.randperm(n, generator=gen, device="cpu")[:m].to(x.device)].clone()
     if method != "kmeans++":
         raise ValueError(f"init must be 'kmeans++' or 'random', got {method!r}")
     prob = a.detach().double().cpu()
@@ -63,7 +63,7 @@ def init_support(x: Tensor, m: int, a: Tensor, seed: int = 0, method: str = "kme
     for _ in range(1, m):
         score = prob * d2
         if float(score.sum()) <= 0:  # fewer distinct points than m: pick unused ones
-            unused = torch.ones(n, dtype=torch.bool)
+            unused = torch.ones(n, dtype=torch.bool, device="cpu")
             unused[idx] = False
             idx.append(int(torch.nonzero(unused)[0]))
         else:

@@ -109,11 +109,17 @@ class KRDual(DistributionLoss):
         critic = dict(state or {}).get("critic")
         if critic is not None:  # rebuild the critic so load_state_dict can fill its weights next
             dtype = getattr(torch, critic["dtype"].replace("torch.", ""))
-            self._make_critic(int(critic["in_features"]), torch.empty(0, dtype=dtype))
+            self._make_critic(int(critic["in_features"]), torch.empty(0, dtype=dtype, device="cpu"))
             self._opt.load_state_dict(critic["optimizer"])
 
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
         c = self.critic
+        if (self.warm_start and c is not None and c.l1.in_features == x.shape[1] and c.l1.weight.dtype == x.dtype
+                and c.l1.weight.device != x.device):
+            # a warm critic restored from a (CPU) checkpoint: move it, and its Adam state with it
+            # (Optimizer.load_state_dict casts the state to its parameters' device)
+            c.to(x.device)
+            self._opt.load_state_dict(self._opt.state_dict())
         if (not self.warm_start or c is None or c.l1.in_features != x.shape[1]
                 or c.l1.weight.dtype != x.dtype or c.l1.weight.device != x.device):
             self._make_critic(x.shape[1], x)
