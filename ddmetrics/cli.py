@@ -110,12 +110,12 @@ def _cmd_distill(args) -> int:
         splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
         if args.teacher is not None:
             distiller.teacher_ = _load_teacher(args.teacher, distiller.config.teacher_arch, splits.train)
-        return _distill(args, distiller, splits, checkpoint)
-    finally:
-        if created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        code = _distill(args, distiller, splits, checkpoint)
+    except BaseException:
+        distributed.shutdown(created, clean=False)
+        raise
+    distributed.shutdown(created)
+    return code
 
 
 def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["world", "shard", "class_seed", "all_reduce_sum", "broadcast_module", "init_from_env", "barrier"]
+__all__ = ["world", "shard", "class_seed", "all_reduce_sum", "broadcast_module", "init_from_env", "barrier", "shutdown"]
 
 
 def world() -> Tuple[int, int]:
@@ -89,3 +89,18 @@ def init_from_env(backend: Optional[str] = None) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     return True
+
+
+def shutdown(created: bool, clean: bool = True) -> None:
+    """Destroy the process group ``init_from_env`` created (no-op when ``created`` is false).
+
+    With ``clean`` (the run succeeded) every rank first waits at a barrier: a rank that tears
+    gloo down while its peer is still sending or writing can abort the peer at exit
+    ("terminate called without an active exception"). After an error no barrier is
+    attempted, since the other ranks may never reach it.
+    """
+    if not created:
+        return
+    if clean:
+        barrier()
+    dist.destroy_process_group()

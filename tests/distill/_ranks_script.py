@@ -2,8 +2,6 @@
 import json
 import sys
 
-import torch
-
 import ddmetrics as ddm
 from ddmetrics import distributed
 
@@ -20,5 +18,4 @@ if rank == 0:
     with open(sys.argv[1], "w") as fh:
         json.dump({"world": world, "images": syn.images.flatten().tolist(), "runs": report.runs,
                    "random": report.random_runs, "full": report.full}, fh)
-if created:
-    torch.distributed.destroy_process_group()
+distributed.shutdown(created)
