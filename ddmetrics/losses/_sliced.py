@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,22 +35,84 @@ def _uniform_breakpoints(n: int, m: int, dtype, device):
     return lengths[keep].to(dtype), ix[keep], iy[keep]
 
 
+def _sort_rows(t: Tensor) -> Tensor:
+    """``t`` (L, n) sorted along each row.
+
+    A CPU tensor outside autograd is sorted by numpy, whose vectorised quicksort (x86-simd-sort)
+    is several times faster than ``torch.sort`` there (0.043 s against 0.199 s for 256 × 10⁴
+    float32 on the 2-core CI machine, one numpy thread against two torch threads); the values
+    are the same, only their order within ties could differ, which does not change a quantile.
+    """
+    if t.device.type == "cpu" and not t.requires_grad and t.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.sort(t.contiguous().numpy(), axis=1))
+    return torch.sort(t, dim=1).values
+
+
+def _uniform_w2(us: Tensor, vs: Tensor) -> Tensor:
+    r""":math:`W_2^2` per row between uniform measures on the sorted rows ``us`` (L, n) and ``vs`` (L, m).
+
+    The merged quantile intervals :math:`k` (length :math:`\ell_k`, ranks :math:`i_k, j_k`)
+    are grouped by the y-atom :math:`j` they pair with: with :math:`c_j = \sum_{k: j_k = j} \ell_k`
+    and the within-group mean :math:`\mu_j = c_j^{-1} \sum_{k: j_k = j} \ell_k u_{i_k}`,
+
+    .. math:: W_2^2 = \sum_k \ell_k (u_{i_k} - \mu_{j_k})^2 + \sum_j c_j (\mu_j - v_j)^2
+
+    exactly (a variance decomposition, so no cancellation). The first term does not depend on
+    ``vs``: the autograd graph in ``vs`` has ``L × m`` entries instead of ``L × (n + m)``.
+    """
+    n, m = us.shape[1], vs.shape[1]
+    if n == m:
+        return (us - vs).pow(2).mean(1)
+    if not us.requires_grad:
+        return _uniform_w2_fixed(us, vs)
+    lengths, ix, iy = _uniform_breakpoints(n, m, us.dtype, us.device)
+    mass = torch.zeros(m, dtype=us.dtype, device=us.device).index_add_(0, iy, lengths)
+    picked = us[:, ix]  # (L, K) quantiles of u on the merged intervals
+    mean = torch.zeros(us.shape[0], m, dtype=us.dtype, device=us.device).index_add(1, iy, picked * lengths) / mass
+    spread = ((picked - mean[:, iy]).pow(2) * lengths).sum(1)
+    return spread + ((mean - vs).pow(2) * mass).sum(1)
+
+
+def _uniform_w2_fixed(us: Tensor, vs: Tensor) -> Tensor:
+    r""":func:`_uniform_w2` for a ``us`` outside autograd, from prefix sums (no gather, no scatter).
+
+    With :math:`G(t) = \int_0^t F_u^{-1}` (piecewise linear in the prefix sums of ``us``),
+    y-atom :math:`j` receives the quantiles :math:`t \in [j/m, (j+1)/m]` of u, whose mean is
+    :math:`\mu_j = m\,(G((j+1)/m) - G(j/m))`; the spread term is
+    :math:`\frac1n \sum_i u_i^2 - \frac1m \sum_j \mu_j^2`. Both are accumulated in float64
+    (the subtraction then loses nothing at float32 precision).
+    """
+    n, m = us.shape[1], vs.shape[1]
+    u64 = us.double()
+    cums = torch.cumsum(u64, dim=1)  # (L, n): cums[:, i] = u_0 + ... + u_i
+    steps = torch.arange(m + 1, device=us.device) * n  # t * n at t = j / m, as the fraction (j n) / m
+    whole, frac = torch.div(steps, m, rounding_mode="floor"), (steps % m).to(torch.float64) / m
+    before = torch.where(whole > 0, cums[:, (whole - 1).clamp_min(0)], 0.0)  # sum of the ranks below t * n
+    nxt = u64[:, whole.clamp_max(n - 1)]  # the value whose rank interval holds t (frac = 0 at t = 1)
+    integral = (before + frac * nxt) / n  # G(j / m), (L, m + 1)
+    mean = (integral[:, 1:] - integral[:, :-1]) * m
+    spread = (u64.pow(2).sum(1) / n - mean.pow(2).sum(1) / m).clamp_min(0)
+    return spread.to(vs.dtype) + (mean.to(vs.dtype) - vs).pow(2).sum(1) / m
+
+
 def wasserstein_1d(u: Tensor, v: Tensor, a: Optional[Tensor], b: Optional[Tensor], p: int) -> Tensor:
     r"""Batched 1-D :math:`W_p^p` between the columns of ``u`` (n, L) and ``v`` (m, L).
 
     .. math:: W_p^p = \int_0^1 |F_u^{-1}(t) - F_v^{-1}(t)|^p \, dt
 
     ``a``/``b`` are weights, ``None`` meaning uniform (a faster path: the merged quantile
-    levels are then the same for every column). Returns a tensor of shape ``(L,)``.
+    levels are then the same for every column, and for ``p = 2`` the cost is summed per
+    y-atom, see :func:`_uniform_w2`). Returns a tensor of shape ``(L,)``.
     """
     n, m = u.shape[0], v.shape[0]
     if a is None and b is None:
-        us = torch.sort(u, dim=0).values
-        vs = torch.sort(v, dim=0).values
+        us, vs = _sort_rows(u.T), _sort_rows(v.T)  # (L, n), (L, m): rows contiguous for the sort
+        if p == 2:
+            return _uniform_w2(us, vs)
         if n == m:
-            return (us - vs).abs().pow(p).mean(0)
+            return (us - vs).abs().pow(p).mean(1)
         lengths, ix, iy = _uniform_breakpoints(n, m, u.dtype, u.device)
-        return ((us[ix] - vs[iy]).abs().pow(p) * lengths.unsqueeze(1)).sum(0)
+        return ((us[:, ix] - vs[:, iy]).abs().pow(p) * lengths).sum(1)
     if a is None:
         a = u.new_full((n,), 1.0 / n)
     if b is None:
@@ -132,4 +195,6 @@ class SlicedWasserstein(DistributionLoss):
         theta = self._directions(x.shape[1], x)
         uniform_a = bool((a == a[0]).all()) and not a.requires_grad
         uniform_b = bool((b == b[0]).all()) and not b.requires_grad
-        return wasserstein_1d(x @ theta, y @ theta, None if uniform_a else a, None if uniform_b else b, self.p).mean()
+        # (L, n) products, transposed back as views: each projection's values are contiguous for the sort
+        u, v = (theta.T @ x.T).T, (theta.T @ y.T).T
+        return wasserstein_1d(u, v, None if uniform_a else a, None if uniform_b else b, self.p).mean()
