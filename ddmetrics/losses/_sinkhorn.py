@@ -17,12 +17,35 @@ def keops_available() -> bool:
     return importlib.util.find_spec("pykeops") is not None
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """``"auto"`` → ``"online"`` (KeOps) for CUDA tensors when pykeops is installed, else ``"tensorized"``."""
+# GeomLoss's own "auto" thresholds (SamplesLoss, geomloss 0.3): a dense kernel up to 5000 x 5000
+# entries; KeOps' multiscale (kernel truncation) only pays off in low dimension at large sizes.
+TENSORIZED_MAX_ENTRIES = 5000 ** 2
+MULTISCALE_MIN_ENTRIES = 10000 ** 2
+MULTISCALE_MAX_DIM = 3
+
+
+def resolve_backend(backend: str, n: int, m: int, d: int, p: int = 2) -> str:
+    """The GeomLoss backend a call on ``n`` and ``m`` points in dimension ``d`` runs with.
+
+    ``"auto"`` chooses by size, with GeomLoss's rule: ``"tensorized"`` (dense ``n × m``
+    matrices, fastest while they are small) when ``n·m <= 5000²``; else ``"multiscale"`` when
+    ``d <= 3``, ``p = 2`` and ``n·m > 10000²``; else ``"online"`` (KeOps: memory O(n + m), on
+    CPU and CUDA alike). Without pykeops the KeOps backends are unavailable and ``"auto"``
+    stays ``"tensorized"`` (logged). Any other value is returned as given.
+    """
     if backend != "auto":
         return backend
-    chosen = "online" if device.type == "cuda" and keops_available() else "tensorized"
-    logger.info("ddmetrics: sinkhorn backend 'auto' -> %r on %s", chosen, device)
+    if n * m <= TENSORIZED_MAX_ENTRIES:
+        chosen = "tensorized"
+    elif d <= MULTISCALE_MAX_DIM and p == 2 and n * m > MULTISCALE_MIN_ENTRIES:
+        chosen = "multiscale"
+    else:
+        chosen = "online"
+    if chosen != "tensorized" and not keops_available():
+        logger.warning("ddmetrics: sinkhorn 'auto' would use %r for n=%d, m=%d but pykeops is not installed; "
+                       "using 'tensorized' (memory O(n·m + n² + m²))", chosen, n, m)
+        chosen = "tensorized"
+    logger.debug("ddmetrics: sinkhorn backend 'auto' -> %r for n=%d, m=%d, d=%d", chosen, n, m, d)
     return chosen
 
 
@@ -53,8 +76,8 @@ class Sinkhorn(DistributionLoss):
     debias : bool
         Debiased divergence (default) or plain entropic OT.
     backend : str
-        ``"auto"`` (KeOps ``"online"`` on CUDA when pykeops is installed, else
-        ``"tensorized"``), ``"tensorized"``, ``"online"`` or ``"multiscale"``.
+        ``"auto"`` (by size, as GeomLoss chooses: see :func:`resolve_backend`),
+        ``"tensorized"``, ``"online"`` or ``"multiscale"``.
 
     References
     ----------
@@ -82,15 +105,14 @@ class Sinkhorn(DistributionLoss):
         return {"blur": self.blur, "scaling": self.scaling, "p": self.p, "debias": self.debias,
                 "backend": self.backend}
 
-    def samples_loss(self, device: torch.device, diameter: Optional[float] = None):
-        """The GeomLoss ``SamplesLoss`` used for tensors on ``device``.
+    def samples_loss(self, backend: str, diameter: Optional[float] = None):
+        """The GeomLoss ``SamplesLoss`` for a resolved ``backend`` (one of the three GeomLoss names).
 
         ``diameter`` fixes the start of GeomLoss's ε-schedule; ``None`` lets GeomLoss
         estimate it from the data at every call.
         """
         from geomloss import SamplesLoss
 
-        backend = resolve_backend(self.backend, device)
         key = (backend, diameter)
         if key not in self._losses:
             self._losses[key] = SamplesLoss("sinkhorn", p=self.p, blur=self.blur, scaling=self.scaling,
@@ -105,7 +127,8 @@ class Sinkhorn(DistributionLoss):
             # is then all zeros, so any positive start gives the exact answer; blur is the
             # natural one (the schedule reduces to the target ε alone).
             diameter = self.blur
-        return self.samples_loss(x.device, diameter)(a, x, b, y)
+        backend = resolve_backend(self.backend, x.shape[0], y.shape[0], x.shape[1], self.p)
+        return self.samples_loss(backend, diameter)(a, x, b, y)
 
 
 def _spread(x: Tensor, y: Tensor) -> float:

@@ -41,9 +41,20 @@ def test_small_blur_approaches_half_w2():
     assert errors[0] > errors[-1]
 
 
-def test_auto_backend_is_tensorized_on_cpu():
-    assert resolve_backend("auto", torch.device("cpu")) == "tensorized"
-    assert resolve_backend("online", torch.device("cpu")) == "online"
+def test_auto_backend_chooses_by_size_like_geomloss(monkeypatch):
+    import ddmetrics.losses._sinkhorn as sk
+
+    monkeypatch.setattr(sk, "keops_available", lambda: True)
+    assert resolve_backend("auto", 5000, 5000, 512) == "tensorized"  # n·m = 5000², GeomLoss's limit
+    assert resolve_backend("auto", 10_000, 100, 512) == "tensorized"
+    assert resolve_backend("auto", 5001, 5000, 512) == "online"
+    assert resolve_backend("auto", 20_000, 20_000, 3) == "multiscale"
+    assert resolve_backend("auto", 20_000, 20_000, 3, p=1) == "online"
+    assert resolve_backend("auto", 20_000, 20_000, 4) == "online"
+    assert resolve_backend("auto", 10_000, 10_000, 3) == "online"  # multiscale only above 10000²
+    assert resolve_backend("online", 10, 10, 2) == "online"
+    monkeypatch.setattr(sk, "keops_available", lambda: False)
+    assert resolve_backend("auto", 20_000, 20_000, 512) == "tensorized"
     assert isinstance(ddm.get_loss("sinkhorn"), Sinkhorn)
     with pytest.raises(ValueError, match="backend"):
         Sinkhorn(backend="gpu")
