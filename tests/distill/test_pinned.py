@@ -4,6 +4,11 @@ The hashes were computed on the code before the layout change of issue 9 (commit
 with one thread on torch 2.13.0 CPU. A change that alters them changes behaviour: the same seed
 no longer gives the same synthetic set. Bit-exact float results can depend on the CPU's vector
 instructions; on a machine where every case fails, re-check on the reference machine first.
+
+Deliberate changes since, each re-pinned in its own commit:
+- ``wmdd`` (issue 13): the exact barycenter sums over the plan's arcs (sparse) and builds its cost
+  with one ``addmm``; float32 rounding moves the atoms by ~1e-5 relative (same objective to 8
+  digits on a 300-point test cloud), so the images' hash changed.
 """
 import hashlib
 
@@ -14,7 +19,7 @@ import ddmetrics as ddm
 #: name -> (Distiller arguments, sha256[:16] of the images, of the weights)
 PINNED = {
     "wmdd": (dict(method="wmdd", ipc=2, seed=0, iterations=15, teacher_epochs=2),
-             "6bfb6a03d84ab47b", "00ebb3fda559a827"),
+             "aff06c8a5ac2b21f", "c4bed0b7ff1885fb"),
     "dm": (dict(method="dm", ipc=2, seed=0, iterations=15), "422b6ac0a39093ea", "9ba54d57656313e9"),
     "m3d": (dict(method="m3d", ipc=2, seed=0, iterations=10, factor=2), "4be7271ffcfd0c56", "9ba54d57656313e9"),
     "krdual": (dict(method="krdual", ipc=2, seed=0, iterations=10), "52dd74362b8bda8c", "9ba54d57656313e9"),

@@ -68,3 +68,25 @@ def test_bad_arguments():
         exact_barycenter(x, 11)
     with pytest.raises(ValueError, match="x"):
         exact_barycenter(x * float("nan"), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plan_arcs_rebuild_the_plan_and_its_duals(dtype):
+    from ddmetrics.losses._emd import emd_arcs, emd_plan
+
+    x, y = _cloud(60, 3, 4).to(dtype), _cloud(7, 3, 5).to(dtype)
+    a = torch.full((60,), 1 / 60, dtype=dtype)
+    b = torch.rand(7, generator=torch.Generator().manual_seed(6), dtype=torch.float64).to(dtype)
+    b = b / b.sum()
+    cost = torch.cdist(x, y) ** 2
+    plan, u, v = emd_plan(a, b, cost, log=True)
+    arcs = emd_arcs(a, b, cost, log=True)
+    rebuilt = torch.zeros_like(plan)
+    rebuilt[arcs.rows, arcs.cols] = arcs.mass
+    assert torch.equal(rebuilt, plan) and len(arcs.mass) <= 60 + 7 - 1
+    assert torch.equal(arcs.u, u) and torch.equal(arcs.v, v)
+    # the sparse position step is the dense one: plan.T @ x
+    from ddmetrics.losses._barycenter import _plan_t_matmul
+
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(_plan_t_matmul(arcs, x, 7), plan.T @ x, atol=tol)
