@@ -31,7 +31,7 @@ from ..augment import make_augment
 from ..losses import DistributionLoss
 from ..utils import autocast, embed_batched
 from ._loop import Strategy
-from .pcbn import PCBNLoss, per_class_bn_stats
+from .pcbn import BoundPCBN, PCBNLoss, per_class_bn_stats
 from .presets import DistillConfig
 
 
@@ -107,11 +107,14 @@ class BarycenterMatching(Strategy):
         return init, {"targets": targets, "weights": weights, "barycenter_seconds": bary_seconds}
 
     def context(self, k: int, fixed: Dict[str, Any]) -> Dict[str, Any]:
-        return {**fixed, "labels": torch.full((self.ipc,), k, dtype=torch.long, device=self.device)}
+        labels = torch.full((self.ipc,), k, dtype=torch.long, device=self.device)
+        # the regulariser's checks and targets depend only on the class's labels and weights: once per class
+        reg = self.reg.bind(labels, fixed["weights"], fixed["weights"]) if self.reg is not None else None
+        return {**fixed, "labels": labels, "reg": reg}
 
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
         view = self.augment(syn, gen) if self.augment is not None else syn
-        feats, logits, reg_value = self._forward(view, ctx["labels"], ctx["weights"])
+        feats, logits, reg_value = self._forward(view, ctx["reg"])
         if self.cfg.feature_loss == "barycenter":
             feature = ((feats - ctx["targets"]) ** 2).sum()
         elif self.cfg.feature_loss == "ce":
@@ -127,14 +130,14 @@ class BarycenterMatching(Strategy):
         return {"barycenter_seconds": ctx["barycenter_seconds"], "feature_loss_first": first,
                 "feature_loss_last": last}
 
-    def _forward(self, view: Tensor, labels: Tensor, weights: Tensor):
+    def _forward(self, view: Tensor, reg: Optional[BoundPCBN]):
         """Features, logits and the BN regulariser from one teacher pass (bf16 autocast with
         ``amp`` on CUDA; what comes out is float32 for the losses)."""
         with autocast(self.device, self.amp):
-            if self.reg is None:
+            if reg is None:
                 feats = self.teacher.embed(view)
                 reg_value = view.new_zeros(())
             else:
-                reg_value, feats = self.reg(view, labels, weights, forward=self.teacher.embed)
+                reg_value, feats = reg(view, forward=self.teacher.embed)
             logits = self.teacher.classifier(feats)
         return feats.float(), logits.float(), reg_value.float()

@@ -195,3 +195,28 @@ def test_validation():
         per_class_bn_stats(model, TensorDataset(images, labels), 1)
     with pytest.raises(ValueError, match="BatchNorm"):
         per_class_bn_stats(nn.Sequential(nn.Flatten(), nn.Linear(36, 2)), TensorDataset(images, labels), 2)
+
+
+def test_one_class_fast_path_equals_the_grouped_path():
+    """The matmul path for one class and the index_add path for several give the same statistics
+    and gradients (float64), and a bound regulariser equals the one-shot call."""
+    from ddmetrics.distill.pcbn import _group_weights, _grouped_mean_var
+
+    g = torch.Generator().manual_seed(0)
+    f = (torch.randn(6, 4, 5, 5, generator=g, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+    w = torch.rand(6, generator=g, dtype=torch.float64) + 0.1
+    flat = f.reshape(6, 4, 25)
+    one = torch.zeros(6, dtype=torch.long)
+    wn = _group_weights(w, one, 1)
+    m1, v1 = _grouped_mean_var(flat, wn, one, 1)
+    # the same group, reached through the several-groups path (a second, empty-free group of one image)
+    two = torch.tensor([0, 0, 0, 0, 0, 1])
+    m2, v2 = _grouped_mean_var(flat[:5], _group_weights(w[:5], one[:5], 1), one[:5], 1)
+    m3, v3 = _grouped_mean_var(flat, _group_weights(w, two, 2), two, 2)
+    assert torch.allclose(m2[0], m3[0], atol=1e-12) and torch.allclose(v2[0], v3[0], atol=1e-12)
+    ref_mean = (w[:, None, None, None] * f).sum(0).mean((1, 2)) / w.sum()
+    ref_var = (w[:, None, None, None] * (f - ref_mean[None, :, None, None]) ** 2).sum(0).mean((1, 2)) / w.sum()
+    assert torch.allclose(m1[0], ref_mean, atol=1e-12) and torch.allclose(v1[0], ref_var, atol=1e-12)
+    g1, = torch.autograd.grad((m1.sum() + v1.sum()), f)
+    g2, = torch.autograd.grad((ref_mean.sum() + ref_var.sum()), f)
+    assert torch.allclose(g1, g2, atol=1e-12)

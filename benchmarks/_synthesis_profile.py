@@ -1,0 +1,103 @@
+"""Where a synthesis iteration's time goes: the embedder's forward + backward (the floor) vs the rest.
+
+One class of a ``Distiller`` run is set up exactly as ``fit`` sets it up (the strategy's
+``start`` / ``context`` and the loop's optimiser), then ``iterations`` iterations of the loop's
+body (``strategy.step``, ``zero_grad``, ``backward``, ``opt.step``) run under
+``torch.profiler``. The floor is the same embedder's forward and backward on the same inputs,
+also under the profiler, with nothing else: for WMDD ``teacher.embed`` of the augmented
+synthetic batch (no PCBN hooks, no loss); for DM / M3D the random embedder's forward on the
+augmented real batch and its forward + backward on the augmented synthetic one.
+``share outside`` = 1 − floor / iteration: the augmentation, the loss, the BatchNorm
+regulariser, the data loading, the embedder redraw, the optimiser and the framework overhead.
+
+The teacher is untrained (seeded ``get_model``): an iteration costs the same whatever its
+weights. Used by ``metric_speed.py`` (section "Synthesis iteration profile").
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Dict
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+import ddmetrics as ddm
+from ddmetrics.distill._loop import make_optimizer
+from ddmetrics.distill.distribution_matching import embedder_at
+from ddmetrics.distill.distiller import STRATEGIES
+from ddmetrics.models import get_model
+from ddmetrics.utils import seeded
+
+
+def _ranges_ms(prof, name: str):
+    """Wall time (ms) of every ``record_function(name)`` range in the profile."""
+    return [e.time_range.elapsed_us() / 1000 for e in prof.events() if e.name == name]
+
+
+def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup: int = 3, seed: int = 0,
+                      klass: int = 0) -> Dict[str, Any]:
+    """Median per-iteration time of ``method``'s loop and of its embedder floor (ms), on the CPU."""
+    distiller = ddm.Distiller(method=method, ipc=ipc, seed=seed, iterations=warmup + iterations)
+    cfg = distiller.config
+    strategy_cls = STRATEGIES[cfg.strategy]
+    num_classes = train.num_classes
+    teacher = None
+    if strategy_cls.needs_teacher:
+        with seeded(seed):
+            teacher = get_model(cfg.teacher_arch, train.image_shape[0], num_classes, train.image_shape[-1])
+    strategy = strategy_cls(train, num_classes, ipc, distiller.loss, cfg, seed, teacher=teacher)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    images, fixed = strategy.start(klass, gen)
+    ctx = strategy.context(klass, fixed)
+    syn = images.clone().requires_grad_(True)
+    opt, _ = make_optimizer([syn], cfg.optimizer, cfg.lr, cfg.iterations)
+
+    def iteration(it: int) -> None:
+        objective, tracked = strategy.step(ctx, syn, it, gen)
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+        float(tracked.detach())  # the loop reads the tracked value every iteration
+
+    for it in range(warmup):
+        iteration(it)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for it in range(warmup, warmup + iterations):
+            with record_function("iteration"):
+                iteration(it)
+
+    # the floor's inputs, built outside the timed ranges exactly as a step builds them
+    if strategy_cls.needs_teacher:
+        view = strategy.augment(syn.detach(), gen) if strategy.augment is not None else syn.detach()
+        embed, real = teacher.embed, None
+    else:
+        net = embedder_at(cfg, seed, warmup, train.image_shape[0], num_classes, train.image_shape[-1])
+        indices = train.class_indices(klass)
+        real = train.load(indices[torch.randperm(len(indices), generator=gen)[:min(cfg.batch_real, len(indices))]])
+        imgs = syn.detach()
+        if strategy.factor > 1:
+            from ddmetrics import factor as factor_mod
+
+            imgs = factor_mod.decode(imgs, ctx["labels"], None, strategy.factor)[0]
+        if strategy.augment is not None:
+            real, imgs = strategy.augment.pair(real, imgs, gen)
+        view, embed = imgs, net.embed
+
+    def floor() -> None:
+        leaf = view.detach().clone().requires_grad_(True)
+        if real is not None:
+            embed(real)
+        embed(leaf).sum().backward()
+
+    for _ in range(warmup):
+        floor()
+    with profile(activities=[ProfilerActivity.CPU]) as prof_floor:
+        for _ in range(iterations):
+            with record_function("floor"):
+                floor()
+    it_ms = statistics.median(_ranges_ms(prof, "iteration"))
+    floor_ms = statistics.median(_ranges_ms(prof_floor, "floor"))
+    top = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+    return {"method": method, "ipc": ipc, "iterations": iterations, "iteration_ms": it_ms, "floor_ms": floor_ms,
+            "share_outside": 1.0 - floor_ms / it_ms, "batch_real": None if real is None else int(real.shape[0]),
+            "top_ops": top}
