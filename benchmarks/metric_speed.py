@@ -42,7 +42,8 @@ from ddmetrics.losses import barycenter_objective, exact_barycenter, init_suppor
 from _common import (command_line, cpu_share, cpu_times, interleaved_repeats, local_date,  # noqa: E402
                      machine_info, markdown_table, median as med, stopwatch, write_json, write_text)
 
-QUICK = dict(sizes=[300, 1000], m=50, d=64, repeats=2, bary_n=1000, bary_m=20, bary_iters=5)
+QUICK = dict(sizes=[300, 1000], m=50, d=64, repeats=2, bary_n=1000, bary_m=20, bary_iters=5, ref_n=200, ref_m=[5],
+             ref_repeats=1, profile_datasets=["digits"], profile_iterations=3)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -53,10 +54,17 @@ def parse_args(argv=None):
     p.add_argument("--m", type=int, default=100, help="size of the optimised cloud y")
     p.add_argument("--d", type=int, default=512, help="dimension")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats (after one warm-up)")
-    p.add_argument("--bary-n", type=int, default=5000)
-    p.add_argument("--bary-m", type=int, default=50)
+    p.add_argument("--bary-n", type=int, default=10000)
+    p.add_argument("--bary-m", type=int, default=100)
     p.add_argument("--bary-iters", type=int, default=10)
     p.add_argument("--bary-repeats", type=int, default=3)
+    p.add_argument("--ref-n", type=int, default=1300, help="points of the WMDD reference-algorithm comparison "
+                                                          "(an ImageNet class); 0 skips it")
+    p.add_argument("--ref-m", type=int, nargs="+", default=[10, 50], help="atoms of the WMDD reference comparison")
+    p.add_argument("--ref-repeats", type=int, default=3)
+    p.add_argument("--profile-datasets", nargs="*", default=["digits", "mnist"],
+                   help="datasets of the synthesis-iteration profile (WMDD and DM); none skips it")
+    p.add_argument("--profile-iterations", type=int, default=10)
     p.add_argument("--n-projections", type=int, default=256)
     p.add_argument("--pot-sinkhorn-max", type=float, default=30.0,
                    help="skip POT sinkhorn2 at a size whose warm-up call takes longer than this (s)")
@@ -157,8 +165,9 @@ def bench_sizes(args, log):
                                                                      projections=P) ** 2},
             args.repeats, log))
 
-        sk = ddm.get_loss("sinkhorn", blur=0.05, scaling=0.5, backend="tensorized")
-        geo = SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=0.5, backend="tensorized")
+        # both "auto": each library picks its backend by size (the same rule; tensorized at these sizes)
+        sk = ddm.get_loss("sinkhorn", blur=0.05, scaling=0.5, backend="auto")
+        geo = SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=0.5, backend="auto")
 
         def pot_sinkhorn(y):
             # un-debiased entropic cost <P, C> with C = ½|x-y|², eps = blur² (log-domain: plain Sinkhorn
@@ -170,6 +179,16 @@ def bench_sizes(args, log):
             recs.append(compare("sinkhorn", n, y0, lambda y: sk(x, y),
                                 {"GeomLoss": lambda y: geo(x, y), "POT sinkhorn2 (log)": pot_sinkhorn},
                                 args.repeats, log, skip_after={"POT sinkhorn2 (log)": args.pot_sinkhorn_max}))
+
+        en = ddm.get_loss("energy")
+        geo_en = SamplesLoss("energy", backend="auto")
+        # GeomLoss's "energy" is half the energy distance (½‖α − β‖²_k with k = −‖x − y‖)
+        recs.append(compare("energy", n, y0, lambda y: en(x, y), {"GeomLoss energy ×2": lambda y: 2 * geo_en(x, y)},
+                            args.repeats, log))
+        gw = ddm.get_loss("gaussian_w2")
+        recs.append(compare("gaussian_w2", n, y0, lambda y: gw(x, y), {}, args.repeats, log))
+        nc = ddm.get_loss("ncfd")
+        recs.append(compare("ncfd", n, y0, lambda y: nc(x, y), {}, args.repeats, log))
 
         mmd = ddm.get_loss("mmd", kernel="gaussian")
         recs.append(compare("mmd", n, y0, lambda y: mmd(x, y), {}, args.repeats, log))
@@ -220,12 +239,102 @@ def bench_barycenter(args, log):
     return out
 
 
+def wmdd_reference_barycenter(x: np.ndarray, m: int, seed: int, outer: int = 10, md_steps: int = 100,
+                              md_step: float = 10.0, theta: float = 0.2, md_tol: float = 1e-6):
+    """The WMDD barycenter as the paper's description has it, re-implemented on numpy + POT.
+
+    Random-normal initial support (standard normal, ``seed``), uniform weights; then ``outer``
+    rounds of: the cost ``ot.dist`` normalised by its max; up to ``md_steps`` mirror-descent
+    steps on the weights, each an exact solve whose dual potential ``v`` of the atoms is the
+    subgradient (``w <- w exp(-md_step v) / Z``; stop when the L1 change is below ``md_tol``);
+    then one POT ``free_support_barycenter`` position step at those weights, damped:
+    ``X <- (1 - theta) X + theta X_pot`` (an atom of weight 0 stays where it is). Returns
+    ``(X, w, exact solves)``.
+    """
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((m, d))
+    a, w = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    solves = 0
+    for _ in range(outer):
+        C = ot.dist(x, X)
+        C = C / C.max()
+        for _ in range(md_steps):
+            _, log = ot.emd(a, w, C, log=True)
+            solves += 1
+            v = log["v"]
+            new = w * np.exp(-md_step * (v - v.min()))  # the shift cancels in the normalisation
+            new /= new.sum()
+            change = np.abs(new - w).sum()
+            w = new
+            if change < md_tol:
+                break
+        with np.errstate(divide="ignore", invalid="ignore"):
+            X_pot = ot.lp.free_support_barycenter([x], [a], X, b=w, numItermax=1)
+        solves += 1
+        # an atom whose weight underflowed to 0 (step 10 drives most weights there from a random
+        # start) receives no mass: POT divides by its zero weight; it keeps its position instead
+        X_pot = np.where(np.isfinite(X_pot).all(1, keepdims=True), X_pot, X)
+        X = (1 - theta) * X + theta * X_pot
+    return X, w, solves
+
+
+def bench_wmdd_reference(args, log):
+    """Ours (``exact_barycenter`` defaults: k-means++ start, 10 rounds, learned weights) against
+    :func:`wmdd_reference_barycenter` on the same cloud; objective = exact W2² of each result."""
+    n, d = args.ref_n, args.d
+    x, _ = data(n, 1, d, args.seed)
+    x64 = x.double().numpy()
+    out = []
+    for m in args.ref_m:
+        results = {}
+
+        def ours():
+            return exact_barycenter(x, m, seed=args.seed)
+
+        def ref():
+            return wmdd_reference_barycenter(x64, m, seed=args.seed)
+
+        fns = {"ours": ours, "reference": ref}
+        for k, fn in fns.items():  # warm-up, and the results the objectives are computed from
+            results[k] = fn()
+        times = interleaved_repeats({k: (lambda fn=fn: stopwatch(fn)[0]) for k, fn in fns.items()}, args.ref_repeats)
+        X_ref, w_ref, solves = results["reference"]
+        obj = {"ours": barycenter_objective(x, results["ours"].support, results["ours"].weights),
+               "reference": barycenter_objective(x, torch.as_tensor(X_ref, dtype=x.dtype),
+                                                 torch.as_tensor(w_ref, dtype=x.dtype))}
+        rec = {"n": n, "m": m, "d": d, "times": times, "median": {k: med(t) for k, t in times.items()},
+               "objective": obj, "reference_solves": solves,
+               "ours_solves": 10 + 1}  # exact_barycenter's default rounds, plus the final evaluation
+        rec["speedup"] = rec["median"]["reference"] / rec["median"]["ours"]
+        log(f"  wmdd reference n={n} m={m}: ours {rec['median']['ours']:.3f}s, reference "
+            f"{rec['median']['reference']:.3f}s ({solves} solves), objectives {obj}")
+        out.append(rec)
+    return out
+
+
+def bench_profile(args, log):
+    """Share of a synthesis iteration outside the embedder's forward + backward (``_synthesis_profile``)."""
+    from _synthesis_profile import profile_synthesis
+
+    out = []
+    for name in args.profile_datasets:
+        train = ddm.data.load(name, seed=args.seed).train
+        for method in ("wmdd", "dm"):
+            rec = profile_synthesis(train, method, ipc=10, iterations=args.profile_iterations, seed=args.seed)
+            rec["dataset"] = name
+            log(f"  profile {name} {method}: iteration {rec['iteration_ms']:.2f} ms, floor {rec['floor_ms']:.2f} ms, "
+                f"outside {rec['share_outside']:.1%}")
+            out.append(rec)
+    return out
+
+
 # --------------------------------------------------------------------------- report
 def fmt_t(t):
     return "—" if t != t else (f"{t:.4f}" if t < 10 else f"{t:.2f}")
 
 
-def markdown(meta, recs, bary):
+def markdown(meta, recs, bary, ref=None, prof=None):
     L = [f"# ddmetrics metric speed (value + gradient w.r.t. y)", "",
          f"Command: `{meta['command']}`", "",
          f"- Date: {meta['date']}",
@@ -284,13 +393,22 @@ def markdown(meta, recs, bary):
     section("sliced", f"Sliced W2² (`sliced`, {meta['args']['n_projections']} projections, p=2) vs POT "
                       "`ot.sliced_wasserstein_distance(...)**2`",
             "Same (d, L) projection matrix with unit columns for both; POT returns (SW₂²)^(1/2), so its value is squared.")
-    section("sinkhorn", "Sinkhorn divergence (`sinkhorn`, blur 0.05, scaling 0.5, tensorized)",
-            "GeomLoss `SamplesLoss(\"sinkhorn\", p=2, blur=0.05, scaling=0.5, backend=\"tensorized\")` is the same "
-            "computation (ours wraps it). POT `ot.sinkhorn2(a, b, ½·ot.dist(x, y), reg=blur²=0.0025, "
+    section("sinkhorn", "Sinkhorn divergence (`sinkhorn`, blur 0.05, scaling 0.5, backend \"auto\")",
+            "GeomLoss `SamplesLoss(\"sinkhorn\", p=2, blur=0.05, scaling=0.5, backend=\"auto\")` is the same "
+            "computation (ours wraps it; both choose \"tensorized\" at these sizes, n·m ≤ 5000²). POT `ot.sinkhorn2(a, b, ½·ot.dist(x, y), reg=blur²=0.0025, "
             "method=\"sinkhorn_log\")` is a *different quantity*: the un-debiased entropic cost ⟨P_ε, C⟩ (no "
             "entropy term, no self-transport terms, up to 1000 iterations without ε-scaling, gradient by "
             "autodiff through the iterations); its time and value are indicative only, and it is skipped at a size "
             f"whose warm-up call exceeds {meta['args']['pot_sinkhorn_max']:g} s.")
+    section("energy", "Energy distance (`energy`) vs 2 × GeomLoss `SamplesLoss(\"energy\")`",
+            "GeomLoss's energy loss is ½‖α − β‖²_k with k(x, y) = −‖x − y‖, half the energy distance; its "
+            "tensorized distances are floored at 1e-4, which shifts the value by ~1e-4·(Σa² + Σb²).")
+    section("gaussian_w2", "Gaussian W2² (`gaussian_w2`, Fréchet distance) — no reference library",
+            f"Absolute times on this machine ({meta['machine']['cpu_model']}, {meta['machine']['cpu_count']} CPUs, "
+            f"{meta['torch_threads']} torch threads).")
+    section("ncfd", "NCFD (`ncfd`, defaults: 1024 frequencies, 10 sampler steps) — no reference library",
+            f"Absolute times on this machine ({meta['machine']['cpu_model']}, {meta['machine']['cpu_count']} CPUs, "
+            f"{meta['torch_threads']} torch threads).")
     section("mmd", "MMD² (`mmd`, gaussian kernel, median bandwidths) — no reference library",
             f"Absolute times on this machine ({meta['machine']['cpu_model']}, {meta['machine']['cpu_count']} CPUs, "
             f"{meta['torch_threads']} torch threads).")
@@ -317,6 +435,36 @@ def markdown(meta, recs, bary):
                   f"{b['positions_only_max_abs_diff_vs_pot']:.2e}",
                   f"- Learned weights range: [{b['learned_weights_min_max'][0]:.4g}, "
                   f"{b['learned_weights_min_max'][1]:.4g}] (uniform = {1 / b['m']:.4g})", ""])
+    if ref:
+        L.extend([f"## Exact W2 barycenter vs the WMDD reference algorithm (n={ref[0]['n']}, d={ref[0]['d']})", "",
+                  "Reference = `wmdd_reference_barycenter` in this file, re-implemented from the paper's description: "
+                  "standard-normal initial support; 10 outer rounds of up to 100 mirror-descent steps on the weights "
+                  "(step 10 on the max-normalised cost, one exact solve each, stopped when the L1 change < 1e-6), then "
+                  "one POT `free_support_barycenter` position step damped by θ = 0.2. Ours = `exact_barycenter(x, m)` "
+                  "with its defaults (k-means++ start, 10 rounds, one exact solve per round and one to evaluate). "
+                  f"Objective = exact W2² of each returned (support, weights). Median of {meta['args']['ref_repeats']} "
+                  "repeats after one warm-up, interleaved.", ""])
+        L.extend(markdown_table(
+            ["m", "ours (s)", "reference (s)", "speed-up", "ours W2²", "reference W2²", "exact solves ours / ref"],
+            [(r["m"], fmt_t(r["median"]["ours"]), fmt_t(r["median"]["reference"]), f"{r['speedup']:.1f}×",
+              f"{r['objective']['ours']:.6g}", f"{r['objective']['reference']:.6g}",
+              f"{r['ours_solves']} / {r['reference_solves']}") for r in ref], align="rrrrrrr"))
+        L.append("")
+    if prof:
+        L.extend(["## Synthesis iteration profile (torch.profiler)", "",
+                  "One class, IPC 10, the preset's settings, an untrained teacher (`benchmarks/_synthesis_profile.py`). "
+                  "iteration = the loop's body (`strategy.step`, `zero_grad`, `backward`, `opt.step`); floor = the "
+                  "embedder's forward + backward on the same inputs and nothing else (WMDD: `teacher.embed` of the "
+                  "augmented synthetic batch; DM: the random embedder on the augmented real batch, and forward + "
+                  "backward on the synthetic one). Outside = 1 − floor / iteration: augmentation, the loss, PCBN, "
+                  f"data loading, the embedder redraw, the optimiser, framework overhead. Medians over "
+                  f"{meta['args']['profile_iterations']} profiled iterations after 3 warm-up ones, "
+                  f"{meta['torch_threads']} torch threads.", ""])
+        L.extend(markdown_table(
+            ["dataset", "method", "iteration (ms)", "floor (ms)", "outside the floor"],
+            [(r["dataset"], r["method"], f"{r['iteration_ms']:.2f}", f"{r['floor_ms']:.2f}",
+              f"{r['share_outside']:.1%}") for r in prof], align="llrrr"))
+        L.append("")
     L.append(f"Total wall time of the run: {meta['total_s']:.0f} s.")
     return "\n".join(L) + "\n"
 
@@ -346,10 +494,14 @@ def main(argv=None):
     cpu0 = cpu_times()
     recs = bench_sizes(args, log)
     bary = bench_barycenter(args, log) if args.bary_n > 0 else None
+    ref = bench_wmdd_reference(args, log) if args.ref_n > 0 else None
+    prof = bench_profile(args, log) if args.profile_datasets else None
     meta["total_s"] = time.perf_counter() - t_start
     meta["cpu_pct"] = cpu_share(cpu0, cpu_times())
-    write_json(args.out + ".json", {"meta": meta, "results": recs, "barycenter": bary}, indent=1)
-    md = markdown(meta, recs, bary)
+    write_json(args.out + ".json", {"meta": meta, "results": recs, "barycenter": bary, "wmdd_reference": ref,
+                                    "profile": [{k: v for k, v in r.items() if k != "top_ops"} for r in prof or []]},
+               indent=1)
+    md = markdown(meta, recs, bary, ref, prof)
     write_text(args.out + ".md", md)
     print(md)
     log(f"wrote {args.out}.md and {args.out}.json")
