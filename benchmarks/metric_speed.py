@@ -334,6 +334,43 @@ def fmt_t(t):
     return "—" if t != t else (f"{t:.4f}" if t < 10 else f"{t:.2f}")
 
 
+def targets(recs, bary, ref, prof):
+    """Issue 13's speed targets, each as (target, measured, met) at the largest size run."""
+    rows = []
+
+    def largest(name):
+        found = [r for r in recs if r["benchmark"] == name]
+        return max(found, key=lambda r: r["n"]) if found else None
+
+    r = largest("sliced")
+    if r:
+        ratio = r["median"]["ours"] / r["median"]["POT sliced²"]
+        rows.append((f"`sliced` ≥ 3× faster than POT (n={r['n']})", f"{1 / ratio:.2f}× faster (ratio {ratio:.2f})",
+                     ratio <= 1 / 3))
+    r = largest("sinkhorn")
+    if r:
+        ratio = r["median"]["ours"] / r["median"]["GeomLoss"]
+        rows.append((f"`sinkhorn` ≤ 1.05× GeomLoss (n={r['n']})", f"{ratio:.2f}×", ratio <= 1.05))
+    if bary:
+        t, o = bary["median"], bary["objective"]
+        ratio = t["ours (learned weights)"] / t["POT free_support_barycenter"]
+        ok = ratio <= 1.0 and o["ours (learned weights)"] <= o["POT free_support_barycenter"]
+        rows.append((f"exact barycenter, learned weights ≤ 1.0× POT positions-only, objective ≤ POT's "
+                     f"(n={bary['n']}, m={bary['m']})",
+                     f"{ratio:.2f}×, W2² {o['ours (learned weights)']:.6g} vs {o['POT free_support_barycenter']:.6g}",
+                     ok))
+    for r in ref or []:
+        lower = r["objective"]["ours"] < r["objective"]["reference"]
+        rows.append((f"≥ 10× faster than the WMDD reference at a lower W2² (n={r['n']}, m={r['m']})",
+                     f"{r['speedup']:.1f}×, W2² {r['objective']['ours']:.6g} vs {r['objective']['reference']:.6g}",
+                     r["speedup"] >= 10 and lower))
+    for r in prof or []:
+        rows.append((f"{r['method'].upper()} on {r['dataset']}: ≤ 15 % of an iteration outside the embedder",
+                     f"{r['share_outside']:.1%} ({r['iteration_ms']:.1f} ms, floor {r['floor_ms']:.1f} ms)",
+                     r["share_outside"] <= 0.15))
+    return rows
+
+
 def markdown(meta, recs, bary, ref=None, prof=None):
     L = [f"# ddmetrics metric speed (value + gradient w.r.t. y)", "",
          f"Command: `{meta['command']}`", "",
@@ -354,6 +391,12 @@ def markdown(meta, recs, bary, ref=None, prof=None):
          "kernel during that benchmark block (from /proc/stat); a high steal share means the timings are noisy.",
          "- Whole run, share of machine CPU time: " + (", ".join(f"{k} {v:g}%" for k, v in meta["cpu_pct"].items())
                                                          if meta.get("cpu_pct") else "n/a"), ""]
+    goals = targets(recs, bary, ref, prof)
+    if goals:
+        L.extend(["## Targets (issue 13)", ""])
+        L.extend(markdown_table(["target", "measured", "met"],
+                                [(t, m, "yes" if ok else "**no**") for t, m, ok in goals], align="lll"))
+        L.append("")
 
     def cpu(r):
         c = r.get("cpu_pct") or {}

@@ -92,6 +92,7 @@ def exact_barycenter(
     init: Union[str, Tensor] = "kmeans++",
     weight_step: float = 1.0,
     damping: float = 1.0,
+    stop_thr: float = 1e-7,
 ) -> Barycenter:
     r"""Free-support :math:`W_2` barycenter with learned weights (WMDD, Algorithm 2).
 
@@ -107,8 +108,10 @@ def exact_barycenter(
        i.e. the :math:`T`-weighted mean of the points sent to :math:`b_j`, damped by ``damping``
        (1 = the full step).
 
-    The objective is evaluated at every round (it comes with the OT solve) and once more at the
-    end; the best iterate is returned, so the result is never worse than the start or than
+    The rounds stop early, as POT's do, once an update moves the atoms and weights by less than
+    ``stop_thr`` (squared displacement summed over atoms and weights). The objective is
+    evaluated at every round (it comes with the OT solve) and once more at the end; the best
+    iterate is returned, so the result is never worse than the start or than
     any position-only iterate along the way. With ``learn_weights=False`` and ``damping=1``
     the positions follow POT's ``ot.lp.free_support_barycenter`` exactly.
 
@@ -135,6 +138,9 @@ def exact_barycenter(
         cannot recover 0.8/0.2 masses in 10 rounds, so 1 is the default here.
     damping : float
         Fraction of the Newton step taken, in (0, 1].
+    stop_thr : float
+        Stop when a round moves the atoms and weights by less than this (squared, summed);
+        POT's ``stopThr`` (default 1e-7). 0 runs all ``iters`` rounds.
 
     Returns
     -------
@@ -150,10 +156,12 @@ def exact_barycenter(
         raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
     if not 0 < damping <= 1:
         raise ValueError(f"damping must lie in (0, 1], got {damping!r}")
+    if not stop_thr >= 0:
+        raise ValueError(f"stop_thr must be non-negative, got {stop_thr!r}")
     support = _initial(x, m, a, seed, init)
     w = torch.full((m,), 1.0 / m, dtype=x.dtype, device=x.device)
     x_sq = (x * x).sum(1, keepdim=True)  # ||x_i||², the same every round
-    best = None
+    best, converged = None, False
     for k in range(iters + 1):
         # ||x - b||² = ||x||² + ||b||² - 2 x·b in one addmm (the expansion of squared_distances)
         cost = torch.addmm(x_sq + (support * support).sum(1), x, support.T, alpha=-2.0).clamp_min_(0.0)
@@ -162,8 +170,9 @@ def exact_barycenter(
         objective = float((arcs.mass * cost[arcs.rows, arcs.cols]).sum())
         if best is None or objective < best.objective:
             best = Barycenter(support.clone(), w.clone(), objective)
-        if k == iters:
+        if k == iters or converged:
             break
+        previous = (support, w)
         if learn_weights:
             beta = arcs.v
             step = weight_step / ((k + 1) ** 0.5 * float(cost.max().clamp_min(1e-30)))
@@ -173,6 +182,8 @@ def exact_barycenter(
         sent = mass > 0
         target = _plan_t_matmul(arcs, x, m) / mass.clamp_min(1e-30).unsqueeze(1)
         support = torch.where(sent.unsqueeze(1), support + damping * (target - support), support)
+        moved = float((support - previous[0]).square().sum() + (w - previous[1]).square().sum())
+        converged = moved < stop_thr  # the next solve evaluates this last iterate, then the loop stops
     return best
 
 
