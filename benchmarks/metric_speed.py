@@ -217,7 +217,18 @@ def bench_barycenter(args, log):
     def pot():
         return ot.lp.free_support_barycenter([x64], [a64], init64, numItermax=iters, log=True)
 
-    fns = {"ours (learned weights)": ours_w, "ours (positions only)": ours_pos, "POT free_support_barycenter": pot}
+    # time to POT's quality: the fewest rounds whose best iterate is at least as good as POT's
+    # result (read off the per-round objectives of the full run), timed as a run of its own
+    full = exact_barycenter(x, m, iters=iters, init=init)
+    pot_X = ot.lp.free_support_barycenter([x64], [a64], init64, numItermax=iters)
+    pot_goal = barycenter_objective(x, torch.as_tensor(pot_X, dtype=x.dtype), uniform)
+    rounds = next((k for k in range(len(full.history)) if min(full.history[:k + 1]) <= pot_goal), iters)
+
+    def ours_goal():
+        return exact_barycenter(x, m, iters=rounds, init=init)
+
+    fns = {"ours (learned weights)": ours_w, f"ours (learned weights, {rounds} rounds: POT's objective)": ours_goal,
+           "ours (positions only)": ours_pos, "POT free_support_barycenter": pot}
     results = {}
     for k, fn in fns.items():  # warm-up
         results[k] = fn()
@@ -225,12 +236,14 @@ def bench_barycenter(args, log):
     X_pot, pot_log = results["POT free_support_barycenter"]
     objectives = {
         "ours (learned weights)": results["ours (learned weights)"].objective,
+        list(fns)[1]: results[list(fns)[1]].objective,
         "ours (positions only)": results["ours (positions only)"].objective,
         "POT free_support_barycenter": barycenter_objective(x, torch.as_tensor(X_pot, dtype=x.dtype), uniform),
     }
     out = {"n": n, "m": m, "d": d, "iters": iters, "times": times, "median": {k: med(t) for k, t in times.items()},
            "objective": objectives, "objective_init": barycenter_objective(x, init, uniform),
            "pot_iterations_run": len(pot_log["displacement_square_norms"]),
+           "rounds_to_pot_objective": rounds, "history_learned_weights": list(full.history),
            "positions_only_max_abs_diff_vs_pot": float(
                (results["ours (positions only)"].support.double() - torch.as_tensor(X_pot)).abs().max()),
            "learned_weights_min_max": [float(results["ours (learned weights)"].weights.min()),
@@ -356,9 +369,16 @@ def targets(recs, bary, ref, prof):
         ratio = t["ours (learned weights)"] / t["POT free_support_barycenter"]
         ok = ratio <= 1.0 and o["ours (learned weights)"] <= o["POT free_support_barycenter"]
         rows.append((f"exact barycenter, learned weights ≤ 1.0× POT positions-only, objective ≤ POT's "
-                     f"(n={bary['n']}, m={bary['m']})",
+                     f"(n={bary['n']}, m={bary['m']}, both {bary['iters']} rounds)",
                      f"{ratio:.2f}×, W2² {o['ours (learned weights)']:.6g} vs {o['POT free_support_barycenter']:.6g}",
                      ok))
+        goal = next((k for k in t if "POT's objective" in k), None)
+        if goal:
+            ratio = t[goal] / t["POT free_support_barycenter"]
+            rows.append((f"… the same, ours stopped at the first round that reaches POT's {bary['iters']}-round "
+                         f"objective ({bary['rounds_to_pot_objective']} rounds)",
+                         f"{ratio:.2f}×, W2² {o[goal]:.6g} vs {o['POT free_support_barycenter']:.6g}",
+                         ratio <= 1.0 and o[goal] <= o["POT free_support_barycenter"]))
     for r in ref or []:
         lower = r["objective"]["ours"] < r["objective"]["reference"]
         rows.append((f"≥ 10× faster than the WMDD reference at a lower W2² (n={r['n']}, m={r['m']})",
@@ -472,6 +492,9 @@ def markdown(meta, recs, bary, ref=None, prof=None):
             [(k, fmt_t(t), "—" if k.startswith("POT") else f"{t / tp:.2f}", f"{b['objective'][k]:.6g}")
              for k, t in b["median"].items()], align="lrrr"))
         L.extend(["", f"- Objective at the initial support (uniform weights): {b['objective_init']:.6g}",
+                  f"- Ours with learned weights, exact W2² after each round: "
+                  + ", ".join(f"{v:.6g}" for v in b["history_learned_weights"]) + "; the first round at or below "
+                  f"POT's result is round {b['rounds_to_pot_objective']} (row \"{b['rounds_to_pot_objective']} rounds\").",
                   f"- POT ran {b['pot_iterations_run']} of {b['iters']} iterations (it stops early when the "
                   "squared displacement < stopThr = 1e-7).",
                   f"- Max |ours positions-only − POT| over the support coordinates: "

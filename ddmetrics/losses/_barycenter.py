@@ -34,11 +34,13 @@ __all__ = ["Barycenter", "exact_barycenter", "gradient_flow_barycenter", "init_s
 
 class Barycenter(NamedTuple):
     """``support`` (m, d) atoms and their ``weights`` (m,) on the simplex; ``objective``
-    is the loss value reached (for the exact solver: :math:`W_2^2`)."""
+    is the loss value reached (for the exact solver: :math:`W_2^2`); ``history`` the exact
+    :math:`W_2^2` of every iterate the exact solver evaluated (the start first), in order."""
 
     support: Tensor
     weights: Tensor
     objective: float = float("nan")
+    history: tuple = ()
 
 
 def _check(x: Tensor, m: int, a: Optional[Tensor]):
@@ -59,8 +61,15 @@ def init_support(x: Tensor, m: int, a: Tensor, seed: int = 0, method: str = "kme
     if method != "kmeans++":
         raise ValueError(f"init must be 'kmeans++' or 'random', got {method!r}")
     prob = a.detach().double().cpu()
+    xd = x.detach()
+    x_sq = (xd * xd).sum(1)  # ||x_i||², once: each step then costs one matrix-vector product
+
+    def dist2_to(i: int) -> Tensor:
+        c = xd[i]
+        return (x_sq - 2.0 * (xd @ c) + (c * c).sum()).clamp_min(0.0).double().cpu()
+
     idx = [int(torch.multinomial(prob, 1, generator=gen))]
-    d2 = squared_distances(x, x[idx]).squeeze(1).detach().double().cpu()
+    d2 = dist2_to(idx[0])
     for _ in range(1, m):
         score = prob * d2
         if float(score.sum()) <= 0:  # fewer distinct points than m: pick unused ones
@@ -69,7 +78,7 @@ def init_support(x: Tensor, m: int, a: Tensor, seed: int = 0, method: str = "kme
             idx.append(int(torch.nonzero(unused)[0]))
         else:
             idx.append(int(torch.multinomial(score, 1, generator=gen)))
-        d2 = torch.minimum(d2, squared_distances(x, x[idx[-1:]]).squeeze(1).detach().double().cpu())
+        d2 = torch.minimum(d2, dist2_to(idx[-1]))
     return x[torch.tensor(idx, device=x.device)].clone()
 
 
@@ -161,13 +170,14 @@ def exact_barycenter(
     support = _initial(x, m, a, seed, init)
     w = torch.full((m,), 1.0 / m, dtype=x.dtype, device=x.device)
     x_sq = (x * x).sum(1, keepdim=True)  # ||x_i||², the same every round
-    best, converged = None, False
+    best, converged, history = None, False, []
     for k in range(iters + 1):
         # ||x - b||² = ||x||² + ||b||² - 2 x·b in one addmm (the expansion of squared_distances)
         cost = torch.addmm(x_sq + (support * support).sum(1), x, support.T, alpha=-2.0).clamp_min_(0.0)
         # the plan has at most n + m - 1 arcs: every sum over it runs on the arcs, not on n × m
         arcs = emd_arcs(a, w, cost, log=True)
         objective = float((arcs.mass * cost[arcs.rows, arcs.cols]).sum())
+        history.append(objective)
         if best is None or objective < best.objective:
             best = Barycenter(support.clone(), w.clone(), objective)
         if k == iters or converged:
@@ -184,7 +194,7 @@ def exact_barycenter(
         support = torch.where(sent.unsqueeze(1), support + damping * (target - support), support)
         moved = float((support - previous[0]).square().sum() + (w - previous[1]).square().sum())
         converged = moved < stop_thr  # the next solve evaluates this last iterate, then the loop stops
-    return best
+    return best._replace(history=tuple(history))
 
 
 def _plan_t_matmul(arcs, x: Tensor, m: int) -> Tensor:

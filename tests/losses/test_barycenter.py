@@ -33,6 +33,10 @@ def test_objective_not_above_pot_free_support_barycenter(seed):
     pot_obj = barycenter_objective(x, torch.tensor(pot), torch.full((12,), 1 / 12, dtype=torch.float64))
     assert ours.objective <= pot_obj + 1e-12
     assert abs(ours.objective - barycenter_objective(x, ours.support, ours.weights)) < 1e-9
+    # the per-round history starts at the initial support and its best is what was returned
+    uniform = torch.full((12,), 1 / 12, dtype=torch.float64)
+    assert abs(ours.history[0] - barycenter_objective(x, init, uniform)) < 1e-9
+    assert min(ours.history) == ours.objective and 2 <= len(ours.history) <= 11
     # positions-only follows POT exactly
     fixed = exact_barycenter(x, 12, iters=10, init=init, learn_weights=False)
     assert torch.allclose(fixed.support, torch.tensor(pot), atol=1e-8) or fixed.objective <= pot_obj + 1e-12
