@@ -121,11 +121,12 @@ class Sinkhorn(DistributionLoss):
 
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
         diameter = None
-        if not _spread(x, y) > 0:
-            # Every atom on one spot: GeomLoss would start its ε-schedule at log(diameter) =
-            # log(0) and numpy's arange fails ("Maximum allowed size exceeded"). The cost matrix
-            # is then all zeros, so any positive start gives the exact answer; blur is the
-            # natural one (the schedule reduces to the target ε alone).
+        if not _spread(x, y) > self.blur:
+            # Every atom within blur of every other: GeomLoss would start its ε-schedule at
+            # diameter^p, below the target blur^p (with every atom on one spot, log(0) and numpy's
+            # arange fails, "Maximum allowed size exceeded"; on a denormal spread, ε ~ 1e-90 and
+            # the softmin overflows to NaN). No annealing is needed at that scale: start at blur
+            # (the schedule reduces to the target ε alone).
             diameter = self.blur
         backend = resolve_backend(self.backend, x.shape[0], y.shape[0], x.shape[1], self.p)
         return self.samples_loss(backend, diameter)(a, x, b, y)
