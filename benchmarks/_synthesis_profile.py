@@ -7,7 +7,7 @@ body (``strategy.step``, ``zero_grad``, ``backward``, ``opt.step``) run under
 also under the profiler, with nothing else: for WMDD ``teacher.embed`` of the augmented
 synthetic batch (no PCBN hooks, no loss); for DM / M3D the random embedder's forward on the
 augmented real batch and its forward + backward on the augmented synthetic one.
-``share outside`` = 1 − floor / iteration: the augmentation, the loss, the BatchNorm
+Times are means over the profiled iterations. ``share outside`` = 1 − floor / iteration: the augmentation, the loss, the BatchNorm
 regulariser, the data loading, the embedder redraw, the optimiser and the framework overhead.
 
 The teacher is untrained (seeded ``get_model``): an iteration costs the same whatever its
@@ -95,9 +95,15 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
         for _ in range(iterations):
             with record_function("floor"):
                 floor()
-    it_ms = statistics.median(_ranges_ms(prof, "iteration"))
-    floor_ms = statistics.median(_ranges_ms(prof_floor, "floor"))
-    top = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+    # means, not medians: an embedder redraw every few iterations (DM) is part of the cost
+    it_ms = statistics.fmean(_ranges_ms(prof, "iteration"))
+    floor_ms = statistics.fmean(_ranges_ms(prof_floor, "floor"))
+    ops = [e for e in prof.key_averages() if e.key not in ("iteration",)]
+    ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    top = [{"op": e.key, "self_ms_per_iteration": e.self_cpu_time_total / 1000 / iterations,
+            "calls_per_iteration": e.count / iterations} for e in ops[:8]]
+    aten_calls = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) / iterations
+    floor_calls = sum(e.count for e in prof_floor.key_averages() if e.key.startswith("aten::")) / iterations
     return {"method": method, "ipc": ipc, "iterations": iterations, "iteration_ms": it_ms, "floor_ms": floor_ms,
             "share_outside": 1.0 - floor_ms / it_ms, "batch_real": None if real is None else int(real.shape[0]),
-            "top_ops": top}
+            "aten_calls_per_iteration": aten_calls, "floor_aten_calls": floor_calls, "top_ops": top}

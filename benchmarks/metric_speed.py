@@ -523,13 +523,19 @@ def markdown(meta, recs, bary, ref=None, prof=None):
                   "embedder's forward + backward on the same inputs and nothing else (WMDD: `teacher.embed` of the "
                   "augmented synthetic batch; DM: the random embedder on the augmented real batch, and forward + "
                   "backward on the synthetic one). Outside = 1 − floor / iteration: augmentation, the loss, PCBN, "
-                  f"data loading, the embedder redraw, the optimiser, framework overhead. Medians over "
+                  f"data loading, the embedder redraw, the optimiser, framework overhead. Means over "
                   f"{meta['args']['profile_iterations']} profiled iterations after 3 warm-up ones, "
                   f"{meta['torch_threads']} torch threads.", ""])
         L.extend(markdown_table(
-            ["dataset", "method", "iteration (ms)", "floor (ms)", "outside the floor"],
+            ["dataset", "method", "iteration (ms)", "floor (ms)", "outside the floor", "aten ops / iteration (floor)"],
             [(r["dataset"], r["method"], f"{r['iteration_ms']:.2f}", f"{r['floor_ms']:.2f}",
-              f"{r['share_outside']:.1%}") for r in prof], align="llrrr"))
+              f"{r['share_outside']:.1%}", f"{r['aten_calls_per_iteration']:.0f} ({r['floor_aten_calls']:.0f})")
+             for r in prof], align="llrrrr"))
+        L.extend(["", "Where an iteration's time goes (torch.profiler, self CPU time per iteration, top 8 ops):", ""])
+        for r in prof:
+            L.append(f"- {r['dataset']} {r['method']}: " + "; ".join(
+                f"`{o['op']}` {o['self_ms_per_iteration']:.2f} ms ({o['calls_per_iteration']:.0f}×)"
+                for o in r["top_ops"]))
         L.append("")
     L.append(f"Total wall time of the run: {meta['total_s']:.0f} s.")
     return "\n".join(L) + "\n"
@@ -565,7 +571,7 @@ def main(argv=None):
     meta["total_s"] = time.perf_counter() - t_start
     meta["cpu_pct"] = cpu_share(cpu0, cpu_times())
     write_json(args.out + ".json", {"meta": meta, "results": recs, "barycenter": bary, "wmdd_reference": ref,
-                                    "profile": [{k: v for k, v in r.items() if k != "top_ops"} for r in prof or []]},
+                                    "profile": prof},
                indent=1)
     md = markdown(meta, recs, bary, ref, prof)
     write_text(args.out + ".md", md)
