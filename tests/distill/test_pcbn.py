@@ -220,3 +220,22 @@ def test_one_class_fast_path_equals_the_grouped_path():
     g1, = torch.autograd.grad((m1.sum() + v1.sum()), f)
     g2, = torch.autograd.grad((ref_mean.sum() + ref_var.sum()), f)
     assert torch.allclose(g1, g2, atol=1e-12)
+
+
+def test_hand_written_moments_backward_matches_autograd():
+    from ddmetrics.distill.pcbn import _group_weights, _grouped_mean_var
+
+    g = torch.Generator().manual_seed(1)
+    flat = (torch.randn(5, 3, 7, generator=g, dtype=torch.float64) * 1.5 + 0.5).requires_grad_(True)
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.2
+    one = torch.zeros(5, dtype=torch.long)
+    fixed = _group_weights(w, one, 1)  # no grad: the hand-written path
+    tracked = _group_weights(w.clone().requires_grad_(True), one, 1)  # in autograd: the plain path
+    assert torch.autograd.gradcheck(lambda f: _grouped_mean_var(f, fixed, one, 1), (flat,))
+    m1, v1 = _grouped_mean_var(flat, fixed, one, 1)
+    m2, v2 = _grouped_mean_var(flat, tracked, one, 1)
+    assert torch.allclose(m1, m2, atol=1e-13) and torch.allclose(v1, v2, atol=1e-13)
+    cm, cv = torch.randn(2, 1, 3, generator=g, dtype=torch.float64)
+    g1, = torch.autograd.grad((m1 * cm).sum() + (v1 * cv).sum(), flat)
+    g2, = torch.autograd.grad((m2 * cm).sum() + (v2 * cv).sum(), flat)
+    assert torch.allclose(g1, g2, atol=1e-13)
