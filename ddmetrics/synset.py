@@ -243,7 +243,7 @@ class SyntheticSet:
         th, tw = h * scale, w * scale
         rows = [x[self.labels == k] for k in range(self.num_classes)]
         cols = max([len(r) for r in rows] + [1])
-        canvas = torch.ones(x.shape[1], self.num_classes * (th + pad), cols * (tw + pad))
+        canvas = torch.ones(x.shape[1], self.num_classes * (th + pad), cols * (tw + pad), dtype=x.dtype, device=x.device)
         for k, r in enumerate(rows):
             for j, img in enumerate(r):
                 top, left = k * (th + pad) + pad // 2, j * (tw + pad) + pad // 2

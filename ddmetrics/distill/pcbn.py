@@ -94,19 +94,16 @@ def _grouped_mean_var(flat: Tensor, wn: Tensor, group: Tensor, num_groups: int) 
     variances of shape (num_groups, C). The variance is computed from centred values (not
     E[x²] − E[x]²), which keeps it accurate and its gradient exact.
 
-    One group (a synthesis loop works class by class) sums over the images with two matrix
-    products ``wn.T @ (m, C·S)``; ``torch.var_mean`` and per-image means are several times
-    slower on the CPU at these shapes (e.g. 10 × 128 × 64: 74 µs against 596 µs for var_mean).
+    One group with constant weights (a synthesis loop works class by class) goes through
+    :class:`_OneGroupMoments`: two matrix products ``wn.T @ (m, C·S)`` and a hand-written
+    backward; ``torch.var_mean`` and per-image means are several times slower on the CPU at
+    these shapes (e.g. 10 × 128 × 64: 74 µs against 596 µs for var_mean).
     """
-    m, c, size = flat.shape
+    c = flat.shape[1]
     if num_groups == 1 and not wn.requires_grad:
         mean, var = _OneGroupMoments.apply(flat, wn)
         return mean.unsqueeze(0), var.unsqueeze(0)
-    if num_groups == 1:
-        mean = (wn.T @ flat.reshape(m, c * size)).view(c, size).mean(1).unsqueeze(0)  # (1, C)
-        dev2 = (flat - mean.unsqueeze(2)).square()
-        var = (wn.T @ dev2.reshape(m, c * size)).view(c, size).mean(1).unsqueeze(0)
-        return mean, var
+    # several groups, or weights in autograd: plain autograd over per-image means
     mean = flat.new_zeros(num_groups, c).index_add(0, group, wn * flat.mean(2))
     dev2 = (flat - mean[group].unsqueeze(2)).square().mean(2)  # (m, C)
     var = flat.new_zeros(num_groups, c).index_add(0, group, wn * dev2)
