@@ -1,6 +1,6 @@
 r"""Train-from-scratch evaluation of a synthetic set, next to a random real subset and the full data.
 
-Two protocols (DESIGN.md, "Evaluation protocol"):
+Two protocols, those of the papers the presets come from:
 
 - ``"hard"`` (DM/M3D): the student (ConvNet) trains on the synthetic images and their labels,
   SGD momentum 0.9, weight decay 5e-4, lr ×0.1 at half, DSA augmentation; lr 0.05 (DM uses 0.01;
@@ -11,6 +11,13 @@ Two protocols (DESIGN.md, "Evaluation protocol"):
 
 Each protocol is repeated ``runs`` times with seeds ``seed, seed+1, ...``; the same-size random
 real subset is trained under the same protocol and seeds, and the full-data model once.
+
+References
+----------
+.. [1] B. Zhao, H. Bilen. Dataset condensation with distribution matching. WACV 2023 (DM).
+.. [2] H. Liu et al. Dataset distillation via the Wasserstein metric. ICCV 2025 (WMDD).
+.. [3] Z. Yin, E. Xing, Z. Shen. Squeeze, recover and relabel: dataset condensation at ImageNet
+   scale from a new perspective. NeurIPS 2023 (SRe²L).
 """
 from __future__ import annotations
 

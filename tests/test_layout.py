@@ -421,3 +421,25 @@ def test_stale_imports_are_found(tmp_path):
         "from pkg.a import B\nimport pkg.old.a\nfrom . import helper\n")
     found = find_unresolved(tree, ["tests"])
     assert [f.split(": ", 1)[0] for f in found] == ["tests/test_x.py:4", "tests/test_x.py:5", "tests/test_x.py:6"]
+
+
+#: what a reference outside this repository looks like in a docstring or comment: the design notes
+#: and papers it was built from live beside the repo, not in it, and absolute paths are this machine's
+OUTSIDE_REFERENCES = ("DESIGN.md", "shared/papers", "../shared", "/work/")
+
+
+def _python_files(*folders: str) -> Iterator[str]:
+    for folder in folders:
+        for base, dirs, files in os.walk(os.path.join(ROOT, folder)):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+            yield from (os.path.join(base, f) for f in files if f.endswith(".py"))
+
+
+def test_sources_point_only_at_things_in_the_repo():
+    # this file names the patterns, so it is the one file not scanned
+    own = os.path.abspath(__file__)
+    found = [f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()}"
+             for path in _python_files("ddmetrics", "benchmarks", "examples", "tests") if path != own
+             for i, line in enumerate(_source(path).splitlines(), 1)
+             if any(ref in line for ref in OUTSIDE_REFERENCES)]
+    assert not found, "references to files outside the repository:\n" + "\n".join(found)

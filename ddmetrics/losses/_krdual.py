@@ -64,8 +64,8 @@ class KRDual(DistributionLoss):
     References
     ----------
     .. [1] M. Arjovsky, S. Chintala, L. Bottou. Wasserstein generative adversarial networks. ICML 2017.
-    .. [2] Dataset distillation via the Kantorovich–Rubinstein dual of the Wasserstein distance
-       (see ``shared/papers/kr-dual-wasserstein.txt``).
+    .. [2] M. Li, J. Xue, Y. Shi. Dataset distillation via Kantorovich–Rubinstein dual of
+       Wasserstein distance.
     """
 
     def __init__(self, hidden: int = 128, clip: float = 0.01, steps: int = 100, lr: float = 1e-3,
