@@ -66,11 +66,17 @@ def machine_info() -> Dict[str, Any]:
 
 
 def command_line() -> str:
-    """The command that produced the results, runnable from the repository root."""
-    exe = sys.executable
-    rel = os.path.relpath(exe)
-    exe = rel if not rel.startswith("..") else exe
-    return f"cd {shlex.quote(os.getcwd())} && " + shlex.join([exe] + sys.argv)
+    """The command that produced the results, as run from the repository root (paths relative to
+    it, so the record names no machine's folders; an interpreter outside the repo is ``python``)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def inside(path: str) -> Optional[str]:
+        rel = os.path.relpath(os.path.abspath(path), root)
+        return None if rel.startswith("..") else rel
+
+    exe = inside(sys.executable) or "python"
+    script = inside(sys.argv[0]) or sys.argv[0] if sys.argv and sys.argv[0] else ""
+    return shlex.join([exe, script] + sys.argv[1:]) if script else exe
 
 
 def now_utc() -> str:

@@ -195,3 +195,13 @@ def test_main_defaults_to_mnist_and_quick_stays_on_digits():
         mva.parse_args(["--part", "nope"])
     with pytest.raises(SystemExit):
         mva.parse_args(["--experiment", "lambda", "--part", "ipc1"])
+
+
+def test_the_recorded_command_names_no_machine_folder(monkeypatch):
+    # results are committed: the command must read the same on every clone, relative to the repo root
+    monkeypatch.setattr(sys, "executable", os.path.join(ROOT, ".venv", "bin", "python"))
+    monkeypatch.setattr(sys, "argv", [os.path.join(BENCH, "metric_speed.py"), "--n", "10"])
+    assert _common.command_line() == ".venv/bin/python benchmarks/metric_speed.py --n 10"
+    monkeypatch.setattr(sys, "executable", "/opt/elsewhere/bin/python3")
+    monkeypatch.chdir(BENCH)  # the working folder does not matter
+    assert _common.command_line() == "python benchmarks/metric_speed.py --n 10"
