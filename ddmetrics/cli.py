@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pickle
 import sys
 import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
@@ -137,10 +138,10 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
                           device=distiller.device, **distiller.config.evaluation_kwargs())
         report.seconds = {"distill": distill_seconds, **report.seconds}
     if rank == 0:
-        _write_run(args, syn, distiller, report, distill_seconds, world_size)
+        written = _write_run(args, syn, distiller, report, distill_seconds, world_size)
         if checkpoint is not None:  # the run folder now holds everything the checkpoints did
             remove_checkpoint(checkpoint)
-        print(f"wrote {args.out}/synset.pt, grid.png, report.json")
+        print(f"wrote {args.out}/{', '.join(written)}")
         if report is not None:
             print(report.summary())
         else:
@@ -149,9 +150,9 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
     return 0
 
 
-def _write_run(args, syn, distiller, report, distill_seconds: float, world_size: int) -> None:
+def _write_run(args, syn, distiller, report, distill_seconds: float, world_size: int) -> List[str]:
     """Write the run folder (:mod:`ddmetrics._run_folder`: a manifest of the files, written
-    last; ``--overwrite`` replaces only a previous run's files)."""
+    last; ``--overwrite`` replaces only a previous run's files); the names of the files written."""
     import torch
 
     from ._io import atomic_write
@@ -166,6 +167,7 @@ def _write_run(args, syn, distiller, report, distill_seconds: float, world_size:
         state = {k: v.detach().cpu() for k, v in distiller.teacher_.state_dict().items()}  # loads anywhere
         writers["teacher.pt"] = lambda path: atomic_write(path, lambda fh: torch.save(state, fh))
     write_run_folder(args.out, writers, overwrite=args.overwrite)
+    return list(writers)
 
 
 def _device(text: Optional[str]):
@@ -310,6 +312,17 @@ def _cmd_losses(args) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in every option's help, once: not when the help already says what the default is,
+    and not for a required option or one without a default (``None``: not given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.required or action.default in (None, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` with help texts filled in only when help is shown, defaults in every
     option's help, and usage errors as one line on stderr (exit code 2).
@@ -320,7 +333,7 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
         self.late_help: List[Tuple[argparse.Action, Callable[[], str]]] = []
 
@@ -348,6 +361,12 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="image folders: DataLoader worker processes that decode images (0: the main process)")
 
 
+def _add_debug(p: argparse.ArgumentParser) -> None:
+    # accepted after the subcommand too; SUPPRESS keeps a --debug given before it
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback of an error")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="where the work runs: auto (CUDA when available), cpu, cuda or cuda:N")
@@ -371,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the full-data baseline model (most of an evaluation's time on small sets)")
     d.add_argument("--iterations", type=int, default=None, help="synthesis steps per class (default: the method's)")
     d.add_argument("--set", action="append", metavar="KEY=VALUE", default=None,
-                   help="override a DistillConfig field, e.g. --set lr=0.1 --set augment=none (repeatable)")
+                   help="override a DistillConfig field, e.g. --set lr=0.1 --set augment=none (repeatable; "
+                        "default: the method's settings)")
     d.add_argument("--teacher", default=None, metavar="PATH",
                    help="your trained teacher: a state_dict file (loaded into --teacher-arch, weights only) or a "
                         "TorchScript file; default: train one on the data")
@@ -380,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(d)
     _add_device(d)
     d.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher/embedder passes on CUDA")
-    d.add_argument("--out", required=True, help="the run folder to write")
+    d.add_argument("--out", required=True, help="the run folder to write (required)")
     d.add_argument("--overwrite", action="store_true",
                    help="replace a previous run folder at --out: only a folder ddmetrics wrote (it holds a manifest) "
                         "and only the files listed in it; anything else is refused")
@@ -388,9 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint folder (default with --checkpoint-every/--resume: OUT.ckpt); a finished class "
                         "is always checkpointed; its files are removed after a successful run")
     d.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
-                   help="also checkpoint the class in progress every STEPS synthesis steps")
+                   help="also checkpoint the class in progress every STEPS synthesis steps (default: finished "
+                        "classes only)")
     d.add_argument("--resume", action="store_true", help="continue the run saved in the checkpoint folder")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_debug(d)
     d.set_defaults(func=_cmd_distill)
 
     e = sub.add_parser("evaluate", help="evaluate a saved synthetic set")
@@ -403,8 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-full", action="store_true", help="skip the full-data baseline model")
     _add_data_options(e)
     _add_device(e)
-    e.add_argument("--json", default=None, help="also write the report as JSON here")
+    e.add_argument("--json", default=None, metavar="OUT",
+                   help="also write the report as JSON here (default: not written)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_debug(e)
     e.set_defaults(func=_cmd_evaluate)
 
     g = sub.add_parser(
@@ -425,10 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=512, help="images per embedding batch")
     _add_data_options(g)
     _add_device(g)
-    g.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON here")
+    g.add_argument("--json", default=None, metavar="OUT",
+                   help="also write the report as JSON here (default: not written)")
+    _add_debug(g)
     g.set_defaults(func=_cmd_diagnose)
 
     ls = sub.add_parser("losses", help="list the registered losses")
+    _add_debug(ls)
     ls.set_defaults(func=_cmd_losses)
     return parser
 
@@ -446,7 +473,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         msg = " ".join(str(msg).split()) or type(err).__name__
-        kind = "" if isinstance(err, (ValueError, TypeError, KeyError)) else f"{type(err).__name__}: "
+        ours = (ValueError, TypeError, KeyError, pickle.UnpicklingError)  # raised with our own words
+        kind = "" if isinstance(err, ours) else f"{type(err).__name__}: "
         print(f"ddmetrics {args.command}: error: {kind}{msg}", file=sys.stderr)
         return 2
 

@@ -181,3 +181,94 @@ def test_load_state_dict_file(tmp_path):
         load_state_dict_file(model, tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="missing.pt does not exist"):
         load_state_dict_file(model, tmp_path / "missing.pt")
+
+
+# -- issue 11's last mile: --no-full, --debug after the subcommand, poisoned files through the CLI
+
+def _tiny_synset(folder):
+    """A 10-image digits synthetic set with hard labels (no teacher needed)."""
+    import torch
+
+    import ddmetrics as ddm
+
+    folder.mkdir(exist_ok=True)
+    syn = ddm.SyntheticSet(torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(10),
+                           torch.ones(10), meta={"seed": 0, "config": {"eval_protocol": "hard"}}, num_classes=10)
+    syn.save(str(folder / "synset.pt"))
+    return folder / "synset.pt"
+
+
+def test_no_full_skips_the_full_data_model(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    from ddmetrics.cli import main
+
+    ev = importlib.import_module("ddmetrics.evaluate")  # the module (ddmetrics.evaluate is the function)
+
+    def no_full(*args, **kwargs):
+        raise AssertionError("the full-data model was trained despite --no-full")
+
+    monkeypatch.setattr(ev, "full_data_accuracy", no_full)
+    # the students are not what this test is about: skip their training
+    monkeypatch.setattr(ev, "train_student", lambda *args, **kwargs: None)
+    monkeypatch.setattr(ev, "accuracy", lambda model, test_set: 0.5)
+    out = tmp_path / "e.json"
+    path = _tiny_synset(tmp_path / "run")
+    assert main(["evaluate", str(path), "--runs", "1", "--no-full", "--quiet", "--json", str(out),
+                 "--protocol", "hard"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["full"] is None and "full_data" not in doc["seconds"] and doc["runs"] == [0.5]
+    # without it the baseline is asked for (and here fails in one line: proof the flag is what skipped it)
+    assert main(["evaluate", str(path), "--runs", "1", "--quiet", "--protocol", "hard"]) == 2
+    assert "despite --no-full" in capsys.readouterr().err
+
+
+def test_debug_is_accepted_after_the_subcommand(tmp_path, capsys):
+    from ddmetrics.cli import main
+
+    missing = str(tmp_path / "missing.pt")
+    assert main(["evaluate", missing]) == 2
+    for argv in (["--debug", "evaluate", missing], ["evaluate", missing, "--debug"]):
+        with pytest.raises(Exception, match="does not exist"):  # the traceback, not one line
+            main(argv)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + os.environ["DDM_MARKER"],))
+
+
+def test_poisoned_checkpoint_and_teacher_are_refused_through_the_cli(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from ddmetrics.cli import main
+
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("DDM_MARKER", str(marker))
+    # a teacher.pt beside a soft-label set
+    folder = _run_folder(tmp_path)
+    torch.save({"weight": _Evil()}, str(folder / "teacher.pt"))
+    assert main(["evaluate", str(folder / "synset.pt"), "--runs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could run code" in err and "weights_only" not in err
+    # a checkpoint of an interrupted run whose teacher file was then replaced: --resume refuses it
+    from ddmetrics.distill.checkpoint import Checkpoint
+
+    finish = Checkpoint.finish
+
+    def interrupt_after_class_0(self, k, result):
+        finish(self, k, result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "finish", interrupt_after_class_0)
+    out, ckpt = tmp_path / "r", tmp_path / "ck"
+    args = ["distill", "--method", "wmdd", "--ipc", "1", "--runs", "0", "--iterations", "2", "--quiet",
+            "--set", "teacher_epochs=1", "--out", str(out), "--checkpoint", str(ckpt)]
+    assert main(args) == 130 and (ckpt / "teacher.pt").exists()
+    monkeypatch.setattr(Checkpoint, "finish", finish)
+    torch.save({"weight": _Evil()}, str(ckpt / "teacher.pt"))
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could run code" in err and "weights_only" not in err, err
+    assert not marker.exists() and not out.exists()

@@ -97,6 +97,7 @@ def test_unwritable_out_is_refused_before_work(capsys):
     (["--runs", "-3"], "--runs"),
     (["--device", "gpu"], "not a device"),
     (["--teacher-arch", "nope"], "teacher_arch='nope'"),
+    (["--loss", "sliced", "--set", 'loss_kwargs={"bogus": 1}'], "loss_kwargs: loss 'sliced' has no setting 'bogus'"),
 ])
 def test_bad_settings_fail_in_one_line_before_data_is_read(tmp_path, capsys, monkeypatch, args, needle):
     def no_data(*a, **k):
@@ -181,7 +182,8 @@ def test_version_and_defaults_in_help(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())
-        assert "(default:" in text
+        assert "(default:" in text and "(default: None)" not in text
+        assert not [h for h in text.split("--")[1:] if h.count("(default:") > 1], "a default shown twice"
         if command == "distill":
             assert "--overwrite" in text and "(default: 3)" in text and "--no-full" in text
     with pytest.raises(SystemExit) as done:

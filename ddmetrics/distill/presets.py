@@ -219,8 +219,14 @@ LOSS_SETTINGS: Dict[str, Dict[str, Any]] = {
 
 
 def make_loss(name: str, **kwargs) -> DistributionLoss:
-    """The registered loss ``name`` with :data:`LOSS_SETTINGS` for it, updated by ``kwargs``."""
-    return get_loss(name, **{**LOSS_SETTINGS.get(name, {}), **kwargs})
+    """The registered loss ``name`` with :data:`LOSS_SETTINGS` for it, updated by ``kwargs``
+    (a config's ``loss_kwargs``: an unknown setting is refused naming that field)."""
+    try:
+        return get_loss(name, **{**LOSS_SETTINGS.get(name, {}), **kwargs})
+    except TypeError as err:
+        if "has no setting" in str(err):
+            raise TypeError(f"loss_kwargs: {err}") from None
+        raise
 
 
 def preset(method: str, **overrides) -> DistillConfig:

@@ -8,9 +8,10 @@ input in exactly the same way.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from importlib.metadata import entry_points
-from typing import Callable, Dict, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Type
 
 import torch
 from torch import Tensor, nn
@@ -172,7 +173,24 @@ def get_loss(name, **kwargs) -> DistributionLoss:
     _load_entry_points()
     if name not in _REGISTRY:
         raise KeyError(f"unknown loss {name!r}; known losses: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**kwargs)
+    cls = _REGISTRY[name]
+    unknown = _unknown_settings(cls, kwargs)
+    if unknown:  # before building: the constructor's own TypeError would not say which loss or what is allowed
+        raise TypeError(f"loss {name!r} has no setting {', '.join(map(repr, unknown))}; "
+                        f"its settings: {', '.join(_settings(cls)) or 'none'}")
+    return cls(**kwargs)
+
+
+def _settings(cls: type) -> List[str]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _unknown_settings(cls: type, kwargs: Dict[str, Any]) -> List[str]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):  # a loss taking **kwargs checks them itself
+        return []
+    return sorted(set(kwargs) - set(_settings(cls)))
 
 
 def available_losses() -> Dict[str, str]:

@@ -115,3 +115,34 @@ def test_entry_point_is_discovered(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "Mean 1.0"
+
+
+def test_a_taken_name_is_refused_unless_overridden():
+    @register_loss("taken_test")
+    class First(DistributionLoss):
+        def _loss(self, x, y, a, b):
+            return (a @ x - b @ y).pow(2).sum()
+
+    with pytest.raises(ValueError, match="already registered.*override=True"):
+        @register_loss("taken_test")
+        class Second(DistributionLoss):
+            def _loss(self, x, y, a, b):
+                return (a @ x - b @ y).abs().sum()
+
+    assert type(ddm.get_loss("taken_test")) is First  # the refusal changed nothing
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("sliced")(First)  # a built-in name is protected too
+
+    @register_loss("taken_test", override=True)
+    class Third(DistributionLoss):
+        def _loss(self, x, y, a, b):
+            return (a @ x - b @ y).abs().sum()
+
+    assert type(ddm.get_loss("taken_test")) is Third
+
+
+def test_an_unknown_setting_names_the_loss_and_its_settings():
+    with pytest.raises(TypeError, match=r"loss 'sliced' has no setting 'bogus'; its settings: n_projections"):
+        ddm.get_loss("sliced", bogus=1)
+    with pytest.raises(TypeError, match=r"loss_kwargs: loss 'sliced' has no setting 'bogus'"):
+        ddm.Distiller(method="wmdd", loss="sliced", loss_kwargs={"bogus": 1})
