@@ -15,8 +15,20 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """Each device present, by name (``"cpu"``, ``"cuda"``)."""
-    return request.param
+    """Each device present, by name (``"cpu"``, ``"cuda"``).
+
+    On CUDA, TF32 is switched off for the test (cuDNN convolutions use it by default): results
+    are compared with CPU references at float32 and float64 tolerances.
+    """
+    if request.param != "cuda":
+        yield request.param
+        return
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield request.param
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 @pytest.fixture(scope="module")
