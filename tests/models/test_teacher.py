@@ -1,4 +1,9 @@
 """Any trained classifier as a teacher or embedder: as_teacher, the model registry, teacher files."""
+import json
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from torch import nn
@@ -96,6 +101,52 @@ def test_registered_models_and_builders_are_embedders_and_students(small):
                           **{k: v for k, v in d.config.evaluation_kwargs().items() if k != "epochs"})
     assert 0.0 <= report.mean <= 1.0 and len(calls) > 6
     assert syn.meta["config"]["embedder"] == "tiny_convnet_test"
+
+
+def test_entry_point_model_is_found_by_name_and_is_an_embedder_and_a_student(tmp_path):
+    # a throw-away distribution that advertises a model under the ddmetrics.models group; a fresh
+    # interpreter, so that its entry points are read (once per process) with the plugin on the path
+    pkg = tmp_path / "plug"
+    pkg.mkdir()
+    (pkg / "plugnet.py").write_text(textwrap.dedent('''
+        from ddmetrics.models import ConvNet
+        CALLS = []
+        class PlugNet(ConvNet):
+            """A narrow ConvNet (plugin)."""
+        def build(channels, num_classes, image_size):
+            CALLS.append([channels, num_classes, image_size])
+            return PlugNet(channels, num_classes, image_size, width=8)
+    '''))
+    dist = pkg / "plugnet-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plugnet\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ddmetrics.models]\nPlugNet = plugnet:build\n")
+    code = textwrap.dedent('''
+        import json, sys
+        sys.path.insert(0, %r)
+        import torch, ddmetrics as ddm
+        torch.set_num_threads(1)
+        train = ddm.data.load("digits", seed=0).train
+        keep = train.labels < 3
+        data = ddm.data.ArrayDataset(train.images[keep][:60], train.labels[keep][:60], 3)
+        listed = "plugnet" in ddm.models.available_models()
+        net = ddm.models.get_model("PlugNet", 1, 3, 8)
+        d = ddm.Distiller(method="dm", embedder="plugnet", eval_model="plugnet", ipc=1, iterations=2,
+                          iters_per_model=1, seed=0)
+        syn = d.fit(data, progress=False)
+        settings = {k: v for k, v in d.config.evaluation_kwargs().items() if k != "epochs"}
+        report = ddm.evaluate(syn, data, runs=1, epochs=2, progress=False, **settings)
+        import plugnet
+        print(json.dumps({"listed": listed, "type": type(net).__name__, "calls": plugnet.CALLS,
+                          "accuracy": report.runs[0], "embedder": syn.meta["config"]["embedder"]}))
+    ''' % str(pkg))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["listed"] and got["type"] == "PlugNet" and got["embedder"] == "plugnet"
+    # one direct build, a fresh random embedder per step for each of the 3 classes, one student
+    assert got["calls"] == [[1, 3, 8]] * (1 + 3 * 2 + 1)
+    assert 0.0 <= got["accuracy"] <= 1.0
 
 
 def test_teacher_files(tmp_path):
