@@ -2,15 +2,20 @@
 
     python benchmarks/gpu_speed.py                 # on a machine with CUDA; writes results/gpu_speed.{json,md}
     python benchmarks/gpu_speed.py --smoke --device cpu --out /tmp/g   # the script itself, tiny sizes, no GPU
+    python benchmarks/gpu_speed.py --smoke --device cpu --no-synthesis --out /tmp/g   # backends only (seconds)
 
 What it measures (value + gradient with respect to ``y``, ``m`` = 100 points, ``d`` = 512 unless
 changed; medians of interleaved repeats after one warm-up call, ``torch.cuda.synchronize()``
 around every timing):
 
-- each registered backend of the paper's set at n = 10^4, 10^5, 10^6 reference points — the
-  exact solver only up to ``--exact-max`` (POT's network simplex runs on the CPU: its cost
-  matrix crosses the bus, see ``ddmetrics/losses/_emd.py``), Sinkhorn with KeOps
-  ``backend="online"`` (no n × m matrix is stored) and ``"tensorized"`` while it fits;
+- every registered backend (``ddmetrics.available_losses()``, with its default settings; a
+  plugin's too) at n = 10^4, 10^5, 10^6 reference points — the exact solver only up to
+  ``--exact-max`` (POT's network simplex runs on the CPU: its cost matrix crosses the bus, see
+  ``ddmetrics/losses/_emd.py``), Sinkhorn with KeOps ``backend="online"`` (no n × m matrix is
+  stored) and ``"tensorized"`` up to ``--tensorized-max``, the MMD (it stores the n × n kernel
+  matrix of the reference cloud) and the energy distance (its reference self-term is n² distances,
+  summed in blocks: O(n) memory, O(n²) time) up to ``--quadratic-max``; ``gaussian_w2`` (O(n d²))
+  and ``ncfd`` (O(n T) for T frequencies) run at every n;
 - WMDD and DM synthesis iterations per second on the GPU against the same run on the CPU
   (a ``--syn-classes``-class random image set, ``--syn-size`` px, ConvNet teacher/embedder), and
   WMDD at ImageNet size (3 × 224 × 224, ResNet-18) on the GPU.
@@ -25,7 +30,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # the shared helpers sit next to this script (also when it is loaded by path)
@@ -33,7 +38,8 @@ if HERE not in sys.path:  # the shared helpers sit next to this script (also whe
 
 from _common import RESULTS, command_line, machine_info, markdown_table, median, now_utc, write_json, write_lines  # noqa: E402
 
-BACKENDS = ("wasserstein", "sliced", "sinkhorn", "krdual", "mmd")
+#: backends whose reference cloud costs O(n²) (memory for mmd, time for energy): --quadratic-max
+QUADRATIC = ("mmd", "energy")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -46,18 +52,25 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
     p.add_argument("--exact-max", type=int, default=100_000, help="largest n for the exact (CPU) solver")
     p.add_argument("--tensorized-max", type=int, default=100_000, help="largest n for tensorized Sinkhorn")
+    p.add_argument("--quadratic-max", type=int, default=100_000,
+                   help=f"largest n for the backends whose reference cloud costs O(n^2): {', '.join(QUADRATIC)}")
     p.add_argument("--syn-classes", type=int, default=10, help="classes of the synthesis comparison")
     p.add_argument("--syn-size", type=int, default=32, help="image side of the synthesis comparison")
     p.add_argument("--syn-iters", type=int, default=20, help="timed synthesis iterations per class")
     p.add_argument("--imagenet", action=argparse.BooleanOptionalAction, default=True,
                    help="also time WMDD at 3x224x224 through ResNet-18 on the GPU")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing useful")
+    p.add_argument("--synthesis", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time WMDD / DM synthesis (--no-synthesis: the backends only)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes (options given explicitly are kept): checks the script, measures nothing useful")
     p.add_argument("--out", default=RESULTS, help="folder for gpu_speed.json and gpu_speed.md")
     args = p.parse_args(argv)
     if args.smoke:
-        args.sizes, args.m, args.d, args.repeats = [500], 20, 16, 1
-        args.syn_classes, args.syn_size, args.syn_iters, args.imagenet = 2, 8, 2, False
-        args.exact_max = args.tensorized_max = 500
+        smoke = dict(sizes=[500], m=20, d=16, repeats=1, syn_classes=2, syn_size=8, syn_iters=2, imagenet=False,
+                     exact_max=500, tensorized_max=500, quadratic_max=500)
+        for name, value in smoke.items():
+            if getattr(args, name) == p.get_default(name):  # an explicit option wins over the smoke size
+                setattr(args, name, value)
     return args
 
 
@@ -90,6 +103,32 @@ def time_value_and_grad(loss_fn: Callable, x, y, device, repeats: int) -> Dict[s
     return {"seconds": median(times), "all": times, "peak_gib": peak}
 
 
+def backend_cases() -> List[Tuple[str, Dict[str, Any]]]:
+    """(registered name, settings) of every backend timed: each registered loss with its
+    defaults, Sinkhorn twice (KeOps ``online`` and ``tensorized``)."""
+    import ddmetrics as ddm
+
+    cases: List[Tuple[str, Dict[str, Any]]] = []
+    for name in ddm.available_losses():
+        if name == "sinkhorn":
+            cases += [("sinkhorn", {"backend": "online"}), ("sinkhorn", {"backend": "tensorized"})]
+        else:
+            cases.append((name, {}))
+    return cases
+
+
+def _skip_reason(args, name: str, kw: Dict[str, Any], n: int) -> Optional[str]:
+    """Why ``name`` is not timed at ``n`` (its cap), or None."""
+    if name == "wasserstein" and n > args.exact_max:
+        return f"n > --exact-max {args.exact_max} (network simplex on the CPU)"
+    if kw.get("backend") == "tensorized" and n > args.tensorized_max:
+        return f"n > --tensorized-max {args.tensorized_max} (x-x matrix)"
+    if name in QUADRATIC and n > args.quadratic_max:
+        what = "n x n kernel matrix" if name == "mmd" else "n^2 reference distances"
+        return f"n > --quadratic-max {args.quadratic_max} ({what})"
+    return None
+
+
 def backend_rows(args, device) -> List[Dict[str, Any]]:
     import torch
 
@@ -97,30 +136,26 @@ def backend_rows(args, device) -> List[Dict[str, Any]]:
 
     rows = []
     gen = torch.Generator(device="cpu").manual_seed(0)
+    cases = backend_cases()
     for n in args.sizes:
         x = torch.randn(n, args.d, generator=gen, device="cpu").to(device)
         y = torch.randn(args.m, args.d, generator=gen, device="cpu").to(device)
-        cases = [(name, {}) for name in BACKENDS if name != "sinkhorn"]
-        cases += [("sinkhorn", {"backend": "online"}), ("sinkhorn", {"backend": "tensorized"})]
         for name, kw in cases:
             label = name + (f" ({kw['backend']})" if kw else "")
-            skip = None
-            if name == "wasserstein" and n > args.exact_max:
-                skip = f"n > --exact-max {args.exact_max} (network simplex on the CPU)"
-            if kw.get("backend") == "tensorized" and n > args.tensorized_max:
-                skip = f"n > --tensorized-max {args.tensorized_max} (x-x matrix)"
+            skip = _skip_reason(args, name, kw, n)
             if skip:
-                rows.append({"backend": label, "n": n, "skipped": skip})
+                rows.append({"backend": label, "loss": name, "n": n, "skipped": skip})
                 continue
             loss = ddm.get_loss(name, **kw)
             try:
                 res = time_value_and_grad(loss, x, y, device, args.repeats)
             except (RuntimeError, MemoryError, ImportError) as err:  # out of memory, no KeOps, ...
-                rows.append({"backend": label, "n": n, "skipped": f"{type(err).__name__}: {str(err)[:120]}"})
+                rows.append({"backend": label, "loss": name, "n": n,
+                             "skipped": f"{type(err).__name__}: {str(err)[:120]}"})
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            rows.append({"backend": label, "n": n, **res})
+            rows.append({"backend": label, "loss": name, "n": n, **res})
             print(f"{label:24s} n={n:>8d}  {res['seconds']:.4f} s", flush=True)
     return rows
 
@@ -185,6 +220,8 @@ def markdown(doc: Dict[str, Any]) -> List[str]:
             for r in doc["backends"]]
     lines += markdown_table(["backend", "n", "seconds", "peak GPU GiB", "note"], rows, "lrrrl")
     lines += ["", "## Synthesis (all classes, teacher excluded)", ""]
+    if not doc["synthesis"]:
+        return lines + ["Not run (`--no-synthesis`)."]
     rows = [[r["method"], r["device"], r["images"], f"{r['iterations_per_second']:.2f}"] for r in doc["synthesis"]]
     lines += markdown_table(["method", "device", "data", "class-iterations / s"], rows, "lllr")
     return lines
@@ -206,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> int:
            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (no GPU numbers)",
            "smoke": args.smoke}
     doc["backends"] = backend_rows(args, device)
-    doc["synthesis"] = synthesis_rows(args, device)
+    doc["synthesis"] = synthesis_rows(args, device) if args.synthesis else []
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "gpu_speed.json"), doc)
     write_lines(os.path.join(args.out, "gpu_speed.md"), markdown(doc))

@@ -171,9 +171,13 @@ def _write_run(args, syn, distiller, report, distill_seconds: float, world_size:
 
 
 def _device(text: Optional[str]):
+    """``--device TEXT`` resolved (:func:`ddmetrics.utils.resolve_device`); its errors name the option."""
     from .utils import resolve_device
 
-    return resolve_device(text)
+    try:
+        return resolve_device(text)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"--device {text}: {err}") from None
 
 
 def _load_teacher(path: str, arch: str, train) -> Any:

@@ -1,17 +1,39 @@
 import os
 
 import pytest
+import torch
 
 # Keep KeOps' compiled formulas in the project's ignored build folder (see Makefile).
 os.environ.setdefault("KEOPS_CACHE_FOLDER", os.path.join(os.path.dirname(os.path.dirname(__file__)), "build", "keops"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+#: The devices present: the CPU always, CUDA when this machine has it. Device-dependent tests
+#: take the ``device`` fixture, so the same ``make test`` exercises the GPU path where there is
+#: one and adds a single parametrisation where there is not.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each device present, by name (``"cpu"``, ``"cuda"``).
+
+    On CUDA, TF32 is switched off for the test (cuDNN convolutions use it by default): results
+    are compared with CPU references at float32 and float64 tolerances.
+    """
+    if request.param != "cuda":
+        yield request.param
+        return
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield request.param
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
 
 @pytest.fixture(scope="module")
 def small():
     """Three digit classes: enough signal, fast (one thread: small ops run faster on a shared machine)."""
-    import torch
-
     import ddmetrics as ddm
 
     torch.set_num_threads(1)

@@ -165,6 +165,39 @@ def test_synset_that_does_not_fit_the_dataset_is_refused(tmp_path, capsys):
     _one_line(capsys, "3x8x8")
 
 
+@pytest.mark.parametrize("command", ["evaluate", "diagnose"])
+def test_device_option_of_evaluate_and_diagnose(tmp_path, capsys, monkeypatch, command):
+    import importlib
+
+    # a digits-shaped set whose recorded settings keep the students short (2 epochs, hard labels)
+    syn = ddm.SyntheticSet(torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(10),
+                           torch.ones(10), meta={"ipc": 1, "method": "dm", "seed": 0,
+                                                 "config": {"eval_epochs": 2, "eval_protocol": "hard"}},
+                           num_classes=10)
+    syn.save(tmp_path / "s.pt")
+    module = importlib.import_module(f"ddmetrics.{command}")  # the module, not the function of that name
+    seen = []
+
+    def spy(*args, _run=getattr(module, command), **kwargs):
+        seen.append(kwargs["device"])
+        return _run(*args, **kwargs)
+
+    monkeypatch.setattr(module, command, spy)
+    extra = ["--runs", "1", "--no-full", "--quiet"] if command == "evaluate" else ["--losses", "mmd", "sliced"]
+    args = [command, str(tmp_path / "s.pt"), "--dataset", "digits", *extra]
+    assert main(args + ["--device", "cpu"]) == 0
+    assert seen == [torch.device("cpu")]
+    capsys.readouterr()
+
+    def no_data(*a, **k):
+        raise AssertionError("data was read before --device was checked")
+
+    monkeypatch.setattr(ddm.data, "load", no_data)
+    assert main(args + ["--device", "gpu"]) == 2
+    err = _one_line(capsys, "--device gpu")
+    assert "not a device" in err and len(seen) == 1
+
+
 def test_npz_with_a_skipped_class_names_the_label(tmp_path, capsys):
     x = np.random.default_rng(0).normal(size=(40, 1, 8, 8)).astype(np.float32)
     y = np.array([0, 1, 2, 99] * 10)

@@ -2,26 +2,48 @@
 
 With the default device set to ``meta``, a tensor created without an explicit device lands on
 ``meta``, and the first operation that mixes it with real data fails — so these small runs
-catch a forgotten ``device=`` on a CPU-only machine. Every test runs on each device present:
-the CPU always, CUDA when ``torch.cuda.is_available()``.
+catch a forgotten ``device=`` on a CPU-only machine. Every preset is run. Every test runs on each
+device present (the ``device`` fixture of ``tests/conftest.py``): the CPU always, CUDA when
+``torch.cuda.is_available()``.
 """
 import pytest
 import torch
 
 import ddmetrics as ddm
 from ddmetrics.diagnose import diagnose
+from ddmetrics.distill.presets import PRESETS as METHODS
+from ddmetrics.distill.presets import preset
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+#: losses whose preset settings are slow for a 3-step audit: smaller, same code paths
+_FASTER_LOSS = {"krdual": {"steps": 2, "warm_start": True}, "ncfd": {"n_frequencies": 256}}
 
-PRESETS = {
-    "wmdd": dict(method="wmdd", teacher_epochs=1, iterations=3),
-    "dm": dict(method="dm", iterations=3),
-    "m3d": dict(method="m3d", factor=2, iterations=3),
-    "krdual": dict(method="krdual", iterations=3, loss_kwargs={"steps": 2, "warm_start": True}),
-    "wmdd_sliced": dict(method="wmdd", loss="sliced", teacher_epochs=1, iterations=3, bary_iters=3),
-    "wmdd_sinkhorn": dict(method="wmdd", loss="sinkhorn", teacher_epochs=1, iterations=2, bary_iters=2),
-    "dm_exact": dict(method="dm", loss="wasserstein", iterations=3),
-}
+
+def _audit_run(method: str, **overrides) -> dict:
+    """A few steps of ``method`` (one teacher epoch; factor 2 where the preset chooses it)."""
+    cfg = preset(method, **overrides)
+    kw = dict(method=method, iterations=3, **overrides)
+    if cfg.strategy == "barycenter":
+        kw.setdefault("teacher_epochs", 1)
+    if cfg.factor == "auto":  # "auto" is 1 on 8-px digits: force the sub-image path
+        kw["factor"] = 2
+    if cfg.loss in _FASTER_LOSS:
+        kw["loss_kwargs"] = {**cfg.loss_kwargs, **_FASTER_LOSS[cfg.loss]}
+    return kw
+
+
+#: every method preset (from the presets table, so a new one cannot be left out), and a few
+#: losses plugged into other presets
+PRESETS = {name: _audit_run(name) for name in METHODS}
+PRESETS.update({
+    "wmdd_sliced": _audit_run("wmdd", loss="sliced", bary_iters=3),
+    "wmdd_sinkhorn": _audit_run("wmdd", loss="sinkhorn", bary_iters=2),
+    "dm_exact": _audit_run("dm", loss="wasserstein"),
+})
+
+
+def test_the_audit_covers_every_preset():
+    assert set(METHODS) <= set(PRESETS) and {"ncfm", "sre2l"} <= set(PRESETS)
+    assert all(PRESETS[name]["method"] == name for name in METHODS)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +63,6 @@ def meta_default():
         torch.set_default_device(None)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_distillation_creates_nothing_off_its_device(tiny, meta_default, device, name):
     d = ddm.Distiller(ipc=1, seed=0, device=device, **PRESETS[name])
@@ -52,7 +73,6 @@ def test_distillation_creates_nothing_off_its_device(tiny, meta_default, device,
         assert next(d.teacher_.parameters()).device.type == device
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_evaluation_and_diagnosis_create_nothing_off_their_device(tiny, device):
     d = ddm.Distiller(method="wmdd", ipc=1, seed=0, device=device, teacher_epochs=1, iterations=2)
     syn = d.fit(tiny, progress=False)
@@ -67,7 +87,6 @@ def test_evaluation_and_diagnosis_create_nothing_off_their_device(tiny, device):
     assert all(v is not None and v >= -1e-9 for v in diag.overall.values())
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_same_seed_same_set_on_every_device(tiny, device):
     """Random draws come from CPU generators: the start is the same wherever the run is."""
     cpu = ddm.Distiller(method="dm", ipc=1, seed=3, iterations=1, lr=1e-12, device="cpu").fit(tiny, progress=False)
@@ -88,3 +107,28 @@ def test_unknown_and_absent_devices_are_refused_before_work():
                          ddm.data.ArrayDataset(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), 2), device="cuda:0")
     with pytest.raises(TypeError, match="amp"):
         ddm.Distiller(method="dm", amp="yes")
+
+
+@pytest.mark.parametrize("method", ["wmdd", "dm"])  # a teacher pass (with PCBN) and a random-embedder pass
+def test_amp_is_a_no_op_off_cuda_and_keeps_losses_in_float32(tiny, device, method, monkeypatch):
+    from ddmetrics.distill.barycenter_matching import BarycenterMatching
+    from ddmetrics.distill.distribution_matching import DistributionMatching
+
+    objectives = []
+    for cls in (BarycenterMatching, DistributionMatching):
+        def recording(self, *args, _step=cls.step, **kwargs):
+            objective, tracked = _step(self, *args, **kwargs)
+            objectives.append(objective.detach())
+            return objective, tracked
+
+        monkeypatch.setattr(cls, "step", recording)
+    kw = _audit_run(method)
+    plain = ddm.Distiller(ipc=1, seed=0, device=device, **kw).fit(tiny, progress=False)
+    objectives.clear()
+    mixed = ddm.Distiller(ipc=1, seed=0, device=device, amp=True, **kw).fit(tiny, progress=False)
+    assert mixed.meta["amp"] is True and mixed.images.dtype == torch.float32
+    assert torch.isfinite(mixed.images).all() and torch.isfinite(mixed.weights).all()
+    assert len(objectives) == 3 * kw["iterations"]  # every synthesis step of every class was seen
+    assert all(v.dtype == torch.float32 and bool(torch.isfinite(v)) for v in objectives)
+    if device == "cpu":  # autocast is off off CUDA: the very same computation
+        assert torch.equal(mixed.images, plain.images) and torch.equal(mixed.weights, plain.weights)

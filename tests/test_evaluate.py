@@ -36,3 +36,32 @@ def test_mean_std_and_its_format():
     m, s = mean_std([0.9, 0.95, 1.0])
     assert m == pytest.approx(0.95) and s == pytest.approx((2 * 0.05 ** 2 / 3) ** 0.5)
     assert format_mean_std([0.9, 0.95, 1.0]) == "95.00 ± 4.08" and format_mean_std([]) == "-"
+
+
+@pytest.mark.parametrize("protocol", ["hard", "soft"])
+def test_students_train_on_the_device_and_their_accuracy_is_reported(small, device, protocol, monkeypatch):
+    import importlib
+
+    from ddmetrics.evaluate import random_subset
+    from ddmetrics.models import accuracy, get_model
+    from ddmetrics.utils import seeded
+
+    module = importlib.import_module("ddmetrics.evaluate")  # the module: ddm.evaluate is the function
+    students = []
+
+    def keep(*args, _train=module.train_student, **kwargs):
+        students.append(_train(*args, **kwargs))
+        return students[-1]
+
+    monkeypatch.setattr(module, "train_student", keep)
+    syn = random_subset(small, 2, seed=1)
+    with seeded(0):
+        teacher = get_model("convnet", 1, 3, 8).eval()
+    report = ddm.evaluate(syn, small, train_set=small, runs=1, epochs=2, protocol=protocol, teacher=teacher,
+                          full_data=False, progress=False, device=device)
+    assert len(students) == 2  # the set's student and the random subset's
+    assert all(p.device.type == device for s in students for p in s.parameters())
+    # what is reported is each student's accuracy, measured again here on the CPU
+    on_cpu = [accuracy(s.cpu(), small) for s in students]
+    assert report.runs == pytest.approx(on_cpu[:1], abs=1.5 / len(small))
+    assert report.random_runs == pytest.approx(on_cpu[1:], abs=1.5 / len(small))

@@ -35,6 +35,19 @@ def test_round_trip_is_exact(tmp_path):
     assert SyntheticSet.load(path).meta["seed"] == 7 and os.listdir(path.parent) == ["s.pt"]
 
 
+def test_saved_on_any_device_loads_on_the_cpu(tmp_path, device):
+    cpu = _syn()
+    on = SyntheticSet(cpu.images.to(device), cpu.labels.to(device), cpu.weights.to(device), meta=dict(cpu.meta),
+                      num_classes=3)
+    on.save(tmp_path / "s.pt")
+    raw = torch.load(tmp_path / "s.pt", weights_only=True)  # no map_location needed
+    assert all(raw[k].device.type == "cpu" for k in ("images", "labels", "weights"))
+    back = SyntheticSet.load(tmp_path / "s.pt")
+    assert all(t.device.type == "cpu" for t in (back.images, back.labels, back.weights))
+    assert torch.equal(back.images, cpu.images) and torch.equal(back.labels, cpu.labels)
+    assert torch.equal(back.weights, cpu.weights) and back.meta == cpu.meta
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch " + os.environ["DDM_MARKER"],))

@@ -34,6 +34,15 @@ __all__ = ["BNStats", "BoundPCBN", "PCBNLoss", "bn_inputs", "bn_layers", "per_cl
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _no_batchnorm(model: nn.Module) -> ValueError:
+    """The error for a model in which no BatchNorm layer can be hooked."""
+    if isinstance(model, torch.jit.ScriptModule):
+        # its layers run inside TorchScript: they are no nn.BatchNorm instances and take no hooks
+        return ValueError("the model is a TorchScript module: its BatchNorm layers cannot be hooked, so PCBN/BN "
+                          "regularisation needs an nn.Module teacher; use reg='none' (--set reg=none)")
+    return ValueError("model has no BatchNorm layer: PCBN needs at least one")
+
+
 def _flatten(features: Tensor, name: str = "features") -> Tensor:
     """(m, C, ...) -> (m, C, S) with S the number of spatial positions (1 without any)."""
     if not isinstance(features, Tensor):
@@ -279,7 +288,7 @@ def per_class_bn_stats(model: nn.Module, dataset: Dataset, num_classes: int, bat
     """
     layers = bn_layers(model)
     if not layers:
-        raise ValueError("model has no BatchNorm layer: PCBN needs at least one")
+        raise _no_batchnorm(model)
     for name, v in (("num_classes", num_classes), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -361,7 +370,7 @@ class PCBNLoss:
             raise ValueError(f"mode must be 'pcbn' or 'bn', got {mode!r}")
         layers = bn_layers(model)
         if not layers:
-            raise ValueError("model has no BatchNorm layer: PCBN needs at least one")
+            raise _no_batchnorm(model)
         if stats is None:
             if mode == "pcbn":
                 raise ValueError("stats is required for mode='pcbn' (use per_class_bn_stats)")

@@ -66,6 +66,8 @@ def init_support(x: Tensor, m: int, a: Tensor, seed: int = 0, method: str = "kme
 
     def dist2_to(i: int) -> Tensor:
         c = xd[i]
+        # to the CPU: the D² draws come from the CPU generator (multinomial needs its input on the
+        # generator's device), so a seed picks the same atoms on every device; n numbers per pick
         return (x_sq - 2.0 * (xd @ c) + (c * c).sum()).clamp_min(0.0).double().cpu()
 
     idx = [int(torch.multinomial(prob, 1, generator=gen))]

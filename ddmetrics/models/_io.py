@@ -66,13 +66,35 @@ def _is_torchscript(path: str) -> bool:
 
 
 def load_teacher_file(path: PathLike, build: Callable[[], nn.Module]) -> nn.Module:
-    """A teacher from ``path``: a TorchScript file (loaded as it is; it must provide ``embed`` and
-    ``classifier``, or a final linear layer ``fc``), or a ``state_dict`` loaded into ``build()``.
+    """A teacher from ``path``: a TorchScript file, or a ``state_dict`` loaded into ``build()``.
+
+    A TorchScript file (``torch.jit.save``) is loaded as it is, onto the CPU, in eval mode; it must
+    provide ``embed(x) -> features`` (a ``@torch.jit.export`` method) and ``classifier`` (a
+    submodule or exported method from features to logits). A scripted classifier that has only
+    a final linear layer such as ``fc`` is refused: :func:`as_teacher` reads the features with a
+    forward pre-hook on that layer, and TorchScript modules take no Python hooks; save its
+    ``state_dict`` and name the architecture instead. Any other file is read as a ``state_dict``
+    (weights only) into ``build()`` and wrapped by :func:`as_teacher`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file.
+    build : callable
+        ``build() -> nn.Module``: the architecture a ``state_dict`` is loaded into (not called
+        for a TorchScript file).
+
+    Returns
+    -------
+    nn.Module
+        The teacher in eval mode, with ``embed`` and ``classifier``. The BatchNorm layers of a
+        TorchScript teacher cannot be hooked either: distil with it using ``reg="none"``.
 
     Raises
     ------
     ValueError
-        The file is missing, not a state dict / TorchScript file, or does not fit the model.
+        The file is missing, not a state dict / TorchScript file, a TorchScript module without
+        ``embed`` and ``classifier``, or a state dict that does not fit the model.
     """
     from ._teacher import as_teacher
 
@@ -81,6 +103,8 @@ def load_teacher_file(path: PathLike, build: Callable[[], nn.Module]) -> nn.Modu
         model = torch.jit.load(path, map_location="cpu")
         if hasattr(model, "embed") and hasattr(model, "classifier"):
             return model.eval()
-        raise ValueError(f"--teacher {path}: a TorchScript teacher must export embed(x) and classifier; "
-                         "or save its state_dict and name the architecture with --teacher-arch")
+        # as_teacher's forward hook on a final layer cannot be used: TorchScript takes no Python hooks
+        raise ValueError(f"--teacher {path}: a TorchScript teacher must export embed(x) and classifier "
+                         "(a scripted model's fc cannot be hooked); or save its state_dict and name the "
+                         "architecture with --teacher-arch")
     return as_teacher(load_state_dict_file(build(), path)).eval()

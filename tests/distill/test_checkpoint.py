@@ -51,6 +51,47 @@ def test_interrupted_run_resumes_exactly(small, tmp_path, monkeypatch, case):
     assert not [n for n in os.listdir(folder) if n.endswith(".tmp") or n.endswith(".progress.pt")]
 
 
+def _tensors(obj):
+    """Every tensor inside nested dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def test_a_checkpoint_written_on_any_device_holds_cpu_tensors_and_resumes_on_the_cpu(small, tmp_path, monkeypatch,
+                                                                                      device):
+    # a teacher, an optimiser, a scheduler and a stateful loss (sliced: its direction generator)
+    kw = dict(method="wmdd", loss="sliced", ipc=1, iterations=6, teacher_epochs=1, bary_iters=3, seed=2)
+    original = Checkpoint.save_progress
+    saves = {"n": 0}
+
+    def save_then_die(self, k, state):
+        original(self, k, state)
+        saves["n"] += 1
+        if saves["n"] == 3:  # class 1, mid-way (a save every 2 of 6 steps: 2 per class)
+            raise Interrupt
+
+    monkeypatch.setattr(Checkpoint, "save_progress", save_then_die)
+    with pytest.raises(Interrupt):
+        ddm.Distiller(device=device, **kw).fit(small, progress=False, checkpoint=tmp_path, checkpoint_every=2)
+    monkeypatch.setattr(Checkpoint, "save_progress", original)
+    files = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pt"))
+    assert files == ["class_0000.pt", "class_0001.progress.pt", "teacher.pt"]
+    for name in files:
+        # plain torch.load, no map_location: it must not need the device the run was on
+        tensors = _tensors(torch.load(tmp_path / name, weights_only=True))
+        assert tensors and all(t.device.type == "cpu" for t in tensors), name
+    finished = torch.load(tmp_path / "class_0000.pt", weights_only=True)
+    resumed = ddm.Distiller(device="cpu", **kw).fit(small, progress=False, checkpoint=tmp_path, checkpoint_every=2,
+                                                    resume=True)
+    assert torch.equal(resumed.images[:1], finished["images"])  # the finished class is taken as it was saved
+    assert resumed.images.shape == (3, 1, 8, 8) and torch.isfinite(resumed.images).all()
+
+
 def test_resume_refuses_another_run(small, tmp_path):
     kw = dict(method="dm", ipc=1, iterations=2)
     ddm.Distiller(seed=0, **kw).fit(small, progress=False, checkpoint=tmp_path)

@@ -60,13 +60,17 @@ def test_bn_inputs_captures_inputs_and_removes_hooks():
 
 
 @pytest.mark.parametrize("wrap", [TensorDataset, _Pairs])
-def test_per_class_stats_equal_direct_computation(wrap):
-    model = _Net().train()  # the pass must switch to eval mode and restore the flag
-    images, labels = _data()
+def test_per_class_stats_equal_direct_computation(wrap, device):
+    model = _Net().train().to(device)  # the pass must switch to eval mode and restore the flag
+    images, labels = _data()  # CPU data, read batch by batch onto the model's device
     stats = per_class_bn_stats(model, wrap(images, labels), 2, batch_size=7)  # batches straddle the classes
     assert model.training and all(m.training for m in model.modules())
+    fields = stats.mean + stats.var + stats.global_mean + stats.global_var + [stats.counts]
+    assert all(t.device.type == device for t in fields)
+    other = per_class_bn_stats(model, wrap(images, labels), 2, batch_size=30).to("cpu")
+    stats = stats.to("cpu")
     assert stats.counts.tolist() == [12, 18]
-    model.eval()
+    model = _Net().eval()  # the reference on the CPU (same seeded weights)
     for k in range(2):
         with torch.no_grad(), bn_inputs(model) as captured:
             model(images[labels == k])
@@ -82,7 +86,6 @@ def test_per_class_stats_equal_direct_computation(wrap):
         assert torch.allclose(stats.global_mean[layer], f.mean(dims), atol=1e-5)
         assert torch.allclose(stats.global_var[layer], f.var(dims, unbiased=False), atol=1e-5)
     # batch size does not change the result (exact sums, not averaged batch variances)
-    other = per_class_bn_stats(model, wrap(images, labels), 2, batch_size=30)
     for a, b in zip(stats.var, other.var):
         assert torch.allclose(a, b, atol=1e-6)
 
@@ -144,15 +147,18 @@ def test_pcbn_vanishes_on_the_real_class_data_and_has_gradient():
     assert syn.grad is not None and float(syn.grad.abs().sum()) > 0
 
 
-def test_pcbn_equals_explicit_sum_over_classes_and_layers():
-    model = _Net().eval()
+def test_pcbn_equals_explicit_sum_over_classes_and_layers(device):
+    on_device = _Net().eval().to(device)
     images, labels = _data()
-    stats = per_class_bn_stats(model, TensorDataset(images, labels), 2)
+    stats = per_class_bn_stats(on_device, TensorDataset(images, labels), 2)
     g = torch.Generator().manual_seed(4)
     syn = torch.randn(5, 1, 6, 6, generator=g)
     lab = torch.tensor([1, 0, 1, 1, 0])
     w = torch.rand(5, generator=g) + 0.1
-    value, out = PCBNLoss(model, stats)(syn, lab, w)
+    value, out = PCBNLoss(on_device, stats)(syn.to(device), lab.to(device), w.to(device))
+    assert value.device.type == device and out.device.type == device
+    value, out, stats = value.cpu(), out.cpu(), stats.to("cpu")
+    model = _Net().eval()  # the explicit sum on the CPU (same seeded weights)
     with torch.no_grad(), bn_inputs(model) as captured:
         logits = model(syn)
     ref = 0.0
@@ -161,7 +167,7 @@ def test_pcbn_equals_explicit_sum_over_classes_and_layers():
             m, v = weighted_mean_var(f[lab == k], w[lab == k])
             ref += float(((m - stats.mean[layer][k]) ** 2).sum() + ((v - stats.var[layer][k]) ** 2).sum())
     assert abs(float(value.detach()) - ref) < 1e-5 * max(1.0, ref)
-    assert torch.allclose(out, logits)
+    assert torch.allclose(out, logits, atol=1e-5)
     # a forward that stops before the classifier still reaches every BN layer here
     value_e, feats = PCBNLoss(model, stats)(syn, lab, w, forward=model.embed)
     assert feats.shape == (5, 5) and abs(float(value_e) - ref) < 1e-5 * max(1.0, ref)

@@ -19,7 +19,7 @@ def test_m_equals_n_recovers_the_points():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_objective_not_above_pot_free_support_barycenter(seed):
+def test_objective_not_above_pot_free_support_barycenter(seed, device):
     # class features are clustered: a mixture of 8 Gaussians with unequal masses in d=64
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(8, 64, generator=g, dtype=torch.float64) * 3
@@ -27,12 +27,16 @@ def test_objective_not_above_pot_free_support_barycenter(seed):
     x = centers[torch.multinomial(mass / mass.sum(), 400, replacement=True, generator=g)]
     x = x + torch.randn(400, 64, generator=g, dtype=torch.float64)
     a = torch.full((400,), 1 / 400, dtype=torch.float64)
-    init = init_support(x, 12, a, seed=seed)
-    ours = exact_barycenter(x, 12, iters=10, init=init)
+    # the initialisation and the barycenter run on the device; everything is checked on the CPU
+    init = init_support(x.to(device), 12, a.to(device), seed=seed)
+    ours = exact_barycenter(x.to(device), 12, iters=10, init=init)
+    assert init.device.type == device and ours.support.device.type == device and ours.weights.device.type == device
+    init, support, weights = init.cpu(), ours.support.cpu(), ours.weights.cpu()
+    assert torch.equal(init, init_support(x, 12, a, seed=seed))  # the same CPU draws pick the same atoms
     pot = ot.lp.free_support_barycenter([x.numpy()], [a.numpy()], init.numpy(), numItermax=10)
     pot_obj = barycenter_objective(x, torch.tensor(pot), torch.full((12,), 1 / 12, dtype=torch.float64))
     assert ours.objective <= pot_obj + 1e-12
-    assert abs(ours.objective - barycenter_objective(x, ours.support, ours.weights)) < 1e-9
+    assert abs(ours.objective - barycenter_objective(x, support, weights)) < 1e-9
     # the per-round history starts at the initial support and its best is what was returned
     uniform = torch.full((12,), 1 / 12, dtype=torch.float64)
     assert abs(ours.history[0] - barycenter_objective(x, init, uniform)) < 1e-9
@@ -47,23 +51,27 @@ def test_weights_on_simplex():
     assert (bary.weights >= 0).all() and abs(float(bary.weights.sum()) - 1) < 1e-9
 
 
-def test_two_cluster_masses_are_recovered():
+def test_two_cluster_masses_are_recovered(device):
     g = torch.Generator().manual_seed(4)
     big = torch.randn(160, 2, generator=g, dtype=torch.float64) * 0.3
     small = torch.randn(40, 2, generator=g, dtype=torch.float64) * 0.3 + torch.tensor([6.0, 0.0], dtype=torch.float64)
-    x = torch.cat([big, small])
+    x = torch.cat([big, small]).to(device)
     bary = exact_barycenter(x, 2, iters=10, seed=0)
-    order = torch.argsort(bary.support[:, 0])
-    assert torch.allclose(bary.weights[order], torch.tensor([0.8, 0.2], dtype=torch.float64), atol=0.02)
+    assert bary.weights.device.type == device
+    order = torch.argsort(bary.support[:, 0].cpu())
+    assert torch.allclose(bary.weights.cpu()[order], torch.tensor([0.8, 0.2], dtype=torch.float64), atol=0.02)
 
 
-def test_generic_gradient_flow_lowers_the_loss():
-    x = _cloud(120, 3, 5)
+def test_generic_gradient_flow_lowers_the_loss(device):
+    x = _cloud(120, 3, 5).to(device)
     loss = ddm.get_loss("mmd", kernel="gaussian", bandwidth=1.0)
-    init = init_support(x, 6, torch.full((120,), 1 / 120, dtype=torch.float64), seed=0, method="random")
+    init = init_support(x, 6, torch.full((120,), 1 / 120, dtype=torch.float64, device=device), seed=0, method="random")
     start = float(loss(x, init))
     bary = loss.barycenter(x, 6, iters=100, init="random")
+    assert bary.support.device.type == device and bary.weights.device.type == device
     assert bary.objective < 0.5 * start
+    # the objective reported is the loss at the returned support, evaluated on the CPU
+    assert bary.objective == pytest.approx(float(loss(x.cpu(), bary.support.cpu(), b=bary.weights.cpu())), rel=1e-9)
 
 
 def test_bad_arguments():

@@ -20,11 +20,14 @@ def _data(seed, n=30, m=20, d=3, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_is_the_square_of_scipy_energy_distance_in_1d(weighted):
+def test_is_the_square_of_scipy_energy_distance_in_1d(weighted, device):
     # scipy returns sqrt(2 E|X-Y| - E|X-X'| - E|Y-Y'|) (= sqrt(2) * l2 of the CDFs); ours is the square
     x, y, a, b = _data(0, d=1)
     a, b = (a, b) if weighted else (None, None)
-    ours = float(EnergyDistance()(x, y, a, b))
+    on = [None if t is None else t.to(device) for t in (x, y, a, b)]
+    value = EnergyDistance()(*on)
+    assert value.device.type == device
+    ours = float(value.cpu())
     ref = energy_distance(x[:, 0].numpy(), y[:, 0].numpy(), None if a is None else a.numpy(),
                           None if b is None else b.numpy())
     assert ours == pytest.approx(ref**2, rel=1e-12)
@@ -69,12 +72,14 @@ def test_zero_for_identical_clouds_positive_otherwise():
     assert float(loss(x, x + 0.1, a, a)) > 0
 
 
-def test_gradient_matches_finite_differences():
-    x, y, a, b = _data(4)
+def test_gradient_matches_finite_differences(device):
+    x, y, a, b = (t.to(device) for t in _data(4))
     y = y.clone().requires_grad_(True)
     b = b.clone().requires_grad_(True)
     loss = EnergyDistance()
     gy, gb = torch.autograd.grad(loss(x, y, a, b), [y, b])
+    assert gy.device.type == device and gb.device.type == device
+    gy, gb = gy.cpu(), gb.cpu()
     eps = 1e-6
     for i, j in [(0, 0), (3, 2), (19, 1)]:
         yp, ym = y.detach().clone(), y.detach().clone()
@@ -86,7 +91,7 @@ def test_gradient_matches_finite_differences():
     delta = torch.zeros_like(b)
     delta[0], delta[5] = 1.0, -1.0
     fd = float(loss(x, y.detach(), a, b.detach() + eps * delta) - loss(x, y.detach(), a, b.detach() - eps * delta)) / (2 * eps)
-    assert float(gb @ delta) == pytest.approx(fd, abs=1e-8)
+    assert float(gb @ delta.cpu()) == pytest.approx(fd, abs=1e-8)
 
 
 def test_gradient_finite_at_coincident_points():

@@ -49,7 +49,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("n,m", [(50, 40), (3, 30)])  # 3 points: the covariance has rank 2 < d
-def test_equals_the_closed_form_for_known_gaussians(case, n, m):
+def test_equals_the_closed_form_for_known_gaussians(case, n, m, device):
     s1, s2 = CASES[case]
     if n <= D:  # a rank-deficient x: compare with the closed form of its own (singular) moments
         x = torch.tensor(np.random.default_rng(5).normal(size=(n, D)))
@@ -62,7 +62,9 @@ def test_equals_the_closed_form_for_known_gaussians(case, n, m):
         x, a = cloud_with_moments(M1, s1, n, seed=2, weights=g / g.sum())
         m1 = M1
     y, b = cloud_with_moments(M2, s2, m, seed=3)
-    ours = float(GaussianW2()(x, y, a, b))
+    value = GaussianW2()(*(t.to(device) for t in (x, y, a, b)))
+    assert value.device.type == device
+    ours = float(value.cpu())
     # scipy's sqrtm of a singular matrix turns its rounding-level zero eigenvalues (~1e-16) into
     # ~1e-8: the reference itself is only that accurate for the rank-deficient x
     assert ours == pytest.approx(closed_form(m1, s1, M2, s2), rel=1e-9 if n > D else 1e-7)
@@ -127,15 +129,17 @@ def test_gradients_finite_for_rank_deficient_inputs(n, dtype):
 
 
 @pytest.mark.parametrize("n", [5, 40])  # the data-factor path (n <= d) and the eigendecomposition path
-def test_gradient_matches_finite_differences(n):
+def test_gradient_matches_finite_differences(n, device):
     g = torch.Generator().manual_seed(n)
     d = 6
     x = torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
-    y = torch.randn(30, d, generator=g, dtype=torch.float64).requires_grad_(True)
+    y = torch.randn(30, d, generator=g, dtype=torch.float64)
     a = torch.rand(n, generator=g, dtype=torch.float64) + 0.2
-    a = (a / a.sum()).requires_grad_(True)
+    x, y, a = x.to(device), y.to(device).requires_grad_(True), (a / a.sum()).to(device).requires_grad_(True)
     loss = GaussianW2()
     gx_y, ga = torch.autograd.grad(loss(x, y, a), [y, a])
+    assert gx_y.device.type == device and ga.device.type == device
+    gx_y, ga = gx_y.cpu(), ga.cpu()
     eps = 1e-6
     for i, j in [(0, 0), (7, 3), (29, 5)]:
         yp, ym = y.detach().clone(), y.detach().clone()
@@ -146,7 +150,8 @@ def test_gradient_matches_finite_differences(n):
     delta = torch.zeros(n, dtype=torch.float64)
     delta[0], delta[-1] = 1.0, -1.0  # a direction in the simplex
     ad = a.detach()
-    fd = float(loss(x, y.detach(), ad + eps * delta) - loss(x, y.detach(), ad - eps * delta)) / (2 * eps)
+    step = eps * delta.to(device)
+    fd = float(loss(x, y.detach(), ad + step) - loss(x, y.detach(), ad - step)) / (2 * eps)
     assert float(ga @ delta) == pytest.approx(fd, rel=1e-6, abs=1e-8)
 
 

@@ -9,7 +9,7 @@ def _cloud(seed, n=64, d=4):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
-def test_monotone_in_shift_and_correlates_with_exact_w1():
+def test_monotone_in_shift_and_correlates_with_exact_w1(device):
     x = _cloud(0)
     base = _cloud(1)
     direction = torch.tensor([1.0, 0.5, 0.0, -0.5])
@@ -17,23 +17,26 @@ def test_monotone_in_shift_and_correlates_with_exact_w1():
     ours, exact = [], []
     for s in shifts:
         y = base + s * direction
-        ours.append(float(KRDual(steps=200, lr=2e-3, seed=0)(x, y)))
+        value = KRDual(steps=200, lr=2e-3, seed=0)(x.to(device), y.to(device))
+        assert value.device.type == device
+        ours.append(float(value.cpu()))
         exact.append(ot.emd2([], [], ot.dist(x.numpy(), y.numpy(), metric="euclidean")))
     assert all(u < v for u, v in zip(ours, ours[1:])), ours
     assert np.corrcoef(ours, exact)[0, 1] >= 0.95
 
 
-def test_gradient_moves_y_toward_x():
+def test_gradient_moves_y_toward_x(device):
     x = _cloud(2)
-    y = (_cloud(3) + 3.0).requires_grad_(True)
+    y = (_cloud(3) + 3.0).to(device).requires_grad_(True)
     loss = KRDual(steps=100, seed=0)
-    before = float(ot.emd2([], [], ot.dist(x.numpy(), y.detach().numpy(), metric="euclidean")))
+    before = float(ot.emd2([], [], ot.dist(x.numpy(), y.detach().cpu().numpy(), metric="euclidean")))
     opt = torch.optim.Adam([y], lr=0.1)
     for _ in range(20):
         opt.zero_grad()
-        loss(x, y).backward()
+        loss(x.to(device), y).backward()
+        assert y.grad.device.type == device
         opt.step()
-    after = float(ot.emd2([], [], ot.dist(x.numpy(), y.detach().numpy(), metric="euclidean")))
+    after = float(ot.emd2([], [], ot.dist(x.numpy(), y.detach().cpu().numpy(), metric="euclidean")))
     assert after < 0.7 * before
 
 

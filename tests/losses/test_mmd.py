@@ -34,11 +34,12 @@ def _data(seed):
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "laplacian", "linear", "polynomial"])
-def test_weighted_v_statistic_equals_numpy(kernel):
+def test_weighted_v_statistic_equals_numpy(kernel, device):
     X, Y, a, b = _data(1)
     bws = [0.7, 2.0]
-    ours = MMD(kernel=kernel, bandwidth=bws)(*(torch.tensor(t) for t in (X, Y, a, b)))
-    assert abs(float(ours) - _np_mmd(kernel, X, Y, a, b, bws)) < 1e-8
+    ours = MMD(kernel=kernel, bandwidth=bws)(*(torch.tensor(t, device=device) for t in (X, Y, a, b)))
+    assert ours.device.type == device
+    assert abs(float(ours.cpu()) - _np_mmd(kernel, X, Y, a, b, bws)) < 1e-8
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "laplacian", "linear", "polynomial"])
@@ -68,16 +69,17 @@ def test_linear_is_squared_mean_difference_and_zero_for_identical():
         assert abs(float(MMD(kernel=kernel)(x, x.clone()))) < 1e-12
 
 
-def test_gradient_matches_finite_differences():
+def test_gradient_matches_finite_differences(device):
     X, Y, a, b = _data(5)
-    x, y = torch.tensor(X), torch.tensor(Y, requires_grad=True)
+    x, y = torch.tensor(X, device=device), torch.tensor(Y, device=device, requires_grad=True)
     loss = MMD(kernel="gaussian", bandwidth=1.0)
     loss(x, y).backward()
+    assert y.grad.device.type == device
     eps = 1e-6
     yp, ym = y.detach().clone(), y.detach().clone()
     yp[2, 1] += eps
     ym[2, 1] -= eps
-    assert abs(float(y.grad[2, 1]) - float((loss(x, yp) - loss(x, ym)) / (2 * eps))) < 1e-7
+    assert abs(float(y.grad[2, 1].cpu()) - float(((loss(x, yp) - loss(x, ym)) / (2 * eps)).cpu())) < 1e-7
 
 
 def test_bad_configuration():

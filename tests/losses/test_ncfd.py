@@ -33,15 +33,17 @@ def _paper_form(t, x, y, a, b, alpha):
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
-def test_untrained_value_is_the_paper_formula_at_gaussian_frequencies(alpha):
+def test_untrained_value_is_the_paper_formula_at_gaussian_frequencies(alpha, device):
     # steps=0: the sampler is the identity at initialisation, so the frequencies are the first
-    # standard normal draw of the seeded generator divided by the bandwidth
+    # standard normal draw of the seeded (CPU) generator divided by the bandwidth, on every device
     x, y = _cloud(0), _cloud(1, n=30) * 1.3 + 0.2
     a, b = _weights(2, 48), _weights(3, 30)
     loss = NCFD(steps=0, alpha=alpha, bandwidth=2.0, seed=5, n_frequencies=256)
     eps = torch.randn(256, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     ref = _paper_form(eps.numpy() / 2.0, x.numpy(), y.numpy(), a.numpy(), b.numpy(), alpha)
-    assert float(loss(x, y, a, b)) == pytest.approx(ref, rel=1e-10)
+    value = loss(*(t.to(device) for t in (x, y, a, b)))
+    assert value.device.type == device
+    assert float(value.cpu()) == pytest.approx(ref, rel=1e-10)
     # at alpha = 1/2 the radicand is |Phi_x - Phi_y|^2 / 2
     if alpha == 0.5:
         t = eps.numpy() / 2.0
@@ -114,11 +116,12 @@ def test_ascent_steps_do_not_decrease_the_value_on_average():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_gradients_finite_and_match_finite_differences(dtype):
-    x, y = _cloud(50, dtype=dtype), (_cloud(51, n=20, dtype=dtype) + 0.3).requires_grad_(True)
-    b = _weights(52, 20, dtype).requires_grad_(True)
+def test_gradients_finite_and_match_finite_differences(dtype, device):
+    x, y = _cloud(50, dtype=dtype).to(device), (_cloud(51, n=20, dtype=dtype) + 0.3).to(device).requires_grad_(True)
+    b = _weights(52, 20, dtype).to(device).requires_grad_(True)
     loss = NCFD(steps=2, bandwidth=1.5, **SMALL)  # a fixed unit: the median is piecewise constant anyway
     gy, gb = torch.autograd.grad(loss(x, y, b=b), [y, b])
+    assert gy.device.type == device and gb.device.type == device
     assert torch.isfinite(gy).all() and torch.isfinite(gb).all() and float(gy.abs().sum()) > 0
     # coincident points, duplicates and identical clouds keep finite gradients
     same = x.clone().requires_grad_(True)
@@ -131,6 +134,7 @@ def test_gradients_finite_and_match_finite_differences(dtype):
         # would also see the ascent's dependence on y, so they check the untrained (steps=0) value
         loss = NCFD(steps=0, bandwidth=1.5, **SMALL)
         gy, = torch.autograd.grad(loss(x, y, b=b), [y])
+        gy = gy.cpu()
         eps = 1e-6
         for i, j in [(0, 0), (7, 3), (19, 1)]:
             yp, ym = y.detach().clone(), y.detach().clone()

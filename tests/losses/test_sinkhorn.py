@@ -17,19 +17,22 @@ def _data(seed, n=40, m=30, d=3):
 
 
 @pytest.mark.parametrize("p,debias", [(2, True), (1, True), (2, False)])
-def test_equals_geomloss(p, debias):
+def test_equals_geomloss(p, debias, device):
     x, y, a, b = _data(p)
-    ours = Sinkhorn(blur=0.1, scaling=0.7, p=p, debias=debias, backend="tensorized")(x, y, a, b)
+    ours = Sinkhorn(blur=0.1, scaling=0.7, p=p, debias=debias, backend="tensorized")(
+        *(t.to(device) for t in (x, y, a, b)))
+    assert ours.device.type == device
     ref = SamplesLoss("sinkhorn", p=p, blur=0.1, scaling=0.7, debias=debias, backend="tensorized")(a, x, b, y)
-    assert abs(float(ours) - float(ref)) < 1e-10
+    assert abs(float(ours.cpu()) - float(ref)) < 1e-10
 
 
-def test_gradient_equals_geomloss():
+def test_gradient_equals_geomloss(device):
     x, y, a, b = _data(3)
-    y1, y2 = y.clone().requires_grad_(True), y.clone().requires_grad_(True)
-    Sinkhorn(blur=0.1, backend="tensorized")(x, y1, a, b).backward()
+    y1, y2 = y.clone().to(device).requires_grad_(True), y.clone().requires_grad_(True)
+    Sinkhorn(blur=0.1, backend="tensorized")(x.to(device), y1, a.to(device), b.to(device)).backward()
     SamplesLoss("sinkhorn", p=2, blur=0.1, scaling=0.5, backend="tensorized")(a, x, b, y2).backward()
-    assert torch.allclose(y1.grad, y2.grad, atol=1e-10)
+    assert y1.grad.device.type == device
+    assert torch.allclose(y1.grad.cpu(), y2.grad, atol=1e-10)
 
 
 def test_small_blur_approaches_half_w2():

@@ -12,12 +12,13 @@ def _data(n, m, d, seed, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("n,m,p", [(50, 50, 2), (70, 30, 2), (40, 25, 1)])
-def test_matches_pot_with_same_projections(n, m, p):
+def test_matches_pot_with_same_projections(n, m, p, device):
     x, y = _data(n, m, 6, seed=n + m)
     P = random_directions(6, 32, torch.Generator().manual_seed(0), torch.float64)
-    ours = SlicedWasserstein(projections=P, p=p)(x, y)
+    ours = SlicedWasserstein(projections=P.to(device), p=p)(x.to(device), y.to(device))
+    assert ours.device.type == device
     ref = ot.sliced_wasserstein_distance(x.numpy(), y.numpy(), n_projections=32, p=p, projections=P.numpy())
-    assert abs(float(ours) - ref**p) < 1e-8  # POT returns the p-th root
+    assert abs(float(ours.cpu()) - ref**p) < 1e-8  # POT returns the p-th root
 
 
 def test_weighted_matches_pot():
@@ -42,22 +43,24 @@ def test_1d_equals_exact_weighted(p):
     assert abs(float(sw(u, v)) - float(ExactOT(p=p)(u, v))) < 1e-10
 
 
-def test_gradient_matches_finite_differences_and_weights():
-    x, y = _data(20, 15, 3, seed=7)
+def test_gradient_matches_finite_differences_and_weights(device):
+    x, y = (t.to(device) for t in _data(20, 15, 3, seed=7))
     g = torch.Generator().manual_seed(8)
     b = torch.rand(15, generator=g, dtype=torch.float64)
-    b = b / b.sum()
+    b = (b / b.sum()).to(device)
     P = random_directions(3, 8, torch.Generator().manual_seed(1), torch.float64)
-    sw = SlicedWasserstein(projections=P)
+    sw = SlicedWasserstein(projections=P.to(device))
     y.requires_grad_(True)
     sw(x, y, b=b).backward()
+    assert y.grad.device.type == device
+    grad = y.grad.cpu()
     eps = 1e-6
     for idx in [(0, 0), (3, 1), (14, 2)]:
         yp, ym = y.detach().clone(), y.detach().clone()
         yp[idx] += eps
         ym[idx] -= eps
         fd = (sw(x, yp, b=b) - sw(x, ym, b=b)) / (2 * eps)
-        assert abs(float(y.grad[idx]) - float(fd)) < 1e-6
+        assert abs(float(grad[idx]) - float(fd.cpu())) < 1e-6
 
 
 def test_seeded_directions_are_reproducible_and_fresh():

@@ -1,4 +1,9 @@
 """Any trained classifier as a teacher or embedder: as_teacher, the model registry, teacher files."""
+import json
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from torch import nn
@@ -22,6 +27,31 @@ class TorchvisionStyle(nn.Module):
     def forward(self, x):
         x = self.layer1(self.relu(self.bn1(self.conv1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class ScriptableTeacher(nn.Module):
+    """A classifier that exports the teacher protocol to TorchScript (embed, classifier)."""
+
+    def __init__(self, channels: int = 1, num_classes: int = 3, width: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.classifier = nn.Linear(4 * width, num_classes)
+
+    @torch.jit.export
+    def embed(self, x):
+        return torch.flatten(self.pool(torch.relu(self.bn(self.conv(x)))), 1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+def _scripted_file(path, num_classes):
+    torch.manual_seed(0)
+    scripted = torch.jit.script(ScriptableTeacher(num_classes=num_classes).eval())
+    torch.jit.save(scripted, str(path))
+    return scripted
 
 
 def test_as_teacher_embeds_what_the_head_receives_without_copying():
@@ -98,6 +128,52 @@ def test_registered_models_and_builders_are_embedders_and_students(small):
     assert syn.meta["config"]["embedder"] == "tiny_convnet_test"
 
 
+def test_entry_point_model_is_found_by_name_and_is_an_embedder_and_a_student(tmp_path):
+    # a throw-away distribution that advertises a model under the ddmetrics.models group; a fresh
+    # interpreter, so that its entry points are read (once per process) with the plugin on the path
+    pkg = tmp_path / "plug"
+    pkg.mkdir()
+    (pkg / "plugnet.py").write_text(textwrap.dedent('''
+        from ddmetrics.models import ConvNet
+        CALLS = []
+        class PlugNet(ConvNet):
+            """A narrow ConvNet (plugin)."""
+        def build(channels, num_classes, image_size):
+            CALLS.append([channels, num_classes, image_size])
+            return PlugNet(channels, num_classes, image_size, width=8)
+    '''))
+    dist = pkg / "plugnet-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plugnet\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ddmetrics.models]\nPlugNet = plugnet:build\n")
+    code = textwrap.dedent('''
+        import json, sys
+        sys.path.insert(0, %r)
+        import torch, ddmetrics as ddm
+        torch.set_num_threads(1)
+        train = ddm.data.load("digits", seed=0).train
+        keep = train.labels < 3
+        data = ddm.data.ArrayDataset(train.images[keep][:60], train.labels[keep][:60], 3)
+        listed = "plugnet" in ddm.models.available_models()
+        net = ddm.models.get_model("PlugNet", 1, 3, 8)
+        d = ddm.Distiller(method="dm", embedder="plugnet", eval_model="plugnet", ipc=1, iterations=2,
+                          iters_per_model=1, seed=0)
+        syn = d.fit(data, progress=False)
+        settings = {k: v for k, v in d.config.evaluation_kwargs().items() if k != "epochs"}
+        report = ddm.evaluate(syn, data, runs=1, epochs=2, progress=False, **settings)
+        import plugnet
+        print(json.dumps({"listed": listed, "type": type(net).__name__, "calls": plugnet.CALLS,
+                          "accuracy": report.runs[0], "embedder": syn.meta["config"]["embedder"]}))
+    ''' % str(pkg))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["listed"] and got["type"] == "PlugNet" and got["embedder"] == "plugnet"
+    # one direct build, a fresh random embedder per step for each of the 3 classes, one student
+    assert got["calls"] == [[1, 3, 8]] * (1 + 3 * 2 + 1)
+    assert 0.0 <= got["accuracy"] <= 1.0
+
+
 def test_teacher_files(tmp_path):
     model = get_model("convnet_bn", 1, 3, 8)
     torch.save(model.state_dict(), tmp_path / "t.pt")
@@ -114,3 +190,46 @@ def test_teacher_files(tmp_path):
     scripted.save(str(tmp_path / "ts.pt"))
     with pytest.raises(ValueError, match="TorchScript teacher must export embed"):
         load_teacher_file(tmp_path / "ts.pt", lambda: get_model("convnet_bn", 1, 3, 8))
+
+
+def test_torchscript_teacher_file_drives_wmdd(tmp_path, small):
+    scripted = _scripted_file(tmp_path / "ts.pt", num_classes=3)
+    built = []
+    loaded = load_teacher_file(tmp_path / "ts.pt", lambda: built.append("an architecture"))
+    assert not built and not loaded.training  # used as it is: no architecture is built
+    x = small.images[:16]
+    assert torch.equal(loaded.embed(x), scripted.embed(x))
+    assert torch.equal(loaded.classifier(loaded.embed(x)), scripted(x))
+    d = ddm.Distiller(method="wmdd", teacher=loaded, ipc=1, seed=0, iterations=3, reg="none")
+    syn = d.fit(small, progress=False)
+    assert d.teacher_ is loaded and syn.images.shape == (3, 1, 8, 8) and torch.isfinite(syn.images).all()
+    assert torch.equal(d.teacher_.embed(x), scripted.embed(x))  # not retrained, not changed
+    # the barycenter targets are its features: the class's real features, through the scripted embed
+    from ddmetrics.distill.barycenter_matching import class_features
+
+    idx = small.class_indices(1)
+    assert torch.equal(class_features(d.teacher_, small, idx), scripted.embed(small.images[idx]))
+    # PCBN needs hooks on its BatchNorm layers, which TorchScript hides: refused, naming the way out
+    with pytest.raises(ValueError, match="TorchScript.*reg='none'"):
+        ddm.Distiller(method="wmdd", teacher=loaded, ipc=1, iterations=1).fit(small, progress=False)
+
+
+def test_torchscript_teacher_file_on_the_command_line(tmp_path, monkeypatch):
+    from ddmetrics import cli
+
+    scripted = _scripted_file(tmp_path / "ts.pt", num_classes=10)  # digits: 10 classes
+    used = []
+
+    def keep(*args, _load=cli._load_teacher, **kwargs):
+        used.append(_load(*args, **kwargs))
+        return used[-1]
+
+    monkeypatch.setattr(cli, "_load_teacher", keep)
+    out = tmp_path / "r"
+    assert cli.main(["distill", "--method", "wmdd", "--ipc", "1", "--teacher", str(tmp_path / "ts.pt"),
+                     "--set", "reg=none", "--out", str(out), "--quiet", "--runs", "0", "--iterations", "2"]) == 0
+    x = ddm.data.load("digits", seed=0).train.images[:16]
+    assert len(used) == 1 and torch.equal(used[0].embed(x), scripted.embed(x))
+    saved = torch.load(out / "teacher.pt", weights_only=True)  # the run folder records its weights as given
+    assert saved.keys() == scripted.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in scripted.state_dict().items())
