@@ -153,9 +153,6 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
 def _write_run(args, syn, distiller, report, distill_seconds: float, world_size: int) -> List[str]:
     """Write the run folder (:mod:`ddmetrics._run_folder`: a manifest of the files, written
     last; ``--overwrite`` replaces only a previous run's files); the names of the files written."""
-    import torch
-
-    from ._io import atomic_write
     from ._run_folder import write_run_folder
 
     summary = {"dataset": args.dataset, "method": args.method, "loss": syn.meta["loss"], "ipc": args.ipc,
@@ -164,10 +161,27 @@ def _write_run(args, syn, distiller, report, distill_seconds: float, world_size:
     writers = {"synset.pt": syn.save, "grid.png": syn.save_grid,
                "report.json": lambda path: atomic_write_json(path, summary)}
     if distiller.teacher_ is not None:
-        state = {k: v.detach().cpu() for k, v in distiller.teacher_.state_dict().items()}  # loads anywhere
-        writers["teacher.pt"] = lambda path: atomic_write(path, lambda fh: torch.save(state, fh))
+        writers["teacher.pt"] = _teacher_writer(distiller.teacher_)
     write_run_folder(args.out, writers, overwrite=args.overwrite)
     return list(writers)
+
+
+def _teacher_writer(teacher) -> Callable[[str], None]:
+    """Writes ``teacher.pt`` in the form ``evaluate`` / ``diagnose`` read back
+    (:func:`ddmetrics.models.load_teacher_file` into the config's ``teacher_arch``): a TorchScript
+    teacher as TorchScript, a classifier seen through :func:`~ddmetrics.models.as_teacher` as
+    its own ``state_dict`` (the architecture's keys, not the wrapper's), any other as its
+    ``state_dict``; tensors on the CPU, so the file loads anywhere."""
+    import torch
+
+    from ._io import atomic_write
+    from .models import Teacher
+
+    if isinstance(teacher, torch.jit.ScriptModule):
+        return lambda path: atomic_write(path, lambda fh: torch.jit.save(teacher, fh))
+    model = teacher.model if isinstance(teacher, Teacher) else teacher
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return lambda path: atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def _device(text: Optional[str]):
@@ -197,7 +211,7 @@ def _cmd_evaluate(args) -> int:
     from .data import load
     from .distill.presets import DistillConfig
     from .evaluate import check_fits, evaluate
-    from .models import get_model, load_state_dict_file
+    from .models import get_model, load_teacher_file
     from .synset import SyntheticSet
 
     if args.runs < 1:
@@ -223,7 +237,8 @@ def _cmd_evaluate(args) -> int:
         if not os.path.exists(path):
             raise ValueError(f"the soft-label protocol needs the teacher saved next to the synthetic set ({path})")
         shape = splits.train.image_shape
-        teacher = load_state_dict_file(get_model(cfg.teacher_arch, shape[0], splits.train.num_classes, shape[-1]), path)
+        teacher = load_teacher_file(path, lambda: get_model(cfg.teacher_arch, shape[0], splits.train.num_classes,
+                                                            shape[-1]))
     report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs, teacher=teacher, seed=args.seed,
                       progress=not args.quiet, full_data=not args.no_full, device=device, **settings)
     print(report.summary())
@@ -258,7 +273,7 @@ def _feature_model(synset, synset_path: str, dataset, which: Optional[str]) -> T
         ``which="teacher"`` without a ``teacher.pt`` next to the set, or a teacher file that is
         not a state dict or does not fit the architecture.
     """
-    from .models import get_model, load_state_dict_file
+    from .models import get_model, load_teacher_file
     from .utils import seeded
 
     channels, size = dataset.image_shape[0], dataset.image_shape[-1]
@@ -269,7 +284,7 @@ def _feature_model(synset, synset_path: str, dataset, which: Optional[str]) -> T
         if not os.path.exists(path):
             raise ValueError(f"--model teacher needs {path} (written by 'ddmetrics distill' for barycenter methods)")
         arch = (synset.meta.get("config") or {}).get("teacher_arch", "convnet_bn")
-        model = load_state_dict_file(get_model(arch, channels, dataset.num_classes, size), path)
+        model = load_teacher_file(path, lambda: get_model(arch, channels, dataset.num_classes, size))
         return model.eval(), f"teacher {arch} ({path})"
     with seeded(0):
         model = get_model("convnet", channels, dataset.num_classes, size)

@@ -230,6 +230,31 @@ def test_torchscript_teacher_file_on_the_command_line(tmp_path, monkeypatch):
                      "--set", "reg=none", "--out", str(out), "--quiet", "--runs", "0", "--iterations", "2"]) == 0
     x = ddm.data.load("digits", seed=0).train.images[:16]
     assert len(used) == 1 and torch.equal(used[0].embed(x), scripted.embed(x))
-    saved = torch.load(out / "teacher.pt", weights_only=True)  # the run folder records its weights as given
-    assert saved.keys() == scripted.state_dict().keys()
-    assert all(torch.equal(saved[k], v) for k, v in scripted.state_dict().items())
+    # the run folder keeps it as TorchScript, so evaluate / diagnose read back the teacher that was used
+    saved = torch.jit.load(str(out / "teacher.pt"), map_location="cpu")
+    assert torch.equal(saved.embed(x), scripted.embed(x)) and torch.equal(saved(x), scripted(x))
+    report = tmp_path / "e.json"
+    assert cli.main(["evaluate", str(out / "synset.pt"), "--protocol", "soft", "--runs", "1", "--no-full",
+                     "--quiet", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["runs"][0] > 0.1  # soft labels of the scripted teacher: it trained
+    assert cli.main(["diagnose", str(out / "synset.pt"), "--model", "teacher", "--losses", "mmd"]) == 0
+
+
+def test_a_wrapped_classifier_in_the_run_folder_loads_into_its_architecture(tmp_path, monkeypatch):
+    # a torchvision-style architecture registered by the user: --teacher loads its state dict and
+    # as_teacher wraps it; teacher.pt must hold the architecture's keys, not the wrapper's
+    from ddmetrics import cli
+    from ddmetrics.models import register_model
+
+    register_model("tvstyle_test", override=True)(lambda channels, num_classes, size: TorchvisionStyle(
+        channels, num_classes))
+    model = TorchvisionStyle(1, 10)
+    torch.save(model.state_dict(), tmp_path / "tv.pt")
+    out = tmp_path / "r"
+    assert cli.main(["distill", "--method", "wmdd", "--ipc", "1", "--teacher", str(tmp_path / "tv.pt"),
+                     "--teacher-arch", "tvstyle_test", "--out", str(out), "--quiet", "--runs", "0",
+                     "--iterations", "2"]) == 0
+    saved = torch.load(out / "teacher.pt", weights_only=True)
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert cli.main(["diagnose", str(out / "synset.pt"), "--model", "teacher", "--losses", "mmd"]) == 0
