@@ -40,3 +40,21 @@ def small():
     train = ddm.data.load("digits", seed=0).train
     keep = train.labels < 3
     return ddm.data.ArrayDataset(train.images[keep], train.labels[keep], 3)
+
+
+class _Hostile:
+    """Unpickling this runs ``touch marker``: a file that holds it must be refused unread."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """``(obj, marker)``: an object whose unpickling would create the file ``marker`` (which must
+    never appear), for the tests of refused files."""
+    marker = tmp_path / "pwned"
+    return _Hostile(str(marker)), marker

@@ -233,21 +233,15 @@ def test_debug_is_accepted_after_the_subcommand(tmp_path, capsys):
             main(argv)
 
 
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("touch " + os.environ["DDM_MARKER"],))
-
-
-def test_poisoned_checkpoint_and_teacher_are_refused_through_the_cli(tmp_path, capsys, monkeypatch):
+def test_poisoned_checkpoint_and_teacher_are_refused_through_the_cli(tmp_path, capsys, monkeypatch, hostile):
     import torch
 
     from ddmetrics.cli import main
 
-    marker = tmp_path / "pwned"
-    monkeypatch.setenv("DDM_MARKER", str(marker))
+    payload, marker = hostile
     # a teacher.pt beside a soft-label set
     folder = _run_folder(tmp_path)
-    torch.save({"weight": _Evil()}, str(folder / "teacher.pt"))
+    torch.save({"weight": payload}, str(folder / "teacher.pt"))
     assert main(["evaluate", str(folder / "synset.pt"), "--runs", "1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "could run code" in err and "weights_only" not in err
@@ -266,7 +260,7 @@ def test_poisoned_checkpoint_and_teacher_are_refused_through_the_cli(tmp_path, c
             "--set", "teacher_epochs=1", "--out", str(out), "--checkpoint", str(ckpt)]
     assert main(args) == 130 and (ckpt / "teacher.pt").exists()
     monkeypatch.setattr(Checkpoint, "finish", finish)
-    torch.save({"weight": _Evil()}, str(ckpt / "teacher.pt"))
+    torch.save({"weight": payload}, str(ckpt / "teacher.pt"))
     capsys.readouterr()
     assert main(args + ["--resume"]) == 2
     err = capsys.readouterr().err.strip()

@@ -134,16 +134,10 @@ def test_every_config_field_can_be_set_through_set_and_the_api():
 
 # ---------------------------------------------------------------- files: missing, wrong, hostile
 
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("touch " + os.environ["DDM_MARKER"],))
-
-
-def test_hostile_and_wrong_files_are_refused_in_our_words(tmp_path, capsys, monkeypatch):
-    marker = tmp_path / "pwned"
-    monkeypatch.setenv("DDM_MARKER", str(marker))
+def test_hostile_and_wrong_files_are_refused_in_our_words(tmp_path, capsys, hostile):
+    payload, marker = hostile
     evil = tmp_path / "evil.pt"
-    torch.save({"x": _Evil()}, evil)
+    torch.save({"x": payload}, evil)
     assert main(["evaluate", str(evil)]) == 2
     err = _one_line(capsys, "could run code")
     assert "weights_only" not in err and not marker.exists()
