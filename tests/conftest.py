@@ -58,3 +58,34 @@ def hostile(tmp_path):
     never appear), for the tests of refused files."""
     marker = tmp_path / "pwned"
     return _Hostile(str(marker)), marker
+
+
+class Interrupted(Exception):
+    """Raised by :func:`interrupt_at_save` in place of a kill."""
+
+
+@pytest.fixture
+def interrupt_at_save(monkeypatch):
+    """``interrupt_at_save(n)``: the ``n``-th in-class checkpoint save of the run completes, then
+    the run stops with :class:`Interrupted` (a kill right after a save); calling it with ``None``
+    restores plain saving for the resumed run."""
+    from ddmetrics.distill.checkpoint import Checkpoint
+
+    original = Checkpoint.save_progress
+
+    def arm(n):
+        if n is None:
+            monkeypatch.setattr(Checkpoint, "save_progress", original)
+            return Interrupted
+        saves = {"n": 0}
+
+        def save_then_stop(self, k, state):
+            original(self, k, state)
+            saves["n"] += 1
+            if saves["n"] == n:
+                raise Interrupted
+
+        monkeypatch.setattr(Checkpoint, "save_progress", save_then_stop)
+        return Interrupted
+
+    return arm

@@ -21,28 +21,14 @@ CASES = {
 }
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_interrupted_run_resumes_exactly(small, tmp_path, monkeypatch, case):
+def test_interrupted_run_resumes_exactly(small, tmp_path, interrupt_at_save, case):
     kw = CASES[case]
     reference = ddm.Distiller(seed=4, **kw).fit(small, progress=False)
     folder = tmp_path / "ckpt"
-    saves = {"n": 0}
-    original = Checkpoint.save_progress
-
-    def save_then_die(self, k, state):
-        original(self, k, state)
-        saves["n"] += 1
-        if saves["n"] == 4:  # class 1, mid-way (every 5 of 12 steps: 2 saves per class)
-            raise Interrupt
-
-    monkeypatch.setattr(Checkpoint, "save_progress", save_then_die)
-    with pytest.raises(Interrupt):
+    with pytest.raises(interrupt_at_save(4)):  # class 1, mid-way (every 5 of 12 steps: 2 saves per class)
         ddm.Distiller(seed=4, **kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=5)
-    monkeypatch.setattr(Checkpoint, "save_progress", original)
+    interrupt_at_save(None)
     names = sorted(os.listdir(folder))
     assert "class_0000.pt" in names and "class_0001.progress.pt" in names and "class_0002.pt" not in names
     resumed = ddm.Distiller(seed=4, **kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=5, resume=True)
@@ -62,23 +48,13 @@ def _tensors(obj):
     return []
 
 
-def test_a_checkpoint_written_on_any_device_holds_cpu_tensors_and_resumes_on_the_cpu(small, tmp_path, monkeypatch,
+def test_a_checkpoint_written_on_any_device_holds_cpu_tensors_and_resumes_on_the_cpu(small, tmp_path, interrupt_at_save,
                                                                                       device):
     # a teacher, an optimiser, a scheduler and a stateful loss (sliced: its direction generator)
     kw = dict(method="wmdd", loss="sliced", ipc=1, iterations=6, teacher_epochs=1, bary_iters=3, seed=2)
-    original = Checkpoint.save_progress
-    saves = {"n": 0}
-
-    def save_then_die(self, k, state):
-        original(self, k, state)
-        saves["n"] += 1
-        if saves["n"] == 3:  # class 1, mid-way (a save every 2 of 6 steps: 2 per class)
-            raise Interrupt
-
-    monkeypatch.setattr(Checkpoint, "save_progress", save_then_die)
-    with pytest.raises(Interrupt):
+    with pytest.raises(interrupt_at_save(3)):  # class 1, mid-way (a save every 2 of 6 steps: 2 per class)
         ddm.Distiller(device=device, **kw).fit(small, progress=False, checkpoint=tmp_path, checkpoint_every=2)
-    monkeypatch.setattr(Checkpoint, "save_progress", original)
+    interrupt_at_save(None)
     files = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pt"))
     assert files == ["class_0000.pt", "class_0001.progress.pt", "teacher.pt"]
     for name in files:

@@ -213,26 +213,12 @@ def test_ncfm_preset_and_the_distillers_in_loop_settings():
     assert loss.n_frequencies == 4096 and loss.lr == 1e-3
 
 
-def test_interrupted_ncfm_run_resumes_exactly(tiny_digits, tmp_path, monkeypatch):
+def test_interrupted_ncfm_run_resumes_exactly(tiny_digits, tmp_path, interrupt_at_save):
     # the warm sampler, its Adam moments and the frequency stream go through the run's checkpoints
-    from ddmetrics.distill.checkpoint import Checkpoint
-
     kw = dict(method="ncfm", ipc=1, iterations=12, seed=4, loss_kwargs={"n_frequencies": 64, "hidden": 16})
     reference = ddm.Distiller(**kw).fit(tiny_digits, progress=False)
-    original, saves = Checkpoint.save_progress, {"n": 0}
-
-    class Interrupt(Exception):
-        pass
-
-    def save_then_die(self, k, state):
-        original(self, k, state)
-        saves["n"] += 1
-        if saves["n"] == 4:  # class 1, mid-way (a save every 5 of 12 steps: 2 per class)
-            raise Interrupt
-
-    monkeypatch.setattr(Checkpoint, "save_progress", save_then_die)
-    with pytest.raises(Interrupt):
+    with pytest.raises(interrupt_at_save(4)):  # class 1, mid-way (a save every 5 of 12 steps: 2 per class)
         ddm.Distiller(**kw).fit(tiny_digits, progress=False, checkpoint=tmp_path, checkpoint_every=5)
-    monkeypatch.setattr(Checkpoint, "save_progress", original)
+    interrupt_at_save(None)
     resumed = ddm.Distiller(**kw).fit(tiny_digits, progress=False, checkpoint=tmp_path, checkpoint_every=5, resume=True)
     assert torch.equal(resumed.images, reference.images)
