@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import ddmetrics as ddm
-from ddmetrics.distill.checkpoint import Checkpoint
 
 
 CASES = {
