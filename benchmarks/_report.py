@@ -174,17 +174,29 @@ def ci_tables(doc: Dict[str, Any], entries: Sequence[Dict[str, Any]]) -> List[st
         if not mine:
             continue
         lines += [f"## {section}", ""]
+        # a section whose rows name a reference row gets the paired difference against it
+        compared = any(e.get("compare") for e, _ in mine)
+        by_label = {(r["ipc"], e["label"]): r["accuracies"] for e, r in mine}
         table = []
         for e, r in mine:
             runs = r["accuracies"]
             blabel, bruns = best[r["ipc"]]
             vs_best = "best" if blabel == e["label"] and bruns == runs else format_difference(_diff(runs, bruns))
-            table.append((r["ipc"], e["label"], r["config"]["eval_protocol"], len(runs), pm(runs), vs_best,
-                          format_difference(_diff(runs, _random_runs(doc, r))), _seconds(r["distill_seconds"]),
-                          _share(r["barycenter_share"])))
+            row = [r["ipc"], e["label"], r["config"]["eval_protocol"], len(runs), pm(runs), vs_best,
+                   format_difference(_diff(runs, _random_runs(doc, r)))]
+            if compared:
+                ref = by_label.get((r["ipc"], e.get("compare")), [])
+                row.append("reference" if not e.get("compare") else
+                           format_difference(_diff(runs, ref)) if ref else "-")
+            table.append(row + [_seconds(r["distill_seconds"]), _share(r["barycenter_share"])])
         lines += markdown_table(["IPC", "row", "labels", "runs", "accuracy", "Δ vs best [95 % CI]",
-                                 "Δ vs random [95 % CI]", "distill (s)", "barycenter share"], table,
-                                align="rllrrrrrr")
+                                 "Δ vs random [95 % CI]"] + (["Δ vs reference row [95 % CI]"] if compared else [])
+                                + ["distill (s)", "barycenter share"], table,
+                                align="rllrrrr" + ("r" if compared else "") + "rr")
+        if compared:
+            refs = list(dict.fromkeys(e["compare"] for e, _ in mine if e.get("compare")))
+            lines += ["", "Δ vs reference row: paired difference against " + "; ".join(
+                f"{label}" for label in refs) + " (the row marked reference), same IPC and student seeds."]
         lines.append("")
     if base:
         lines += ["## Baselines (same evaluation settings and seeds)", ""]

@@ -137,6 +137,9 @@ class Cell:
     #: settings planned twice (e.g. the WMDD preset and the wasserstein / barycenter cell) run once
     part: str = ""
     section: str = ""
+    #: the label of the row of the same section and IPC this row is compared with, paired ("" = none):
+    #: e.g. a preset under the other protocol against its paper's, an ablation row against the preset
+    compare: str = ""
 
     def distiller(self, seed: int) -> ddm.Distiller:
         return ddm.Distiller(method=self.method, loss=self.loss, ipc=self.ipc, seed=seed, **self.overrides)

@@ -118,7 +118,7 @@ import torch  # noqa: E402
 
 import ddmetrics as ddm  # noqa: E402
 
-from _common import RESULTS  # noqa: E402
+from _common import RESULTS, command_line  # noqa: E402
 from _report import write_markdown, write_plot  # noqa: E402
 from _runner import Cell, ResultStore, Runner, RunSettings, cell_key  # noqa: E402
 
@@ -168,13 +168,20 @@ def _coreset_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, A
                 kind=kind)
 
 
+def _preset_label(method: str, protocol: str, paper_protocol: str) -> str:
+    name = method.upper().replace("SRE2L", "SRe²L").replace("KRDUAL", "KR-dual")
+    return f"{name} ({protocol} labels{' = paper' if protocol == paper_protocol else ''})"
+
+
 def _preset_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
+    # each preset under the other protocol is compared with itself under its paper's: the gain of the labels
     for method in PRESET_METHODS:
         own = ddm.Distiller(method=method, ipc=1, seed=0).config
+        paper = _preset_label(method, own.eval_protocol, own.eval_protocol)
         for protocol in ("hard", "soft"):
-            paper = " = paper" if protocol == own.eval_protocol else ""
-            add(f"{method.upper().replace('SRE2L', 'SRe²L').replace('KRDUAL', 'KR-dual')} ({protocol} labels{paper})",
-                own.loss, own.strategy, method, {"eval_protocol": protocol}, loss=None)
+            label = _preset_label(method, protocol, own.eval_protocol)
+            add(label, own.loss, own.strategy, method, {"eval_protocol": protocol}, loss=None,
+                compare="" if label == paper else paper)
 
 
 def _wass_vs_mmd_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
@@ -190,10 +197,13 @@ def _exact_vs_sliced_cells(add: AddCell, backends: Sequence[str], overrides: Dic
 
 
 def _ablation_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
+    # every row against the preset's recipe (barycenter + PCBN), paired
+    preset = "feature=barycenter, reg=pcbn"
     for feature in ("barycenter", "ce"):
         for reg in ("pcbn", "bn"):
-            add(f"feature={feature}, reg={reg}", "wasserstein", "barycenter", "wmdd",
-                {"feature_loss": feature, "reg": reg})
+            label = f"feature={feature}, reg={reg}"
+            add(label, "wasserstein", "barycenter", "wmdd", {"feature_loss": feature, "reg": reg},
+                compare="" if label == preset else preset)
 
 
 def _lambda_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
@@ -321,13 +331,13 @@ def plan(experiment: str, backends: Sequence[str], ipcs: Optional[Sequence[int]]
     for name, part in chosen:
         for ipc in (part.ipcs if ipcs is None else [i for i in ipcs if not exp.parts or i in part.ipcs]):
             def add(label, backend, strategy, method, extra=None, loss="same", diagnose=False, kind="distill",
-                    ipc=ipc, part=name, section=part.section):
+                    compare="", ipc=ipc, part=name, section=part.section):
                 loss = backend if loss == "same" else loss
                 settings = {**cut.settings(ipc), **overrides, **(extra or {})}
                 if loss is not None and loss in loss_kwargs:
                     settings["loss_kwargs"] = dict(loss_kwargs[loss])
                 cells.append(Cell(experiment, label, backend, strategy, method, ipc, settings, loss=loss,
-                                  diagnose=diagnose, kind=kind, part=part, section=section))
+                                  diagnose=diagnose, kind=kind, part=part, section=section, compare=compare))
 
             part.cells(add, backends, overrides)
     return cells
@@ -415,8 +425,8 @@ def write_reports(experiment: Experiment, prefix: str, doc: Dict[str, Any], cell
     """``<prefix>.md`` (and ``.png`` for a plotting experiment) from the document's results for the
     planned ``cells`` (all parts: a part's run re-renders what the others finished); their keys."""
     keys = [cell_key(c, c.distiller(run.seed).config, run) for c in cells]
-    entries = [{"key": k, "label": c.label, "section": c.section, "part": c.part, "ipc": c.ipc}
-               for k, c in zip(keys, cells)]
+    entries = [{"key": k, "label": c.label, "section": c.section, "part": c.part, "ipc": c.ipc,
+                "compare": c.compare} for k, c in zip(keys, cells)]
     write_markdown(prefix + ".md", doc, keys, experiment.title, experiment.table, entries=entries)
     if experiment.plot:
         write_plot(prefix + ".png", doc, keys, entries=entries)
@@ -425,8 +435,8 @@ def write_reports(experiment: Experiment, prefix: str, doc: Dict[str, Any], cell
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]) if argv is None else \
-        " ".join(shlex.quote(a) for a in [sys.executable, os.path.relpath(__file__), *argv])
+    # relative to the repo root, as every benchmark records it (no machine folders in committed results)
+    command = command_line() if argv is None else shlex.join(["python", "benchmarks/metric_vs_accuracy.py", *argv])
     experiment = EXPERIMENTS[args.experiment]
     quick = QUICK if args.quick else QuickSettings()
     cells = plan(args.experiment, args.backends, args.ipc, dict(quick.overrides), quick.loss_kwargs, args.part,

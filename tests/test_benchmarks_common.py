@@ -205,3 +205,24 @@ def test_the_recorded_command_names_no_machine_folder(monkeypatch):
     monkeypatch.setattr(sys, "executable", "/opt/elsewhere/bin/python3")
     monkeypatch.chdir(BENCH)  # the working folder does not matter
     assert _common.command_line() == "python benchmarks/metric_speed.py --n 10"
+
+
+def test_a_section_with_reference_rows_gets_their_paired_difference():
+    import _report
+
+    def cell(runs, protocol="soft"):
+        return {"ipc": 10, "accuracies": runs, "config": {"eval_protocol": protocol}, "baseline_key": "none",
+                "distill_seconds": 1.0, "barycenter_share": None}
+
+    ref, other, plain = [0.90, 0.92, 0.91], [0.88, 0.91, 0.87], [0.95, 0.96, 0.94]
+    doc = {"cells": {"a": cell(ref), "b": cell(other, "hard"), "c": cell(plain)}, "baselines": {}, "runs_log": []}
+    entries = [{"key": "a", "label": "X (soft = paper)", "section": "S", "ipc": 10, "compare": ""},
+               {"key": "b", "label": "X (hard)", "section": "S", "ipc": 10, "compare": "X (soft = paper)"},
+               {"key": "c", "label": "Y", "section": "T", "ipc": 10}]
+    lines = _report.ci_tables(doc, entries)
+    rows = {line.split(" | ")[1]: line for line in lines if line.startswith("| 10 |")}
+    expected = _common.format_difference(_common.paired_difference(other, ref))
+    assert expected.startswith("-2.33") and rows["X (hard)"].split(" | ")[7] == expected
+    assert rows["X (soft = paper)"].split(" | ")[7] == "reference"
+    assert "Δ vs reference row" in next(line for line in lines if line.startswith("| IPC") and "reference" in line)
+    assert len(rows["Y"].split(" | ")) == len(rows["X (hard)"].split(" | ")) - 1  # section T has no such column
