@@ -24,7 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 GIB = 1024 ** 3
 
-__all__ = ["HERE", "RESULTS", "GIB", "cpu_model", "meminfo_gib", "machine_info", "command_line", "now_utc",
+__all__ = ["HERE", "RESULTS", "GIB", "cpu_model", "meminfo_gib", "machine_info", "command_line", "rss_bytes",
+           "peak_rss_bytes", "elapsed_log", "now_utc",
            "local_date", "cpu_times", "cpu_share", "loadavg_1min", "median", "stopwatch", "interleaved_repeats",
            "write_json", "write_text", "write_lines", "markdown_table", "mean_std", "pm", "percent", "pyplot",
            "save_png"]
@@ -77,6 +78,39 @@ def command_line() -> str:
     exe = inside(sys.executable) or "python"
     script = inside(sys.argv[0]) or sys.argv[0] if sys.argv and sys.argv[0] else ""
     return shlex.join([exe, script] + sys.argv[1:]) if script else exe
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (``VmRSS`` of ``/proc/self/status``), bytes; -1 if unknown."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return -1
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (``getrusage(RUSAGE_SELF).ru_maxrss``, KiB on Linux), bytes."""
+    import resource  # POSIX only: imported where a memory benchmark asks for it
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def elapsed_log() -> Tuple[Callable[[str], None], Callable[[], float]]:
+    """``(log, elapsed)``: ``log(msg)`` prints ``msg`` after the seconds since this call (flushed,
+    for runs followed in a log file); ``elapsed()`` returns those seconds."""
+    start = time.perf_counter()
+
+    def elapsed() -> float:
+        return time.perf_counter() - start
+
+    def log(msg: str) -> None:
+        print(f"[{elapsed():7.1f}s] {msg}", flush=True)
+
+    return log, elapsed
 
 
 def now_utc() -> str:

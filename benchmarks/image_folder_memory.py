@@ -44,13 +44,15 @@ import json
 import os
 import pickle
 import platform
-import resource
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers sit next to this script
+from _common import command_line, cpu_model, peak_rss_bytes, rss_bytes  # noqa: E402
 
 _MARK = "@@image_folder_memory@@ "  # prefix of the child's one result line on stdout
 _MIB = 1024 ** 2
@@ -114,17 +116,6 @@ def write_cifar10(root: str, train: int = 50_000, test: int = 10_000, seed: int 
 
 
 # --------------------------------------------------------------------------- child
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return -1
-
-
 def _child_main(spec_json: str) -> int:
     spec = json.loads(spec_json)
     import torch
@@ -142,7 +133,7 @@ def _child_main(spec_json: str) -> int:
 
         register_model(f"convnet_bn_w{spec['teacher_width']}", partial(ConvNet, norm="batch",
                                                                        width=int(spec["teacher_width"])))
-    floor = _rss_bytes()
+    floor = rss_bytes()
     timed = {}
     real_load = ddmetrics.data.load
 
@@ -150,7 +141,7 @@ def _child_main(spec_json: str) -> int:
         start = time.perf_counter()
         out = real_load(*args, **kw)
         timed["load_seconds"] = time.perf_counter() - start
-        timed["peak_rss_load"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        timed["peak_rss_load"] = peak_rss_bytes()
         timed["n_train"] = len(out.train)
         timed["image_shape"] = list(out.train.image_shape)
         timed["train_type"] = type(out.train).__name__
@@ -162,7 +153,7 @@ def _child_main(spec_json: str) -> int:
     status = ddmetrics.cli.main(spec["argv"])
     seconds = time.perf_counter() - start
     rec = {"status": status, "seconds": seconds, "rss_floor": floor,
-           "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, **timed}
+           "peak_rss": peak_rss_bytes(), **timed}
     print(_MARK + json.dumps(rec), flush=True)
     return 0
 
@@ -358,11 +349,10 @@ def main(argv=None) -> int:
                "The peak grows with the number of images more than the class feature matrix explains.")
     result = {
         "benchmark": "image_folder_memory",
-        "command": "PYTHONPATH=$PWD .venv/bin/python benchmarks/image_folder_memory.py "
-                   + " ".join(shlex.quote(a_) for a_ in (argv if argv is not None else sys.argv[1:])),
+        "command": command_line() if argv is None else
+        shlex.join(["python", "benchmarks/image_folder_memory.py", *argv]),
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                   f"Python {platform.python_version()}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "loadavg": loadavg,
         "settings": {"iterations": args.iterations, "teacher_epochs": args.teacher_epochs,
                      "teacher_width": args.teacher_width, "teacher_arch": arch, "teacher_note": TEACHER_NOTE,

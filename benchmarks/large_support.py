@@ -45,8 +45,8 @@ if HERE not in sys.path:  # the shared helpers sit next to this script (also whe
     sys.path.insert(0, HERE)
 
 # torch-free: a --child process sets its address-space cap before importing torch
-from _common import (GIB as _GIB, command_line, local_date, loadavg_1min, machine_info,  # noqa: E402
-                     markdown_table, write_json, write_text)
+from _common import (GIB as _GIB, command_line, elapsed_log, local_date, loadavg_1min, machine_info,  # noqa: E402
+                     markdown_table, peak_rss_bytes, rss_bytes, write_json, write_text)
 
 # Measurement kinds, in the order they are run and reported.
 KINDS = ("barycenter", "wasserstein", "sinkhorn", "sliced")
@@ -106,23 +106,6 @@ def make_features(n: int, d: int, seed: int, clusters: int = 50, stream: int = 0
 
 
 # --------------------------------------------------------------------------- process memory
-def rss_bytes() -> int:
-    """Current resident set size of this process (``VmRSS`` from ``/proc/self/status``), bytes; -1 if unknown."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return -1
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far: ``getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux), bytes."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -375,10 +358,7 @@ def main(argv=None):
     import numpy as np
     import ot
 
-    t_start = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
+    log, elapsed = elapsed_log()
 
     machine = machine_info()
     meta = {
@@ -405,7 +385,7 @@ def main(argv=None):
                     f"(before {_gib(rec['rss_before'])} GiB); {_notes(rec)}")
             else:
                 log(f"  {rec['status']}: {rec.get('error')}")
-    meta["total_s"] = time.perf_counter() - t_start
+    meta["total_s"] = elapsed()
     write_json(args.out + ".json", {"meta": meta, "results": rows})
     md = markdown(meta, rows)
     write_text(args.out + ".md", md)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,7 +38,7 @@ from geomloss import SamplesLoss  # noqa: E402
 import ddmetrics as ddm  # noqa: E402
 from ddmetrics.losses import barycenter_objective, exact_barycenter, init_support  # noqa: E402
 
-from _common import (command_line, cpu_share, cpu_times, interleaved_repeats, local_date,  # noqa: E402
+from _common import (command_line, cpu_share, cpu_times, elapsed_log, interleaved_repeats, local_date,  # noqa: E402
                      machine_info, markdown_table, median as med, stopwatch, write_json, write_text)
 
 QUICK = dict(sizes=[300, 1000], m=50, d=64, repeats=2, bary_n=1000, bary_m=20, bary_iters=5, ref_n=200, ref_m=[5],
@@ -547,10 +546,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
+    log, elapsed = elapsed_log()
 
     import geomloss
     machine = machine_info()
@@ -570,7 +566,7 @@ def main(argv=None):
     bary = bench_barycenter(args, log) if args.bary_n > 0 else None
     ref = bench_wmdd_reference(args, log) if args.ref_n > 0 else None
     prof = bench_profile(args, log) if args.profile_datasets else None
-    meta["total_s"] = time.perf_counter() - t_start
+    meta["total_s"] = elapsed()
     meta["cpu_pct"] = cpu_share(cpu0, cpu_times())
     write_json(args.out + ".json", {"meta": meta, "results": recs, "barycenter": bary, "wmdd_reference": ref,
                                     "profile": prof},

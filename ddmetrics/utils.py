@@ -1,15 +1,18 @@
-"""Seeding, device and batching utilities shared by distill, evaluate, synset and diagnose."""
+"""Seeding, device and batching utilities shared by distill, evaluate, synset and diagnose, and the
+entry-point plugin loader of the loss and model registries."""
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
-from typing import Iterable, Iterator, List, Optional, Tuple, Union
+from importlib.metadata import entry_points
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["autocast", "batches", "embed_batched", "model_device", "resolve_device", "seeded"]
+__all__ = ["Plugins", "autocast", "batches", "embed_batched", "model_device", "resolve_device", "seeded"]
 
 
 @contextmanager
@@ -126,3 +129,28 @@ def embed_batched(model: nn.Module, data: Union[Tensor, Dataset], batch_size: in
         chunks = (images for images, _ in batches(data, batch_size))
     out = [model.embed(images.to(device)).flatten(1) for images in chunks]
     return torch.cat(out) if out else torch.zeros((0, 0), device=device)
+
+
+class Plugins:
+    """The plugins third-party packages advertise under one entry-point group, loaded once.
+
+    :meth:`load` imports each advertised object on first use and hands it to ``accept(name, obj)``
+    (the registry decides what it takes); a plugin that fails to import is logged, naming it, and
+    skipped, since a broken plugin must not break the built-ins.
+    """
+
+    def __init__(self, group: str, kind: str):
+        self.group, self.kind, self.loaded = group, kind, False
+
+    def load(self, accept: Callable[[str, Any], None]) -> None:
+        if self.loaded:
+            return
+        self.loaded = True
+        for ep in entry_points(group=self.group):
+            try:
+                obj = ep.load()
+            except Exception as err:  # any error of a third party's import
+                logging.getLogger("ddmetrics").warning("ddmetrics: could not load %s plugin %r: %s", self.kind,
+                                                       ep.name, err)
+                continue
+            accept(ep.name, obj)

@@ -1,6 +1,8 @@
 """Pairwise ground costs shared by the backends."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from torch import Tensor
 
@@ -36,3 +38,16 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a backend computes in: the input's, at least float32 (half precision loses the
     small differences that divergences are made of)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def centered_working_inputs(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``x, y, a, b`` in the :func:`working_dtype`, the clouds shifted by their joint mean.
+
+    For losses invariant to a common shift (distances, covariances): the shift changes nothing but
+    the rounding, which shrinks from the scale of :math:`\|x\|^2` to that of the spread. The
+    mean is taken outside autograd (a constant shift).
+    """
+    work = working_dtype(x.dtype)
+    x, y, a, b = (t.to(work) for t in (x, y, a, b))
+    center = torch.cat([x, y]).detach().mean(0)
+    return x - center, y - center, a, b

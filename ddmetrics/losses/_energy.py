@@ -6,7 +6,7 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from ._cost import working_dtype
+from ._cost import centered_working_inputs
 from ._mmd import _NOISE_EPS, _clean_distances
 from .base import DistributionLoss, register_loss
 
@@ -52,11 +52,7 @@ class EnergyDistance(DistributionLoss):
 
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
         out_dtype = x.dtype
-        work = working_dtype(x.dtype)
-        x, y, a, b = (t.to(work) for t in (x, y, a, b))
-        # distances do not change under a shift; their rounding shrinks from |x|^2 to the spread's
-        center = torch.cat([x, y]).detach().mean(0)
-        x, y = x - center, y - center
+        x, y, a, b = centered_working_inputs(x, y, a, b)  # distances do not change under a shift
         cross = a @ _clean_distances(x, y) @ b
         self_x = _self_term(x, a)
         self_y = _self_term(y, b)

@@ -6,7 +6,7 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from ._cost import safe_sqrt, working_dtype
+from ._cost import centered_working_inputs, safe_sqrt
 from .base import DistributionLoss, register_loss
 
 
@@ -111,10 +111,7 @@ class GaussianW2(DistributionLoss):
 
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
         out_dtype = x.dtype
-        work = working_dtype(x.dtype)
-        x, y, a, b = (t.to(work) for t in (x, y, a, b))
-        center = torch.cat([x, y]).detach().mean(0)  # a shift changes nothing but the rounding
-        x, y = x - center, y - center
+        x, y, a, b = centered_working_inputs(x, y, a, b)  # a shift changes nothing but the rounding
         mx, my = a @ x, b @ y
         zx, zy = x - mx, y - my
         trace_x = a @ (zx * zx).sum(1)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-from importlib.metadata import entry_points
 from typing import Any, Callable, Dict, List, Optional, Type
 
 import torch
 from torch import Tensor, nn
 
+from ..utils import Plugins
 from ._barycenter import Barycenter, gradient_flow_barycenter
 from ._validate import check_inputs, check_weights
 
@@ -106,8 +106,7 @@ class DistributionLoss(nn.Module):
 
 # --------------------------------------------------------------------------- registry
 _REGISTRY: Dict[str, Type[DistributionLoss]] = {}
-_ENTRY_POINT_GROUP = "ddmetrics.losses"
-_entry_points_loaded = False
+_PLUGINS = Plugins("ddmetrics.losses", "loss")
 
 
 def register_loss(name: str, override: bool = False) -> Callable[[Type[DistributionLoss]], Type[DistributionLoss]]:
@@ -141,19 +140,12 @@ def register_loss(name: str, override: bool = False) -> Callable[[Type[Distribut
 
 
 def _load_entry_points() -> None:
-    """Import third-party losses advertised under the ``ddmetrics.losses`` entry-point group."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=_ENTRY_POINT_GROUP):
-        try:
-            obj = ep.load()
-        except Exception as err:  # a broken plugin must not break the built-in losses
-            logger.warning("ddmetrics: could not load loss plugin %r: %s", ep.name, err)
-            continue
-        if isinstance(obj, type) and issubclass(obj, DistributionLoss) and ep.name not in _REGISTRY:
-            register_loss(ep.name)(obj)
+    """Register third-party losses advertised under the ``ddmetrics.losses`` entry-point group."""
+    def accept(name: str, obj: Any) -> None:
+        if isinstance(obj, type) and issubclass(obj, DistributionLoss) and name not in _REGISTRY:
+            register_loss(name)(obj)
+
+    _PLUGINS.load(accept)
 
 
 def get_loss(name, **kwargs) -> DistributionLoss:

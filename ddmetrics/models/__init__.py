@@ -9,12 +9,11 @@ Every model has ``forward(x) -> logits``, ``embed(x) -> (N, feature_dim)`` featu
 from __future__ import annotations
 
 from functools import partial
-import logging
-from importlib.metadata import entry_points
 from typing import Any, Callable, Dict, Optional, Union
 
 from torch import nn
 
+from ..utils import Plugins
 from ._convnet import ConvNet
 from ._io import load_state_dict_file, load_teacher_file
 from ._resnet import ResNet, ResNet18, ResNetAP10
@@ -35,8 +34,7 @@ MODELS: Dict[str, ModelBuilder] = {
     "resnetap10": ResNetAP10,
     "resnet18": ResNet18,
 }
-_ENTRY_POINT_GROUP = "ddmetrics.models"
-_entry_points_loaded = False
+_PLUGINS = Plugins("ddmetrics.models", "model")
 
 
 def register_model(name: str, builder: Optional[ModelBuilder] = None, override: bool = False):
@@ -69,18 +67,12 @@ def register_model(name: str, builder: Optional[ModelBuilder] = None, override: 
 
 
 def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=_ENTRY_POINT_GROUP):
-        try:
-            fn = ep.load()
-        except Exception as err:  # a broken plugin must not break the built-in models
-            logging.getLogger("ddmetrics").warning("ddmetrics: could not load model plugin %r: %s", ep.name, err)
-            continue
-        if callable(fn) and ep.name.lower() not in MODELS:
-            MODELS[ep.name.lower()] = fn
+    """Register third-party model builders advertised under the ``ddmetrics.models`` entry-point group."""
+    def accept(name: str, fn: Any) -> None:
+        if callable(fn) and name.lower() not in MODELS:
+            MODELS[name.lower()] = fn
+
+    _PLUGINS.load(accept)
 
 
 def available_models() -> list:
