@@ -94,7 +94,7 @@ def batches(dataset: Dataset, batch_size: int, workers: Optional[int] = None) ->
     An :class:`~ddmetrics.data.ImageDataset` (or a ``Subset`` of one) is read batch by batch
     with its ``load`` (``workers`` defaults to the data set's own); any other Dataset item by item
     (``workers`` defaults to 0)."""
-    from .data import ImageDataset, read_batches
+    from .data import ImageDataset, iterate_on_cpu, read_batches
 
     base, positions = _unwrap_subsets(dataset)
     if isinstance(base, ImageDataset):
@@ -104,17 +104,7 @@ def batches(dataset: Dataset, batch_size: int, workers: Optional[int] = None) ->
         for chunk, images in zip(chunks, read_batches(base, chunks, workers)):
             yield images, base.labels[chunk]
         return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers or 0)
-    # the loader's seed tensor and the collated labels are made without a device: pin them to the
-    # CPU, batch by batch (a device context held across a yield would leak into the caller)
-    with torch.device("cpu"):
-        it = iter(loader)
-    while True:
-        with torch.device("cpu"):
-            batch = next(it, None)
-        if batch is None:
-            return
-        yield batch
+    yield from iterate_on_cpu(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers or 0))
 
 
 @torch.no_grad()

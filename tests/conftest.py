@@ -13,6 +13,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@pytest.fixture(scope="module")
+def tiny_digits():
+    """90 digits of classes 0-2 (one thread: small ops run faster on a shared machine)."""
+    import ddmetrics as ddm
+
+    torch.set_num_threads(1)
+    train = ddm.data.load("digits", seed=0).train
+    keep = train.labels < 3
+    return ddm.data.ArrayDataset(train.images[keep][:90], train.labels[keep][:90], 3)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     """Each device present, by name (``"cpu"``, ``"cuda"``).

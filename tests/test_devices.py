@@ -46,14 +46,6 @@ def test_the_audit_covers_every_preset():
     assert all(PRESETS[name]["method"] == name for name in METHODS)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    train = ddm.data.load("digits", seed=0).train
-    keep = train.labels < 3
-    return ddm.data.ArrayDataset(train.images[keep][:90], train.labels[keep][:90], 3)
-
-
 @pytest.fixture
 def meta_default():
     torch.set_default_device("meta")
@@ -64,33 +56,34 @@ def meta_default():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_distillation_creates_nothing_off_its_device(tiny, meta_default, device, name):
+def test_distillation_creates_nothing_off_its_device(tiny_digits, meta_default, device, name):
     d = ddm.Distiller(ipc=1, seed=0, device=device, **PRESETS[name])
-    syn = d.fit(tiny, progress=False)
+    syn = d.fit(tiny_digits, progress=False)
     assert syn.images.device.type == "cpu" and torch.isfinite(syn.images).all()  # results come back on the CPU
     assert syn.meta["device"].startswith(device)
     if d.teacher_ is not None:
         assert next(d.teacher_.parameters()).device.type == device
 
 
-def test_evaluation_and_diagnosis_create_nothing_off_their_device(tiny, device):
+def test_evaluation_and_diagnosis_create_nothing_off_their_device(tiny_digits, device):
     d = ddm.Distiller(method="wmdd", ipc=1, seed=0, device=device, teacher_epochs=1, iterations=2)
-    syn = d.fit(tiny, progress=False)
+    syn = d.fit(tiny_digits, progress=False)
     torch.set_default_device("meta")
     try:
-        report = ddm.evaluate(syn, tiny, train_set=tiny, teacher=d.teacher_, runs=1, epochs=2, full_epochs=1,
-                              random_hard=True, progress=False, device=device)
-        diag = diagnose(syn, tiny, d.teacher_, losses=["wasserstein", "sliced", "mmd", "krdual"], device=device)
+        report = ddm.evaluate(syn, tiny_digits, train_set=tiny_digits, teacher=d.teacher_, runs=1, epochs=2,
+                              full_epochs=1, random_hard=True, progress=False, device=device)
+        diag = diagnose(syn, tiny_digits, d.teacher_, losses=["wasserstein", "sliced", "mmd", "krdual"], device=device)
     finally:
         torch.set_default_device(None)
     assert 0.0 <= report.runs[0] <= 1.0 and report.full is not None and len(report.random_hard_runs) == 1
     assert all(v is not None and v >= -1e-9 for v in diag.overall.values())
 
 
-def test_same_seed_same_set_on_every_device(tiny, device):
+def test_same_seed_same_set_on_every_device(tiny_digits, device):
     """Random draws come from CPU generators: the start is the same wherever the run is."""
-    cpu = ddm.Distiller(method="dm", ipc=1, seed=3, iterations=1, lr=1e-12, device="cpu").fit(tiny, progress=False)
-    other = ddm.Distiller(method="dm", ipc=1, seed=3, iterations=1, lr=1e-12, device=device).fit(tiny, progress=False)
+    kw = dict(method="dm", ipc=1, seed=3, iterations=1, lr=1e-12)
+    cpu = ddm.Distiller(device="cpu", **kw).fit(tiny_digits, progress=False)
+    other = ddm.Distiller(device=device, **kw).fit(tiny_digits, progress=False)
     assert torch.allclose(cpu.images, other.images, atol=1e-6)
 
 
@@ -110,7 +103,7 @@ def test_unknown_and_absent_devices_are_refused_before_work():
 
 
 @pytest.mark.parametrize("method", ["wmdd", "dm"])  # a teacher pass (with PCBN) and a random-embedder pass
-def test_amp_is_a_no_op_off_cuda_and_keeps_losses_in_float32(tiny, device, method, monkeypatch):
+def test_amp_is_a_no_op_off_cuda_and_keeps_losses_in_float32(tiny_digits, device, method, monkeypatch):
     from ddmetrics.distill.barycenter_matching import BarycenterMatching
     from ddmetrics.distill.distribution_matching import DistributionMatching
 
@@ -123,9 +116,9 @@ def test_amp_is_a_no_op_off_cuda_and_keeps_losses_in_float32(tiny, device, metho
 
         monkeypatch.setattr(cls, "step", recording)
     kw = _audit_run(method)
-    plain = ddm.Distiller(ipc=1, seed=0, device=device, **kw).fit(tiny, progress=False)
+    plain = ddm.Distiller(ipc=1, seed=0, device=device, **kw).fit(tiny_digits, progress=False)
     objectives.clear()
-    mixed = ddm.Distiller(ipc=1, seed=0, device=device, amp=True, **kw).fit(tiny, progress=False)
+    mixed = ddm.Distiller(ipc=1, seed=0, device=device, amp=True, **kw).fit(tiny_digits, progress=False)
     assert mixed.meta["amp"] is True and mixed.images.dtype == torch.float32
     assert torch.isfinite(mixed.images).all() and torch.isfinite(mixed.weights).all()
     assert len(objectives) == 3 * kw["iterations"]  # every synthesis step of every class was seen

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["ImageDataset", "as_index", "read_batches", "parallel_map"]
+__all__ = ["ImageDataset", "as_index", "iterate_on_cpu", "read_batches", "parallel_map"]
 
 Indices = Union[Sequence[int], Tensor, np.ndarray]
 
@@ -113,8 +113,19 @@ def parallel_map(fn: Callable[[Any], Any], chunks: Sequence[Any], workers: int =
         return
     loader = DataLoader(_Calls(fn, chunks), batch_size=None, shuffle=False, num_workers=min(workers, len(chunks)),
                         collate_fn=_first, prefetch_factor=2)
-    # the loader's seed tensor is made without a device: pin it (and what comes back) to the CPU,
-    # item by item (a device context held across a yield would leak into the caller)
+    yield from iterate_on_cpu(loader)
+
+
+_END = object()
+
+
+def iterate_on_cpu(loader: DataLoader) -> Iterator[Any]:
+    """The items of ``loader``, with the CPU as the default device while it makes each one.
+
+    A DataLoader makes its seed tensor (and collated labels) without a device: under another
+    default device (``torch.set_default_device``) they would land there. The CPU context is held
+    item by item, never across a ``yield``, where it would leak into the caller.
+    """
     with torch.device("cpu"):
         it = iter(loader)
     while True:
@@ -123,9 +134,6 @@ def parallel_map(fn: Callable[[Any], Any], chunks: Sequence[Any], workers: int =
         if item is _END:
             return
         yield item
-
-
-_END = object()
 
 
 def read_batches(dataset: ImageDataset, index_batches: Sequence[Tensor],

@@ -1,17 +1,8 @@
-"""Fixtures for the backend tests: a tiny 3-class digits set and a run of both matching strategies."""
+"""Fixtures for the backend tests: a run of both matching strategies (on tests/conftest.py's tiny_digits)."""
 import pytest
 import torch
 
 import ddmetrics as ddm
-
-
-@pytest.fixture(scope="module")
-def tiny_digits():
-    """90 digits of classes 0-2 (one thread: small ops run faster on a shared machine)."""
-    torch.set_num_threads(1)
-    train = ddm.data.load("digits", seed=0).train
-    keep = train.labels < 3
-    return ddm.data.ArrayDataset(train.images[keep][:90], train.labels[keep][:90], 3)
 
 
 @pytest.fixture
