@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
-from ..losses import DistributionLoss, get_loss
+from ..losses import DistributionLoss, UnknownSettingError, get_loss
 
 
 # --------------------------------------------------------------------------- field checks
@@ -223,10 +223,8 @@ def make_loss(name: str, **kwargs) -> DistributionLoss:
     (a config's ``loss_kwargs``: an unknown setting is refused naming that field)."""
     try:
         return get_loss(name, **{**LOSS_SETTINGS.get(name, {}), **kwargs})
-    except TypeError as err:
-        if "has no setting" in str(err):
-            raise TypeError(f"loss_kwargs: {err}") from None
-        raise
+    except UnknownSettingError as err:
+        raise UnknownSettingError(f"loss_kwargs: {err}") from None
 
 
 def preset(method: str, **overrides) -> DistillConfig:

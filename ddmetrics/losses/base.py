@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ logger = logging.getLogger("ddmetrics")
 
 __all__ = [
     "DistributionLoss",
+    "UnknownSettingError",
     "check_inputs",
     "check_weights",
     "register_loss",
@@ -166,23 +167,24 @@ def get_loss(name, **kwargs) -> DistributionLoss:
     if name not in _REGISTRY:
         raise KeyError(f"unknown loss {name!r}; known losses: {', '.join(sorted(_REGISTRY))}")
     cls = _REGISTRY[name]
-    unknown = _unknown_settings(cls, kwargs)
+    settings, open_ended = _settings(cls)
+    unknown = [] if open_ended else sorted(set(kwargs) - set(settings))
     if unknown:  # before building: the constructor's own TypeError would not say which loss or what is allowed
-        raise TypeError(f"loss {name!r} has no setting {', '.join(map(repr, unknown))}; "
-                        f"its settings: {', '.join(_settings(cls)) or 'none'}")
+        raise UnknownSettingError(f"loss {name!r} has no setting {', '.join(map(repr, unknown))}; "
+                                  f"its settings: {', '.join(settings) or 'none'}")
     return cls(**kwargs)
 
 
-def _settings(cls: type) -> List[str]:
-    params = inspect.signature(cls.__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+class UnknownSettingError(TypeError):
+    """A keyword that a registered loss's constructor does not take."""
 
 
-def _unknown_settings(cls: type, kwargs: Dict[str, Any]) -> List[str]:
+def _settings(cls: type) -> Tuple[List[str], bool]:
+    """The keyword settings of ``cls``'s constructor, and whether it also takes ``**kwargs``
+    (then it checks them itself)."""
     params = inspect.signature(cls.__init__).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):  # a loss taking **kwargs checks them itself
-        return []
-    return sorted(set(kwargs) - set(_settings(cls)))
+    named = [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 def available_losses() -> Dict[str, str]:
