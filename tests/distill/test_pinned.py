@@ -1,42 +1,79 @@
 """Refactoring guard: small runs of every preset give the synthetic sets they gave before.
 
-The hashes were computed on the code before the layout change of issue 9 (commit 4b156e4),
-with one thread on torch 2.13.0 CPU. A change that alters them changes behaviour: the same seed
-no longer gives the same synthetic set. Bit-exact float results can depend on the CPU's vector
-instructions; on a machine where every case fails, re-check on the reference machine first.
+Each run (one thread, torch 2.13.0 CPU) is pinned by a fingerprint of its images — their sum,
+their sum of squares and their projection on a fixed random direction — and its weights.
+A change that moves them changes behaviour: the same seed no longer gives the same synthetic set.
 
-Deliberate changes since, each re-pinned in its own commit:
-- ``wmdd`` (issue 13): the exact barycenter sums over the plan's arcs (sparse) and builds its cost
-  with one ``addmm``; float32 rounding moves the atoms by ~1e-5 relative (same objective to 8
-  digits on a 300-point test cloud), so the images' hash changed.
-- ``wmdd``, ``wmdd_sliced`` (issue 13): PCBN's one-class statistics are two matrix products
-  over the images instead of per-image means and an ``index_add``, with a hand-written backward
-  (float32 rounding; weights unchanged).
+Why fingerprints with a tolerance and not hashes of the bytes: float rounding depends on the
+CPU's vector kernels (and on the thread count). Between the AVX2 kernels and the generic ones
+(``ATEN_CPU_CAPABILITY=default``) these fingerprints moved by at most 1.4e-5 relative (the sum
+of ``wmdd_sliced``'s images) and the weights by 2.2e-5; the tolerances below are that with a
+margin, and far below what a change of algorithm moves. Hashes pinned to one machine failed on
+every preset on the next machine CI ran on.
+
+KR-dual is the exception: its critic's clipped Adam steps amplify a one-ulp difference (the
+image sum differs by 2e-3 relative after one iteration between the two kernel sets, 34 % after
+ten), so it stays pinned by the bytes' hash, one accepted hash per CPU it was recorded on.
+
+Deliberate changes are re-pinned in their own commits, listed here.
 """
 import hashlib
+import math
 
 import pytest
+import torch
 
 import ddmetrics as ddm
 
-#: name -> (Distiller arguments, sha256[:16] of the images, of the weights)
+#: name -> (Distiller arguments, images: (sum, sum of squares, projection), weights)
 PINNED = {
     "wmdd": (dict(method="wmdd", ipc=2, seed=0, iterations=15, teacher_epochs=2),
-             "2218427adf923b32", "c4bed0b7ff1885fb"),
-    "dm": (dict(method="dm", ipc=2, seed=0, iterations=15), "422b6ac0a39093ea", "9ba54d57656313e9"),
-    "m3d": (dict(method="m3d", ipc=2, seed=0, iterations=10, factor=2), "4be7271ffcfd0c56", "9ba54d57656313e9"),
-    "krdual": (dict(method="krdual", ipc=2, seed=0, iterations=10), "52dd74362b8bda8c", "9ba54d57656313e9"),
-    "wmdd_sliced": (dict(method="wmdd", loss="sliced", ipc=2, seed=0, iterations=10, teacher_epochs=2, bary_iters=20),
-                    "9f016963816e5f01", "a4ff361f2a8c2020"),
+             (3.7308804, 413.869451524, 36.474607882),
+             [0.485179722, 0.514820278, 0.49941048, 0.50058949, 0.513159394, 0.486840606]),
+    "dm": (dict(method="dm", ipc=2, seed=0, iterations=15),
+           (10.944364404, 397.67064713, 32.305334804), [0.5] * 6),
+    "m3d": (dict(method="m3d", ipc=2, seed=0, iterations=10, factor=2),
+            (9.142519936, 263.826141728, -24.407806841), [0.5] * 6),
+    "wmdd_sliced": (dict(method="wmdd", loss="sliced", ipc=2, seed=0, iterations=10, teacher_epochs=2,
+                         bary_iters=20),
+                    (2.479514733, 403.979465509, 31.239831091),
+                    [0.454088748, 0.545911193, 0.534989834, 0.465010166, 0.555452108, 0.444547921]),
 }
 
+#: KR-dual: sha256[:16] of the images on each CPU recorded (the weights are uniform)
+KRDUAL = (dict(method="krdual", ipc=2, seed=0, iterations=10),
+          {"52dd74362b8bda8c",   # the machine the hashes were first taken on (issue 9)
+           "3ed3041e61839dd0"})  # AMD EPYC family 25 model 1, AVX2 kernels
 
-def _digest(t) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+RTOL = 1e-5  # relative to the images' scale; the weights: absolute
+WTOL = 1e-4
+
+
+def fingerprint(images: torch.Tensor):
+    """``(sum, sum of squares, projection on a fixed N(0, 1) direction)`` of ``images``, in float64."""
+    t = images.detach().cpu().double().flatten()
+    direction = torch.randn(t.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return float(t.sum()), float(t.square().sum()), float((t * direction).sum())
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_synthetic_set_is_pinned(small, name):
     kwargs, images, weights = PINNED[name]
     syn = ddm.Distiller(**kwargs).fit(small, progress=False)
-    assert (_digest(syn.images), _digest(syn.weights)) == (images, weights)
+    total, squares, projection = fingerprint(syn.images)
+    # the sum and the projection can be near 0: their tolerance scales with the images' norm
+    scale = math.sqrt(syn.images.numel() * images[1])
+    assert total == pytest.approx(images[0], abs=RTOL * scale)
+    assert squares == pytest.approx(images[1], rel=RTOL)
+    assert projection == pytest.approx(images[2], abs=RTOL * scale)
+    assert syn.weights.double().tolist() == pytest.approx(weights, abs=WTOL)
+
+
+def test_krdual_is_pinned(small):
+    syn = ddm.Distiller(**KRDUAL[0]).fit(small, progress=False)
+    digest = hashlib.sha256(syn.images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    assert torch.equal(syn.weights, torch.full_like(syn.weights, 0.5))
+    if digest not in KRDUAL[1]:
+        # a CPU whose kernels were never recorded fails too: re-check on a recorded one first
+        pytest.fail(f"krdual images hash {digest} is none of the recorded {sorted(KRDUAL[1])} "
+                    f"(CPU capability {torch.backends.cpu.get_cpu_capability()})")
