@@ -8,6 +8,7 @@ child processes measure their own memory, and most scripts never plot.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import io
@@ -180,6 +181,42 @@ def interleaved_repeats(repeat_once: Mapping[str, Callable[[], float]], repeats:
         for name in (names if r % 2 == 0 else names[::-1]):
             times[name].append(repeat_once[name]())
     return times
+
+
+@contextlib.contextmanager
+def barycenter_clock():
+    """Count and time the exact barycenter's network-simplex solves and its k-means++ start.
+
+    Yields a dict ``{"calls", "seconds", "init"}`` that fills while the block runs: it tells how
+    much of a barycenter's time is the network simplex and how much the torch algebra.
+    Instrumentation, so it patches the implementation module, where the names are looked up,
+    and restores it on exit.
+    """
+    import ddmetrics.losses._barycenter as bary_mod
+
+    solver, init = bary_mod.emd_arcs, bary_mod.init_support
+    clock = {"calls": 0, "seconds": 0.0, "init": 0.0}
+
+    def timed_solver(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return solver(*args, **kwargs)
+        finally:
+            clock["calls"] += 1
+            clock["seconds"] += time.perf_counter() - t
+
+    def timed_init(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return init(*args, **kwargs)
+        finally:
+            clock["init"] += time.perf_counter() - t
+
+    bary_mod.emd_arcs, bary_mod.init_support = timed_solver, timed_init
+    try:
+        yield clock
+    finally:
+        bary_mod.emd_arcs, bary_mod.init_support = solver, init
 
 
 # --------------------------------------------------------------------------- writing (always atomic)

@@ -45,8 +45,8 @@ if HERE not in sys.path:  # the shared helpers sit next to this script (also whe
     sys.path.insert(0, HERE)
 
 # torch-free: a --child process sets its address-space cap before importing torch
-from _common import (GIB as _GIB, command_line, elapsed_log, local_date, loadavg_1min, machine_info,  # noqa: E402
-                     markdown_table, peak_rss_bytes, rss_bytes, write_json, write_text)
+from _common import (GIB as _GIB, barycenter_clock, command_line, elapsed_log, local_date, loadavg_1min,  # noqa: E402
+                     machine_info, markdown_table, peak_rss_bytes, rss_bytes, write_json, write_text)
 
 # Measurement kinds, in the order they are run and reported.
 KINDS = ("barycenter", "wasserstein", "sinkhorn", "sliced")
@@ -151,29 +151,7 @@ def measure(spec: dict) -> dict:
     if kind == "barycenter":
         loss = ddm.get_loss("wasserstein")
         data_bytes = x.nbytes
-        # Count the exact OT solves and their time by wrapping the solver the barycenter calls:
-        # it tells how much of the time is the network simplex and how much the torch algebra.
-        # Instrumentation, so it patches the implementation module, where the names are looked up.
-        import ddmetrics.losses._barycenter as bary_mod
-
-        solver, init, clock = bary_mod.emd_arcs, bary_mod.init_support, {"calls": 0, "seconds": 0.0, "init": 0.0}
-
-        def timed_solver(*args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return solver(*args, **kwargs)
-            finally:
-                clock["calls"] += 1
-                clock["seconds"] += time.perf_counter() - t
-
-        def timed_init(*args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return init(*args, **kwargs)
-            finally:
-                clock["init"] += time.perf_counter() - t
-
-        bary_mod.emd_arcs, bary_mod.init_support = timed_solver, timed_init
+        clock_context = barycenter_clock()  # how much of the time is the network simplex
     else:
         y0 = make_features(m, d, seed, clusters=int(spec["clusters"]), stream=1)
         data_bytes = x.nbytes + y0.nbytes
@@ -187,15 +165,12 @@ def measure(spec: dict) -> dict:
     gc.collect()
     rec.update(rss_before=rss_bytes(), peak_before=peak_rss_bytes(), data_bytes=data_bytes)
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
-    try:
-        if kind == "barycenter":
+    if kind == "barycenter":
+        with clock_context as clock:
             out = loss.barycenter(x, m, iters=int(spec["iters"]), learn_weights=True, seed=seed)
-        else:
-            value = loss(x, y)
-            value.backward()
-    finally:
-        if kind == "barycenter":
-            bary_mod.emd_arcs, bary_mod.init_support = solver, init
+    else:
+        value = loss(x, y)
+        value.backward()
     rec["seconds"] = time.perf_counter() - t0
     rec["cpu_seconds"] = _cpu_seconds() - cpu0
     rec["peak_rss"] = peak_rss_bytes()
@@ -304,7 +279,7 @@ def markdown(meta: dict, rows: list) -> str:
          f"- Data: x (n, d) float32, a ReLU'd mixture of {a['clusters']} Gaussian clusters (unequal masses and "
          f"spreads), seed {a['seed']}; y (m, d) = m further draws of the same mixture (independent stream).",
          f"- Exact barycenter: `ddmetrics.get_loss(\"wasserstein\").barycenter(x, {a['m']}, iters={a['iters']}, "
-         f"learn_weights=True)` (k-means++ init, {a['iters']} rounds = {a['iters'] + 1} network-simplex solves).",
+         f"learn_weights=True)` (k-means++ init, {a['iters']} rounds; its network-simplex solves are counted in the notes).",
          "- Losses: value + backward w.r.t. y (`loss(x, y).backward()`), defaults except `sinkhorn` "
          "`backend=\"tensorized\"` (blur 0.05, scaling 0.5, debiased: it builds the n×n cost of x with itself) "
          f"and `sliced` `n_projections=256, seed={a['seed']}`.",

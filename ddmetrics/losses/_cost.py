@@ -41,7 +41,7 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def centered_working_inputs(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``x, y, a, b`` in the :func:`working_dtype`, the clouds shifted by their joint mean.
+    r"""``x, y, a, b`` in the :func:`working_dtype`, the clouds shifted by their joint mean.
 
     For losses invariant to a common shift (distances, covariances): the shift changes nothing but
     the rounding, which shrinks from the scale of :math:`\|x\|^2` to that of the spread. The

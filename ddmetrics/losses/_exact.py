@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._barycenter import Barycenter, exact_barycenter
+from ._barycenter import WEIGHT_UPDATES, Barycenter, exact_barycenter
 from ._cost import ground_cost
 from ._emd import emd_plan
 from .base import DistributionLoss, register_loss
@@ -48,6 +48,11 @@ class ExactOT(DistributionLoss):
     ----------
     p : int
         1 or 2.
+    weight_update : {"exact", "mirror"}
+        How :meth:`barycenter` learns the atoms' weights (``p=2``; see
+        :func:`~ddmetrics.losses.exact_barycenter`): ``"exact"`` (default), the minimiser in
+        closed form (each point to its nearest atom), or ``"mirror"``, the WMDD paper's
+        mirror descent along the dual potentials, to reproduce it.
 
     References
     ----------
@@ -56,14 +61,16 @@ class ExactOT(DistributionLoss):
     .. [2] R. Flamary et al. POT: Python Optimal Transport. JMLR 2021.
     """
 
-    def __init__(self, p: int = 2):
+    def __init__(self, p: int = 2, weight_update: str = "exact"):
         super().__init__()
         if p not in (1, 2):
             raise ValueError(f"p must be 1 or 2, got {p!r}")
-        self.p = p
+        if weight_update not in WEIGHT_UPDATES:
+            raise ValueError(f"weight_update must be one of {WEIGHT_UPDATES}, got {weight_update!r}")
+        self.p, self.weight_update = p, weight_update
 
     def _config(self):
-        return {"p": self.p}
+        return {"p": self.p, "weight_update": self.weight_update}
 
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
         return _PlanCost.apply(a, b, ground_cost(x, y, self.p))
@@ -76,5 +83,6 @@ class ExactOT(DistributionLoss):
         """
         if self.p != 2:
             return super().barycenter(x, m, a=a, learn_weights=learn_weights, iters=iters, seed=seed, **kwargs)
+        kwargs.setdefault("weight_update", self.weight_update)
         return exact_barycenter(x, m, a=a, learn_weights=learn_weights, iters=10 if iters is None else iters,
                                 seed=seed, **kwargs)

@@ -15,7 +15,9 @@ KR-dual is the exception: its critic's clipped Adam steps amplify a one-ulp diff
 image sum differs by 2e-3 relative after one iteration between the two kernel sets, 34 % after
 ten), so it stays pinned by the bytes' hash, one accepted hash per CPU it was recorded on.
 
-Deliberate changes are re-pinned in their own commits, listed here.
+Deliberate changes, each re-pinned in its own commit:
+- ``wmdd`` (issue 13): the exact barycenter's weights in closed form (each feature to its
+  nearest atom, after 3 rounds at uniform weights) instead of mirror descent.
 """
 import hashlib
 import math
@@ -28,8 +30,8 @@ import ddmetrics as ddm
 #: name -> (Distiller arguments, images: (sum, sum of squares, projection), weights)
 PINNED = {
     "wmdd": (dict(method="wmdd", ipc=2, seed=0, iterations=15, teacher_epochs=2),
-             (3.7308804, 413.869451524, 36.474607882),
-             [0.485179722, 0.514820278, 0.49941048, 0.50058949, 0.513159394, 0.486840606]),
+             (4.025107434, 413.571380335, 36.459749539),
+             [0.4765625, 0.5234375, 0.473282635, 0.526717722, 0.6015625, 0.3984375]),
     "dm": (dict(method="dm", ipc=2, seed=0, iterations=15),
            (10.944364404, 397.67064713, 32.305334804), [0.5] * 6),
     "m3d": (dict(method="m3d", ipc=2, seed=0, iterations=10, factor=2),

@@ -37,13 +37,56 @@ def test_objective_not_above_pot_free_support_barycenter(seed, device):
     pot_obj = barycenter_objective(x, torch.tensor(pot), torch.full((12,), 1 / 12, dtype=torch.float64))
     assert ours.objective <= pot_obj + 1e-12
     assert abs(ours.objective - barycenter_objective(x, support, weights)) < 1e-9
-    # the per-round history starts at the initial support and its best is what was returned
+    # the per-round history starts at the initial support (uniform weights for the balanced
+    # rounds; without them, its optimal weights: each point to its nearest atom) and its best is
+    # what was returned
     uniform = torch.full((12,), 1 / 12, dtype=torch.float64)
     assert abs(ours.history[0] - barycenter_objective(x, init, uniform)) < 1e-9
     assert min(ours.history) == ours.objective and 2 <= len(ours.history) <= 11
+    lloyd = exact_barycenter(x, 12, iters=10, init=init, balanced_iters=0)
+    nearest = float((torch.cdist(x, init) ** 2).min(1).values.mean())
+    assert abs(lloyd.history[0] - nearest) < 1e-9 and nearest < barycenter_objective(x, init, uniform)
+    assert all(b <= a + 1e-12 for a, b in zip(lloyd.history, lloyd.history[1:]))
+    # weighted Lloyd: with full steps the objective never rises
+    assert all(b <= a + 1e-12 for a, b in zip(ours.history, ours.history[1:]))
+    # the paper's mirror-descent rule also beats POT here, and the closed form beats it
+    mirror = exact_barycenter(x, 12, iters=10, init=init, weight_update="mirror")
+    assert ours.objective <= mirror.objective <= pot_obj + 1e-12
     # positions-only follows POT exactly
     fixed = exact_barycenter(x, 12, iters=10, init=init, learn_weights=False)
     assert torch.allclose(fixed.support, torch.tensor(pot), atol=1e-8) or fixed.objective <= pot_obj + 1e-12
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nearest_atom_weights_are_the_exact_minimiser_over_the_simplex(seed):
+    # min_w W2²(mu, sum_j w_j delta_b_j) = sum_i a_i min_j c_ij, reached by the nearest-atom
+    # masses: checked against the network simplex at those weights and at other weights
+    g = torch.Generator().manual_seed(seed)
+    x, b = _cloud(90, 3, seed), _cloud(6, 3, seed + 10)
+    a = torch.rand(90, generator=g, dtype=torch.float64) + 0.1
+    a = a / a.sum()
+    from ddmetrics.losses._barycenter import _nearest_atom_plan
+
+    cost = torch.cdist(x, b) ** 2
+    arcs, w = _nearest_atom_plan(a, torch.full((6,), 1 / 6, dtype=torch.float64), cost)
+    closed = float((a * cost.min(1).values).sum())
+    assert abs(float((arcs.mass * cost[arcs.rows, arcs.cols]).sum()) - closed) < 1e-12
+    assert abs(float(w.sum()) - 1) < 1e-12
+    assert abs(ot.emd2(a.numpy(), w.numpy(), cost.numpy()) - closed) < 1e-10
+    for _ in range(20):
+        other = torch.rand(6, generator=g, dtype=torch.float64)
+        assert ot.emd2(a.numpy(), (other / other.sum()).numpy(), cost.numpy()) >= closed - 1e-12
+
+
+def test_an_atom_left_without_points_is_reseated():
+    # two far clusters and a third atom started between them, farther from every point than the
+    # cluster atoms: it gets no point, and moves onto the point that costs most
+    x = torch.cat([_cloud(50, 2, 0) * 0.1, _cloud(50, 2, 1) * 0.1 + torch.tensor([10.0, 0.0], dtype=torch.float64)])
+    init = torch.tensor([[0.0, 0.0], [10.0, 0.0], [5.0, 30.0]], dtype=torch.float64)
+    bary = exact_barycenter(x, 3, init=init, iters=5)
+    assert (bary.weights > 0).all()
+    assert bary.objective < bary.history[0]
+    assert bary.objective == pytest.approx(barycenter_objective(x, bary.support, bary.weights), abs=1e-12)
 
 
 def test_weights_on_simplex():
@@ -74,12 +117,26 @@ def test_generic_gradient_flow_lowers_the_loss(device):
     assert bary.objective == pytest.approx(float(loss(x.cpu(), bary.support.cpu(), b=bary.weights.cpu())), rel=1e-9)
 
 
+def test_the_loss_setting_chooses_the_weight_rule():
+    # ExactOT(weight_update=...) is what a distiller's loss_kwargs set: it must reach the solver
+    x = _cloud(150, 4, 6)
+    for rule in ("exact", "mirror"):
+        via_loss = ddm.get_loss("wasserstein", weight_update=rule).barycenter(x, 5, seed=1)
+        direct = exact_barycenter(x, 5, iters=10, seed=1, weight_update=rule)
+        assert torch.equal(via_loss.weights, direct.weights) and via_loss.objective == direct.objective
+    assert ddm.get_loss("wasserstein").barycenter(x, 5, seed=1).objective < via_loss.objective
+    with pytest.raises(ValueError, match="weight_update"):
+        ddm.get_loss("wasserstein", weight_update="newton")
+
+
 def test_bad_arguments():
     x = _cloud(10, 2, 0)
     with pytest.raises(ValueError, match="m"):
         exact_barycenter(x, 11)
     with pytest.raises(ValueError, match="x"):
         exact_barycenter(x * float("nan"), 2)
+    with pytest.raises(ValueError, match="weight_update"):
+        exact_barycenter(x, 2, weight_update="newton")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
