@@ -35,6 +35,20 @@ def test_gradient_equals_geomloss(device):
     assert torch.allclose(y1.grad.cpu(), y2.grad, atol=1e-10)
 
 
+def test_geomloss_gets_its_own_diameter_estimate():
+    # ours computes the bounding box's diagonal once and hands it to GeomLoss (which would
+    # otherwise compute it again): the value must be the one GeomLoss estimates itself
+    x, y, a, b = _data(4, d=5)
+    loss = Sinkhorn(blur=0.1, backend="tensorized")
+    seen = []
+    build = loss.samples_loss
+    loss.samples_loss = lambda backend, diameter=None: seen.append(diameter) or build(backend, diameter)
+    value = loss(x, y, a, b)
+    both = torch.cat([x, y]).numpy()
+    assert seen == [pytest.approx(float(((both.max(0) - both.min(0)) ** 2).sum() ** 0.5), rel=1e-12)]
+    assert float(value) == float(SamplesLoss("sinkhorn", p=2, blur=0.1, scaling=0.5, backend="tensorized")(a, x, b, y))
+
+
 def test_small_blur_approaches_half_w2():
     # GeomLoss's cost for p=2 is |x-y|^2 / 2, so S_eps -> W_2^2 / 2 as blur -> 0
     x, y, a, b = _data(5, n=25, m=20, d=2)
