@@ -9,6 +9,9 @@ synthetic batch (no PCBN hooks, no loss); for DM / M3D the random embedder's for
 augmented real batch and its forward + backward on the augmented synthetic one.
 Times are means over the profiled iterations. ``share outside`` = 1 − floor / iteration: the augmentation, the loss, the BatchNorm
 regulariser, the data loading, the embedder redraw, the optimiser and the framework overhead.
+The same share is also timed without the profiler (``share_outside_wall``: as many iterations
+again, and the floor again), since the profiler charges every op and the iteration has several
+times the floor's ops; :func:`bare_op_us` prices one aten call on a 1-element tensor.
 
 The teacher is untrained (seeded ``get_model``): an iteration costs the same whatever its
 weights. Used by ``metric_speed.py`` (section "Synthesis iteration profile").
@@ -16,6 +19,7 @@ weights. Used by ``metric_speed.py`` (section "Synthesis iteration profile").
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Any, Dict
 
 import torch
@@ -65,6 +69,12 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
         for it in range(warmup, warmup + iterations):
             with record_function("iteration"):
                 iteration(it)
+    # the same number of iterations again without the profiler (it adds a cost to every op, and the
+    # iteration has several times the floor's ops): the plain wall-clock share
+    start = time.perf_counter()
+    for it in range(warmup + iterations, warmup + 2 * iterations):
+        iteration(it)
+    it_wall_ms = (time.perf_counter() - start) * 1000 / iterations
 
     # the floor's inputs, built outside the timed ranges exactly as a step builds them
     if strategy_cls.needs_teacher:
@@ -95,6 +105,10 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
         for _ in range(iterations):
             with record_function("floor"):
                 floor()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        floor()
+    floor_wall_ms = (time.perf_counter() - start) * 1000 / iterations
     # means, not medians: an embedder redraw every few iterations (DM) is part of the cost
     it_ms = statistics.fmean(_ranges_ms(prof, "iteration"))
     floor_ms = statistics.fmean(_ranges_ms(prof_floor, "floor"))
@@ -106,4 +120,20 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
     floor_calls = sum(e.count for e in prof_floor.key_averages() if e.key.startswith("aten::")) / iterations
     return {"method": method, "ipc": ipc, "iterations": iterations, "iteration_ms": it_ms, "floor_ms": floor_ms,
             "share_outside": 1.0 - floor_ms / it_ms, "batch_real": None if real is None else int(real.shape[0]),
-            "aten_calls_per_iteration": aten_calls, "floor_aten_calls": floor_calls, "top_ops": top}
+            "aten_calls_per_iteration": aten_calls, "floor_aten_calls": floor_calls, "top_ops": top,
+            "iteration_wall_ms": it_wall_ms, "floor_wall_ms": floor_wall_ms,
+            "share_outside_wall": 1.0 - floor_wall_ms / it_wall_ms,
+            # what the time outside costs per aten call it adds (calls nested in others included)
+            "outside_us_per_extra_call": 1000 * (it_ms - floor_ms) / max(aten_calls - floor_calls, 1)}
+
+
+def bare_op_us(calls: int = 20000) -> float:
+    """Wall microseconds of one bare aten call (an add of two 1-element tensors), without the
+    profiler: the per-call price that no arithmetic hides on tiny tensors."""
+    t = torch.zeros(1)
+    for _ in range(1000):
+        torch.add(t, t)
+    start = time.perf_counter()
+    for _ in range(calls):
+        torch.add(t, t)
+    return (time.perf_counter() - start) * 1e6 / calls

@@ -226,3 +226,19 @@ def test_a_section_with_reference_rows_gets_their_paired_difference():
     assert rows["X (soft = paper)"].split(" | ")[7] == "reference"
     assert "Δ vs reference row" in next(line for line in lines if line.startswith("| IPC") and "reference" in line)
     assert len(rows["Y"].split(" | ")) == len(rows["X (hard)"].split(" | ")) - 1  # section T has no such column
+
+
+def test_barycenter_clock_counts_the_network_simplex_solves_and_restores_the_solver():
+    import ddmetrics.losses._barycenter as bary_mod
+    from ddmetrics.losses import exact_barycenter
+
+    x = torch.randn(120, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    solver = bary_mod.emd_arcs
+    with _common.barycenter_clock() as mirror:
+        paper = exact_barycenter(x, 6, iters=5, weight_update="mirror")
+    with _common.barycenter_clock() as closed:
+        exact_barycenter(x, 6, iters=5, balanced_iters=2)
+    # the mirror rule solves once per evaluated iterate; the closed form only in its uniform rounds
+    assert mirror["calls"] == len(paper.history) and closed["calls"] == 2
+    assert mirror["seconds"] > 0 and closed["init"] > 0
+    assert bary_mod.emd_arcs is solver

@@ -114,13 +114,14 @@ class BarycenterMatching(Strategy):
 
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
         view = self.augment(syn, gen) if self.augment is not None else syn
-        feats, logits, reg_value = self._forward(view, ctx["reg"])
+        if self.cfg.feature_loss not in ("barycenter", "ce"):
+            raise ValueError(f"feature_loss must be 'barycenter' or 'ce', got {self.cfg.feature_loss!r}")
+        # the classifier head runs only where its logits are used
+        feats, logits, reg_value = self._forward(view, ctx["reg"], logits=self.cfg.feature_loss == "ce")
         if self.cfg.feature_loss == "barycenter":
             feature = ((feats - ctx["targets"]) ** 2).sum()
-        elif self.cfg.feature_loss == "ce":
-            feature = F.cross_entropy(logits, ctx["labels"], reduction="sum")
         else:
-            raise ValueError(f"feature_loss must be 'barycenter' or 'ce', got {self.cfg.feature_loss!r}")
+            feature = F.cross_entropy(logits, ctx["labels"], reduction="sum")
         return feature + self.cfg.reg_weight * reg_value, feature
 
     def weights(self, ctx: Dict[str, Any]) -> Tensor:
@@ -130,14 +131,14 @@ class BarycenterMatching(Strategy):
         return {"barycenter_seconds": ctx["barycenter_seconds"], "feature_loss_first": first,
                 "feature_loss_last": last}
 
-    def _forward(self, view: Tensor, reg: Optional[BoundPCBN]):
-        """Features, logits and the BN regulariser from one teacher pass (bf16 autocast with
-        ``amp`` on CUDA; what comes out is float32 for the losses)."""
+    def _forward(self, view: Tensor, reg: Optional[BoundPCBN], logits: bool = True):
+        """Features, logits (``None`` unless ``logits``) and the BN regulariser from one teacher
+        pass (bf16 autocast with ``amp`` on CUDA; what comes out is float32 for the losses)."""
         with autocast(self.device, self.amp):
             if reg is None:
                 feats = self.teacher.embed(view)
                 reg_value = view.new_zeros(())
             else:
                 reg_value, feats = reg(view, forward=self.teacher.embed)
-            logits = self.teacher.classifier(feats)
-        return feats.float(), logits.float(), reg_value.float()
+            out = self.teacher.classifier(feats).float() if logits else None
+        return feats.float(), out, reg_value.float()
