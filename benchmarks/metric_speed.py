@@ -249,6 +249,9 @@ def bench_barycenter(args, log):
     def ours_w():
         return exact_barycenter(x, m, iters=iters, init=init)
 
+    def ours_lloyd():
+        return exact_barycenter(x, m, iters=iters, init=init, balanced_iters=0)
+
     def ours_mirror():
         return exact_barycenter(x, m, iters=iters, init=init, weight_update="mirror")
 
@@ -269,6 +272,7 @@ def bench_barycenter(args, log):
         return exact_barycenter(x, m, iters=rounds, init=init)
 
     fns = {"ours (learned weights)": ours_w, f"ours (learned weights, {rounds} rounds: POT's objective)": ours_goal,
+           "ours (learned weights, Lloyd only: balanced_iters=0)": ours_lloyd,
            "ours (learned weights, the paper's mirror rule)": ours_mirror, "ours (positions only)": ours_pos,
            "POT free_support_barycenter": pot}
     results = {}
@@ -278,7 +282,7 @@ def bench_barycenter(args, log):
     X_pot, pot_log = results["POT free_support_barycenter"]
     objectives = {
         "ours (learned weights)": results["ours (learned weights)"].objective,
-        **{k: results[k].objective for k in list(fns)[1:3]},
+        **{k: results[k].objective for k in list(fns)[1:4]},
         "ours (positions only)": results["ours (positions only)"].objective,
         "POT free_support_barycenter": barycenter_objective(x, torch.as_tensor(X_pot, dtype=x.dtype), uniform),
     }
