@@ -64,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--ref-repeats", type=int, default=3)
     p.add_argument("--profile-datasets", nargs="*", default=["digits", "mnist"],
                    help="datasets of the synthesis-iteration profile (WMDD and DM); none skips it")
-    p.add_argument("--profile-iterations", type=int, default=10)
+    p.add_argument("--profile-iterations", type=int, default=30,
+                   help="profiled iterations per case (means: an embedder redraw every 5 is part of the cost)")
     p.add_argument("--n-projections", type=int, default=256)
     p.add_argument("--pot-sinkhorn-max", type=float, default=30.0,
                    help="skip POT sinkhorn2 at a size whose warm-up call takes longer than this (s)")
@@ -373,14 +374,13 @@ def bench_wmdd_reference(args, log):
 
 def bench_profile(args, log):
     """Share of a synthesis iteration outside the embedder's forward + backward (``_synthesis_profile``)."""
-    from _synthesis_profile import bare_op_us, profile_synthesis
+    from _synthesis_profile import profile_in_fresh_process
 
     out = []
     for name in args.profile_datasets:
-        train = ddm.data.load(name, seed=args.seed).train
         for method in ("wmdd", "dm"):
-            rec = profile_synthesis(train, method, ipc=10, iterations=args.profile_iterations, seed=args.seed)
-            rec["dataset"], rec["bare_op_us"] = name, bare_op_us()
+            rec = profile_in_fresh_process(name, method, ipc=10, iterations=args.profile_iterations, seed=args.seed)
+            rec["dataset"] = name
             log(f"  profile {name} {method}: iteration {rec['iteration_ms']:.2f} ms, floor {rec['floor_ms']:.2f} ms, "
                 f"outside {rec['share_outside']:.1%} (without the profiler {rec['share_outside_wall']:.1%})")
             out.append(rec)
@@ -582,7 +582,8 @@ def markdown(meta, recs, bary, ref=None, prof=None):
                   "steps) and Python.", ""])
     if prof:
         L.extend(["## Synthesis iteration profile (torch.profiler)", "",
-                  "One class, IPC 10, the preset's settings, an untrained teacher (`benchmarks/_synthesis_profile.py`). "
+                  "One class, IPC 10, the preset's settings, an untrained teacher, each case in a fresh interpreter "
+                  "(`benchmarks/_synthesis_profile.py`). "
                   "iteration = the loop's body (`strategy.step`, `zero_grad`, `backward`, `opt.step`); floor = the "
                   "embedder's forward + backward on the same inputs and nothing else (WMDD: `teacher.embed` of the "
                   "augmented synthetic batch; DM: the random embedder on the augmented real batch, and forward + "

@@ -128,9 +128,11 @@ def exact_barycenter(
          weighted Lloyd iterations, whose objective does not increase). An atom left without
          points moves onto the point that costs most (the usual k-means repair), so that
          every atom carries mass. The first ``balanced_iters`` rounds keep the weights uniform
-         (exact plan, network simplex): that spreads the atoms over the cloud first, where
-         Lloyd alone from a k-means++ start strands atoms on outlying points (in high
-         dimension: see ``balanced_iters``).
+         (exact plan, network simplex): that spreads the atoms over the cloud first; Lloyd
+         alone from a k-means++ start ends higher in high dimension (see ``balanced_iters``).
+         The weights are then what the objective asks for, however uneven: an atom on an
+         isolated point keeps that point's mass alone (1/n on the clustered clouds of
+         ``benchmarks/large_support.py``).
        - ``"mirror"``: the WMDD paper's Algorithm 2: an exact OT solve at the current weights
          (network simplex), then a mirror-descent step along the atoms' dual potentials
          :math:`\beta` (a subgradient of :math:`W_2^2` in :math:`w`),
@@ -170,9 +172,10 @@ def exact_barycenter(
         reproduce it.
     balanced_iters : int
         Rounds, out of ``iters``, at uniform weights before the closed-form weights take over
-        (``"exact"`` only; default 3). On 10⁴ points of N(0, I/512), m = 100, 10 rounds: 0
-        ends at :math:`W_2^2` 0.97259, above the 0.97106 of POT's uniform-weight barycenter; 3
-        ends below it (``benchmarks/metric_speed.py``); each costs one network-simplex solve.
+        (``"exact"`` only; default 3). On 10⁴ points of N(0, I/512), m = 100, 10 rounds from
+        the same k-means++ start: 0 ends at :math:`W_2^2` 0.97276, above the 0.97106 of POT's
+        uniform-weight barycenter; 3 end at 0.97095, below it (``benchmarks/metric_speed.py``,
+        barycenter section). Each costs one network-simplex solve.
     weight_step : float
         Mirror step :math:`\eta` on the max-normalised cost (``"mirror"`` only; default 1). The
         WMDD authors use about 10; on clustered clouds that oscillates and stalls the positions
