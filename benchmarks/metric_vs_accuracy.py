@@ -34,6 +34,10 @@ Experiments (``--experiment``):
     WMDD Table 3: ``feature_loss`` {barycenter, ce} × ``reg`` {bn, pcbn}, IPC 10.
 ``lambda``
     WMDD Fig. 5a: ``reg_weight`` λ in 0.1, 1, 10, 100, 1000, IPC 10.
+``weight_rule``
+    WMDD (the preset) with the exact barycenter's weights in closed form (``weight_update="exact"``,
+    the default) and by the paper's mirror descent (``"mirror"``), paired, IPC 10 and 50 (at IPC 1
+    a class has one atom, of weight 1, under both rules).
 ``moments``
     M3D Table 1: DM, M3D and WMDD sets (their presets) at IPC 10; distances between the
     synthetic and real *training* features of the trained WMDD teacher (1st, 2nd, 3rd moments
@@ -206,6 +210,14 @@ def _ablation_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, 
                 compare="" if label == preset else preset)
 
 
+def _weight_rule_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
+    # the exact barycenter's weights: closed form (the default) against the paper's mirror descent, paired
+    closed = "closed-form weights (default)"
+    for label, rule in ((closed, "exact"), ("mirror-descent weights (the paper's)", "mirror")):
+        add(label, "wasserstein", "barycenter", "wmdd", {"loss_kwargs": {"weight_update": rule}},
+            compare="" if label == closed else closed)
+
+
 def _lambda_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
     for lam in LAMBDAS:
         add(f"lambda={lam:g}", "wasserstein", "barycenter", "wmdd", {"reg_weight": lam})
@@ -298,6 +310,8 @@ EXPERIMENTS: Dict[str, Experiment] = {
                                   _exact_vs_sliced_cells, (1, 10, 50)),
     "ablation": Experiment("Feature loss × BN regulariser (WMDD paper, Table 3)", _ablation_cells, (10,)),
     "lambda": Experiment("PCBN weight λ (WMDD paper, Fig. 5a)", _lambda_cells, (10,)),
+    "weight_rule": Experiment("WMDD with the exact barycenter's weights in closed form vs by mirror descent",
+                              _weight_rule_cells, (10, 50), table="ci"),
     "moments": Experiment("Moment distances of the synthetic sets (M3D paper, Table 1)", _moments_cells, (10,),
                           table="moments", references=True),
 }

@@ -182,6 +182,16 @@ def test_main_plan_parts_share_the_wmdd_cell_and_get_the_mnist_cut():
         mva.plan("main", ["wasserstein"], None, {}, parts=["nope"])
 
 
+def test_weight_rule_plan_pairs_the_two_weight_rules():
+    import metric_vs_accuracy as mva
+
+    cells = mva.plan("weight_rule", [], None, {}, dataset="mnist")
+    rules = [(c.ipc, c.distiller(0).loss.weight_update) for c in cells]
+    assert rules == [(10, "exact"), (10, "mirror"), (50, "exact"), (50, "mirror")]
+    assert [c.compare for c in cells] == ["", cells[0].label, "", cells[0].label]  # mirror vs the default, paired
+    assert {(c.method, c.distiller(0).config.strategy) for c in cells} == {("wmdd", "barycenter")}
+
+
 def test_main_defaults_to_mnist_and_quick_stays_on_digits():
     import metric_vs_accuracy as mva
 
