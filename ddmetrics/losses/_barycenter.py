@@ -170,7 +170,7 @@ def exact_barycenter(
         How learned weights are updated (above). ``"exact"`` solves the network simplex only in
         its ``balanced_iters`` rounds; ``"mirror"``, the paper's algorithm, kept to reproduce
         it, solves it every round. Neither always ends lower: on 10⁴ points of N(0, I/512),
-        m = 100, the mirror rule reached 0.97047 against 0.97095 in 2.9× the time; on the
+        m = 100, the mirror rule reached 0.97047 against 0.97095 in 2.8× the time; on the
         clustered features of ``benchmarks/large_support.py`` the closed form reached 96.95
         against 101.01.
     balanced_iters : int
