@@ -142,8 +142,8 @@ def bare_op_us(calls: int = 20000) -> float:
 def profile_in_fresh_process(dataset: str, method: str, ipc: int, iterations: int, seed: int) -> Dict[str, Any]:
     """:func:`profile_synthesis` of ``dataset``'s training split in a new interpreter, with
     :func:`bare_op_us` under the key ``bare_op_us``: an iteration of small ops is sensitive to
-    the heap a long benchmark leaves behind (in one run a DM digits iteration took 17.0 ms after the
-    10⁴-point losses, against 12.9-13.3 ms alone), so each case starts from a clean one."""
+    the heap a long benchmark leaves behind (a DM digits iteration ran markedly slower right after the
+    10⁴-point losses than alone), so each case starts from a clean one."""
     import json
     import os
     import subprocess
