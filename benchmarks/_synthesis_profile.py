@@ -18,7 +18,11 @@ weights. Used by ``metric_speed.py`` (section "Synthesis iteration profile").
 """
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any, Dict
 
@@ -144,11 +148,6 @@ def profile_in_fresh_process(dataset: str, method: str, ipc: int, iterations: in
     :func:`bare_op_us` under the key ``bare_op_us``: an iteration of small ops is sensitive to
     the heap a long benchmark leaves behind (a DM digits iteration ran markedly slower right after the
     10⁴-point losses than alone), so each case starts from a clean one."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run([sys.executable, os.path.join(here, "_synthesis_profile.py"), dataset, method, str(ipc),
                           str(iterations), str(seed)], check=True, capture_output=True, text=True)
@@ -156,9 +155,6 @@ def profile_in_fresh_process(dataset: str, method: str, ipc: int, iterations: in
 
 
 if __name__ == "__main__":  # the child of profile_in_fresh_process: one JSON line on stdout
-    import json
-    import sys
-
     name, which, images, steps, base_seed = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
     record = profile_synthesis(ddm.data.load(name, seed=base_seed).train, which, ipc=images, iterations=steps,
                                seed=base_seed)

@@ -281,12 +281,8 @@ def bench_barycenter(args, log):
         results[k] = fn()
     times = interleaved_repeats({k: (lambda fn=fn: stopwatch(fn)[0]) for k, fn in fns.items()}, args.bary_repeats)
     X_pot, pot_log = results["POT free_support_barycenter"]
-    objectives = {
-        "ours (learned weights)": results["ours (learned weights)"].objective,
-        **{k: results[k].objective for k in list(fns)[1:4]},
-        "ours (positions only)": results["ours (positions only)"].objective,
-        "POT free_support_barycenter": barycenter_objective(x, torch.as_tensor(X_pot, dtype=x.dtype), uniform),
-    }
+    objectives = {k: results[k].objective for k in fns if k.startswith("ours")}
+    objectives["POT free_support_barycenter"] = barycenter_objective(x, torch.as_tensor(X_pot, dtype=x.dtype), uniform)
     out = {"n": n, "m": m, "d": d, "iters": iters, "times": times, "median": {k: med(t) for k, t in times.items()},
            "objective": objectives, "objective_init": barycenter_objective(x, init, uniform),
            "pot_iterations_run": len(pot_log["displacement_square_norms"]),

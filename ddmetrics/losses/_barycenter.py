@@ -214,8 +214,9 @@ def exact_barycenter(
         raise ValueError(f"stop_thr must be non-negative, got {stop_thr!r}")
     support = _initial(x, m, a, seed, init)
     w = torch.full((m,), 1.0 / m, dtype=x.dtype, device=x.device)
+    closed_form = learn_weights and weight_update == "exact"
     plan_at = _PLANS[weight_update] if learn_weights else _exact_plan
-    balanced = min(balanced_iters, iters) if plan_at is _nearest_atom_plan else 0
+    balanced = min(balanced_iters, iters) if closed_form else 0
     x_sq = (x * x).sum(1, keepdim=True)  # ||x_i||², the same every round
     best, converged, history = None, False, []
     for k in range(iters + 1):
@@ -239,7 +240,7 @@ def exact_barycenter(
         sent = mass > 0
         target = _plan_t_matmul(arcs, x, m) / mass.clamp_min(1e-30).unsqueeze(1)
         support = torch.where(sent.unsqueeze(1), support + damping * (target - support), support)
-        if k >= balanced and plan_at is _nearest_atom_plan and not bool(sent.all()):
+        if closed_form and k >= balanced and not bool(sent.all()):
             support = _reseat_empty_atoms(x, support, ~sent, cost, arcs)
         moved = float((support - previous[0]).square().sum() + (w - previous[1]).square().sum())
         # the next round evaluates this last iterate, then the loop stops (not while balanced:
