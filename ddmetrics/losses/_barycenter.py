@@ -218,6 +218,7 @@ def exact_barycenter(
     plan_at = _PLANS[weight_update] if learn_weights else _exact_plan
     balanced = min(balanced_iters, iters) if closed_form else 0
     x_sq = (x * x).sum(1, keepdim=True)  # ||x_i||², the same every round
+    uniform = bool((a == a[0]).all())
     best, converged, history = None, False, []
     for k in range(iters + 1):
         # ||x - b||² = ||x||² + ||b||² - 2 x·b in one addmm (the expansion of squared_distances)
@@ -238,7 +239,11 @@ def exact_barycenter(
             w = torch.softmax(logw, 0)
         mass = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, arcs.cols, arcs.mass)
         sent = mass > 0
-        target = _plan_t_matmul(arcs, x, m) / mass.clamp_min(1e-30).unsqueeze(1)
+        if closed_form and k >= balanced:  # an assignment: each point's row added to its atom's
+            target = _assigned_sums(x, a, arcs.cols, m, uniform)
+        else:
+            target = _plan_t_matmul(arcs, x, m)
+        target = target / mass.clamp_min(1e-30).unsqueeze(1)
         support = torch.where(sent.unsqueeze(1), support + damping * (target - support), support)
         if closed_form and k >= balanced and not bool(sent.all()):
             support = _reseat_empty_atoms(x, support, ~sent, cost, arcs)
@@ -275,6 +280,17 @@ def _reseat_empty_atoms(x: Tensor, support: Tensor, empty: Tensor, cost: Tensor,
     support = support.clone()
     support[empty] = x[arcs.rows[far]]
     return support
+
+
+def _assigned_sums(x: Tensor, a: Tensor, cols: Tensor, m: int, uniform: bool) -> Tensor:
+    """``plan.T @ x`` for the nearest-atom plan (point ``i`` sends ``a_i`` to atom ``cols[i]``), ``(m, d)``.
+
+    One ``index_add_`` of the rows of ``x``: no gather (every point is an arc) and, for uniform
+    ``a``, no ``a * x`` product either (0.06 ms against 0.3 ms for the CSR product at 1300 × 512).
+    """
+    if uniform:
+        return torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, cols, x).mul_(a[0])
+    return torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, cols, a.unsqueeze(1) * x)
 
 
 def _plan_t_matmul(arcs, x: Tensor, m: int) -> Tensor:

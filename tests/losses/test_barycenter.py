@@ -76,6 +76,15 @@ def test_nearest_atom_weights_are_the_exact_minimiser_over_the_simplex(seed):
     for _ in range(20):
         other = torch.rand(6, generator=g, dtype=torch.float64)
         assert ot.emd2(a.numpy(), (other / other.sum()).numpy(), cost.numpy()) >= closed - 1e-12
+    # the Lloyd position step's sums are plan.T @ x of that plan, for these weights and for uniform ones
+    from ddmetrics.losses._barycenter import _assigned_sums
+
+    plan = torch.zeros(90, 6, dtype=torch.float64)
+    plan[arcs.rows, arcs.cols] = arcs.mass
+    assert torch.allclose(_assigned_sums(x, a, arcs.cols, 6, uniform=False), plan.T @ x, atol=1e-12)
+    flat = torch.full((90,), 1 / 90, dtype=torch.float64)
+    plan[arcs.rows, arcs.cols] = flat
+    assert torch.allclose(_assigned_sums(x, flat, arcs.cols, 6, uniform=True), plan.T @ x, atol=1e-12)
 
 
 def test_an_atom_left_without_points_is_reseated():
