@@ -6,11 +6,12 @@ body (``strategy.step``, ``zero_grad``, ``backward``, ``opt.step``) run under
 ``torch.profiler``. The floor is the same embedder's forward and backward on the same inputs,
 also under the profiler, with nothing else: for WMDD ``teacher.embed`` of the augmented
 synthetic batch (no PCBN hooks, no loss); for DM / M3D the random embedder's forward on the
-augmented real batch and its forward + backward on the augmented synthetic one.
+augmented real batch and its forward + backward on the augmented synthetic one. Iterations and
+floors alternate (one of each, in turn), so both see the same machine.
 Times are means over the profiled iterations. ``share outside`` = 1 − floor / iteration: the augmentation, the loss, the BatchNorm
 regulariser, the data loading, the embedder redraw, the optimiser and the framework overhead.
 The same share is also timed without the profiler (``share_outside_wall``: as many iterations
-again, and the floor again), since the profiler charges every op and the iteration has several
+again, alternating with floors again), since the profiler charges every op and the iteration has several
 times the floor's ops; :func:`bare_op_us` prices one aten call on a 1-element tensor.
 
 The teacher is untrained (seeded ``get_model``): an iteration costs the same whatever its
@@ -18,6 +19,7 @@ weights. Used by ``metric_speed.py`` (section "Synthesis iteration profile").
 """
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import statistics
@@ -67,20 +69,7 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
         opt.step()
         float(tracked.detach())  # the loop reads the tracked value every iteration
 
-    for it in range(warmup):
-        iteration(it)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for it in range(warmup, warmup + iterations):
-            with record_function("iteration"):
-                iteration(it)
-    # the same number of iterations again without the profiler (it adds a cost to every op, and the
-    # iteration has several times the floor's ops): the plain wall-clock share
-    start = time.perf_counter()
-    for it in range(warmup + iterations, warmup + 2 * iterations):
-        iteration(it)
-    it_wall_ms = (time.perf_counter() - start) * 1000 / iterations
-
-    # the floor's inputs, built outside the timed ranges exactly as a step builds them
+    # the floor's inputs, built before the timed ranges exactly as a step builds them
     if strategy_cls.needs_teacher:
         view = strategy.augment(syn.detach(), gen) if strategy.augment is not None else syn.detach()
         embed, real = teacher.embed, None
@@ -103,25 +92,57 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
             embed(real)
         embed(leaf).sum().backward()
 
-    for _ in range(warmup):
+    for it in range(warmup):
+        iteration(it)
         floor()
-    with profile(activities=[ProfilerActivity.CPU]) as prof_floor:
-        for _ in range(iterations):
+    # iteration and floor alternate, so that both see the same state of the machine (its load and
+    # memory drift over seconds: timed in separate blocks, the share moved by tens of points)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for it in range(warmup, warmup + iterations):
+            with record_function("iteration"):
+                iteration(it)
             with record_function("floor"):
                 floor()
-    start = time.perf_counter()
-    for _ in range(iterations):
+    # the same again without the profiler (it adds a cost to every op, and the iteration has several
+    # times the floor's ops): the plain wall-clock share
+    it_wall, floor_wall = [], []
+    for it in range(warmup + iterations, warmup + 2 * iterations):
+        start = time.perf_counter()
+        iteration(it)
+        middle = time.perf_counter()
         floor()
-    floor_wall_ms = (time.perf_counter() - start) * 1000 / iterations
+        it_wall.append(middle - start)
+        floor_wall.append(time.perf_counter() - middle)
+    it_wall_ms, floor_wall_ms = 1000 * statistics.fmean(it_wall), 1000 * statistics.fmean(floor_wall)
+
     # means, not medians: an embedder redraw every few iterations (DM) is part of the cost
-    it_ms = statistics.fmean(_ranges_ms(prof, "iteration"))
-    floor_ms = statistics.fmean(_ranges_ms(prof_floor, "floor"))
-    ops = [e for e in prof.key_averages() if e.key not in ("iteration",)]
-    ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    top = [{"op": e.key, "self_ms_per_iteration": e.self_cpu_time_total / 1000 / iterations,
-            "calls_per_iteration": e.count / iterations} for e in ops[:8]]
-    aten_calls = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) / iterations
-    floor_calls = sum(e.count for e in prof_floor.key_averages() if e.key.startswith("aten::")) / iterations
+    events = prof.events()
+    ranges = {name: sorted((e.time_range.start, e.time_range.end) for e in events if e.name == name)
+              for name in ("iteration", "floor")}
+    it_ms = statistics.fmean((end - start) / 1000 for start, end in ranges["iteration"])
+    floor_ms = statistics.fmean((end - start) / 1000 for start, end in ranges["floor"])
+    starts = {name: [start for start, _ in r] for name, r in ranges.items()}
+
+    def inside(e, name: str) -> bool:
+        i = bisect.bisect_right(starts[name], e.time_range.start) - 1
+        return i >= 0 and e.time_range.start < ranges[name][i][1]
+
+    self_us: Dict[str, float] = {}
+    calls: Dict[str, int] = {}
+    aten = {"iteration": 0, "floor": 0}
+    for e in events:
+        if e.name in ranges:
+            continue
+        for name in aten:
+            if inside(e, name):
+                aten[name] += e.name.startswith("aten::")
+                if name == "iteration":
+                    self_us[e.name] = self_us.get(e.name, 0.0) + e.self_cpu_time_total
+                    calls[e.name] = calls.get(e.name, 0) + 1
+                break
+    top = [{"op": op, "self_ms_per_iteration": us / 1000 / iterations, "calls_per_iteration": calls[op] / iterations}
+           for op, us in sorted(self_us.items(), key=lambda kv: kv[1], reverse=True)[:8]]
+    aten_calls, floor_calls = aten["iteration"] / iterations, aten["floor"] / iterations
     return {"method": method, "ipc": ipc, "iterations": iterations, "iteration_ms": it_ms, "floor_ms": floor_ms,
             "share_outside": 1.0 - floor_ms / it_ms, "batch_real": None if real is None else int(real.shape[0]),
             "aten_calls_per_iteration": aten_calls, "floor_aten_calls": floor_calls, "top_ops": top,
