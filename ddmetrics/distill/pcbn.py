@@ -60,18 +60,17 @@ def _group_weights(weights: Tensor, group: Tensor, num_groups: int) -> Tensor:
     return (weights / wsum[group]).unsqueeze(1)
 
 
-def _moments(flat: Tensor, wn: Tensor) -> Tuple[Tensor, Tensor]:
-    r"""Weighted channel mean and variance ``(C,)`` of ``flat`` (m, C, S) for weights ``wn`` (m, 1)
+def _moments(flat: Tensor, w: Tensor) -> Tuple[Tensor, Tensor]:
+    r"""Weighted channel mean and variance ``(C,)`` of ``flat`` (m, C, S) for weights ``w`` (m,)
     summing to 1, in two reads of ``flat``: the per-image channel sums, then the per-image norms
     of :math:`f - \mu` (the variance from centred values, not :math:`E[f^2] - \mu^2`, and no
     tensor of squares)."""
-    c, size = flat.shape[1], flat.shape[2]
-    mean = (wn.T @ flat.sum(2)).view(c) / size
-    sq = torch.linalg.vector_norm(flat - mean.view(1, c, 1), dim=2).square_()
-    return mean, (wn.T @ sq).view(c) / size
+    ws = w / flat.shape[2]
+    mean = ws @ flat.sum(2)
+    return mean, ws @ torch.linalg.vector_norm(flat - mean.unsqueeze(1), dim=2).square_()
 
 
-def _moments_input_grad(flat: Tensor, mean: Tensor, wn: Tensor, g_mean: Tensor, g_var: Tensor) -> Tensor:
+def _moments_input_grad(flat: Tensor, mean: Tensor, w: Tensor, g_mean: Tensor, g_var: Tensor) -> Tensor:
     r"""The gradient on ``flat`` of a loss with gradients ``g_mean``, ``g_var`` on :func:`_moments`.
 
     With :math:`\omega_i = w_i / S` and :math:`\delta = f - \mu`:
@@ -85,9 +84,9 @@ def _moments_input_grad(flat: Tensor, mean: Tensor, wn: Tensor, g_mean: Tensor, 
     :math:`B_{ic} = \omega_i(\partial L/\partial\mu_c - 2\mu_c\,\partial L/\partial\sigma^2_c)`:
     one ``addcmul`` pass over ``flat``.
     """
-    omega = wn / flat.shape[2]  # (m, 1)
-    slope = (2.0 * omega) * g_var.view(1, -1)
-    offset = omega * (g_mean - 2.0 * g_var * mean).view(1, -1)
+    per_position = 1.0 / flat.shape[2]
+    slope = torch.outer(w, g_var * (2.0 * per_position))
+    offset = torch.outer(w, torch.addcmul(g_mean, g_var, mean, value=-2.0).mul_(per_position))
     return torch.addcmul(offset.unsqueeze(2), slope.unsqueeze(2), flat)
 
 
@@ -96,52 +95,55 @@ class _OneGroupMoments(torch.autograd.Function):
 
     Autograd through the same formulas records ~160 small operations per BatchNorm layer and
     iteration; this records two (checked against it in ``tests/distill/test_pcbn.py``). The
-    weights are constants here (no gradient).
+    weights ``w`` (m,) are constants here (no gradient).
     """
 
     @staticmethod
-    def forward(ctx, flat: Tensor, wn: Tensor):
-        mean, var = _moments(flat, wn)
-        ctx.save_for_backward(flat, mean, wn)
+    def forward(ctx, flat: Tensor, w: Tensor):
+        mean, var = _moments(flat, w)
+        ctx.save_for_backward(flat, mean, w)
         return mean, var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_mean: Tensor, g_var: Tensor):
-        flat, mean, wn = ctx.saved_tensors
-        return _moments_input_grad(flat, mean, wn, g_mean, g_var), None
+        flat, mean, w = ctx.saved_tensors
+        return _moments_input_grad(flat, mean, w, g_mean, g_var), None
 
 
 class _OneGroupPCBN(torch.autograd.Function):
-    r"""Eq. 13 for one group with constant weights, every layer in one autograd node:
+    r"""Eq. 13 for one group with constant weights ``w`` (m,), every layer in one autograd node:
     :math:`\sum_l \|\mu_l - \bar\mu_l\|^2 + \|\sigma^2_l - \bar\sigma^2_l\|^2` and, backward,
     :func:`_moments_input_grad` with :math:`\partial L/\partial\mu_l = 2g(\mu_l - \bar\mu_l)`,
     :math:`\partial L/\partial\sigma^2_l = 2g(\sigma^2_l - \bar\sigma^2_l)`. Per layer that
     is the two reads of :func:`_moments` and one ``addcmul`` pass; the term's own arithmetic runs
-    on ``(C,)`` vectors outside autograd (about 20 recorded operations per layer otherwise).
-    ``refs``: one ``(mean, var)`` pair per tensor of ``flats``.
+    on ``(C,)`` vectors outside autograd (about 20 recorded operations per layer otherwise), the
+    differences of every layer in one vector. ``refs``: one ``(mean, var)`` pair of ``(C,)``
+    tensors per tensor of ``flats``.
     """
 
     @staticmethod
-    def forward(ctx, wn: Tensor, refs, *flats: Tensor):
-        total = wn.new_zeros(())
-        kept = []
+    def forward(ctx, w: Tensor, refs, *flats: Tensor):
+        means, diffs = [], []
         for flat, (ref_mean, ref_var) in zip(flats, refs):
-            mean, var = _moments(flat, wn)
-            d_mean, d_var = mean - ref_mean.reshape(-1), var - ref_var.reshape(-1)
-            total = total + d_mean.dot(d_mean) + d_var.dot(d_var)
-            kept += [mean, d_mean, d_var]
-        ctx.save_for_backward(wn, *flats, *kept)
-        ctx.layers = len(flats)
-        return total
+            mean, var = _moments(flat, w)
+            means.append(mean)
+            diffs += [mean - ref_mean, var - ref_var]
+        diff = torch.cat(diffs)
+        ctx.save_for_backward(w, diff, *flats, *means)
+        ctx.channels = [len(m) for m in means]
+        return diff.dot(diff)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):
-        wn, *rest = ctx.saved_tensors
-        flats, kept = rest[:ctx.layers], rest[ctx.layers:]
-        grads = [_moments_input_grad(flat, kept[3 * i], wn, (2.0 * g) * kept[3 * i + 1], (2.0 * g) * kept[3 * i + 2])
-                 for i, flat in enumerate(flats)]
+        w, diff, *rest = ctx.saved_tensors
+        layers = len(ctx.channels)
+        flats, means = rest[:layers], rest[layers:]
+        # per layer: (2g (mu - ref_mu), 2g (var - ref_var)), the gradients on the mean and the variance
+        parts = (diff * (2.0 * g)).split([c for c in ctx.channels for _ in (0, 1)])
+        grads = [_moments_input_grad(flat, mean, w, parts[2 * i], parts[2 * i + 1])
+                 for i, (flat, mean) in enumerate(zip(flats, means))]
         return (None, None, *grads)
 
 
@@ -159,7 +161,7 @@ def _grouped_mean_var(flat: Tensor, wn: Tensor, group: Tensor, num_groups: int) 
     """
     c = flat.shape[1]
     if num_groups == 1 and not wn.requires_grad:
-        mean, var = _OneGroupMoments.apply(flat, wn)
+        mean, var = _OneGroupMoments.apply(flat, wn.view(-1))
         return mean.unsqueeze(0), var.unsqueeze(0)
     # several groups, or weights in autograd: plain autograd over per-image means
     mean = flat.new_zeros(num_groups, c).index_add(0, group, wn * flat.mean(2))
@@ -509,6 +511,9 @@ class BoundPCBN:
     def __init__(self, model: nn.Module, wn: Tensor, group: Tensor, num_groups: int,
                  targets: List[Tuple[Tensor, Tensor]]) -> None:
         self.model, self.wn, self.group, self.num_groups, self.targets = model, wn, group, num_groups, targets
+        # the one-node path's operands, once: weights (m,) and the targets as (C,) vectors
+        self._w = wn.view(-1)
+        self._flat_targets = [(mean.reshape(-1), var.reshape(-1)) for mean, var in targets]
 
     def __call__(self, syn_images: Tensor, forward: Optional[Callable[[Tensor], Tensor]] = None
                  ) -> Tuple[Tensor, Tensor]:
@@ -518,10 +523,11 @@ class BoundPCBN:
         with bn_inputs(self.model) as captured:
             output = (forward or self.model)(syn_images)
         if self.num_groups == 1 and not self.wn.requires_grad:  # a synthesis loop's case: one node
-            ran = [(_flatten(f).to(self.wn.dtype), ref) for f, ref in zip(captured, self.targets) if f is not None]
+            ran = [(_flatten(f).to(self.wn.dtype), ref) for f, ref in zip(captured, self._flat_targets)
+                   if f is not None]
             if not ran:
                 raise ValueError("no BatchNorm layer ran during the forward pass")
-            return _OneGroupPCBN.apply(self.wn, [ref for _, ref in ran], *(flat for flat, _ in ran)), output
+            return _OneGroupPCBN.apply(self._w, [ref for _, ref in ran], *(flat for flat, _ in ran)), output
         total = None
         for f, (ref_mean, ref_var) in zip(captured, self.targets):
             if f is None:

@@ -258,9 +258,9 @@ def test_fused_one_class_regulariser_equals_the_per_layer_sum():
              (torch.randn(5, 4, 1, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_(True)]
     w = torch.rand(5, generator=g, dtype=torch.float64) + 0.2
     one = torch.zeros(5, dtype=torch.long)
-    refs = [(torch.randn(1, c, generator=g, dtype=torch.float64), torch.rand(1, c, generator=g, dtype=torch.float64))
+    refs = [(torch.randn(c, generator=g, dtype=torch.float64), torch.rand(c, generator=g, dtype=torch.float64))
             for c in (3, 4)]
-    wn = _group_weights(w, one, 1)
+    wn = _group_weights(w, one, 1).view(-1)
     fused = _OneGroupPCBN.apply(wn, refs, *flats)
     tracked = _group_weights(w.clone().requires_grad_(True), one, 1)  # weights in autograd: the plain path
     plain = 0
