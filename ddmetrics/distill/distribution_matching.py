@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .. import factor as factor_mod
 from ..augment import make_augment
 from ..losses import DistributionLoss
-from ..models import get_model
+from ..models import MODELS, get_model
 from ..utils import autocast, seeded
 from ._loop import Strategy
 from .presets import DistillConfig
@@ -52,16 +52,39 @@ def initial_class_images(train, k: int, ipc: int, factor: int, init: str, gen: t
 
 
 def embedder_at(cfg: DistillConfig, seed: int, iteration: int, channels: int, num_classes: int, size: int,
-                device: torch.device = torch.device("cpu")) -> nn.Module:
+                device: torch.device = torch.device("cpu"), reuse: Optional[nn.Module] = None) -> nn.Module:
     """The frozen random embedder used at ``iteration`` (redrawn every ``iters_per_model`` steps),
-    initialised on the CPU (the same weights on every device), then moved to ``device``."""
+    initialised on the CPU (the same weights on every device), then moved to ``device``.
+
+    ``reuse``: the previous draw. On the CPU, for the built-in models of :data:`_REDRAWN_IN_PLACE`,
+    it is re-initialised in place (its submodules' ``reset_parameters`` under the same seed, the
+    weights a new build would have: tested), which skips building the modules again (1.0 of 2.8 ms
+    per draw of the digits ConvNet); anything else is built anew.
+    """
     drawn_at = iteration - iteration % cfg.iters_per_model
+    if reuse is not None and device.type == "cpu" and _redrawn_in_place(cfg.embedder):
+        with seeded(seed * 1_000_003 + drawn_at):
+            for module in reuse.modules():
+                if module is not reuse and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        return reuse
     with seeded(seed * 1_000_003 + drawn_at):
         net = get_model(cfg.embedder, channels, num_classes, size)
     net.to(device).train()
     for prm in net.parameters():
         prm.requires_grad_(False)
     return net
+
+
+#: built-in models (name -> builder) whose every parameter and buffer is set, in construction
+#: order, by their submodules' ``reset_parameters`` (``tests/distill/test_distribution_matching.py``)
+_REDRAWN_IN_PLACE = {name: MODELS[name] for name in ("convnet", "convnet_bn", "resnetap10", "resnet18")}
+
+
+def _redrawn_in_place(name: str) -> bool:
+    """Whether ``name`` still means the built-in model of :data:`_REDRAWN_IN_PLACE` (not one
+    registered over it)."""
+    return name in _REDRAWN_IN_PLACE and MODELS.get(name) is _REDRAWN_IN_PLACE[name]
 
 
 class DistributionMatching(Strategy):
@@ -103,7 +126,7 @@ class DistributionMatching(Strategy):
         cfg, train, indices = self.cfg, self.train, ctx["indices"]
         if ctx["embedder"] is None or it % cfg.iters_per_model == 0:
             ctx["embedder"] = embedder_at(cfg, self.seed, it, train.image_shape[0], self.num_classes,
-                                          train.image_shape[-1], self.device)
+                                          train.image_shape[-1], self.device, reuse=ctx["embedder"])
         take = min(cfg.batch_real, len(indices))
         # the batch is drawn on the CPU (the same draw on every device), then moved
         real = train.load(indices[torch.randperm(len(indices), generator=gen, device="cpu")[:take]]).to(self.device)
