@@ -20,13 +20,14 @@ weights. Used by ``metric_speed.py`` (section "Synthesis iteration profile").
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -42,6 +43,25 @@ from ddmetrics.utils import seeded
 def _ranges_ms(prof, name: str):
     """Wall time (ms) of every ``record_function(name)`` range in the profile."""
     return [e.time_range.elapsed_us() / 1000 for e in prof.events() if e.name == name]
+
+
+#: the profiler ranges of an iteration's parts and of the floor's
+_PARTS = ("step", "augment", "backward", "optimizer", "floor forward", "floor backward")
+
+
+class _Ranged:
+    """A strategy's augmentation whose calls go through ``ranged("augment")``."""
+
+    def __init__(self, augment, ranged: Callable) -> None:
+        self.augment, self.ranged = augment, ranged
+
+    def __call__(self, *args):
+        with self.ranged("augment"):
+            return self.augment(*args)
+
+    def pair(self, *args):
+        with self.ranged("augment"):
+            return self.augment.pair(*args)
 
 
 def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup: int = 3, seed: int = 0,
@@ -62,12 +82,20 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
     syn = images.clone().requires_grad_(True)
     opt, _ = make_optimizer([syn], cfg.optimizer, cfg.lr, cfg.iterations)
 
+    ranges_on = [False]  # the parts are profiler ranges while profiling, not in the wall-clock timing
+
+    def _ranged(name: str):
+        return record_function(name) if ranges_on[0] else contextlib.nullcontext()
+
     def iteration(it: int) -> None:
-        objective, tracked = strategy.step(ctx, syn, it, gen)
-        opt.zero_grad(set_to_none=True)
-        objective.backward()
-        opt.step()
-        float(tracked.detach())  # the loop reads the tracked value every iteration
+        with _ranged("step"):
+            objective, tracked = strategy.step(ctx, syn, it, gen)
+        with _ranged("backward"):
+            objective.backward()
+        with _ranged("optimizer"):
+            opt.zero_grad(set_to_none=True)
+            opt.step()
+            float(tracked.detach())  # the loop reads the tracked value every iteration
 
     # the floor's inputs, built before the timed ranges exactly as a step builds them
     if strategy_cls.needs_teacher:
@@ -87,22 +115,30 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
         view, embed = imgs, net.embed
 
     def floor() -> None:
-        leaf = view.detach().clone().requires_grad_(True)
-        if real is not None:
-            embed(real)
-        embed(leaf).sum().backward()
+        with _ranged("floor forward"):
+            leaf = view.detach().clone().requires_grad_(True)
+            if real is not None:
+                embed(real)
+            out = embed(leaf).sum()
+        with _ranged("floor backward"):
+            out.backward()
+
+    if strategy.augment is not None:  # its calls, from here on, are profiler ranges too
+        strategy.augment = _Ranged(strategy.augment, _ranged)
 
     for it in range(warmup):
         iteration(it)
         floor()
     # iteration and floor alternate, so that both see the same state of the machine (its load and
     # memory drift over seconds: timed in separate blocks, the share moved by tens of points)
+    ranges_on[0] = True
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for it in range(warmup, warmup + iterations):
             with record_function("iteration"):
                 iteration(it)
             with record_function("floor"):
                 floor()
+    ranges_on[0] = False
     # the same again without the profiler (it adds a cost to every op, and the iteration has several
     # times the floor's ops): the plain wall-clock share
     it_wall, floor_wall = [], []
@@ -121,6 +157,13 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
               for name in ("iteration", "floor")}
     it_ms = statistics.fmean((end - start) / 1000 for start, end in ranges["iteration"])
     floor_ms = statistics.fmean((end - start) / 1000 for start, end in ranges["floor"])
+    # ms per iteration of each part (the augmentation's calls inside the step)
+    part = {name: sum(e.time_range.elapsed_us() for e in events if e.name == name) / 1000 / iterations
+            for name in _PARTS}
+    breakdown = {"augmentation": part["augment"],
+                 "forward beyond the floor's": part["step"] - part["augment"] - part["floor forward"],
+                 "backward beyond the floor's": part["backward"] - part["floor backward"],
+                 "optimiser (zero_grad, step, reading the loss)": part["optimizer"]}
     starts = {name: [start for start, _ in r] for name, r in ranges.items()}
 
     def inside(e, name: str) -> bool:
@@ -131,7 +174,7 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
     calls: Dict[str, int] = {}
     aten = {"iteration": 0, "floor": 0}
     for e in events:
-        if e.name in ranges:
+        if e.name in ranges or e.name in _PARTS:
             continue
         for name in aten:
             if inside(e, name):
@@ -145,6 +188,7 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
     aten_calls, floor_calls = aten["iteration"] / iterations, aten["floor"] / iterations
     return {"method": method, "ipc": ipc, "iterations": iterations, "iteration_ms": it_ms, "floor_ms": floor_ms,
             "share_outside": 1.0 - floor_ms / it_ms, "batch_real": None if real is None else int(real.shape[0]),
+            "outside_ms": breakdown,
             "aten_calls_per_iteration": aten_calls, "floor_aten_calls": floor_calls, "top_ops": top,
             "iteration_wall_ms": it_wall_ms, "floor_wall_ms": floor_wall_ms,
             "share_outside_wall": 1.0 - floor_wall_ms / it_wall_ms,

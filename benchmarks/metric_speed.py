@@ -602,6 +602,19 @@ def markdown(meta, recs, bary, ref=None, prof=None):
                   "floor is the price of the calls themselves (dispatch, autograd records, allocation), not their "
                   "arithmetic: it falls only with fewer calls (fused kernels, a compiled step), not with faster "
                   "ones.", ""])
+        parts = [r for r in prof if r.get("outside_ms")]
+        if parts:
+            names = list(parts[0]["outside_ms"])
+            L.extend(["", "Where the time outside the floor goes, ms per profiled iteration (each part a profiler "
+                      "range: the augmentation's calls; the step's forward minus the floor's forward, i.e. the "
+                      "regulariser's statistics, the loss, the hooks, the real batch, the embedder redraw; the "
+                      "backward minus the floor's backward, i.e. the regulariser's and the loss's gradients, the "
+                      "augmentation's, and the sums of two gradients on one tensor; the optimiser):", ""])
+            L.extend(markdown_table(
+                ["dataset", "method", *names, "sum", "iteration − floor"],
+                [(r["dataset"], r["method"], *(f"{r['outside_ms'][k]:.2f}" for k in names),
+                  f"{sum(r['outside_ms'].values()):.2f}", f"{r['iteration_ms'] - r['floor_ms']:.2f}")
+                 for r in parts], align="ll" + "r" * (len(names) + 2)))
         L.extend(["", "Where an iteration's time goes (torch.profiler, self CPU time per iteration, top 8 ops):", ""])
         for r in prof:
             L.append(f"- {r['dataset']} {r['method']}: " + "; ".join(
