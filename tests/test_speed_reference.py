@@ -37,3 +37,15 @@ def test_reference_algorithm_runs_as_described_and_ours_reaches_a_lower_w2():
     init = np.random.default_rng(0).standard_normal((5, 16))
     pot = ot.lp.free_support_barycenter([x.numpy()], [np.full(200, 1 / 200)], init, numItermax=3, stopThr=0)
     assert np.allclose(w1, 0.2) and np.allclose(X1, pot, atol=1e-10)
+
+
+def test_the_sinkhorn_target_is_judged_within_the_call_and_reports_the_side_by_side_ratio():
+    targets = _speed_module().targets
+    rec = {"benchmark": "sinkhorn", "n": 10000, "times": {"ours": [1.3, 1.1, 1.2], "GeomLoss": [1.0, 1.0, 1.0]},
+           "median": {"ours": 1.2, "GeomLoss": 1.0}}
+    (name, measured, met), = targets([rec], None, None, None)  # no in-call timing: the side-by-side ratio decides
+    assert not met and "side by side 1.200×" in measured and "1.10–1.30×" in measured
+    (name, measured, met), = targets([{**rec, "own_work_s": 0.002}], None, None, None)
+    assert met and measured.startswith("1.0020× in the call") and "wraps" in name
+    (name, measured, met), = targets([{**rec, "own_work_s": 0.2}], None, None, None)
+    assert not met
