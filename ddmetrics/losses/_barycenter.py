@@ -224,6 +224,7 @@ def exact_barycenter(
         # ||x - b||² = ||x||² + ||b||² - 2 x·b in one addmm (the expansion of squared_distances)
         cost = torch.addmm(x_sq + (support * support).sum(1), x, support.T, alpha=-2.0).clamp_min_(0.0)
         # the plan has at most n + m - 1 arcs: every sum over it runs on the arcs, not on n × m
+        lloyd = closed_form and k >= balanced  # the nearest-atom plan: an assignment, weights in closed form
         arcs, w = (_exact_plan if k < balanced else plan_at)(a, w, cost)
         objective = float((arcs.mass * cost[arcs.rows, arcs.cols]).sum())
         history.append(objective)
@@ -239,13 +240,13 @@ def exact_barycenter(
             w = torch.softmax(logw, 0)
         mass = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, arcs.cols, arcs.mass)
         sent = mass > 0
-        if closed_form and k >= balanced:  # an assignment: each point's row added to its atom's
+        if lloyd:  # each point's row added to its atom's
             target = _assigned_sums(x, a, arcs.cols, m, uniform)
         else:
             target = _plan_t_matmul(arcs, x, m)
         target = target / mass.clamp_min(1e-30).unsqueeze(1)
         support = torch.where(sent.unsqueeze(1), support + damping * (target - support), support)
-        if closed_form and k >= balanced and not bool(sent.all()):
+        if lloyd and not bool(sent.all()):
             support = _reseat_empty_atoms(x, support, ~sent, cost, arcs)
         moved = float((support - previous[0]).square().sum() + (w - previous[1]).square().sum())
         # the next round evaluates this last iterate, then the loop stops (not while balanced:
