@@ -23,19 +23,26 @@ def test_barycenter_matching_drives_features_to_targets(small):
 @pytest.mark.parametrize("loss", sorted(ddm.available_losses()))
 def test_distribution_matching_lowers_the_loss_for_every_backend(small, loss):
     kwargs = {"krdual": {"steps": 10}}.get(loss, {})
-    iterations = 40
+    # NCFD is a minmax loss whose value depends on its sampler's seed: at 40 iterations and one seed the
+    # outcome hung on rounding (generic kernels, ATEN_CPU_CAPABILITY=default, raised class 1's value);
+    # it gets 100 iterations and is judged by its mean over 8 sampler seeds
+    iterations = 100 if loss == "ncfd" else 40
+    seeds = range(8) if loss == "ncfd" else [None]
     d = ddm.Distiller(method="dm", loss=ddm.get_loss(loss, **kwargs), ipc=2, seed=1, iterations=iterations,
                       iters_per_model=iterations, augment=None, init="noise", optimizer="adam", lr=0.05)
     syn = d.fit(small, progress=False)
     with seeded(1 * 1_000_003):  # the one embedder of this run
         net = get_model("convnet", 1, 3, 8)
-    metric = ddm.get_loss(loss, **kwargs)
+    metrics = [ddm.get_loss(loss, **kwargs, **({} if s is None else {"seed": s})) for s in seeds]
+
+    def value(real, images):
+        return float(np.mean([float(metric(real, net.embed(images))) for metric in metrics]))
+
     with torch.no_grad():
         for k in range(3):
             real = net.embed(small.images[small.labels == k])
             start = initial_class_images(small, k, 2, 1, "noise", torch.Generator().manual_seed(class_seed(1, k)))
-            before = float(metric(real, net.embed(start)))
-            after = float(metric(real, net.embed(syn.images[2 * k:2 * k + 2])))
+            before, after = value(real, start), value(real, syn.images[2 * k:2 * k + 2])
             assert after < before, (loss, k, before, after)
 
 
