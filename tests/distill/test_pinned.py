@@ -45,7 +45,9 @@ PINNED = {
 #: KR-dual: sha256[:16] of the images on each CPU recorded (the weights are uniform)
 KRDUAL = (dict(method="krdual", ipc=2, seed=0, iterations=10),
           {"52dd74362b8bda8c",   # the machine the hashes were first taken on (issue 9)
-           "3ed3041e61839dd0"})  # AMD EPYC family 25 model 1, AVX2 kernels
+           "3ed3041e61839dd0",   # AMD EPYC family 25 model 1, AVX2 kernels
+           "89e90e7233524b8e"})  # the same with ATEN_CPU_CAPABILITY=default (ATen's generic kernels; MKL and
+#                                  oneDNN still AVX2), on the code of c2c8368
 
 RTOL = 1e-5  # relative to the images' scale; the weights: absolute
 WTOL = 1e-4
