@@ -40,9 +40,9 @@ from ddmetrics.models import get_model
 from ddmetrics.utils import seeded
 
 
-def _ranges_ms(prof, name: str):
-    """Wall time (ms) of every ``record_function(name)`` range in the profile."""
-    return [e.time_range.elapsed_us() / 1000 for e in prof.events() if e.name == name]
+def _ranges_ms(events, name: str):
+    """Wall time (ms) of every ``record_function(name)`` range among a profile's ``events``."""
+    return [e.time_range.elapsed_us() / 1000 for e in events if e.name == name]
 
 
 #: the profiler ranges of an iteration's parts and of the floor's
@@ -66,7 +66,8 @@ class _Ranged:
 
 def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup: int = 3, seed: int = 0,
                       klass: int = 0) -> Dict[str, Any]:
-    """Median per-iteration time of ``method``'s loop and of its embedder floor (ms), on the CPU."""
+    """Mean per-iteration time of ``method``'s loop and of its embedder floor (ms), on the CPU, and
+    where the time outside the floor goes."""
     distiller = ddm.Distiller(method=method, ipc=ipc, seed=seed, iterations=warmup + iterations)
     cfg = distiller.config
     strategy_cls = STRATEGIES[cfg.strategy]
@@ -155,11 +156,10 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
     events = prof.events()
     ranges = {name: sorted((e.time_range.start, e.time_range.end) for e in events if e.name == name)
               for name in ("iteration", "floor")}
-    it_ms = statistics.fmean((end - start) / 1000 for start, end in ranges["iteration"])
-    floor_ms = statistics.fmean((end - start) / 1000 for start, end in ranges["floor"])
+    it_ms = statistics.fmean(_ranges_ms(events, "iteration"))
+    floor_ms = statistics.fmean(_ranges_ms(events, "floor"))
     # ms per iteration of each part (the augmentation's calls inside the step)
-    part = {name: sum(e.time_range.elapsed_us() for e in events if e.name == name) / 1000 / iterations
-            for name in _PARTS}
+    part = {name: sum(_ranges_ms(events, name)) / iterations for name in _PARTS}
     breakdown = {"augmentation": part["augment"],
                  "forward beyond the floor's": part["step"] - part["augment"] - part["floor forward"],
                  "backward beyond the floor's": part["backward"] - part["floor backward"],
