@@ -261,7 +261,7 @@ def bench_barycenter(args, log):
         return exact_barycenter(x, m, iters=iters, init=init)
 
     def ours_lloyd():
-        return exact_barycenter(x, m, iters=iters, init=init, balanced_iters=0)
+        return exact_barycenter(x, m, iters=iters, init=init, balanced_rounds=())
 
     def ours_mirror():
         return exact_barycenter(x, m, iters=iters, init=init, weight_update="mirror")
@@ -283,7 +283,7 @@ def bench_barycenter(args, log):
         return exact_barycenter(x, m, iters=rounds, init=init)
 
     fns = {"ours (learned weights)": ours_w, f"ours (learned weights, {rounds} rounds: POT's objective)": ours_goal,
-           "ours (learned weights, Lloyd only: balanced_iters=0)": ours_lloyd,
+           "ours (learned weights, Lloyd only: balanced_rounds=())": ours_lloyd,
            "ours (learned weights, the paper's mirror rule)": ours_mirror, "ours (positions only)": ours_pos,
            "POT free_support_barycenter": pot}
     results = {}
@@ -347,7 +347,7 @@ def wmdd_reference_barycenter(x: np.ndarray, m: int, seed: int, outer: int = 10,
 
 def bench_wmdd_reference(args, log):
     """Ours (``exact_barycenter`` defaults: k-means++ start, 10 rounds, learned weights; and the
-    same without the rounds at uniform weights, ``balanced_iters=0``) against
+    same without the balanced round at uniform weights, ``balanced_rounds=()``) against
     :func:`wmdd_reference_barycenter` on the same cloud; objective = exact W2² of each result."""
     n, d = args.ref_n, args.d
     x, _ = data(n, 1, d, args.seed)
@@ -355,7 +355,7 @@ def bench_wmdd_reference(args, log):
     out = []
     for m in args.ref_m:
         fns = {"ours": lambda: exact_barycenter(x, m, seed=args.seed),
-               "ours, Lloyd only": lambda: exact_barycenter(x, m, seed=args.seed, balanced_iters=0),
+               "ours, Lloyd only": lambda: exact_barycenter(x, m, seed=args.seed, balanced_rounds=()),
                "reference": lambda: wmdd_reference_barycenter(x64, m, seed=args.seed)}
         results, clocks = {}, {}
         for k, fn in fns.items():  # warm-up, the results the objectives are computed from, and where ours spends
@@ -576,9 +576,10 @@ def markdown(meta, recs, bary, ref=None, prof=None):
                   "standard-normal initial support; 10 outer rounds of up to 100 mirror-descent steps on the weights "
                   "(step 10 on the max-normalised cost, one exact solve each, stopped when the L1 change < 1e-6), then "
                   "one POT `free_support_barycenter` position step damped by θ = 0.2. Ours = `exact_barycenter(x, m)` "
-                  "with its defaults (k-means++ start, 10 rounds: 3 at uniform weights, one network-simplex solve "
-                  "each, then the closed-form weights, every point to its nearest atom, no solve); \"Lloyd only\" = "
-                  "`balanced_iters=0` (no solve at all). "
+                  "with its defaults (k-means++ start, 10 rounds with the closed-form weights, every point to its "
+                  "nearest atom, no solve, except the third: the exact plan at uniform weights, one network-simplex "
+                  "solve); \"Lloyd only\" = "
+                  "`balanced_rounds=()` (no solve at all). "
                   f"Objective = exact W2² of each returned (support, weights). Median of {meta['args']['ref_repeats']} "
                   "repeats after one warm-up, interleaved.", ""])
         L.extend(markdown_table(

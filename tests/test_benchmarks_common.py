@@ -247,8 +247,8 @@ def test_barycenter_clock_counts_the_network_simplex_solves_and_restores_the_sol
     with _common.barycenter_clock() as mirror:
         paper = exact_barycenter(x, 6, iters=5, weight_update="mirror")
     with _common.barycenter_clock() as closed:
-        exact_barycenter(x, 6, iters=5, balanced_iters=2)
-    # the mirror rule solves once per evaluated iterate; the closed form only in its uniform rounds
+        exact_barycenter(x, 6, iters=5, balanced_rounds=(1, 3), stop_thr=0)
+    # the mirror rule solves once per evaluated iterate; the closed form only in its balanced rounds
     assert mirror["calls"] == len(paper.history) and closed["calls"] == 2
     assert mirror["seconds"] > 0 and closed["init"] > 0
     assert bary_mod.emd_arcs is solver

@@ -58,8 +58,9 @@ def embedder_at(cfg: DistillConfig, seed: int, iteration: int, channels: int, nu
 
     ``reuse``: the previous draw. On the CPU, for the built-in models of :data:`_REDRAWN_IN_PLACE`,
     it is re-initialised in place (its submodules' ``reset_parameters`` under the same seed, the
-    weights a new build would have: tested), which skips building the modules again (1.0 of 2.8 ms
-    per draw of the digits ConvNet); anything else is built anew.
+    weights a new build would have: tested), which skips building the modules again (constructing
+    the modules, not drawing their weights, was most of a draw of the digits ConvNet); anything else
+    is built anew.
     """
     drawn_at = iteration - iteration % cfg.iters_per_model
     if reuse is not None and device.type == "cpu" and _redrawn_in_place(cfg.embedder):

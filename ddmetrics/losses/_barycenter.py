@@ -20,7 +20,7 @@ an argument, so ``base`` and ``_exact`` can import it at module level without a 
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -54,7 +54,11 @@ def _check(x: Tensor, m: int, a: Optional[Tensor]):
 
 
 def init_support(x: Tensor, m: int, a: Tensor, seed: int = 0, method: str = "kmeans++") -> Tensor:
-    """``m`` distinct rows of ``x``: k-means++ (D² sampling, weighted by ``a``) or uniformly at random."""
+    """``m`` distinct rows of ``x``: k-means++ (D² sampling, weighted by ``a``) or uniformly at random.
+
+    The draws come from a CPU generator seeded with ``seed`` (one uniform number per k-means++
+    pick, inverted through the cumulative D² weights), so a seed picks the same rows on every device.
+    """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     n = x.shape[0]
     if method == "random":
@@ -67,20 +71,27 @@ def init_support(x: Tensor, m: int, a: Tensor, seed: int = 0, method: str = "kme
 
     def dist2_to(i: int) -> Tensor:
         c = xd[i]
-        # to the CPU: the D² draws come from the CPU generator (multinomial needs its input on the
-        # generator's device), so a seed picks the same atoms on every device; n numbers per pick
-        return (x_sq - 2.0 * (xd @ c) + (c * c).sum()).clamp_min(0.0).double().cpu()
+        # to the CPU in float64: the draws are made there; n numbers per pick
+        return torch.addmv(x_sq + c.dot(c), xd, c, alpha=-2.0).clamp_min_(0.0).double().cpu()
 
-    idx = [int(torch.multinomial(prob, 1, generator=gen))]
+    def draw(weights: Tensor) -> int:
+        # inverse CDF: the first index whose cumulative weight exceeds u·total, u ~ U[0, 1)
+        cdf = weights.cumsum(0)
+        u = torch.rand(1, generator=gen, dtype=torch.float64, device="cpu") * cdf[-1]
+        i = min(int(torch.searchsorted(cdf, u, right=True)), n - 1)
+        # rounding can put u·total at the very top: take the last index that carries weight
+        return i if weights[i] > 0 else int(torch.nonzero(weights)[-1])
+
+    idx = [draw(prob)]
     d2 = dist2_to(idx[0])
     for _ in range(1, m):
         score = prob * d2
-        if float(score.sum()) <= 0:  # fewer distinct points than m: pick unused ones
+        if not bool((score > 0).any()):  # fewer distinct points than m: pick unused ones
             unused = torch.ones(n, dtype=torch.bool, device="cpu")
             unused[idx] = False
             idx.append(int(torch.nonzero(unused)[0]))
         else:
-            idx.append(int(torch.multinomial(score, 1, generator=gen)))
+            idx.append(draw(score))
         d2 = torch.minimum(d2, dist2_to(idx[-1]))
     return x[torch.tensor(idx, device=x.device)].clone()
 
@@ -103,7 +114,7 @@ def exact_barycenter(
     seed: int = 0,
     init: Union[str, Tensor] = "kmeans++",
     weight_update: str = "exact",
-    balanced_iters: int = 3,
+    balanced_rounds: Sequence[int] = (2,),
     weight_step: float = 1.0,
     damping: float = 1.0,
     stop_thr: float = 1e-7,
@@ -127,12 +138,12 @@ def exact_barycenter(
          so :math:`T` is the nearest-atom assignment and no OT problem is solved (the rounds are
          weighted Lloyd iterations, whose objective does not increase). An atom left without
          points moves onto the point that costs most (the usual k-means repair), so that
-         every atom carries mass. The first ``balanced_iters`` rounds keep the weights uniform
-         (exact plan, network simplex): that spreads the atoms over the cloud first; Lloyd
-         alone from a k-means++ start ends higher in high dimension (see ``balanced_iters``).
-         The weights are then what the objective asks for, however uneven: an atom on an
-         isolated point keeps that point's mass alone (1/n on the clustered clouds of
-         ``benchmarks/large_support.py``).
+         every atom carries mass. The rounds listed in ``balanced_rounds`` (default: the third)
+         instead take the exact plan at uniform weights (network simplex): a round that moves
+         every atom to the mean of an equal share of the cloud, which lets Lloyd leave the
+         local optimum it was heading for (see ``balanced_rounds``). The weights are then what
+         the objective asks for, however uneven: an atom on an isolated point keeps that
+         point's mass alone (1/n on the clustered clouds of ``benchmarks/large_support.py``).
        - ``"mirror"``: the WMDD paper's Algorithm 2: an exact OT solve at the current weights
          (network simplex), then a mirror-descent step along the atoms' dual potentials
          :math:`\beta` (a subgradient of :math:`W_2^2` in :math:`w`),
@@ -145,10 +156,10 @@ def exact_barycenter(
        (1 = the full step).
 
     The rounds stop early, as POT's do, once an update moves the atoms and weights by less than
-    ``stop_thr`` (squared displacement summed over atoms and weights). The objective is
-    evaluated at every round and once more at the end; the best iterate is returned, so the
-    result is never worse than the start. With ``learn_weights=False`` and ``damping=1`` the
-    positions follow POT's ``ot.lp.free_support_barycenter`` exactly.
+    ``stop_thr`` (squared displacement summed over atoms and weights) and no balanced round is
+    ahead. The objective is evaluated at every round and once more at the end; the best iterate
+    is returned, so the result is never worse than the start. With ``learn_weights=False`` and
+    ``damping=1`` the positions follow POT's ``ot.lp.free_support_barycenter`` exactly.
 
     Parameters
     ----------
@@ -168,17 +179,20 @@ def exact_barycenter(
         ``"kmeans++"`` (default), ``"random"``, or an ``(m, d)`` tensor of initial atoms.
     weight_update : {"exact", "mirror"}
         How learned weights are updated (above). ``"exact"`` solves the network simplex only in
-        its ``balanced_iters`` rounds; ``"mirror"``, the paper's algorithm, kept to reproduce
-        it, solves it every round. Neither always ends lower: on 10⁴ points of N(0, I/512),
-        m = 100, the mirror rule reached 0.97047 against 0.97095 in 2.8× the time; on the
-        clustered features of ``benchmarks/large_support.py`` the closed form reached 96.95
-        against 101.01.
-    balanced_iters : int
-        Rounds, out of ``iters``, at uniform weights before the closed-form weights take over
-        (``"exact"`` only; default 3). On 10⁴ points of N(0, I/512), m = 100, 10 rounds from
-        the same k-means++ start: 0 ends at :math:`W_2^2` 0.97276, above the 0.97106 of POT's
-        uniform-weight barycenter; 3 end at 0.97095, below it (``benchmarks/metric_speed.py``,
-        barycenter section). Each costs one network-simplex solve.
+        its ``balanced_rounds``; ``"mirror"``, the paper's algorithm, kept to reproduce it,
+        solves it every round. Neither always ends lower: on 10⁴ points of N(0, I/512),
+        m = 100, the mirror rule reached 0.97047 against 0.97095 (then the closed form's
+        default was 3 balanced rounds first) in 2.8× the time; on the clustered features of
+        ``benchmarks/large_support.py`` the closed form reached 96.95 against 101.01.
+    balanced_rounds : sequence of int
+        The rounds (0-based, out of ``iters``; later ones are never reached) whose plan is the
+        exact one at uniform weights (``"exact"`` only; default ``(2,)``: one network-simplex
+        solve, after two Lloyd rounds). From a k-means++ start Lloyd alone settles in a poor
+        local optimum in high dimension (its atoms start on data points); one balanced round
+        after the atoms have left the points moves them out of it. Compared by
+        ``benchmarks/metric_speed.py`` (barycenter section; 10⁴ points of N(0, I/512),
+        m = 100): no balanced round ends above POT's uniform-weight barycenter, the default
+        below it. ``()`` gives Lloyd alone.
     weight_step : float
         Mirror step :math:`\eta` on the max-normalised cost (``"mirror"`` only; default 1). The
         WMDD authors use about 10; on clustered clouds that oscillates and stalls the positions
@@ -204,32 +218,38 @@ def exact_barycenter(
     x, a = _check(x, m, a)
     if not isinstance(iters, int) or iters < 0:
         raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
-    if weight_update not in _PLANS:
-        raise ValueError(f"weight_update must be one of {sorted(_PLANS)}, got {weight_update!r}")
-    if not isinstance(balanced_iters, int) or isinstance(balanced_iters, bool) or balanced_iters < 0:
-        raise ValueError(f"balanced_iters must be a non-negative integer, got {balanced_iters!r}")
+    if weight_update not in WEIGHT_UPDATES:
+        raise ValueError(f"weight_update must be one of {sorted(WEIGHT_UPDATES)}, got {weight_update!r}")
+    balanced_rounds = _check_rounds(balanced_rounds)
     if not 0 < damping <= 1:
         raise ValueError(f"damping must lie in (0, 1], got {damping!r}")
     if not stop_thr >= 0:
         raise ValueError(f"stop_thr must be non-negative, got {stop_thr!r}")
     support = _initial(x, m, a, seed, init)
-    w = torch.full((m,), 1.0 / m, dtype=x.dtype, device=x.device)
+    uniform_w = torch.full((m,), 1.0 / m, dtype=x.dtype, device=x.device)
+    w = uniform_w
     closed_form = learn_weights and weight_update == "exact"
-    plan_at = _PLANS[weight_update] if learn_weights else _exact_plan
-    balanced = min(balanced_iters, iters) if closed_form else 0
+    balanced = frozenset(r for r in balanced_rounds if r < iters) if closed_form else frozenset()
+    # early stopping waits for the last balanced round: a Lloyd fixed point is where it helps
+    free_from = max(balanced, default=-1) + 1
     x_sq = (x * x).sum(1, keepdim=True)  # ||x_i||², the same every round
-    uniform = bool((a == a[0]).all())
+    uniform_a = bool((a == a[0]).all())
     best, converged, history = None, False, []
     for k in range(iters + 1):
         # ||x - b||² = ||x||² + ||b||² - 2 x·b in one addmm (the expansion of squared_distances)
         cost = torch.addmm(x_sq + (support * support).sum(1), x, support.T, alpha=-2.0).clamp_min_(0.0)
-        # the plan has at most n + m - 1 arcs: every sum over it runs on the arcs, not on n × m
-        lloyd = closed_form and k >= balanced  # the nearest-atom plan: an assignment, weights in closed form
-        arcs, w = (_exact_plan if k < balanced else plan_at)(a, w, cost)
-        objective = float((arcs.mass * cost[arcs.rows, arcs.cols]).sum())
+        lloyd = closed_form and k not in balanced
+        if lloyd:  # every point to its nearest atom: an assignment, the weights its masses
+            cols, nearest, w = _nearest_atom_plan(a, cost)
+            objective = float((a * nearest).sum())
+        else:  # the plan has at most n + m - 1 arcs: every sum over it runs on the arcs, not on n × m
+            if closed_form:
+                w = uniform_w
+            arcs = emd_arcs(a, w, cost, log=weight_update == "mirror")
+            objective = float((arcs.mass * cost[arcs.rows, arcs.cols]).sum())
         history.append(objective)
         if best is None or objective < best.objective:
-            best = Barycenter(support.clone(), w.clone(), objective)
+            best = Barycenter(support, w, objective)  # neither is written in place afterwards
         if k == iters or converged:
             break
         previous = (support, w)
@@ -238,48 +258,56 @@ def exact_barycenter(
             step = weight_step / ((k + 1) ** 0.5 * float(cost.max().clamp_min(1e-30)))
             logw = torch.log(w.clamp_min(1e-30)) - step * (beta - beta.mean())
             w = torch.softmax(logw, 0)
-        mass = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, arcs.cols, arcs.mass)
-        sent = mass > 0
-        if lloyd:  # each point's row added to its atom's
-            target = _assigned_sums(x, a, arcs.cols, m, uniform)
+        if lloyd:
+            mass, target = w, _assigned_sums(x, a, cols, m, uniform_a)
         else:
+            mass = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, arcs.cols, arcs.mass)
             target = _plan_t_matmul(arcs, x, m)
+        sent = mass > 0
         target = target / mass.clamp_min(1e-30).unsqueeze(1)
-        support = torch.where(sent.unsqueeze(1), support + damping * (target - support), support)
+        step_to = target if damping == 1 else support + damping * (target - support)
+        support = torch.where(sent.unsqueeze(1), step_to, support)
         if lloyd and not bool(sent.all()):
-            support = _reseat_empty_atoms(x, support, ~sent, cost, arcs)
-        moved = float((support - previous[0]).square().sum() + (w - previous[1]).square().sum())
-        # the next round evaluates this last iterate, then the loop stops (not while balanced:
-        # the weights are still to be learned)
-        converged = moved < stop_thr and k >= balanced
-    return best._replace(history=tuple(history))
+            support = _reseat_empty_atoms(x, support, ~sent, nearest, a)
+        if stop_thr > 0 and k + 1 >= free_from:
+            # the next round evaluates this last iterate, then the loop stops
+            moved = float((support - previous[0]).square().sum() + (w - previous[1]).square().sum())
+            converged = moved < stop_thr
+    return best._replace(support=best.support.clone(), weights=best.weights.clone(), history=tuple(history))
 
 
-def _exact_plan(a: Tensor, w: Tensor, cost: Tensor):
-    """The exact OT plan at the given weights (network simplex), with its dual potentials."""
-    return emd_arcs(a, w, cost, log=True), w
+def _check_rounds(rounds) -> Tuple[int, ...]:
+    """``balanced_rounds`` as a tuple of non-negative ints (else a TypeError or ValueError naming it)."""
+    try:
+        out = tuple(rounds)
+    except TypeError:
+        raise TypeError(f"balanced_rounds must be a sequence of non-negative integers, got {rounds!r}") from None
+    if any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in out):
+        raise ValueError(f"balanced_rounds must be a sequence of non-negative integers, got {rounds!r}")
+    return out
 
 
-def _nearest_atom_plan(a: Tensor, w: Tensor, cost: Tensor):
-    """The optimal plan and weights when the weights are free: every point to its nearest atom."""
-    cols = cost.argmin(1)
-    rows = torch.arange(cost.shape[0], device=cost.device)
+def _nearest_atom_plan(a: Tensor, cost: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The optimal plan and weights when the weights are free: every point to its nearest atom.
+
+    Returns ``(cols, nearest, weights)``: point ``i`` sends ``a_i`` to atom ``cols[i]`` at cost
+    ``nearest[i]``; ``weights[j]`` is the mass atom ``j`` receives.
+    """
+    nearest, cols = cost.min(1)
     weights = torch.zeros(cost.shape[1], dtype=a.dtype, device=a.device).index_add_(0, cols, a)
-    return Arcs(rows, cols, a), weights
+    return cols, nearest, weights
 
 
-_PLANS = {"exact": _nearest_atom_plan, "mirror": _exact_plan}
 #: the values of ``weight_update``: how learned weights are updated
-WEIGHT_UPDATES = tuple(_PLANS)
+WEIGHT_UPDATES = ("exact", "mirror")
 
 
-def _reseat_empty_atoms(x: Tensor, support: Tensor, empty: Tensor, cost: Tensor, arcs) -> Tensor:
+def _reseat_empty_atoms(x: Tensor, support: Tensor, empty: Tensor, nearest: Tensor, a: Tensor) -> Tensor:
     """Move each atom that received no point onto a distinct point, among those that cost most
     (largest ``a_i c_i`` at the round's atoms)."""
-    owned = cost[arcs.rows, arcs.cols] * arcs.mass
-    far = torch.topk(owned, int(empty.sum())).indices
+    far = torch.topk(a * nearest, int(empty.sum())).indices
     support = support.clone()
-    support[empty] = x[arcs.rows[far]]
+    support[empty] = x[far]
     return support
 
 
@@ -287,7 +315,8 @@ def _assigned_sums(x: Tensor, a: Tensor, cols: Tensor, m: int, uniform: bool) ->
     """``plan.T @ x`` for the nearest-atom plan (point ``i`` sends ``a_i`` to atom ``cols[i]``), ``(m, d)``.
 
     One ``index_add_`` of the rows of ``x``: no gather (every point is an arc) and, for uniform
-    ``a``, no ``a * x`` product either (0.06 ms against 0.3 ms for the CSR product at 1300 × 512).
+    ``a``, no ``a * x`` product either (one pass over ``x``, where the CSR product of
+    :func:`_plan_t_matmul` also builds the sparse matrix and its index arrays).
     """
     if uniform:
         return torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, cols, x).mul_(a[0])

@@ -37,18 +37,21 @@ def test_objective_not_above_pot_free_support_barycenter(seed, device):
     pot_obj = barycenter_objective(x, torch.tensor(pot), torch.full((12,), 1 / 12, dtype=torch.float64))
     assert ours.objective <= pot_obj + 1e-12
     assert abs(ours.objective - barycenter_objective(x, support, weights)) < 1e-9
-    # the per-round history starts at the initial support (uniform weights for the balanced
-    # rounds; without them, its optimal weights: each point to its nearest atom) and its best is
-    # what was returned
+    # the per-round history starts at the initial support, at its optimal weights (each point to
+    # its nearest atom), and its best is what was returned
     uniform = torch.full((12,), 1 / 12, dtype=torch.float64)
-    assert abs(ours.history[0] - barycenter_objective(x, init, uniform)) < 1e-9
-    assert min(ours.history) == ours.objective and 2 <= len(ours.history) <= 11
-    lloyd = exact_barycenter(x, 12, iters=10, init=init, balanced_iters=0)
     nearest = float((torch.cdist(x, init) ** 2).min(1).values.mean())
-    assert abs(lloyd.history[0] - nearest) < 1e-9 and nearest < barycenter_objective(x, init, uniform)
+    assert abs(ours.history[0] - nearest) < 1e-9 and nearest < barycenter_objective(x, init, uniform)
+    assert min(ours.history) == ours.objective and 2 <= len(ours.history) <= 11
+    # weighted Lloyd: with full steps the objective never rises into a Lloyd round; only the
+    # balanced round (the third, at uniform weights) may start higher
+    assert all(b <= a + 1e-12 for k, (a, b) in enumerate(zip(ours.history, ours.history[1:])) if k + 1 != 2)
+    lloyd = exact_barycenter(x, 12, iters=10, init=init, balanced_rounds=())
+    assert abs(lloyd.history[0] - nearest) < 1e-9
     assert all(b <= a + 1e-12 for a, b in zip(lloyd.history, lloyd.history[1:]))
-    # weighted Lloyd: with full steps the objective never rises
-    assert all(b <= a + 1e-12 for a, b in zip(ours.history, ours.history[1:]))
+    # a balanced round's plan is the exact one at uniform weights
+    first = exact_barycenter(x, 12, iters=10, init=init, balanced_rounds=(0,))
+    assert abs(first.history[0] - barycenter_objective(x, init, uniform)) < 1e-9
     # the paper's mirror-descent rule also beats POT here, and the closed form beats it
     mirror = exact_barycenter(x, 12, iters=10, init=init, weight_update="mirror")
     assert ours.objective <= mirror.objective <= pot_obj + 1e-12
@@ -68,9 +71,10 @@ def test_nearest_atom_weights_are_the_exact_minimiser_over_the_simplex(seed):
     from ddmetrics.losses._barycenter import _nearest_atom_plan
 
     cost = torch.cdist(x, b) ** 2
-    arcs, w = _nearest_atom_plan(a, torch.full((6,), 1 / 6, dtype=torch.float64), cost)
+    cols, nearest, w = _nearest_atom_plan(a, cost)
     closed = float((a * cost.min(1).values).sum())
-    assert abs(float((arcs.mass * cost[arcs.rows, arcs.cols]).sum()) - closed) < 1e-12
+    assert abs(float((a * cost[torch.arange(90), cols]).sum()) - closed) < 1e-12
+    assert torch.equal(nearest, cost[torch.arange(90), cols])
     assert abs(float(w.sum()) - 1) < 1e-12
     assert abs(ot.emd2(a.numpy(), w.numpy(), cost.numpy()) - closed) < 1e-10
     for _ in range(20):
@@ -80,11 +84,11 @@ def test_nearest_atom_weights_are_the_exact_minimiser_over_the_simplex(seed):
     from ddmetrics.losses._barycenter import _assigned_sums
 
     plan = torch.zeros(90, 6, dtype=torch.float64)
-    plan[arcs.rows, arcs.cols] = arcs.mass
-    assert torch.allclose(_assigned_sums(x, a, arcs.cols, 6, uniform=False), plan.T @ x, atol=1e-12)
+    plan[torch.arange(90), cols] = a
+    assert torch.allclose(_assigned_sums(x, a, cols, 6, uniform=False), plan.T @ x, atol=1e-12)
     flat = torch.full((90,), 1 / 90, dtype=torch.float64)
-    plan[arcs.rows, arcs.cols] = flat
-    assert torch.allclose(_assigned_sums(x, flat, arcs.cols, 6, uniform=True), plan.T @ x, atol=1e-12)
+    plan[torch.arange(90), cols] = flat
+    assert torch.allclose(_assigned_sums(x, flat, cols, 6, uniform=True), plan.T @ x, atol=1e-12)
 
 
 def test_an_atom_left_without_points_is_reseated():
@@ -146,6 +150,36 @@ def test_bad_arguments():
         exact_barycenter(x * float("nan"), 2)
     with pytest.raises(ValueError, match="weight_update"):
         exact_barycenter(x, 2, weight_update="newton")
+    with pytest.raises(ValueError, match="balanced_rounds"):
+        exact_barycenter(x, 2, balanced_rounds=(1, -1))
+    with pytest.raises(TypeError, match="balanced_rounds"):
+        exact_barycenter(x, 2, balanced_rounds=2)
+
+
+def test_early_stop_waits_for_the_balanced_round():
+    # two far clusters, two atoms: Lloyd is at its fixed point after one round, so without a
+    # balanced round ahead the rounds stop at once; with one ahead they run up to it and stop after
+    x = torch.cat([_cloud(40, 2, 0) * 0.1, _cloud(40, 2, 1) * 0.1 + 10.0])
+    init = x[[0, 40]].clone()
+    assert len(exact_barycenter(x, 2, init=init, balanced_rounds=()).history) == 3
+    # rounds 0-4 Lloyd, 5 balanced (moves nothing: its plan is the same assignment), 6 evaluates
+    # that last iterate and stops
+    assert len(exact_barycenter(x, 2, init=init, balanced_rounds=(5,)).history) == 7
+    # a balanced round at or beyond iters is never reached
+    assert len(exact_barycenter(x, 2, init=init, iters=5, balanced_rounds=(5,)).history) == 3
+
+
+def test_kmeans_pp_draws_follow_the_weights():
+    # the first pick is a_i-weighted: over 4000 seeds its frequencies match a (a zero weight is
+    # never picked); a mistaken CDF inversion (off by one, unnormalised) moves them by > 0.1
+    x = torch.arange(5, dtype=torch.float64).unsqueeze(1)
+    a = torch.tensor([0.1, 0.0, 0.2, 0.3, 0.4], dtype=torch.float64)
+    picks = torch.tensor([int(init_support(x, 1, a, seed=s)[0, 0]) for s in range(4000)])
+    freq = torch.bincount(picks, minlength=5).double() / 4000
+    assert freq[1] == 0 and torch.allclose(freq, a, atol=0.03)
+    # D² sampling: after the first atom, a point at distance 0 is never picked again, and m = n
+    # picks every point once
+    assert sorted(init_support(x, 5, torch.full((5,), 0.2, dtype=torch.float64), seed=3)[:, 0].tolist()) == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
