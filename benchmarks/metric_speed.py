@@ -68,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--ref-n", type=int, default=1300, help="points of the WMDD reference-algorithm comparison "
                                                           "(an ImageNet class); 0 skips it")
     p.add_argument("--ref-m", type=int, nargs="+", default=[10, 50], help="atoms of the WMDD reference comparison")
-    p.add_argument("--ref-repeats", type=int, default=3)
+    p.add_argument("--ref-repeats", type=int, default=5)
     p.add_argument("--profile-datasets", nargs="*", default=["digits", "mnist"],
                    help="datasets of the synthesis-iteration profile (WMDD and DM); none skips it")
     p.add_argument("--profile-iterations", type=int, default=30,
@@ -561,7 +561,8 @@ def markdown(meta, recs, bary, ref=None, prof=None):
             [(k, fmt_t(t), "—" if k.startswith("POT") else f"{t / tp:.2f}", f"{b['objective'][k]:.6g}")
              for k, t in b["median"].items()], align="lrrr"))
         L.extend(["", f"- Objective at the initial support (uniform weights): {b['objective_init']:.6g}",
-                  f"- Ours with learned weights, exact W2² after each round: "
+                  f"- Ours with learned weights, exact W2² of each round's iterate (the third, the balanced round, "
+                  "at uniform weights): "
                   + ", ".join(f"{v:.6g}" for v in b["history_learned_weights"]) + "; the first round at or below "
                   f"POT's result is round {b['rounds_to_pot_objective']} (row \"{b['rounds_to_pot_objective']} rounds\").",
                   f"- POT ran {b['pot_iterations_run']} of {b['iters']} iterations (it stops early when the "

@@ -180,10 +180,11 @@ def exact_barycenter(
     weight_update : {"exact", "mirror"}
         How learned weights are updated (above). ``"exact"`` solves the network simplex only in
         its ``balanced_rounds``; ``"mirror"``, the paper's algorithm, kept to reproduce it,
-        solves it every round. Neither always ends lower: on 10⁴ points of N(0, I/512),
-        m = 100, the mirror rule reached 0.97047 against 0.97095 (then the closed form's
-        default was 3 balanced rounds first) in 2.8× the time; on the clustered features of
-        ``benchmarks/large_support.py`` the closed form reached 96.95 against 101.01.
+        solves it every round. The closed form ends lower in the committed benchmarks: on 10⁴
+        points of N(0, I/512), m = 100 (``benchmarks/metric_speed.py``), and on the clustered
+        features of ``benchmarks/large_support.py`` (W₂² 96.91 against 101.01 at n = 10⁴);
+        with 3 balanced rounds first, its former default, the mirror rule had ended lower on
+        the Gaussian cloud.
     balanced_rounds : sequence of int
         The rounds (0-based, out of ``iters``; later ones are never reached) whose plan is the
         exact one at uniform weights (``"exact"`` only; default ``(2,)``: one network-simplex
