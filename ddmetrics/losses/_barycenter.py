@@ -250,7 +250,7 @@ def exact_barycenter(
             objective = float((arcs.mass * cost[arcs.rows, arcs.cols]).sum())
         history.append(objective)
         if best is None or objective < best.objective:
-            best = Barycenter(support, w, objective)  # neither is written in place afterwards
+            best = Barycenter(support, w, objective)  # no clone: every round makes new tensors
         if k == iters or converged:
             break
         previous = (support, w)
@@ -274,7 +274,7 @@ def exact_barycenter(
             # the next round evaluates this last iterate, then the loop stops
             moved = float((support - previous[0]).square().sum() + (w - previous[1]).square().sum())
             converged = moved < stop_thr
-    return best._replace(support=best.support.clone(), weights=best.weights.clone(), history=tuple(history))
+    return best._replace(history=tuple(history))
 
 
 def _check_rounds(rounds) -> Tuple[int, ...]:
