@@ -256,9 +256,8 @@ def _notes(r: dict) -> str:
         parts.append("work stayed below the data-generation peak")
     if r["kind"] == "barycenter":
         parts.append(f"objective W2² {r['objective']:.6g}")
-        parts.append(f"{r['ot_solves']} exact OT solve{'' if r['ot_solves'] == 1 else 's'} {r['ot_seconds']:.1f} s, "
-                     "k-means++ init "
-                     f"{r['init_seconds']:.1f} s")
+        solves = f"{r['ot_solves']} exact OT solve" + ("" if r["ot_solves"] == 1 else "s")
+        parts.append(f"{solves} {r['ot_seconds']:.1f} s, k-means++ init {r['init_seconds']:.1f} s")
         parts.append(f"weights in [{r['weights_min']:.3g}, {r['weights_max']:.3g}]")
     else:
         parts.append(f"value {r['value']:.6g}, ‖∂/∂y‖ {r['grad_norm']:.3g}")
