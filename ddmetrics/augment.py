@@ -122,6 +122,15 @@ def _nonneg(value: float, name: str, upper: Optional[float] = None) -> float:
     return value
 
 
+def _operand(v: Tensor, x: Tensor) -> Tensor:
+    """A parameter tensor on ``x``'s device, a floating one in ``x``'s dtype (no call when it is)."""
+    if v.device != x.device:
+        v = v.to(x.device)
+    if v.is_floating_point() and v.dtype != x.dtype:
+        v = v.to(x.dtype)
+    return v
+
+
 class DiffAugment:
     """Differentiable (siamese) augmentation with DSA-like magnitudes.
 
@@ -195,6 +204,8 @@ class DiffAugment:
         self.cutout = _nonneg(cutout, "cutout", 1.0)
         self.flip = _nonneg(flip, "flip", 1.0)
         self.rotate = _nonneg(rotate, "rotate")
+        #: constants of an image size (the warp's base grid, ...), made on first use: see _cached
+        self._constants: dict = {}
 
     def __repr__(self) -> str:
         return f"DiffAugment(strategy={'_'.join(self.ops)!r}, mode={self.mode!r})"
@@ -291,55 +302,98 @@ class DiffAugment:
         n = x.shape[0]
         if params.n not in (1, n):
             raise ValueError(f"params hold {params.n} parameter sets; x has {n} images (need 1 or {n})")
-        p = {k: v.to(x.device).expand(n, *v.shape[1:]) for k, v in params.tensors()}
-        p = {k: (v.to(x.dtype) if v.is_floating_point() else v) for k, v in p.items()}
+        # (1 or n, ...) operands broadcast against x, no copy or call where none is needed: on
+        # small images the augmentation's time is mostly its number of operations
+        p = {k: _operand(v, x) for k, v in params.tensors()}
+        k = params.n
 
         if "brightness" in p:
-            x = x + p["brightness"].view(n, 1, 1, 1)
+            x = x + p["brightness"].view(k, 1, 1, 1)
         if "saturation" in p and x.shape[1] > 1:
             gray = x.mean(1, keepdim=True)
-            x = gray + (x - gray) * p["saturation"].view(n, 1, 1, 1)
+            x = gray + (x - gray) * p["saturation"].view(k, 1, 1, 1)
         if "contrast" in p:
             mean = x.mean((1, 2, 3), keepdim=True)
-            x = mean + (x - mean) * p["contrast"].view(n, 1, 1, 1)
+            x = mean + (x - mean) * p["contrast"].view(k, 1, 1, 1)
         if "flip" in p:
-            x = torch.where(p["flip"].view(n, 1, 1, 1).bool(), x.flip(3), x)
-        if any(k in p for k in ("scale", "angle", "shift")):
+            x = torch.where(p["flip"].view(k, 1, 1, 1).bool(), x.flip(3), x)
+        if "scale" in p or "angle" in p or "shift" in p:
             x = self._warp(x, p)
         if "cutout" in p:
             x = x * self._cutout_mask(x, p["cutout"])
         return x
 
-    @staticmethod
-    def _warp(x: Tensor, p) -> Tensor:
-        """One bilinear resampling for scale ∘ rotation (in pixel geometry) + translation."""
-        n, _, h, w = x.shape
-        one, zero = x.new_ones(n), x.new_zeros(n)
-        sx, sy = (p["scale"][:, 0], p["scale"][:, 1]) if "scale" in p else (one, one)
-        ang = p["angle"] if "angle" in p else zero
-        cos, sin = torch.cos(ang), torch.sin(ang)
-        # rotation acts on pixel coordinates; normalised coordinates are pixel / (W/2, H/2)
-        a = w / h
-        theta = torch.stack([
-            torch.stack([cos * sx, -sin * sy / a, zero], 1),
-            torch.stack([sin * sx * a, cos * sy, zero], 1),
-        ], 1)  # (n, 2, 3)
+    def _theta(self, x: Tensor, p) -> Tensor:
+        r"""The warp's affine matrices ``(k, 2, 3)`` in normalised coordinates (``k``: 1 or n).
+
+        Scale :math:`(s_x, s_y)` then rotation :math:`\phi` in pixel geometry (aspect
+        :math:`a = W/H`), then the translation of whole pixels :math:`(t_x, t_y)`:
+
+        .. math::
+            \theta = \begin{pmatrix} s_x\cos\phi & -s_y\sin\phi / a & -2t_x/W \\
+                                      s_x a\sin\phi & s_y\cos\phi & -2t_y/H \end{pmatrix}
+        """
+        h, w = x.shape[-2:]
+        k = next(iter(p.values())).shape[0]
+        if "angle" in p:
+            cos, sin = torch.cos(p["angle"]), torch.sin(p["angle"])
+            entries = [cos, -sin, sin, cos]
+            if "scale" in p:
+                sx, sy = p["scale"].unbind(1)
+                entries = [entries[0] * sx, entries[1] * sy, entries[2] * sx, entries[3] * sy]
+            entries[1], entries[2] = entries[1] / (w / h), entries[2] * (w / h)
+            linear = torch.stack(entries, 1).view(k, 2, 2)
+        elif "scale" in p:
+            linear = torch.diag_embed(p["scale"])
+        else:
+            linear = torch.eye(2, dtype=x.dtype, device=x.device).expand(k, 2, 2)
         if "shift" in p:  # whole pixels -> normalised units (2 per image side)
-            shift = p["shift"].to(x.dtype) * x.new_tensor([2.0 / w, 2.0 / h])
-            theta = theta + torch.cat([x.new_zeros(n, 2, 2), -shift.unsqueeze(2)], 2)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            per_pixel = self._cached(x, "per_pixel", lambda: x.new_tensor([-2.0 / w, -2.0 / h]))
+            move = p["shift"].to(x.dtype) * per_pixel
+        else:
+            move = x.new_zeros(k, 2)
+        return torch.cat([linear, move.unsqueeze(2)], 2)
+
+    def _warp(self, x: Tensor, p) -> Tensor:
+        r"""One bilinear resampling for scale ∘ rotation (in pixel geometry) + translation.
+
+        The grid is :func:`torch.nn.functional.affine_grid`'s, :math:`(x\theta_{j0} +
+        y\theta_{j1}) + \theta_{j2}` at every pixel centre :math:`(x, y)` of its base grid, here
+        from the ``W`` column and ``H`` row coordinates (kept per image size): two additions at
+        the grid's size instead of a batched matrix product with rows of three, which is slow on
+        the CPU. The order of operations is the product's, so the grids agree to float rounding
+        (bit for bit with ATen's CPU kernels; ``tests/test_augment.py``).
+        """
+        n, _, h, w = x.shape
+        theta = self._theta(x, p)
+        k = theta.shape[0]
+        # affine_grid's base grid: pixel centres in [-1, 1], x along W, y along H
+        xs, ys = self._cached(x, "centres", lambda: tuple(F.affine_grid(
+            torch.eye(2, 3, dtype=x.dtype, device=x.device).unsqueeze(0), [1, 1, h, w],
+            align_corners=False)[0].unbind(2)))
+        # (k, 2, H, W), rows of W contiguous (a last dimension of 2 makes slow broadcast loops)
+        grid = (xs[0].view(1, 1, 1, w) * theta[:, :, 0].view(k, 2, 1, 1)
+                + ys[:, 0].view(1, 1, h, 1) * theta[:, :, 1].view(k, 2, 1, 1)).add_(theta[:, :, 2].view(k, 2, 1, 1))
+        return F.grid_sample(x, grid.permute(0, 2, 3, 1).expand(n, h, w, 2), mode="bilinear",
+                             padding_mode="zeros", align_corners=False)
+
+    def _cached(self, x: Tensor, name: str, make):
+        """A constant of ``x``'s image size, dtype and device, made once (``make()``) and kept."""
+        key = (name, tuple(x.shape[-2:]), x.dtype, x.device)
+        value = self._constants.get(key)
+        if value is None:
+            value = self._constants[key] = make()
+        return value
 
     def _cutout_mask(self, x: Tensor, centre: Tensor) -> Tensor:
-        """(n, 1, H, W) mask, zero on a square of side ``cutout``·size around ``centre``."""
-        n, _, h, w = x.shape
+        """(k, 1, H, W) mask, zero on a square of side ``cutout``·size around ``centre``."""
+        h, w = x.shape[-2:]
         side_h, side_w = int(round(h * self.cutout)), int(round(w * self.cutout))
-        top = centre[:, 0] - side_h // 2
-        left = centre[:, 1] - side_w // 2
-        rows = torch.arange(h, device=x.device).view(1, h, 1)
-        cols = torch.arange(w, device=x.device).view(1, 1, w)
-        inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + side_h).view(n, 1, 1))
-                  & (cols >= left.view(n, 1, 1)) & (cols < (left + side_w).view(n, 1, 1)))
+        start = centre - centre.new_tensor([side_h // 2, side_w // 2])
+        rows = torch.arange(h, device=x.device) - start[:, :1]  # (k, H): rows from the square's top
+        cols = torch.arange(w, device=x.device) - start[:, 1:]
+        inside = (rows >= 0) & (rows < side_h)
+        inside = inside.unsqueeze(2) & ((cols >= 0) & (cols < side_w)).unsqueeze(1)
         return (~inside).to(x.dtype).unsqueeze(1)
 
     # ------------------------------------------------------------------ entry points

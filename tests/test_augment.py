@@ -111,3 +111,22 @@ def test_validation():
         aug.pair(torch.zeros(2, 1, 8, 8), torch.zeros(2, 3, 8, 8), _gen(0))
     with pytest.raises(ValueError, match="spatial size"):
         aug.apply(torch.zeros(2, 1, 8, 8), aug.sample(1, (6, 6), _gen(0)))
+
+
+@pytest.mark.parametrize("strategy", ["crop", "scale", "rotate", "crop_scale_rotate"])
+@pytest.mark.parametrize("size", [(28, 28), (8, 12)])
+def test_warp_equals_affine_grid_and_grid_sample(strategy, size):
+    """The warp's grid, computed from the base grid's rows and columns, against
+    ``F.affine_grid`` of the same matrices (a batched product) followed by ``F.grid_sample``:
+    equal bit for bit (the same operations in the same order), per image and shared (one
+    parameter set), and the base grid kept for one size is not used for another."""
+    import torch.nn.functional as F
+
+    aug = DiffAugment(strategy=strategy, mode="all")
+    for n, images, shape in ((5, 5, size), (1, 5, size), (3, 3, (size[0] + 2, size[1] + 4))):
+        x = torch.randn(images, 2, *shape, generator=_gen(n))
+        params = aug.sample(n, x.shape, _gen(n + 10))
+        theta = aug._theta(x, dict(params.tensors())).expand(images, 2, 3)
+        ref = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
+        assert torch.equal(aug.apply(x, params), ref)
