@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -84,12 +85,18 @@ def _moments_input_grad(flat: Tensor, mean: Tensor, w: Tensor, g_mean: Tensor, g
     :math:`B_{ic} = \omega_i(\partial L/\partial\mu_c - 2\mu_c\,\partial L/\partial\sigma^2_c)`:
     one product over ``flat`` and an in-place add.
     """
-    per_position = 1.0 / flat.shape[2]
-    slope = torch.outer(w, g_var * (2.0 * per_position))
-    offset = torch.outer(w, torch.addcmul(g_mean, g_var, mean, value=-2.0).mul_(per_position))
+    slope, offset = _slope_offset(flat.shape[2], mean, w, g_mean, g_var)
     # a product, then an in-place add on its output: addcmul with two (m, C, 1) operands broadcast
     # over S takes a slower CPU loop than the product with one
     return (flat * slope.unsqueeze(2)).add_(offset.unsqueeze(2))
+
+
+def _slope_offset(positions: int, mean: Tensor, w: Tensor, g_mean: Tensor, g_var: Tensor) -> Tuple[Tensor, Tensor]:
+    """:math:`A` and :math:`B` ``(m, C)`` of :func:`_moments_input_grad` for ``positions`` = S."""
+    per_position = 1.0 / positions
+    slope = torch.outer(w, g_var * (2.0 * per_position))
+    offset = torch.outer(w, torch.addcmul(g_mean, g_var, mean, value=-2.0).mul_(per_position))
+    return slope, offset
 
 
 class _OneGroupMoments(torch.autograd.Function):
@@ -147,6 +154,116 @@ class _OneGroupPCBN(torch.autograd.Function):
         grads = [_moments_input_grad(flat, mean, w, parts[2 * i], parts[2 * i + 1])
                  for i, (flat, mean) in enumerate(zip(flats, means))]
         return (None, None, *grads)
+
+
+def _affine_rows(flat: Tensor, slope: Tensor, offset: Tensor) -> Tensor:
+    """``slope[i, c] * flat[i, c, :] + offset[i, c]`` for ``flat`` (m, C, S), as one pass: an
+    eval-mode batch norm of the (1, m·C, S) view with unit statistics (the kernel applies one
+    scale and one shift per channel; a broadcast product and add take two passes)."""
+    m, c, s = flat.shape
+    ones = flat.new_ones(m * c)
+    return F.batch_norm(flat.reshape(1, m * c, s), ones.new_zeros(m * c), ones, slope.reshape(-1),
+                        offset.reshape(-1), False, 0.0, 0.0).view(m, c, s)
+
+
+class _EvalBatchNormMoments(torch.autograd.Function):
+    r"""An eval-mode BatchNorm layer and the weighted moments (:func:`_moments`) of its input, one node.
+
+    Forward: the layer's output, exactly as ``layer(x)`` computes it (``F.batch_norm`` with
+    the running statistics), and :math:`\mu, \sigma^2` of ``x`` for weights ``w`` (m,).
+    Backward: the layer's gradient :math:`k_c\,\partial L/\partial y` (:math:`k_c` =
+    weight / √(running var + eps)) plus :func:`_moments_input_grad`'s :math:`A f + B`, in two
+    passes over ``x``'s size (:func:`_affine_rows`, then an in-place ``addcmul``) where the
+    layer's own backward, the moments' gradient (two) and autograd's sum of the two took four;
+    the layer's own node is not recorded. The layer's parameters and
+    running statistics are constants here (no gradient; checked by the caller).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, layer: nn.Module):
+        y = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps)
+        flat = _flatten(x)
+        mean, var = _moments(flat, w)
+        scale = torch.rsqrt(layer.running_var + layer.eps)
+        if layer.weight is not None:
+            scale = scale * layer.weight
+        ctx.save_for_backward(flat, mean, w, scale)
+        ctx.shape = x.shape
+        return y, mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_y: Tensor, g_mean: Tensor, g_var: Tensor):
+        flat, mean, w, scale = ctx.saved_tensors
+        grad = _affine_rows(flat, *_slope_offset(flat.shape[2], mean, w, g_mean, g_var))
+        grad.addcmul_(_flatten(g_y), scale.view(1, -1, 1))
+        return grad.view(ctx.shape), None, None
+
+
+class _Discrepancy(torch.autograd.Function):
+    r""":math:`\sum_l \|\mu_l - \bar\mu_l\|^2 + \|\sigma^2_l - \bar\sigma^2_l\|^2` of
+    ``moments`` (``mean_1, var_1, mean_2, ...``) against ``refs`` (the same order), one node."""
+
+    @staticmethod
+    def forward(ctx, refs, *moments: Tensor):
+        diff = torch.cat(moments) - refs
+        ctx.save_for_backward(diff)
+        ctx.sizes = [len(t) for t in moments]
+        return diff.dot(diff)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        diff, = ctx.saved_tensors
+        return (None, *(diff * (2.0 * g)).split(ctx.sizes))
+
+
+def _fusable(layer: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether ``layer`` can run as :class:`_EvalBatchNormMoments`: eval mode with running
+    statistics, no parameter in autograd, statistics and parameters in ``dtype``."""
+    tensors = [layer.running_mean, layer.running_var, layer.weight, layer.bias]
+    return (not layer.training and layer.running_mean is not None and layer.running_var is not None
+            and not any(t is not None and (t.requires_grad or t.dtype != dtype) for t in tensors))
+
+
+#: the fewest elements of a BatchNorm input for which :class:`_EvalBatchNormMoments` takes its
+#: layer's place: below, a node per layer costs more than the passes over the input it saves
+FUSE_MIN_ELEMENTS = 1 << 18
+
+
+@contextmanager
+def _eval_bn_moments(layers: List[nn.Module], w: Tensor, min_elements: int
+                     ) -> Iterator[Tuple[List[Optional[Tuple[Tensor, Tensor]]], List[Optional[Tensor]]]]:
+    """Inside the block, a layer of ``layers`` whose input has ``w``'s dtype and at least
+    ``min_elements`` elements runs as :class:`_EvalBatchNormMoments` with weights ``w``; any
+    other runs as itself and its input is kept. Yields ``(moments, inputs)``, one slot per
+    layer each: the ``(mean, var)`` or the input of its last call (the other slot ``None``).
+    The layers' ``forward`` is restored on exit."""
+    moments: List[Optional[Tuple[Tensor, Tensor]]] = [None] * len(layers)
+    inputs: List[Optional[Tensor]] = [None] * len(layers)
+    saved = []
+
+    def forward_for(i: int, layer: nn.Module, plain: Callable) -> Callable:
+        def forward(x: Tensor) -> Tensor:
+            if x.dtype != w.dtype or x.numel() < min_elements:
+                moments[i], inputs[i] = None, x
+                return plain(x)
+            y, mean, var = _EvalBatchNormMoments.apply(x, w, layer)
+            moments[i], inputs[i] = (mean, var), None
+            return y
+        return forward
+
+    try:
+        for i, layer in enumerate(layers):
+            saved.append((layer, "forward" in layer.__dict__, layer.__dict__.get("forward")))
+            layer.forward = forward_for(i, layer, layer.forward)
+        yield moments, inputs
+    finally:
+        for layer, had, own in saved:
+            if had:
+                layer.forward = own
+            else:
+                del layer.forward
 
 
 def _grouped_mean_var(flat: Tensor, wn: Tensor, group: Tensor, num_groups: int) -> Tuple[Tensor, Tensor]:
@@ -513,18 +630,39 @@ class BoundPCBN:
     def __init__(self, model: nn.Module, wn: Tensor, group: Tensor, num_groups: int,
                  targets: List[Tuple[Tensor, Tensor]]) -> None:
         self.model, self.wn, self.group, self.num_groups, self.targets = model, wn, group, num_groups, targets
-        # the one-node path's operands, once: weights (m,) and the targets as (C,) vectors
+        # the one-group paths' operands, once: weights (m,), the targets as (C,) vectors and all
+        # of them in one vector (mean, var of every layer in turn)
         self._w = wn.view(-1)
         self._flat_targets = [(mean.reshape(-1), var.reshape(-1)) for mean, var in targets]
+        self._refs = torch.cat([t for pair in self._flat_targets for t in pair]) if targets else None
+        self._layers = bn_layers(model)
 
     def __call__(self, syn_images: Tensor, forward: Optional[Callable[[Tensor], Tensor]] = None
                  ) -> Tuple[Tensor, Tensor]:
         """``(regulariser, output)`` of one forward pass of ``syn_images`` (see :meth:`PCBNLoss.__call__`)."""
         if syn_images.shape[0] != self.wn.shape[0]:
             raise ValueError(f"syn_images has {syn_images.shape[0]} images, the bound labels {self.wn.shape[0]}")
+        one_group = self.num_groups == 1 and not self.wn.requires_grad  # a synthesis loop's case
+        if one_group and all(_fusable(layer, self._w.dtype) for layer in self._layers):
+            # a frozen teacher in eval mode: each layer with a large input and its moments in one
+            # node, the moments of the other inputs in one node for all
+            with _eval_bn_moments(self._layers, self._w, FUSE_MIN_ELEMENTS) as (moments, inputs):
+                output = (forward or self.model)(syn_images)
+            fused = [(pair, ref) for pair, ref in zip(moments, self._flat_targets) if pair is not None]
+            rest = [(_flatten(f).to(self._w.dtype), ref) for f, ref in zip(inputs, self._flat_targets)
+                    if f is not None]
+            terms = []
+            if fused:
+                refs = self._refs if len(fused) == len(moments) else torch.cat([t for _, ref in fused for t in ref])
+                terms.append(_Discrepancy.apply(refs, *(t for pair, _ in fused for t in pair)))
+            if rest:
+                terms.append(_OneGroupPCBN.apply(self._w, [ref for _, ref in rest], *(flat for flat, _ in rest)))
+            if not terms:
+                raise ValueError("no BatchNorm layer ran during the forward pass")
+            return (terms[0] if len(terms) == 1 else terms[0] + terms[1]), output
         with bn_inputs(self.model) as captured:
             output = (forward or self.model)(syn_images)
-        if self.num_groups == 1 and not self.wn.requires_grad:  # a synthesis loop's case: one node
+        if one_group:  # BatchNorm in training mode or with parameters in autograd: one node for the term
             ran = [(_flatten(f).to(self.wn.dtype), ref) for f, ref in zip(captured, self._flat_targets)
                    if f is not None]
             if not ran:

@@ -293,3 +293,80 @@ def test_one_class_moments_stay_accurate_in_float32_far_from_zero():
     (v64, g64), (v32, g32) = out[torch.float64], out[torch.float32]
     assert float(((v32 - v64) / v64).abs().max()) < 1e-4
     assert float((g32 - g64).abs().max()) < 1e-4 * float(g64.abs().max())
+
+
+def _fusable_net(dtype=torch.float64):
+    """_Net in eval mode, frozen, in ``dtype``, with non-trivial BN weights and biases."""
+    net = _Net().to(dtype).eval()
+    with torch.no_grad():
+        for bn in bn_layers(net):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    for prm in net.parameters():
+        prm.requires_grad_(False)
+    return net
+
+
+def test_eval_batchnorm_node_gradcheck_and_output_equal_the_layer():
+    """The fused node's output is the layer's, bit for bit; its gradient (output, mean and variance
+    together) passes gradcheck in float64."""
+    from ddmetrics.distill.pcbn import _EvalBatchNormMoments
+
+    layer = bn_layers(_fusable_net())[0]
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64) * 1.5 + 0.7).requires_grad_(True)
+    w = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    y, mean, var = _EvalBatchNormMoments.apply(x, w, layer)
+    assert torch.equal(y, layer(x))
+    ref_mean = (w[:, None, None, None] * x).sum(0).mean((1, 2))
+    ref_var = (w[:, None, None, None] * (x - ref_mean[None, :, None, None]) ** 2).sum(0).mean((1, 2))
+    assert torch.allclose(mean, ref_mean, atol=1e-13) and torch.allclose(var, ref_var, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda t: _EvalBatchNormMoments.apply(t, w, layer), (x,))
+
+
+@pytest.mark.parametrize("min_elements", [0, 100, 10 ** 9])  # every layer fused, some, none
+def test_fused_eval_path_equals_the_hooked_path(monkeypatch, min_elements):
+    """A frozen eval-mode teacher: the regulariser, the forward's output and the gradient on the
+    images equal those of the capture-and-one-node path (reached with a BN layer in autograd), and
+    every layer's forward is restored after the call."""
+    import ddmetrics.distill.pcbn as pcbn
+
+    net = _fusable_net()
+    images, labels = _data()
+    stats = per_class_bn_stats(net, _Pairs(images.double(), labels), num_classes=2).to(dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    syn = torch.randn(4, 1, 6, 6, generator=g, dtype=torch.float64)
+    labels = torch.zeros(4, dtype=torch.long)
+    weights = torch.tensor([0.1, 0.4, 0.3, 0.2], dtype=torch.float64)
+    monkeypatch.setattr(pcbn, "FUSE_MIN_ELEMENTS", min_elements)
+    bound = PCBNLoss(net, stats).bind(labels, weights, syn)
+    out = {}
+    for path in ("fused", "hooked"):
+        x = syn.clone().requires_grad_(True)
+        if path == "hooked":  # a parameter in autograd: the layers are not fusable
+            bn_layers(net)[0].weight.requires_grad_(True)
+        reg, feats = bound(x, forward=net.embed)
+        grad, = torch.autograd.grad(reg + feats.square().sum(), x)
+        out[path] = (reg.detach(), feats.detach(), grad)
+        assert all("forward" not in layer.__dict__ for layer in bn_layers(net))
+    (r1, f1, g1), (r2, f2, g2) = out["fused"], out["hooked"]
+    assert torch.equal(f1, f2) and torch.equal(f1, net.embed(syn))
+    assert abs(float(r1) - float(r2)) < 1e-12 * float(r2) and float(r2) > 0
+    assert torch.allclose(g1, g2, rtol=0, atol=1e-12 * float(g2.abs().max()))
+
+
+def test_fused_path_restores_the_layers_after_an_error(monkeypatch):
+    import ddmetrics.distill.pcbn as pcbn
+
+    net = _fusable_net(torch.float32)
+    stats = per_class_bn_stats(net, _Pairs(*_data()), num_classes=2)
+    monkeypatch.setattr(pcbn, "FUSE_MIN_ELEMENTS", 0)
+    bound = PCBNLoss(net, stats).bind(torch.zeros(2, dtype=torch.long), None, torch.zeros(2, 1, 6, 6))
+
+    def failing(x):
+        net.embed(x)
+        raise RuntimeError("after the BatchNorm layers ran")
+
+    with pytest.raises(RuntimeError, match="after the BatchNorm"):
+        bound(torch.zeros(2, 1, 6, 6), forward=failing)
+    assert all("forward" not in layer.__dict__ for layer in bn_layers(net))
