@@ -49,3 +49,13 @@ def test_the_sinkhorn_target_is_judged_within_the_call_and_reports_the_side_by_s
     assert met and measured.startswith("1.0020× in the call") and "wraps" in name
     (name, measured, met), = targets([{**rec, "own_work_s": 0.2}], None, None, None)
     assert not met
+
+
+def test_committed_report_renders_from_its_json(tmp_path):
+    """``metric_speed.py --from-json`` of the committed results writes the committed Markdown, byte
+    for byte (the report's numbers are the JSON's, and this version of the script renders them)."""
+    ms = _speed_module()
+    results = os.path.join(HERE, "..", "benchmarks", "results", "metric_speed")
+    ms.main(["--from-json", results + ".json", "--out", str(tmp_path / "report")])
+    with open(results + ".md", encoding="utf-8") as a, open(tmp_path / "report.md", encoding="utf-8") as b:
+        assert a.read() == b.read()
