@@ -596,7 +596,7 @@ class PCBNLoss:
         dtype = torch.promote_types(like.dtype, torch.float32)  # statistics in float32 at least
         wn = _group_weights(syn_weights.to(like.device, dtype), group, num_groups)
         targets = [self._targets(i, classes, like.device, dtype) for i in range(len(self._layers))]
-        return BoundPCBN(self.model, wn, group, num_groups, targets)
+        return BoundPCBN(self.model, wn, group, num_groups, targets, self._layers)
 
     def __call__(self, syn_images: Tensor, syn_labels: Tensor, syn_weights: Optional[Tensor] = None,
                  forward: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, Tensor]:
@@ -628,14 +628,14 @@ class BoundPCBN:
     """:class:`PCBNLoss` for one fixed batch of labels and weights (see :meth:`PCBNLoss.bind`)."""
 
     def __init__(self, model: nn.Module, wn: Tensor, group: Tensor, num_groups: int,
-                 targets: List[Tuple[Tensor, Tensor]]) -> None:
+                 targets: List[Tuple[Tensor, Tensor]], layers: Optional[List[nn.Module]] = None) -> None:
         self.model, self.wn, self.group, self.num_groups, self.targets = model, wn, group, num_groups, targets
         # the one-group paths' operands, once: weights (m,), the targets as (C,) vectors and all
         # of them in one vector (mean, var of every layer in turn)
         self._w = wn.view(-1)
         self._flat_targets = [(mean.reshape(-1), var.reshape(-1)) for mean, var in targets]
         self._refs = torch.cat([t for pair in self._flat_targets for t in pair]) if targets else None
-        self._layers = bn_layers(model)
+        self._layers = layers if layers is not None else bn_layers(model)  # PCBNLoss.bind hands over its own
 
     def __call__(self, syn_images: Tensor, forward: Optional[Callable[[Tensor], Tensor]] = None
                  ) -> Tuple[Tensor, Tensor]:
