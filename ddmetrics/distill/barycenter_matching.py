@@ -119,10 +119,12 @@ class BarycenterMatching(Strategy):
         # the classifier head runs only where its logits are used
         feats, logits, reg_value = self._forward(view, ctx["reg"], logits=self.cfg.feature_loss == "ce")
         if self.cfg.feature_loss == "barycenter":
-            feature = ((feats - ctx["targets"]) ** 2).sum()
+            # sum of squared distances to the atoms; mse_loss is one node each way, where the
+            # square takes extra calls to make its exponent a tensor
+            feature = F.mse_loss(feats, ctx["targets"], reduction="sum")
         else:
             feature = F.cross_entropy(logits, ctx["labels"], reduction="sum")
-        return feature + self.cfg.reg_weight * reg_value, feature
+        return torch.add(feature, reg_value, alpha=self.cfg.reg_weight), feature
 
     def weights(self, ctx: Dict[str, Any]) -> Tensor:
         return ctx["weights"]

@@ -77,14 +77,22 @@ def _moments(flat: Tensor, w: Tensor) -> Tuple[Tensor, Tensor]:
     :math:`\mu^2 \gg \sigma^2`; for a layer with a channel above :data:`UNCENTRED_MAX_RATIO`
     (and on other devices, where the check would wait for the device) the variance comes from
     the per-image norms of :math:`f - \mu` instead: one more read, and a write of ``flat``'s size."""
-    ws = w / flat.shape[2]
-    mean = ws @ flat.sum(2)
+    per_position = 1.0 / flat.shape[2]
+    mean = _weighted_rows(flat.sum(2), w, per_position)
     if flat.device.type == "cpu":
         mean_sq = mean.square()
-        var = (ws @ torch.linalg.vector_norm(flat, dim=2).square_()).sub_(mean_sq)
-        if not bool((mean_sq > UNCENTRED_MAX_RATIO * var).any()):  # also catches var < 0
+        var = torch.addmv(mean_sq, torch.linalg.vector_norm(flat, dim=2).square_().t(), w,
+                          beta=-1.0, alpha=per_position)
+        if float(torch.add(mean_sq, var, alpha=-UNCENTRED_MAX_RATIO).max()) <= 0:  # False for var < 0 too
             return mean, var
-    return mean, ws @ torch.linalg.vector_norm(flat - mean.unsqueeze(1), dim=2).square_()
+    return mean, _weighted_rows(torch.linalg.vector_norm(flat - mean.unsqueeze(1), dim=2).square_(), w, per_position)
+
+
+def _weighted_rows(rows: Tensor, w: Tensor, scale: float) -> Tensor:
+    """``scale * (w @ rows)`` (C,) for ``rows`` (m, C), one ``addmv`` with ``scale`` a kernel
+    argument (``beta`` = 0: the first operand is not read). Here, on the CPU, a tensor times a
+    Python number first makes a tensor of the number (an allocation and a copy)."""
+    return torch.addmv(rows[0], rows.t(), w, beta=0.0, alpha=scale)
 
 
 def _moments_input_grad(flat: Tensor, mean: Tensor, w: Tensor, g_mean: Tensor, g_var: Tensor) -> Tensor:
@@ -110,8 +118,9 @@ def _moments_input_grad(flat: Tensor, mean: Tensor, w: Tensor, g_mean: Tensor, g
 def _slope_offset(positions: int, mean: Tensor, w: Tensor, g_mean: Tensor, g_var: Tensor) -> Tuple[Tensor, Tensor]:
     """:math:`A` and :math:`B` ``(m, C)`` of :func:`_moments_input_grad` for ``positions`` = S."""
     per_position = 1.0 / positions
-    slope = torch.outer(w, g_var * (2.0 * per_position))
-    offset = torch.outer(w, torch.addcmul(g_mean, g_var, mean, value=-2.0).mul_(per_position))
+    # addr with beta = 0 (the first operand is not read): the 1/S a kernel argument (see _weighted_rows)
+    slope = torch.addr(g_var, w, g_var, beta=0.0, alpha=2.0 * per_position)
+    offset = torch.addr(g_var, w, torch.addcmul(g_mean, g_var, mean, value=-2.0), beta=0.0, alpha=per_position)
     return slope, offset
 
 
@@ -166,7 +175,7 @@ class _OneGroupPCBN(torch.autograd.Function):
         layers = len(ctx.channels)
         flats, means = rest[:layers], rest[layers:]
         # per layer: (2g (mu - ref_mu), 2g (var - ref_var)), the gradients on the mean and the variance
-        parts = (diff * (2.0 * g)).split([c for c in ctx.channels for _ in (0, 1)])
+        parts = (diff * (g + g)).split([c for c in ctx.channels for _ in (0, 1)])
         grads = [_moments_input_grad(flat, mean, w, parts[2 * i], parts[2 * i + 1])
                  for i, (flat, mean) in enumerate(zip(flats, means))]
         return (None, None, *grads)
@@ -231,7 +240,7 @@ class _Discrepancy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):
         diff, = ctx.saved_tensors
-        return (None, *(diff * (2.0 * g)).split(ctx.sizes))
+        return (None, *(diff * (g + g)).split(ctx.sizes))
 
 
 def _fusable(layer: nn.Module, dtype: torch.dtype) -> bool:
