@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -302,11 +302,25 @@ class DiffAugment:
         n = x.shape[0]
         if params.n not in (1, n):
             raise ValueError(f"params hold {params.n} parameter sets; x has {n} images (need 1 or {n})")
+        return self._transform(x, self._operands(x, params))
+
+    def _operands(self, x: Tensor, params: AugParams) -> Dict[str, Tensor]:
+        """``params`` as operands of ``x``'s dtype and device, with what depends on the image size
+        only, not on the images, built: the warp's sampling grid ``(k, H, W, 2)`` and the cutout
+        mask ``(k, 1, H, W)``. :meth:`pair` builds them once for both of its batches."""
         # (1 or n, ...) operands broadcast against x, no copy or call where none is needed: on
         # small images the augmentation's time is mostly its number of operations
         p = {k: _operand(v, x) for k, v in params.tensors()}
-        k = params.n
+        if "scale" in p or "angle" in p or "shift" in p:
+            p["grid"] = self._grid(x, p)
+        if "cutout" in p:
+            p["mask"] = self._cutout_mask(x, p["cutout"])
+        return p
 
+    def _transform(self, x: Tensor, p: Dict[str, Tensor]) -> Tensor:
+        """``x`` (N, C, H, W) transformed by the operands ``p`` of :meth:`_operands` (for 1 or N images)."""
+        n, _, h, w = x.shape
+        k = next(iter(p.values())).shape[0] if p else 1
         if "brightness" in p:
             x = x + p["brightness"].view(k, 1, 1, 1)
         if "saturation" in p and x.shape[1] > 1:
@@ -317,10 +331,11 @@ class DiffAugment:
             x = mean + (x - mean) * p["contrast"].view(k, 1, 1, 1)
         if "flip" in p:
             x = torch.where(p["flip"].view(k, 1, 1, 1).bool(), x.flip(3), x)
-        if "scale" in p or "angle" in p or "shift" in p:
-            x = self._warp(x, p)
-        if "cutout" in p:
-            x = x * self._cutout_mask(x, p["cutout"])
+        if "grid" in p:
+            x = F.grid_sample(x, p["grid"].expand(n, h, w, 2), mode="bilinear", padding_mode="zeros",
+                              align_corners=False)
+        if "mask" in p:
+            x = x * p["mask"]
         return x
 
     def _theta(self, x: Tensor, p) -> Tensor:
@@ -354,8 +369,9 @@ class DiffAugment:
             move = x.new_zeros(k, 2)
         return torch.cat([linear, move.unsqueeze(2)], 2)
 
-    def _warp(self, x: Tensor, p) -> Tensor:
-        r"""One bilinear resampling for scale ∘ rotation (in pixel geometry) + translation.
+    def _grid(self, x: Tensor, p) -> Tensor:
+        r"""The sampling grid ``(k, H, W, 2)`` of one bilinear resampling for scale ∘ rotation (in
+        pixel geometry) + translation, for images of ``x``'s size.
 
         The grid is :func:`torch.nn.functional.affine_grid`'s, :math:`(x\theta_{j0} +
         y\theta_{j1}) + \theta_{j2}` at every pixel centre :math:`(x, y)` of its base grid, here
@@ -364,7 +380,7 @@ class DiffAugment:
         the CPU. The order of operations is the product's, so the grids agree to float rounding
         (bit for bit with ATen's CPU kernels; ``tests/test_augment.py``).
         """
-        n, _, h, w = x.shape
+        h, w = x.shape[-2:]
         theta = self._theta(x, p)
         k = theta.shape[0]
         # affine_grid's base grid: pixel centres in [-1, 1], x along W, y along H
@@ -374,8 +390,7 @@ class DiffAugment:
         # (k, 2, H, W), rows of W contiguous (a last dimension of 2 makes slow broadcast loops)
         grid = (xs[0].view(1, 1, 1, w) * theta[:, :, 0].view(k, 2, 1, 1)
                 + ys[:, 0].view(1, 1, h, 1) * theta[:, :, 1].view(k, 2, 1, 1)).add_(theta[:, :, 2].view(k, 2, 1, 1))
-        return F.grid_sample(x, grid.permute(0, 2, 3, 1).expand(n, h, w, 2), mode="bilinear",
-                             padding_mode="zeros", align_corners=False)
+        return grid.permute(0, 2, 3, 1)
 
     def _cached(self, x: Tensor, name: str, make):
         """A constant of ``x``'s image size, dtype and device, made once (``make()``) and kept."""
@@ -439,7 +454,11 @@ class DiffAugment:
         if real.shape[1:] != syn.shape[1:]:
             raise ValueError(f"real and syn must share (C, H, W): {tuple(real.shape[1:])} vs {tuple(syn.shape[1:])}")
         params = self.sample(1, real.shape, generator, real.device)
-        return self.apply(real, params), self.apply(syn, params)
+        if syn.dtype != real.dtype or syn.device != real.device:
+            return self.apply(real, params), self.apply(syn, params)
+        # one parameter set: the grid and the mask are the same for both batches, built once
+        p = self._operands(real, params)
+        return self._transform(real, p), self._transform(syn, p)
 
 
 def make_augment(strategy: "Optional[str]", channels: int) -> "Optional[DiffAugment]":

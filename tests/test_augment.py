@@ -23,6 +23,24 @@ def test_pair_applies_the_identical_transform(op, channels):
         assert torch.equal(r2[0], r2[1])
 
 
+@pytest.mark.parametrize("op", list(OPS) + ["all"])
+def test_pair_equals_apply_of_one_draw_to_each_batch(op):
+    """pair builds the grid and the mask once for both batches: the images and the gradient on
+    the synthetic batch are those of ``apply`` with the same draw, bit for bit."""
+    real = torch.randn(7, 3, 12, 12, generator=_gen(2))
+    syn = torch.randn(3, 3, 12, 12, generator=_gen(3)).requires_grad_(True)
+    aug = DiffAugment(mode="all") if op == "all" else DiffAugment(strategy=op)
+    for seed in range(3):
+        r, s = aug.pair(real, syn, _gen(seed))
+        params = aug.sample(1, real.shape, _gen(seed))
+        r_ref, s_ref = aug.apply(real, params), aug.apply(syn, params)
+        assert torch.equal(r, r_ref) and torch.equal(s, s_ref), (op, seed)
+        cot = torch.randn(s.shape, generator=_gen(seed + 10))
+        g, = torch.autograd.grad((s * cot).sum(), syn)
+        g_ref, = torch.autograd.grad((s_ref * cot).sum(), syn)
+        assert torch.equal(g, g_ref)
+
+
 def test_pair_differs_from_per_image_and_between_seeds():
     x = torch.randn(5, 3, 12, 12, generator=_gen(1))
     aug = DiffAugment(mode="all")
