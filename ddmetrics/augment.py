@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["OPS", "AugParams", "DiffAugment"]
+__all__ = ["OPS", "NAMED", "AugParams", "DiffAugment", "is_augment_spec", "make_augment"]
 
 #: the operations a strategy may list
 OPS: Tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -459,6 +459,22 @@ class DiffAugment:
         # one parameter set: the grid and the mask are the same for both batches, built once
         p = self._operands(real, params)
         return self._transform(real, p), self._transform(syn, p)
+
+
+#: named augmentations besides DSA strategies (see :func:`make_augment`)
+NAMED: Tuple[str, ...] = ("rrc_flip_roll", "roll", "rrc_flip", "crop_pad_flip")
+
+
+def is_augment_spec(spec: object) -> bool:
+    """Whether ``spec`` is an augmentation :func:`make_augment` understands: ``None``,
+    ``"none"``, ``"auto"``, DSA operations of :data:`OPS` joined by ``_`` (optionally prefixed
+    ``"idc:"``), or a name of :data:`NAMED`."""
+    if spec is None or spec in ("none", "auto") or spec in NAMED:
+        return True
+    if not isinstance(spec, str) or not spec:
+        return False
+    ops = spec[len("idc:"):] if spec.startswith("idc:") else spec
+    return bool(ops) and all(op in OPS for op in ops.split("_"))
 
 
 def make_augment(strategy: "Optional[str]", channels: int) -> "Optional[DiffAugment]":

@@ -1,8 +1,9 @@
-"""Method presets: WMDD, DM, M3D and KR-dual are configuration data, not code paths.
+"""Method presets: WMDD, DM, M3D, KR-dual, NCFM and SRe²L are configuration data, not code paths.
 
-A preset fills a :class:`DistillConfig`; any field can be overridden, and any loss can be
-plugged into any preset (``method="wmdd", loss="sliced"`` is the WMDD paper's sliced
-ablation).
+A preset fills a :class:`DistillConfig` with its method's released pipeline (its paper where no
+code was released: M3D, KR-dual); ``docs/fidelity.md`` gives every value's source. Any field can
+be overridden, and any loss can be plugged into any preset (``method="wmdd", loss="sliced"`` is
+the WMDD paper's sliced ablation).
 """
 from __future__ import annotations
 
@@ -29,10 +30,9 @@ def _model_ok(v: Any) -> bool:
 
 
 def _augment_ok(v: Any) -> bool:
-    from ..augment import OPS
+    from ..augment import is_augment_spec
 
-    return v is None or v in ("auto", "none") or (isinstance(v, str) and bool(v) and
-                                                 all(op in OPS for op in v.split("_")))
+    return is_augment_spec(v)
 
 
 def _is_int(v: Any) -> bool:
@@ -46,32 +46,73 @@ def _is_number(v: Any) -> bool:
 #: field -> (test of a value, what is allowed); names with a fixed set of choices use a tuple
 _CHOICES: Dict[str, tuple] = {
     "strategy": ("barycenter", "distribution"),
-    "optimizer": ("adam", "sgd"),
-    "init": ("real", "noise"),
-    "feature_loss": ("barycenter", "ce"),
+    "optimizer": ("adam", "sgd", "adamw"),
+    "lr_schedule": ("cosine", "constant", "plateau"),
+    "init": ("real", "noise", "nearest"),
+    "clamp": ("none", "pixel"),
+    "synthesis_batch": ("class", "classes", "slot"),
+    "bary_init": ("kmeans++", "gaussian"),
+    "feature_loss": ("barycenter", "none"),
+    "feature_norm": ("squared", "frobenius"),
     "reg": ("pcbn", "bn", "none"),
-    "eval_protocol": ("soft", "hard"),
+    "reg_norm": ("squared", "l2"),
+    "bn_stats": ("exact", "batch_mean", "running"),
 }
+
+
+def _protocol_ok(v: Any) -> bool:
+    from ..protocols import PROTOCOLS
+
+    return isinstance(v, str) and v in PROTOCOLS
+
+
+def _recipe_ok(v: Any) -> bool:
+    from ..protocols import TEACHER_RECIPES
+
+    return isinstance(v, str) and v in TEACHER_RECIPES
+
+
+def _optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or test(v)
+
+
+_positive_int = (lambda v: _is_int(v) and v >= 1)
+_non_negative = (lambda v: _is_number(v) and v >= 0)
+_positive = (lambda v: _is_number(v) and v > 0)
 _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "loss": (lambda v: isinstance(v, str) and bool(v), "a loss name (see ddmetrics.available_losses())"),
     "loss_kwargs": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
                     "a dict of the loss's keyword arguments"),
-    "iterations": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "factor": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "a positive integer or 'auto'"),
-    "augment": (_augment_ok, "None, 'none', 'auto' or operations from ddmetrics.augment.OPS joined by '_'"),
-    "batch_real": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "iterations": (_positive_int, "a positive integer"),
+    "budget": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "lr": (_positive, "a positive number"),
+    "weight_decay": (_non_negative, "a non-negative number"),
+    "factor": (lambda v: v == "auto" or _positive_int(v), "a positive integer or 'auto'"),
+    "augment": (_augment_ok, "None, 'none', 'auto', DSA operations from ddmetrics.augment.OPS joined by '_' "
+                             "(optionally prefixed 'idc:'), or a named augmentation of ddmetrics.augment.NAMED"),
+    "batch_real": (_positive_int, "a positive integer"),
+    "batch_images": (_positive_int, "a positive integer"),
     "teacher_arch": (_model_ok, "a model name or a builder fn(channels, num_classes, image_size)"),
-    "teacher_epochs": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "bary_iters": (lambda v: v is None or (_is_int(v) and v >= 1), "None or a positive integer"),
+    "teacher_recipe": (_recipe_ok, "a teacher recipe of ddmetrics.protocols.TEACHER_RECIPES"),
+    "teacher_epochs": (_optional(_positive_int), "None (the recipe's) or a positive integer"),
+    "bary_iters": (_optional(_positive_int), "None or a positive integer"),
     "learn_weights": (lambda v: isinstance(v, bool), "True or False"),
-    "reg_weight": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "ce_weight": (_non_negative, "a non-negative number"),
+    "reg_weight": (_non_negative, "a non-negative number"),
+    "reg_weighted": (lambda v: isinstance(v, bool), "True or False"),
+    "first_bn_weight": (_non_negative, "a non-negative number"),
     "embedder": (_model_ok, "a model name or a builder fn(channels, num_classes, image_size)"),
-    "iters_per_model": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "eval_model": (_model_ok, "a model name or a builder fn(channels, num_classes, image_size)"),
-    "eval_epochs": (lambda v: v is None or (_is_int(v) and v >= 1), "None or a positive integer"),
-    "eval_lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "temperature": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "iters_per_model": (_positive_int, "a positive integer"),
+    "embedder_pool": (lambda v: _is_int(v) and v >= 0, "0 (fresh random embedders) or a positive integer"),
+    "pool_epochs": (_optional(_positive_int), "None (the recipe's) or a positive integer"),
+    "pool_interpolate": (lambda v: isinstance(v, bool), "True or False"),
+    "calib_weight": (_non_negative, "a non-negative number"),
+    "normalize_features": (lambda v: isinstance(v, bool), "True or False"),
+    "eval_protocol": (_protocol_ok, "an evaluation protocol of ddmetrics.protocols.PROTOCOLS"),
+    "eval_model": (_optional(_model_ok), "None (the protocol's) or a model name or builder"),
+    "eval_epochs": (_optional(_positive_int), "None (the protocol's) or a positive integer"),
+    "eval_lr": (_optional(_positive), "None (the protocol's) or a positive number"),
+    "temperature": (_optional(_positive), "None (the protocol's) or a positive number"),
 }
 for _name, _choices in _CHOICES.items():
     _RULES[_name] = ((lambda v, c=_choices: isinstance(v, str) and v in c), "one of " + ", ".join(map(repr, _choices)))
@@ -95,63 +136,114 @@ def check_field(name: str, value: Any) -> Any:
 class DistillConfig:
     """Everything a distillation run needs besides the data.
 
+    The defaults are WMDD's released pipeline (:data:`PRESETS` ``"wmdd"``); every method preset
+    sets the fields that differ, and the fidelity table (``docs/fidelity.md``) says where each
+    value comes from. A field that does not apply to a configuration (:func:`applies`) is
+    refused when given explicitly (:func:`preset`).
+
     Matching
-        ``strategy``: ``"barycenter"`` (teacher features, ``loss.barycenter`` targets, WMDD)
-        or ``"distribution"`` (random embedders, ``loss(f(real), f(syn))`` per class, DM).
-        ``loss`` / ``loss_kwargs``: the :class:`~ddmetrics.losses.DistributionLoss`.
+        ``strategy``: ``"barycenter"`` (a trained teacher's features, ``loss.barycenter``
+        targets, WMDD / SRe²L) or ``"distribution"`` (``loss(f(real), f(syn))`` per class in
+        embedders, DM / M3D / KR-dual / NCFM). ``loss`` / ``loss_kwargs``: the
+        :class:`~ddmetrics.losses.DistributionLoss`.
+    Budget
+        ``iterations`` (the method's), ``budget``: one factor in (0, 1] on every iteration and
+        epoch count of the run (synthesis, teacher, embedder pool, students), recorded in the
+        run's report; 1 is the method's own budget.
     Synthesis
-        ``iterations``, ``lr``, ``optimizer`` (``"adam"``: betas (0.5, 0.9) with a cosine
-        schedule, as WMDD; ``"sgd"``: momentum 0.5, as DM), ``init`` (``"real"`` or
-        ``"noise"``), ``factor`` (M3D/IDC sub-images per side; ``"auto"``: 2 for images of
-        16 px and more, 1 below — on 8×8 digits 4×4 sub-images lose the digit: validation accuracy
-        70.6 % against 88.5 % with factor 1 at IPC 1), ``augment`` (DSA strategy;
-        ``"auto"`` drops the flip for single-channel data such as digits), ``batch_real``.
+        ``optimizer`` (``"adam"``: betas (0.5, 0.9); ``"sgd"``: momentum 0.5; ``"adamw"``: betas
+        (0.9, 0.999)), ``lr``, ``lr_schedule`` (``"cosine"`` to 0, ``"constant"``, ``"plateau"``:
+        ×0.5 after 500 steps without a 1e-4 relative improvement of the loss), ``weight_decay``;
+        ``init``: ``"noise"`` (N(0, 1) in normalised pixel space), ``"real"`` (random real
+        images of the class) or ``"nearest"`` (the distinct real image nearest to each
+        barycenter atom); ``clamp``: ``"pixel"`` clips every image to the valid pixel range
+        after each step; ``augment``: the differentiable augmentation of the synthetic (and, for
+        distribution matching, the real) images (:func:`ddmetrics.augment.make_augment`);
+        ``synthesis_batch``: what one optimisation batch holds — ``"class"`` (the images of one
+        class), ``"classes"`` (all images of ``batch_images // ipc`` classes, WMDD) or
+        ``"slot"`` (image j of up to ``batch_images`` classes, SRe²L); ``factor`` (M3D / IDC
+        sub-images per side; ``"auto"``: 2 for images of 16 px and more); ``batch_real``
+        (real images per class and step).
     Barycenter matching
-        ``teacher_arch`` (the model name of the teacher trained when none is given), ``teacher_epochs``, ``bary_iters`` (K; ``None``: the backend's
-        default, 10 for the exact solver, 200 gradient-flow steps otherwise), ``learn_weights``,
-        ``feature_loss`` (``"barycenter"``: Eq. 12 MSE to the barycenter atoms; ``"ce"``: the
-        teacher's cross-entropy, the WMDD Table 3 ablation), ``reg`` (``"pcbn"``, ``"bn"``,
-        ``"none"``) and its weight ``reg_weight`` (λ).
+        ``teacher_arch``, ``teacher_recipe`` (:data:`ddmetrics.protocols.TEACHER_RECIPES`),
+        ``teacher_epochs`` (``None``: the recipe's); the barycenter: ``bary_iters`` (``None``:
+        the backend's default), ``learn_weights``, ``bary_init``; the objective
+        ``feature_loss`` (``"barycenter"``: distance of each image's features to its atom,
+        ``feature_norm`` ``"squared"`` = Σ‖f − b‖² (paper Eq. 12) or ``"frobenius"`` = ‖F − B‖
+        over the batch (released code); ``"none"``) + ``ce_weight`` × the teacher's mean
+        cross-entropy + ``reg_weight`` × the BatchNorm regulariser ``reg`` (``"pcbn"`` per class,
+        ``"bn"`` all classes, ``"none"``) with ``reg_norm`` (``"squared"``: squared distances
+        summed over classes and layers, paper Eq. 13; ``"l2"``: unsquared per-layer norms,
+        averaged over the batch's classes, released code), ``bn_stats`` (the real statistics:
+        ``"exact"``, ``"batch_mean"``: within-batch variances of 100-image batches averaged, as
+        WMDD's code; ``"running"``: the teacher's running statistics, SRe²L, ``reg="bn"`` only),
+        ``reg_weighted`` (the synthetic statistics weighted by the barycenter weights, Eq. 14)
+        and ``first_bn_weight`` (the first BatchNorm layer's factor, SRe²L's 10).
     Distribution matching
-        ``embedder`` (model name), ``iters_per_model``.
+        ``embedder``, ``iters_per_model`` (steps per embedder); ``embedder_pool`` (0: a fresh
+        random network per draw, DM; P > 0: P networks trained by the ``"ncfm"`` teacher recipe
+        for ``pool_epochs`` epochs, one drawn per step and, with ``pool_interpolate``, mixed
+        with its initialisation, NCFM); ``calib_weight`` (NCFM's extra cross-entropy step
+        through the drawn network's trained end); ``normalize_features`` (features on the unit
+        sphere before the loss, NCFM).
     Evaluation
-        ``eval_protocol`` (``"soft"``: teacher soft labels, KL at ``temperature``; ``"hard"``),
-        ``eval_model``, ``eval_epochs`` (``None``: 1000 for sets under 50 images, else 300 SGD
-        steps' worth, i.e. 300 epochs at IPC 10 and 150 at IPC 50 —
-        :func:`ddmetrics.evaluate.default_epochs`, measured on the digits validation split), ``eval_lr``.
+        ``eval_protocol`` (:data:`ddmetrics.protocols.PROTOCOLS`); ``eval_model``,
+        ``eval_epochs``, ``eval_lr``, ``temperature`` override the protocol's (``None``: its own).
     """
 
     strategy: str = "barycenter"
     loss: str = "wasserstein"
     loss_kwargs: Dict[str, Any] = field(default_factory=dict)
-    iterations: int = 300
-    lr: float = 0.05
+    # budget
+    iterations: int = 2000
+    budget: float = 1.0
+    # synthesis
     optimizer: str = "adam"
-    init: str = "real"
+    lr: float = 0.25
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.0
+    init: str = "noise"
+    clamp: str = "pixel"
+    augment: Optional[str] = "rrc_flip_roll"
+    synthesis_batch: str = "classes"
+    batch_images: int = 100
     factor: Union[int, str] = 1
-    augment: Optional[str] = "auto"
-    batch_real: int = 64
+    batch_real: int = 256
     # barycenter matching
-    teacher_arch: str = "convnet_bn"
-    teacher_epochs: int = 30
-    bary_iters: Optional[int] = None
-    learn_weights: bool = True
+    teacher_arch: str = "resnet18"
+    teacher_recipe: str = "wmdd"
+    teacher_epochs: Optional[int] = None
+    bary_iters: Optional[int] = 100
+    learn_weights: bool = False
+    bary_init: str = "gaussian"
     feature_loss: str = "barycenter"
+    feature_norm: str = "frobenius"
+    ce_weight: float = 1.0
     reg: str = "pcbn"
     reg_weight: float = 10.0
+    reg_norm: str = "l2"
+    bn_stats: str = "batch_mean"
+    reg_weighted: bool = False
+    first_bn_weight: float = 1.0
     # distribution matching
     embedder: str = "convnet"
-    iters_per_model: int = 5
+    iters_per_model: int = 1
+    embedder_pool: int = 0
+    pool_epochs: Optional[int] = None
+    pool_interpolate: bool = False
+    calib_weight: float = 0.0
+    normalize_features: bool = False
     # evaluation
     eval_protocol: str = "soft"
-    eval_model: str = "convnet"
+    eval_model: Optional[str] = None
     eval_epochs: Optional[int] = None
-    eval_lr: float = 0.05
-    temperature: float = 4.0
+    eval_lr: Optional[float] = None
+    temperature: Optional[float] = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, check_field(f.name, getattr(self, f.name)))
+        _check_combination(self)
 
     def replace(self, **overrides) -> "DistillConfig":
         names = {f.name for f in dataclasses.fields(self)}
@@ -166,11 +258,43 @@ class DistillConfig:
             return 2 if image_size >= 16 else 1
         return self.factor
 
+    def scaled(self, count: int) -> int:
+        """``count`` iterations or epochs under ``budget`` (at least 1)."""
+        return max(1, round(count * self.budget))
+
+    @property
+    def effective_iterations(self) -> int:
+        """The synthesis steps this run takes: ``iterations`` under ``budget``."""
+        return self.scaled(self.iterations)
+
+    def protocol(self):
+        """The evaluation :class:`~ddmetrics.protocols.Protocol`, with this config's overrides applied."""
+        from ..protocols import get_protocol
+
+        proto = get_protocol(self.eval_protocol)
+        if self.eval_model is not None:
+            proto = dataclasses.replace(proto, model=self.eval_model)
+        if self.temperature is not None:
+            proto = dataclasses.replace(proto, temperature=self.temperature)
+        recipe = proto.recipe
+        if self.eval_lr is not None:
+            recipe = dataclasses.replace(recipe, lr=self.eval_lr)
+        if self.eval_epochs is not None:
+            recipe = dataclasses.replace(recipe, epochs=self.eval_epochs)
+        return dataclasses.replace(proto, recipe=recipe)
+
+    def teacher_training(self):
+        """The teacher's :class:`~ddmetrics.protocols.TrainRecipe` with ``teacher_epochs`` and ``budget`` applied."""
+        from ..protocols import get_teacher_recipe
+
+        recipe = get_teacher_recipe(self.teacher_recipe)
+        epochs = recipe.epochs if self.teacher_epochs is None else self.teacher_epochs
+        return dataclasses.replace(recipe, epochs=self.scaled(epochs))
+
     def evaluation_kwargs(self) -> Dict[str, Any]:
-        """The :func:`ddmetrics.evaluate` settings of this config (model, protocol, epochs, lr,
-        temperature)."""
-        return {"model": self.eval_model, "protocol": self.eval_protocol, "epochs": self.eval_epochs,
-                "lr": self.eval_lr, "temperature": self.temperature}
+        """The :func:`ddmetrics.evaluate` settings of this config: its protocol (with the
+        overrides) and the budget."""
+        return {"protocol": self.protocol(), "budget": self.budget}
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as JSON-able data (a model builder is recorded by its qualified name)."""
@@ -181,41 +305,125 @@ class DistillConfig:
         return out
 
 
-_FLOAT_FIELDS = {f.name: f.type in ("float", float) for f in dataclasses.fields(DistillConfig)}
+_FLOAT_FIELDS = {f.name: f.type in ("float", float, "Optional[float]") for f in dataclasses.fields(DistillConfig)}
 
-#: method name -> the settings that differ from :class:`DistillConfig`'s defaults
+
+def _soft(cfg: DistillConfig) -> bool:
+    from ..protocols import get_protocol
+
+    return get_protocol(cfg.eval_protocol).labels == "soft"
+
+
+def _uses_teacher(cfg: DistillConfig) -> bool:
+    return cfg.strategy == "barycenter" or _soft(cfg)
+
+
+def _barycenter(cfg: DistillConfig) -> bool:
+    return cfg.strategy == "barycenter" and cfg.feature_loss == "barycenter"
+
+
+#: field -> whether it is used by a configuration; a field given explicitly where it is not used
+#: is refused by :func:`preset` (a setting of one method given to another is a mistake, not a no-op)
+APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
+    "factor": lambda c: c.strategy == "distribution",
+    "batch_real": lambda c: c.strategy == "distribution",
+    "batch_images": lambda c: c.synthesis_batch != "class",
+    "teacher_arch": _uses_teacher,
+    "teacher_recipe": _uses_teacher,
+    "teacher_epochs": _uses_teacher,
+    "bary_iters": _barycenter,
+    "learn_weights": _barycenter,
+    "bary_init": _barycenter,
+    "feature_loss": lambda c: c.strategy == "barycenter",
+    "feature_norm": _barycenter,
+    "ce_weight": lambda c: c.strategy == "barycenter",
+    "reg": lambda c: c.strategy == "barycenter",
+    "reg_weight": lambda c: c.strategy == "barycenter" and c.reg != "none",
+    "reg_norm": lambda c: c.strategy == "barycenter" and c.reg != "none",
+    "bn_stats": lambda c: c.strategy == "barycenter" and c.reg != "none",
+    "reg_weighted": lambda c: _barycenter(c) and c.reg != "none",
+    "first_bn_weight": lambda c: c.strategy == "barycenter" and c.reg != "none",
+    "embedder": lambda c: c.strategy == "distribution",
+    "iters_per_model": lambda c: c.strategy == "distribution",
+    "embedder_pool": lambda c: c.strategy == "distribution",
+    "pool_epochs": lambda c: c.strategy == "distribution" and c.embedder_pool > 0,
+    "pool_interpolate": lambda c: c.strategy == "distribution" and c.embedder_pool > 0,
+    "calib_weight": lambda c: c.strategy == "distribution" and c.embedder_pool > 0,
+    "normalize_features": lambda c: c.strategy == "distribution",
+    "temperature": _soft,
+}
+
+
+def applies(cfg: DistillConfig, name: str) -> bool:
+    """Whether the field ``name`` is used by ``cfg`` (see :data:`APPLIES`; other fields always are)."""
+    test = APPLIES.get(name)
+    return True if test is None else bool(test(cfg))
+
+
+def _check_combination(cfg: DistillConfig) -> None:
+    """Refuse settings that cannot work together (each error names the fields)."""
+    if cfg.bn_stats == "running" and cfg.reg == "pcbn":
+        raise ValueError("bn_stats='running' needs reg='bn': a teacher's running statistics are all-class "
+                         "statistics, PCBN needs per-class ones ('exact' or 'batch_mean')")
+    if cfg.init == "nearest" and not _barycenter(cfg):
+        raise ValueError("init='nearest' starts from the real image nearest each barycenter atom: it needs "
+                         "strategy='barycenter' with feature_loss='barycenter'")
+    if cfg.strategy == "barycenter" and cfg.feature_loss == "none" and cfg.ce_weight == 0 and (
+            cfg.reg == "none" or cfg.reg_weight == 0):
+        raise ValueError("feature_loss='none', ce_weight=0 and no regulariser leave nothing to minimise")
+    if cfg.calib_weight > 0 and cfg.embedder_pool == 0:
+        raise ValueError("calib_weight > 0 needs embedder_pool > 0: the calibration step uses a pool network's "
+                         "trained weights")
+
+
+#: method name -> the settings that differ from :class:`DistillConfig`'s defaults (WMDD's release).
+#: Each value's source is in docs/fidelity.md; budgets are the methods' own (``budget`` scales them).
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "wmdd": dict(strategy="barycenter", loss="wasserstein", reg="pcbn", eval_protocol="soft"),
-    "dm": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "linear"}, optimizer="sgd", lr=1.0,
-               iterations=300, eval_protocol="hard"),
-    "m3d": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "gaussian"}, optimizer="sgd", lr=1.0,
-                iterations=300, factor="auto", eval_protocol="hard"),
-    # the clipped critic's values (and gradients) are ~100x smaller than DM's: lr 100 instead of 1,
-    # chosen on the digits validation split (IPC 10: 97.2 % vs 94.8 %; IPC 1: 86.0 % either way)
-    "krdual": dict(strategy="distribution", loss="krdual", optimizer="sgd", lr=100.0, iterations=300,
-                   eval_protocol="hard"),
-    # NCFM (Wang et al., CVPR 2025): distribution matching with the NCFD, 4096 frequencies, alpha 0.5
-    # and an Adam-type image optimiser (the authors use AdamW), IDC/M3D sub-images ("auto"). lr 0.05
-    # chosen on the digits validation split (benchmarks/ncfm_validation.py, lr 0.01 / 0.05 / 0.2:
-    # IPC 1: 78.7 / 83.9 / 82.5 %; IPC 10: 96.5 / 96.5 / 92.0 %; DM: 90.9 % and 95.5 %)
-    "ncfm": dict(strategy="distribution", loss="ncfd", loss_kwargs={"n_frequencies": 4096, "alpha": 0.5},
-                 optimizer="adam", lr=0.05, iterations=300, factor="auto", eval_protocol="hard"),
-    # SRe²L (Yin et al. 2023): the teacher's cross-entropy plus its BatchNorm statistics (global,
-    # not per class), uniform weights, soft-label evaluation. Departs from the paper in starting
-    # from real images (the nearest to each class's barycenter atom) instead of noise.
-    "sre2l": dict(strategy="barycenter", feature_loss="ce", reg="bn", learn_weights=False, eval_protocol="soft"),
+    # WMDD (Liu et al., ICCV 2025), as run.sh -n -w runs data_synthesis_new.py: the defaults above
+    "wmdd": dict(),
+    # DM (Zhao & Bilen, WACV 2023), main_DM.py: a new random ConvNet every step, 256 real images per class,
+    # SGD lr 1 (momentum 0.5), 20 000 iterations, DSA with flip, real init, no clamp
+    "dm": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "linear"}, iterations=20000,
+               optimizer="sgd", lr=1.0, lr_schedule="constant", init="real", clamp="none",
+               augment="color_crop_cutout_flip_scale_rotate", synthesis_batch="class", batch_real=256,
+               iters_per_model=1, eval_protocol="hard"),
+    # M3D (Zhang et al., AAAI 2024; no released code: the paper): Gaussian-kernel MMD, factor 2, 5 steps per
+    # random model, 10 000 iterations, lr 1; the rest as DM (the paper follows DM)
+    "m3d": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "gaussian"}, iterations=10000,
+                optimizer="sgd", lr=1.0, lr_schedule="constant", init="real", clamp="none",
+                augment="color_crop_cutout_flip_scale_rotate", synthesis_batch="class", batch_real=256,
+                factor="auto", iters_per_model=5, eval_protocol="hard"),
+    # KR-dual (no released code: the paper's Algorithm 1): a fresh critic per class and step, 100 plain
+    # gradient steps at lr 1e-3, synthesis lr 1; iterations, real batch and augmentation as DM (unstated)
+    "krdual": dict(strategy="distribution", loss="krdual",
+                   loss_kwargs={"steps": 100, "lr": 1e-3, "warm_start": False, "critic_optimizer": "sgd"},
+                   iterations=20000, optimizer="sgd", lr=1.0, lr_schedule="constant", init="real", clamp="none",
+                   augment="color_crop_cutout_flip_scale_rotate", synthesis_batch="class", batch_real=256,
+                   iters_per_model=1, eval_protocol="hard"),
+    # NCFM (Wang et al., CVPR 2025), condenser/Condenser.py with config/ipc*/cifar10.yaml: the NCFD on
+    # unit-sphere features at 4096 N(0, I) frequencies (no sampler), a pool of 20 trained ConvNets mixed with
+    # their initialisation, a cross-entropy calibration step, 1024 real images, factor 2, AdamW lr 1e-3 wd 5e-4
+    # with a plateau schedule, 20 000 iterations, IDC augmentation (colour, crop, cutout), pixel clamp
+    "ncfm": dict(strategy="distribution", loss="ncfd",
+                 loss_kwargs={"n_frequencies": 4096, "alpha": 0.5, "steps": 0, "bandwidth": 1.0},
+                 iterations=20000, optimizer="adamw", lr=1e-3, weight_decay=5e-4, lr_schedule="plateau",
+                 init="real", clamp="pixel", augment="idc:color_crop_cutout", synthesis_batch="class",
+                 batch_real=1024, factor=2, iters_per_model=1, embedder_pool=20, pool_interpolate=True,
+                 calib_weight=1.0, normalize_features=True, eval_protocol="ncfm"),
+    # SRe²L (Yin et al., NeurIPS 2023), the small-data release (SRe2L/*small_dataset/recover_cifar.py, .sh):
+    # batches of image j of every class, cross-entropy + 0.01 x unsquared distances to the teacher's running
+    # BatchNorm statistics (first layer x10), noise init, a random roll, pixel clamp, Adam lr 0.25, 1000
+    # iterations; teacher and relabelling as squeeze_cifar.py / relabel_cifar.py
+    "sre2l": dict(strategy="barycenter", feature_loss="none", ce_weight=1.0, reg="bn", reg_weight=0.01,
+                  reg_norm="l2", bn_stats="running", first_bn_weight=10.0, synthesis_batch="slot",
+                  iterations=1000, lr=0.25, init="noise", clamp="pixel", augment="roll",
+                  teacher_recipe="sre2l", eval_protocol="sre2l_small"),
 }
 
 #: The one table of loss settings used when a distiller builds a loss from its name — by the
-#: presets, ``diagnose`` and the benchmarks alike: explicit ``loss_kwargs`` override it. The KR
-#: dual is called once per class and iteration, so it keeps a warm-started critic and trains it
-#: 20 steps per call instead of a fresh one 100 times (5x cheaper, same matching signal).
-LOSS_SETTINGS: Dict[str, Dict[str, Any]] = {
-    "krdual": {"steps": 20, "warm_start": True},
-    # NCFM's minmax game: one sampler ascent step (lr 1e-3, the authors' lr_sampling_net) per
-    # synthesis step, the sampler kept across steps
-    "ncfd": {"steps": 1, "warm_start": True, "lr": 1e-3},
-}
+#: presets, ``diagnose`` and the benchmarks alike: explicit ``loss_kwargs`` override it. Empty
+#: since issue 24: the methods' own settings are in their presets' ``loss_kwargs``.
+LOSS_SETTINGS: Dict[str, Dict[str, Any]] = {}
 
 
 def make_loss(name: str, **kwargs) -> DistributionLoss:
@@ -231,14 +439,23 @@ def preset(method: str, **overrides) -> DistillConfig:
     """The :class:`DistillConfig` of ``method`` with ``overrides`` applied.
 
     Passing ``loss`` without ``loss_kwargs`` drops the preset's own loss settings (they
-    belong to the preset's loss).
+    belong to the preset's loss). An override of a field the resulting configuration does not
+    use (:func:`applies`: a temperature with hard labels, a crop of the real batch for a
+    teacher-based method, ...) is refused, naming the field and why.
     """
     if method not in PRESETS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(sorted(PRESETS))}")
     settings = dict(PRESETS[method])
     if overrides.get("loss") is None:  # loss=None means "the preset's own"
         overrides.pop("loss", None)
-    elif overrides["loss"] != settings.get("loss") and "loss_kwargs" not in overrides:
+    elif overrides["loss"] != settings.get("loss", DistillConfig.loss) and "loss_kwargs" not in overrides:
         settings["loss_kwargs"] = {}
     settings.update(overrides)
-    return DistillConfig().replace(**settings)
+    cfg = DistillConfig().replace(**settings)
+    unused = [name for name in overrides if not applies(cfg, name)]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} does not apply to method {method!r} as configured "
+                         f"(strategy={cfg.strategy!r}, eval_protocol={cfg.eval_protocol!r}, reg={cfg.reg!r}, "
+                         f"feature_loss={cfg.feature_loss!r}, embedder_pool={cfg.embedder_pool}): "
+                         "it would be ignored; leave it out")
+    return cfg
