@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["ImageDataset", "as_index", "iterate_on_cpu", "read_batches", "parallel_map"]
+__all__ = ["ImageDataset", "as_index", "iterate_on_cpu", "pixel_bounds", "read_batches", "parallel_map"]
 
 Indices = Union[Sequence[int], Tensor, np.ndarray]
 
@@ -147,3 +147,23 @@ def read_batches(dataset: ImageDataset, index_batches: Sequence[Tensor],
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
         raise ValueError(f"workers must be a non-negative int, got {workers!r}")
     return parallel_map(dataset.load, list(index_batches), int(workers))
+
+
+def pixel_bounds(dataset: ImageDataset) -> Tuple[Tensor, Tensor]:
+    """The valid pixel range of ``dataset``'s (normalised) images, per channel: ``(low, high)``, each ``(C,)``.
+
+    A dataset that knows its normalisation (an :class:`~ddmetrics.data.ImageFolder`'s ``mean`` /
+    ``std`` in [0, 1] pixel units) gives ``((0 - mean) / std, (1 - mean) / std)`` — the range
+    the released methods clamp synthetic images to. An in-memory dataset gives its images'
+    per-channel minimum and maximum, which is the same range when each channel takes the values
+    0 and 1 somewhere (MNIST, CIFAR and the digits do).
+    """
+    mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
+    if isinstance(mean, Tensor) and isinstance(std, Tensor):
+        return ((0 - mean) / std).float(), ((1 - mean) / std).float()
+    images = getattr(dataset, "images", None)
+    if not isinstance(images, Tensor):
+        raise ValueError("clamp='pixel' needs the data's pixel range: give an ArrayDataset, an ImageFolder, or "
+                         "a dataset with mean/std attributes (per channel, in [0, 1] pixel units)")
+    flat = images.transpose(0, 1).reshape(images.shape[1], -1)
+    return flat.min(dim=1).values.float(), flat.max(dim=1).values.float()

@@ -1,20 +1,25 @@
-r"""Barycenter matching (WMDD): synthetic images whose teacher features sit on the class barycenters.
+r"""Teacher matching (WMDD, SRe²L): synthetic images whose teacher features sit on the class barycenters.
 
 For every class :math:`k`, the real features :math:`f_e(x_{k,i})` of a trained teacher are
 summarised by ``loss.barycenter`` into :math:`m_k` = IPC atoms :math:`b_{kj}` with weights
-:math:`w_{kj}`. The synthetic images minimise (WMDD Eq. 15)
+:math:`w_{kj}`. Each optimisation batch (a :class:`~ddmetrics.distill._loop.Unit` of cells
+(class, slot)) of synthetic images minimises
 
 .. math::
-    \sum_{k,j} \|f_e(\mathcal{A}(\tilde x_{kj})) - b_{kj}\|^2 + \lambda\, \mathcal{L}_{\mathrm{PCBN}}
+    D\big(f_e(\mathcal{A}(\tilde X)), B\big) + \gamma\, \mathrm{CE}\big(h(\mathcal{A}(\tilde X)), y\big)
+    + \lambda\, \mathcal{L}_{BN}
 
-where :math:`\mathcal{A}` is a random augmentation and :math:`\mathcal{L}_{\mathrm{PCBN}}`
-matches, at every BatchNorm layer, the :math:`w`-weighted per-class channel statistics of
-the synthetic inputs to the real class statistics. The weights travel with the synthetic set.
+where :math:`\mathcal{A}` is a random augmentation, :math:`D` is the paper's
+:math:`\sum_j \|f_j - b_j\|^2` (WMDD Eq. 12, ``feature_norm="squared"``) or the released code's
+:math:`\|F - B\|_F` over the batch (``"frobenius"``), CE the teacher's mean cross-entropy
+(weight ``ce_weight``; 1 in WMDD's released pipeline, the whole objective of SRe²L) and
+:math:`\mathcal{L}_{BN}` the per-class (PCBN, WMDD Eq. 13) or all-class (SRe²L) BatchNorm
+regulariser of :mod:`ddmetrics.distill.pcbn`. The weights travel with the synthetic set.
 
-Both terms are sums over classes and the teacher runs in eval mode, so classes are
-independent: :class:`BarycenterMatching` synthesises one class at a time, with its own random
-stream (:func:`~ddmetrics.distributed.class_seed`) and its own copy of the loss. That
-is what lets the :class:`~ddmetrics.Distiller` shard classes over ranks and checkpoint them.
+The teacher runs in eval mode and units do not share images, so units are independent: each has
+its own random stream and optimiser, which lets the :class:`~ddmetrics.Distiller` shard them over
+ranks and checkpoint them. A class's barycenter is computed once, the first time a unit needs
+it (only one class's teacher features are held at a time).
 """
 from __future__ import annotations
 
@@ -28,9 +33,11 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from ..augment import make_augment
+from ..data import pixel_bounds
+from ..distributed import class_seed
 from ..losses import DistributionLoss
 from ..utils import autocast, embed_batched
-from ._loop import Strategy
+from ._loop import Strategy, Unit
 from .pcbn import BoundPCBN, PCBNLoss, per_class_bn_stats
 from .presets import DistillConfig
 
@@ -42,7 +49,7 @@ def class_features(model: nn.Module, train, indices: Tensor, batch_size: int = 5
 
 
 class BarycenterMatching(Strategy):
-    """WMDD's synthesis, one class at a time (see the module docstring).
+    """WMDD's and SRe²L's synthesis, one unit at a time (see the module docstring).
 
     Parameters
     ----------
@@ -55,14 +62,15 @@ class BarycenterMatching(Strategy):
     cfg : DistillConfig
         Synthesis settings.
     teacher : nn.Module
-        Trained classifier with ``embed`` and ``classifier``; set to eval mode, frozen.
+        Trained classifier with ``embed`` and ``classifier``, used in eval mode with frozen
+        parameters (the Distiller restores the caller's flags afterwards).
     seed : int
         Seed of every random choice.
     """
 
     needs_teacher = True
     summed_info = ("barycenter_seconds", "feature_loss_first", "feature_loss_last")
-    description = "wmdd synthesis"
+    description = "teacher matching"
 
     def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig,
                  seed: int, teacher: nn.Module, device: torch.device = torch.device("cpu"), amp: bool = False):
@@ -72,18 +80,31 @@ class BarycenterMatching(Strategy):
             prm.requires_grad_(False)
         self.train, self.num_classes, self.ipc, self.loss, self.cfg = train, num_classes, ipc, loss, cfg
         self.teacher, self.seed = teacher, seed
-        self.augment = make_augment(cfg.augment, train.image_shape[0])
-        stats = per_class_bn_stats(teacher, train, num_classes, device=self.device) if cfg.reg != "none" else None
-        self.reg = PCBNLoss(teacher, stats, mode=cfg.reg) if stats is not None else None
+        self.augment = make_augment(cfg.augment, train.image_shape[0], train.image_shape[-1])
+        self.bounds = pixel_bounds(train) if cfg.clamp == "pixel" else None
+        self.uses_barycenter = cfg.feature_loss == "barycenter"
+        self.reg = None
+        if cfg.reg != "none":
+            stats = None if cfg.bn_stats == "running" else per_class_bn_stats(
+                teacher, train, num_classes, device=self.device, variance=cfg.bn_stats)
+            self.reg = PCBNLoss(teacher, stats, mode=cfg.reg, norm=cfg.reg_norm, first_weight=cfg.first_bn_weight)
+        self._targets: Dict[int, Tuple[Tensor, Tensor, Tensor, float]] = {}
 
     def targets(self, k: int) -> Tuple[Tensor, Tensor, Tensor, float]:
-        """Class ``k``'s barycenter atoms, their weights, the distinct real image nearest to each
-        atom (the initialisation) and the seconds spent in ``loss.barycenter``."""
+        """Class ``k``'s barycenter atoms, their weights, the indices of the distinct real images
+        nearest to each atom (``init="nearest"``) and the seconds spent in ``loss.barycenter``;
+        computed once per class."""
+        if k in self._targets:
+            return self._targets[k]
         indices = self.train.class_indices(k)
         feats = class_features(self.teacher, self.train, indices)
+        init: Any = "kmeans++"
+        if self.cfg.bary_init == "gaussian":  # WMDD's code: i.i.d. N(0, 1) atoms (recover/barycenter.py:8)
+            gen = torch.Generator(device="cpu").manual_seed(class_seed(self.seed, k, stream=3))
+            init = torch.randn(self.ipc, feats.shape[1], generator=gen, device="cpu").to(feats)
         start = time.perf_counter()
         bary = copy.deepcopy(self.loss).barycenter(feats, self.ipc, learn_weights=self.cfg.learn_weights,
-                                                   iters=self.cfg.bary_iters, seed=self.seed + k)
+                                                   iters=self.cfg.bary_iters, seed=self.seed + k, init=init)
         seconds = time.perf_counter() - start
         support = bary.support.to(feats.dtype)
         d2 = torch.cdist(support, feats)
@@ -92,39 +113,61 @@ class BarycenterMatching(Strategy):
         for j in range(self.ipc):  # greedy: a distinct real image per atom
             i = int(d2[j].masked_fill(taken, float("inf")).argmin())
             taken[i] = True
-            nearest.append(self.train[int(indices[i])][0])
-        return support, bary.weights.to(feats.dtype), torch.stack(nearest).to(self.device), seconds
+            nearest.append(int(indices[i]))
+        self._targets[k] = (support, bary.weights.to(feats.dtype), torch.tensor(nearest, device="cpu"), seconds)
+        return self._targets[k]
 
-    def start(self, k: int, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
-        targets, weights, nearest, bary_seconds = self.targets(k)
-        if self.cfg.init == "real":
-            init = nearest.clone()
-        elif self.cfg.init == "noise":
-            # drawn on the CPU generator: the same start on every device
-            init = torch.randn(nearest.shape, generator=gen, device="cpu").to(self.device)
+    def start(self, unit: Unit, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
+        cells, shape = unit.cells, self.train.image_shape
+        fixed: Dict[str, Any] = {"barycenter_seconds": 0.0}
+        if self.uses_barycenter:
+            per_class = {k: self.targets(k) for k in unit.classes}
+            fixed["targets"] = torch.stack([per_class[k][0][j] for k, j in cells])
+            fixed["weights"] = torch.stack([per_class[k][1][j] for k, j in cells])
+            fixed["barycenter_seconds"] = sum(t[3] for t in per_class.values())
         else:
-            raise ValueError(f"init must be 'real' or 'noise', got {self.cfg.init!r}")
-        return init, {"targets": targets, "weights": weights, "barycenter_seconds": bary_seconds}
+            fixed["weights"] = torch.full((len(cells),), 1.0 / self.ipc, device=self.device)
+        if self.cfg.init == "nearest":
+            idx = torch.stack([self._targets[k][2][j] for k, j in cells])
+            init = self.train.load(idx)
+        elif self.cfg.init == "real":  # random real images of each class (drawn on the CPU generator)
+            picks = []
+            for k in unit.classes:
+                pool = self.train.class_indices(k)
+                picks.append(pool[torch.randperm(len(pool), generator=gen, device="cpu")[:len(unit.slots)]])
+            init = self.train.load(torch.cat(picks))
+        else:  # noise, drawn on the CPU generator: the same start on every device
+            init = torch.randn((len(cells),) + tuple(shape), generator=gen, device="cpu")
+        return init.to(self.device), fixed
 
-    def context(self, k: int, fixed: Dict[str, Any]) -> Dict[str, Any]:
-        labels = torch.full((self.ipc,), k, dtype=torch.long, device=self.device)
-        # the regulariser's checks and targets depend only on the class's labels and weights: once per class
-        reg = self.reg.bind(labels, fixed["weights"], fixed["weights"]) if self.reg is not None else None
-        return {**fixed, "labels": labels, "reg": reg}
+    def context(self, unit: Unit, fixed: Dict[str, Any]) -> Dict[str, Any]:
+        labels = unit.labels(self.device)
+        weights = fixed["weights"] if (self.cfg.reg_weighted and self.uses_barycenter) else None
+        # the regulariser's checks and targets depend only on the unit's labels and weights: once per unit
+        reg = self.reg.bind(labels, weights, fixed["weights"]) if self.reg is not None else None
+        return {**fixed, "unit": unit, "labels": labels, "reg": reg}
 
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
+        cfg = self.cfg
         view = self.augment(syn, gen) if self.augment is not None else syn
-        if self.cfg.feature_loss not in ("barycenter", "ce"):
-            raise ValueError(f"feature_loss must be 'barycenter' or 'ce', got {self.cfg.feature_loss!r}")
         # the classifier head runs only where its logits are used
-        feats, logits, reg_value = self._forward(view, ctx["reg"], logits=self.cfg.feature_loss == "ce")
-        if self.cfg.feature_loss == "barycenter":
-            # sum of squared distances to the atoms; mse_loss is one node each way, where the
-            # square takes extra calls to make its exponent a tensor
-            feature = F.mse_loss(feats, ctx["targets"], reduction="sum")
-        else:
-            feature = F.cross_entropy(logits, ctx["labels"], reduction="sum")
-        return torch.add(feature, reg_value, alpha=self.cfg.reg_weight), feature
+        feats, logits, reg_value = self._forward(view, ctx["reg"], logits=cfg.ce_weight > 0)
+        total = view.new_zeros(())
+        tracked = None
+        if self.uses_barycenter:
+            if cfg.feature_norm == "squared":  # Σ_j ||f_j - b_j||², WMDD Eq. 12
+                tracked = F.mse_loss(feats, ctx["targets"], reduction="sum")
+            else:  # ||F - B||_F over the batch, WMDD's data_synthesis_new.py:164
+                tracked = torch.linalg.vector_norm(feats - ctx["targets"])
+            total = tracked
+        if cfg.ce_weight > 0:
+            ce = F.cross_entropy(logits, ctx["labels"])
+            total = torch.add(total, ce, alpha=cfg.ce_weight)
+            tracked = ce if tracked is None else tracked
+        if ctx["reg"] is not None:
+            total = torch.add(total, reg_value, alpha=cfg.reg_weight)
+            tracked = reg_value if tracked is None else tracked
+        return total, tracked
 
     def weights(self, ctx: Dict[str, Any]) -> Tensor:
         return ctx["weights"]

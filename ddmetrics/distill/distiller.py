@@ -16,7 +16,7 @@ from .. import distributed
 from ..augment import make_augment
 from ..utils import DeviceSpec, resolve_device, seeded
 from .barycenter_matching import BarycenterMatching
-from ._loop import Strategy
+from ._loop import Strategy, synthesis_units
 from .checkpoint import Checkpoint, data_fingerprint
 from .distribution_matching import DistributionMatching
 from .presets import DistillConfig, make_loss, preset
@@ -113,9 +113,11 @@ class Distiller:
         """Train the preset's teacher on the real training set (seeded) and keep it as ``teacher_``."""
         start = time.perf_counter()
         model = self._new_teacher(train, num_classes)
-        aug = make_augment(self.config.augment, train.image_shape[0])
-        self.teacher_ = train_model(model, train, epochs=self.config.teacher_epochs, seed=self.seed,
-                                    augment=aug, progress=progress, device=self.device)
+        recipe = self.config.teacher_training()
+        aug = make_augment(recipe.augment, train.image_shape[0], train.image_shape[-1])
+        self.teacher_ = train_model(model, train, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
+                                    weight_decay=recipe.weight_decay, seed=self.seed, augment=aug,
+                                    progress=progress, device=self.device)
         self.timings_["teacher_seconds"] = time.perf_counter() - start
         return self.teacher_
 
@@ -208,15 +210,16 @@ class Distiller:
         teacher = self._teacher(train, num_classes, ckpt) if strategy_cls.needs_teacher else None
         runner = strategy_cls(train, num_classes, self.ipc, self.loss, self.config, self.seed, teacher=teacher,
                               device=self.device, amp=self.amp)
+        units = synthesis_units(num_classes, self.ipc, self.config.synthesis_batch, self.config.batch_images)
         results: Dict[int, Dict[str, Any]] = {}
-        for k in distributed.shard(num_classes, rank, world_size):
-            done = ckpt.finished(k) if ckpt is not None else None
+        for i in distributed.shard(len(units), rank, world_size):
+            done = ckpt.finished(i) if ckpt is not None else None
             if done is None:
-                done = runner.run_class(k, ckpt, progress)
+                done = runner.run_unit(units[i], ckpt, progress)
                 if ckpt is not None:
-                    ckpt.finish(k, done)
-            results[k] = done
-        images, weights, info = self._combine(results, num_classes, train.image_shape, runner.summed_info)
+                    ckpt.finish(i, done)
+            results[i] = done
+        images, weights, info = self._combine(results, units, num_classes, train.image_shape, runner.summed_info)
         self.timings_["distill_seconds"] = time.perf_counter() - start
         info["world_size"] = world_size
         meta = {
@@ -235,22 +238,25 @@ class Distiller:
         labels = torch.arange(num_classes, device="cpu").repeat_interleave(self.ipc)
         return SyntheticSet(images=images, labels=labels, weights=weights, meta=meta, num_classes=num_classes)
 
-    def _combine(self, results: Dict[int, Dict[str, Any]], num_classes: int, image_shape, summed: Sequence[str]):
-        """Stack the per-class results in class order, summing over ranks (zeros elsewhere: exact)."""
+    def _combine(self, results: Dict[int, Dict[str, Any]], units, num_classes: int, image_shape,
+                 summed: Sequence[str]):
+        """Place the per-unit results in class-major order (class k's images ``k*ipc .. k*ipc + ipc - 1``),
+        summing over ranks (zeros elsewhere: exact)."""
         some = next(iter(results.values()), None)
         shape = tuple(some["images"].shape[1:]) if some is not None else tuple(image_shape)
         images = torch.zeros((num_classes, self.ipc) + shape, device="cpu")
         weights = torch.zeros(num_classes, self.ipc, device="cpu")
         names: List[str] = list(summed)
-        values = torch.zeros(num_classes, len(names), dtype=torch.float64, device="cpu")
-        present = torch.zeros(num_classes, len(names), dtype=torch.float64, device="cpu")
-        for k, res in results.items():
-            images[k] = res["images"]
-            weights[k] = res["weights"]
-            for j, name in enumerate(names):
+        values = torch.zeros(len(units), len(names), dtype=torch.float64, device="cpu")
+        present = torch.zeros(len(units), len(names), dtype=torch.float64, device="cpu")
+        for i, res in results.items():
+            for row, (k, j) in enumerate(units[i].cells):
+                images[k, j] = res["images"][row]
+                weights[k, j] = res["weights"][row]
+            for col, name in enumerate(names):
                 if res["info"].get(name) is not None:
-                    values[k, j] = float(res["info"][name])
-                    present[k, j] = 1.0
+                    values[i, col] = float(res["info"][name])
+                    present[i, col] = 1.0
         images = distributed.all_reduce_sum(images)
         weights = distributed.all_reduce_sum(weights)
         values = distributed.all_reduce_sum(values)

@@ -12,10 +12,12 @@ MMD for DM, Gaussian MMD for M3D, the KR dual for KR-dual). With M3D's ``factor`
 stored image holds l×l down-scaled sub-images that are up-sampled before matching.
 
 The objective is a sum of per-class terms with per-class parameters, so
-:class:`DistributionMatching` runs one class at a time: its own random stream (real batches,
-augmentation parameters — drawn per class, as in DM's reference code), its own copy of the
-loss (a critic, a direction generator), its own optimiser. The embedder of step ``t`` depends
-only on ``(seed, t)`` and is the same for every class.
+:class:`DistributionMatching` runs one unit (by default one class) at a time: its own random
+stream, and for each class its own real batch, augmentation draw (siamese for that class, as in
+DM's reference code) and copy of the loss (a critic, a direction generator); one optimiser per
+unit. The embedder of step ``t`` depends only on ``(seed, t)`` and is the same for every class.
+With ``normalize_features`` both feature clouds are projected on the unit sphere before the
+loss (NCFM).
 """
 from __future__ import annotations
 
@@ -23,14 +25,16 @@ import copy
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import factor as factor_mod
 from ..augment import make_augment
+from ..data import pixel_bounds
 from ..losses import DistributionLoss
 from ..models import MODELS, get_model
 from ..utils import autocast, seeded
-from ._loop import Strategy
+from ._loop import Strategy, Unit
 from .presets import DistillConfig
 
 
@@ -89,7 +93,7 @@ def _redrawn_in_place(name: str) -> bool:
 
 
 class DistributionMatching(Strategy):
-    """Distribution matching, one class at a time (see the module docstring).
+    """Distribution matching, one unit at a time (see the module docstring).
 
     Parameters
     ----------
@@ -113,37 +117,54 @@ class DistributionMatching(Strategy):
         self.description = f"{loss.name or type(loss).__name__} matching"
         self.train, self.num_classes, self.ipc, self.loss, self.cfg, self.seed = train, num_classes, ipc, loss, cfg, seed
         self.factor = cfg.resolved_factor(train.image_shape[-1])
-        self.augment = make_augment(cfg.augment, train.image_shape[0])
+        self.augment = make_augment(cfg.augment, train.image_shape[0], train.image_shape[-1])
+        self.bounds = pixel_bounds(train) if cfg.clamp == "pixel" else None
 
-    def start(self, k: int, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
-        return initial_class_images(self.train, k, self.ipc, self.factor, self.cfg.init, gen).to(self.device), {}
+    def start(self, unit: Unit, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
+        parts = [initial_class_images(self.train, k, len(unit.slots), self.factor, self.cfg.init, gen)
+                 for k in unit.classes]
+        return torch.cat(parts).to(self.device), {}
 
-    def context(self, k: int, fixed: Dict[str, Any]) -> Dict[str, Any]:
+    def context(self, unit: Unit, fixed: Dict[str, Any]) -> Dict[str, Any]:
         # a copy of the loss per class: a critic or a direction generator is per-class state
-        return {"loss": copy.deepcopy(self.loss), "indices": self.train.class_indices(k),
-                "labels": torch.full((self.ipc,), k, dtype=torch.long, device=self.device), "embedder": None}
+        per = len(unit.slots)
+        return {"unit": unit, "losses": [copy.deepcopy(self.loss) for _ in unit.classes],
+                "indices": [self.train.class_indices(k) for k in unit.classes],
+                "labels": [torch.full((per,), k, dtype=torch.long, device=self.device) for k in unit.classes],
+                "embedder": None}
 
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
-        cfg, train, indices = self.cfg, self.train, ctx["indices"]
+        cfg, train = self.cfg, self.train
         if ctx["embedder"] is None or it % cfg.iters_per_model == 0:
             ctx["embedder"] = embedder_at(cfg, self.seed, it, train.image_shape[0], self.num_classes,
                                           train.image_shape[-1], self.device, reuse=ctx["embedder"])
-        take = min(cfg.batch_real, len(indices))
-        # the batch is drawn on the CPU (the same draw on every device), then moved
-        real = train.load(indices[torch.randperm(len(indices), generator=gen, device="cpu")[:take]]).to(self.device)
-        imgs = factor_mod.decode(syn, ctx["labels"], None, self.factor)[0] if self.factor > 1 else syn
-        if self.augment is not None:
-            real, imgs = self.augment.pair(real, imgs, gen)
-        with autocast(self.device, self.amp):
-            f_real, f_syn = ctx["embedder"].embed(real), ctx["embedder"].embed(imgs)
-        value = ctx["loss"](f_real.float(), f_syn.float())  # losses compute in float32 at least
-        return value, value
+        per = len(ctx["unit"].slots)
+        total = None
+        for c, (indices, labels, loss) in enumerate(zip(ctx["indices"], ctx["labels"], ctx["losses"])):
+            take = min(cfg.batch_real, len(indices))
+            # the batch is drawn on the CPU (the same draw on every device), then moved
+            real = train.load(indices[torch.randperm(len(indices), generator=gen, device="cpu")[:take]]).to(self.device)
+            mine = syn[c * per:(c + 1) * per] if len(ctx["losses"]) > 1 else syn
+            imgs = factor_mod.decode(mine, labels, None, self.factor)[0] if self.factor > 1 else mine
+            if self.augment is not None:
+                real, imgs = self.augment.pair(real, imgs, gen)
+            with autocast(self.device, self.amp):
+                f_real, f_syn = ctx["embedder"].embed(real), ctx["embedder"].embed(imgs)
+            f_real, f_syn = f_real.float(), f_syn.float()  # losses compute in float32 at least
+            if cfg.normalize_features:  # NCFM/NCFM.py:72-73: per-sample unit vectors
+                f_real, f_syn = F.normalize(f_real.flatten(1), dim=1), F.normalize(f_syn.flatten(1), dim=1)
+            value = loss(f_real, f_syn)
+            total = value if total is None else total + value
+        return total, total
 
     def loss_state(self, ctx: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        return ctx["loss"].state_dict()
+        states = [loss.state_dict() for loss in ctx["losses"]]
+        return states[0] if len(states) == 1 else {"per_class": states}
 
     def load_loss_state(self, ctx: Dict[str, Any], state: Optional[Dict[str, Any]]) -> None:
-        ctx["loss"].load_state_dict(state)
+        states = state["per_class"] if isinstance(state, dict) and "per_class" in state else [state]
+        for loss, st in zip(ctx["losses"], states):
+            loss.load_state_dict(st)
 
     def summary(self, ctx: Dict[str, Any], first: Optional[float], last: Optional[float]) -> Dict[str, Any]:
         return {"matching_loss_first": first, "matching_loss_last": last}

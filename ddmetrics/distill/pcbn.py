@@ -442,7 +442,8 @@ class BNStats:
 
 @torch.no_grad()
 def per_class_bn_stats(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: int = 256,
-                       device: Optional[Union[str, torch.device]] = None) -> BNStats:
+                       device: Optional[Union[str, torch.device]] = None, variance: str = "exact",
+                       variance_batch: int = 100) -> BNStats:
     r"""Exact per-class channel mean and biased variance of every BN layer's input.
 
     One pass over ``dataset`` with the model in eval mode and no gradient. For layer
@@ -457,6 +458,12 @@ def per_class_bn_stats(model: nn.Module, dataset: Dataset, num_classes: int, bat
     (:math:`s_c`: the first batch's channel mean, which keeps the subtraction well
     conditioned) — the exact statistics, not an average of per-batch variances.
 
+    ``variance="batch_mean"`` gives what WMDD's released code computes instead
+    (``recover/utils.py:229-243``): each class's images in dataset order, in batches of
+    ``variance_batch``, the biased variance *within* each batch, averaged with the batches'
+    sizes as weights (the mean is exact either way). It leaves out the spread between batch
+    means, so it is below the exact variance.
+
     Parameters
     ----------
     model : nn.Module
@@ -469,6 +476,10 @@ def per_class_bn_stats(model: nn.Module, dataset: Dataset, num_classes: int, bat
         Batch size of the pass (the result does not depend on it).
     device : str or torch.device, optional
         Where the forward runs (default: the model's device).
+    variance : {"exact", "batch_mean"}
+        The variance above.
+    variance_batch : int
+        Images per batch for ``variance="batch_mean"``.
 
     Returns
     -------
@@ -488,6 +499,10 @@ def per_class_bn_stats(model: nn.Module, dataset: Dataset, num_classes: int, bat
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     device = torch.device(device) if device is not None else model_device(model)
+    if variance == "batch_mean":
+        return _batch_mean_bn_stats(model, layers, dataset, num_classes, variance_batch, device)
+    if variance != "exact":
+        raise ValueError(f"variance must be 'exact' or 'batch_mean', got {variance!r}")
     modes = {m: m.training for m in model.modules()}
     model.eval()
     shift: List[Tensor] = []  # per layer (C,)
@@ -538,6 +553,58 @@ def per_class_bn_stats(model: nn.Module, dataset: Dataset, num_classes: int, bat
     return BNStats(mean, var, gmean, gvar, images_per_class)
 
 
+@torch.no_grad()
+def _batch_mean_bn_stats(model: nn.Module, layers: List[nn.Module], dataset, num_classes: int, batch: int,
+                         device: torch.device) -> BNStats:
+    """:func:`per_class_bn_stats` with ``variance="batch_mean"`` (see there)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"variance_batch must be a positive int, got {batch!r}")
+    if not hasattr(dataset, "class_indices") or not hasattr(dataset, "load"):
+        raise TypeError("variance='batch_mean' reads each class in order: dataset must be an ImageDataset "
+                        "(ArrayDataset or ImageFolder)")
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
+    mean_sums: List[Tensor] = []  # per layer (K, C): sum over batches of size * batch mean
+    var_sums: List[Tensor] = []   # per layer (K, C): sum over batches of size * within-batch variance
+    try:
+        with bn_inputs(model) as captured:
+            for k in range(num_classes):
+                idx = dataset.class_indices(k)
+                for start in range(0, len(idx), batch):
+                    chunk = idx[start:start + batch]
+                    for i in range(len(captured)):
+                        captured[i] = None
+                    model(dataset.load(chunk).to(device))
+                    if any(f is None for f in captured):
+                        raise ValueError("a BatchNorm layer did not run during the forward pass")
+                    counts[k] += len(chunk)
+                    for i, f in enumerate(captured):
+                        flat = _flatten(f).to(torch.float64)
+                        if i == len(mean_sums):
+                            mean_sums.append(torch.zeros(num_classes, flat.shape[1], dtype=torch.float64,
+                                                         device=device))
+                            var_sums.append(torch.zeros_like(mean_sums[-1]))
+                        mean_sums[i][k] += len(chunk) * flat.mean((0, 2))
+                        var_sums[i][k] += len(chunk) * flat.var((0, 2), unbiased=False)
+    finally:
+        for m, flag in modes.items():
+            m.train(flag)
+    if not mean_sums:
+        raise ValueError("dataset is empty")
+    n = counts.to(torch.float64).clamp_min(1)[:, None]
+    total = counts.sum().to(torch.float64)
+    mean = [(s / n).float() for s in mean_sums]
+    var = [(s / n).float() for s in var_sums]
+    gmean = [(s.sum(0) / total).float() for s in mean_sums]
+    gvar = [(s.sum(0) / total).float() for s in var_sums]
+    return BNStats(mean, var, gmean, gvar, counts)
+
+
+#: the forms of the regulariser (``PCBNLoss(norm=...)``)
+NORMS = ("squared", "l2")
+
+
 class PCBNLoss:
     r"""The PCBN regulariser (WMDD Eq. 13) or its all-class BN variant.
 
@@ -553,6 +620,13 @@ class PCBNLoss:
     mode : {"pcbn", "bn"}
         ``"pcbn"``: one term per class present in the synthetic labels and per layer;
         ``"bn"``: one term per layer, the weighted statistics of the whole synthetic batch.
+    norm : {"squared", "l2"}
+        ``"squared"`` (WMDD Eq. 13): :math:`\|\Delta\mu\|^2 + \|\Delta\sigma^2\|^2` summed over
+        classes and layers. ``"l2"`` (the released code of WMDD, ``recover/utils.py:157``, and
+        SRe²L, ``BNFeatureHook``): :math:`\|\Delta\mu\|_2 + \|\Delta\sigma^2\|_2` unsquared, averaged
+        over the batch's classes, summed over layers.
+    first_weight : float
+        Factor on the first BatchNorm layer's term (SRe²L's ``first_bn_multiplier``, 10).
 
     Examples
     --------
@@ -560,9 +634,14 @@ class PCBNLoss:
     >>> reg, logits = PCBNLoss(teacher, stats)(syn, syn_labels, syn_weights)  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, stats: Optional[BNStats] = None, mode: str = "pcbn") -> None:
+    def __init__(self, model: nn.Module, stats: Optional[BNStats] = None, mode: str = "pcbn",
+                 norm: str = "squared", first_weight: float = 1.0) -> None:
         if mode not in ("pcbn", "bn"):
             raise ValueError(f"mode must be 'pcbn' or 'bn', got {mode!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, got {norm!r}")
+        if isinstance(first_weight, bool) or not isinstance(first_weight, (int, float)) or not first_weight >= 0:
+            raise ValueError(f"first_weight must be a non-negative number, got {first_weight!r}")
         layers = bn_layers(model)
         if not layers:
             raise _no_batchnorm(model)
@@ -576,6 +655,7 @@ class PCBNLoss:
         elif stats.num_layers != len(layers):
             raise ValueError(f"stats has {stats.num_layers} layers but model has {len(layers)} BatchNorm layers")
         self.model, self.stats, self.mode = model, stats, mode
+        self.norm, self.first_weight = norm, float(first_weight)
         self._layers = layers
 
     def _targets(self, i: int, classes: Optional[Tensor], device: torch.device,
@@ -621,7 +701,8 @@ class PCBNLoss:
         dtype = torch.promote_types(like.dtype, torch.float32)  # statistics in float32 at least
         wn = _group_weights(syn_weights.to(like.device, dtype), group, num_groups)
         targets = [self._targets(i, classes, like.device, dtype) for i in range(len(self._layers))]
-        return BoundPCBN(self.model, wn, group, num_groups, targets, self._layers)
+        return BoundPCBN(self.model, wn, group, num_groups, targets, self._layers, norm=self.norm,
+                         first_weight=self.first_weight)
 
     def __call__(self, syn_images: Tensor, syn_labels: Tensor, syn_weights: Optional[Tensor] = None,
                  forward: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, Tensor]:
@@ -653,8 +734,10 @@ class BoundPCBN:
     """:class:`PCBNLoss` for one fixed batch of labels and weights (see :meth:`PCBNLoss.bind`)."""
 
     def __init__(self, model: nn.Module, wn: Tensor, group: Tensor, num_groups: int,
-                 targets: List[Tuple[Tensor, Tensor]], layers: Optional[List[nn.Module]] = None) -> None:
+                 targets: List[Tuple[Tensor, Tensor]], layers: Optional[List[nn.Module]] = None,
+                 norm: str = "squared", first_weight: float = 1.0) -> None:
         self.model, self.wn, self.group, self.num_groups, self.targets = model, wn, group, num_groups, targets
+        self.norm, self.first_weight = norm, first_weight
         # the one-group paths' operands, once: weights (m,), the targets as (C,) vectors and all
         # of them in one vector (mean, var of every layer in turn)
         self._w = wn.view(-1)
@@ -667,7 +750,8 @@ class BoundPCBN:
         """``(regulariser, output)`` of one forward pass of ``syn_images`` (see :meth:`PCBNLoss.__call__`)."""
         if syn_images.shape[0] != self.wn.shape[0]:
             raise ValueError(f"syn_images has {syn_images.shape[0]} images, the bound labels {self.wn.shape[0]}")
-        one_group = self.num_groups == 1 and not self.wn.requires_grad  # a synthesis loop's case
+        paper_form = self.norm == "squared" and self.first_weight == 1.0
+        one_group = paper_form and self.num_groups == 1 and not self.wn.requires_grad  # a synthesis loop's case
         if one_group and all(_fusable(layer, self._w.dtype) for layer in self._layers):
             # a frozen teacher in eval mode: each layer with a large input and its moments in one
             # node, the moments of the other inputs in one node for all
@@ -694,12 +778,18 @@ class BoundPCBN:
                 raise ValueError("no BatchNorm layer ran during the forward pass")
             return _OneGroupPCBN.apply(self._w, [ref for _, ref in ran], *(flat for flat, _ in ran)), output
         total = None
-        for f, (ref_mean, ref_var) in zip(captured, self.targets):
+        for i, (f, (ref_mean, ref_var)) in enumerate(zip(captured, self.targets)):
             if f is None:
                 continue
             flat = _flatten(f).to(self.wn.dtype)  # bf16 BN inputs under autocast: statistics in float32
             mean, var = _grouped_mean_var(flat, self.wn, self.group, self.num_groups)
-            term = (mean - ref_mean).square().sum() + (var - ref_var).square().sum()
+            if self.norm == "squared":
+                term = (mean - ref_mean).square().sum() + (var - ref_var).square().sum()
+            else:  # unsquared per class, averaged over the classes of the batch
+                term = (torch.linalg.vector_norm(mean - ref_mean, dim=1)
+                        + torch.linalg.vector_norm(var - ref_var, dim=1)).mean()
+            if i == 0 and self.first_weight != 1.0:
+                term = term * self.first_weight
             total = term if total is None else total + term
         if total is None:
             raise ValueError("no BatchNorm layer ran during the forward pass")
