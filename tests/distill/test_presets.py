@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ddmetrics as ddm
-from ddmetrics.augment import OPS
+from ddmetrics.augment import NAMED, OPS
+from ddmetrics.protocols import PROTOCOLS, TEACHER_RECIPES
 from ddmetrics.distill import STRATEGIES, DistillConfig
 from ddmetrics.distill.presets import LOSS_SETTINGS, PRESETS, make_loss, preset
 from ddmetrics.models import available_models
@@ -25,7 +26,17 @@ def _num(v):
 
 
 def _aug(v):
-    return v is None or v in ("auto", "none") or (isinstance(v, str) and v != "" and all(o in OPS for o in v.split("_")))
+    ops = v[4:] if isinstance(v, str) and v.startswith("idc:") else v
+    return v is None or v in ("auto", "none") or v in NAMED or (
+        isinstance(ops, str) and ops != "" and all(o in OPS for o in ops.split("_")))
+
+
+def _model(v):
+    return (isinstance(v, str) and v.lower() in available_models()) or (callable(v) and not isinstance(v, str))
+
+
+def _opt(test):
+    return lambda v: v is None or test(v)
 
 
 # an independent statement of what each field allows (the oracle of the property test)
@@ -34,30 +45,50 @@ VALID = {
     "loss": lambda v: isinstance(v, str) and v != "",
     "loss_kwargs": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
     "iterations": lambda v: _int(v) and v > 0,
+    "budget": lambda v: _num(v) and 0 < v <= 1,
+    "optimizer": lambda v: v in ("adam", "sgd", "adamw"),
     "lr": lambda v: _num(v) and v > 0,
-    "optimizer": lambda v: v in ("adam", "sgd"),
-    "init": lambda v: v in ("real", "noise"),
-    "factor": lambda v: v == "auto" or (_int(v) and v > 0),
+    "lr_schedule": lambda v: v in ("cosine", "constant", "plateau"),
+    "weight_decay": lambda v: _num(v) and v >= 0,
+    "init": lambda v: v in ("real", "noise", "nearest"),
+    "clamp": lambda v: v in ("none", "pixel"),
     "augment": _aug,
+    "synthesis_batch": lambda v: v in ("class", "classes", "slot"),
+    "batch_images": lambda v: _int(v) and v > 0,
+    "factor": lambda v: v == "auto" or (_int(v) and v > 0),
     "batch_real": lambda v: _int(v) and v > 0,
-    "teacher_arch": lambda v: (isinstance(v, str) and v.lower() in available_models()) or (callable(v) and not isinstance(v, str)),
-    "teacher_epochs": lambda v: _int(v) and v > 0,
-    "bary_iters": lambda v: v is None or (_int(v) and v > 0),
+    "teacher_arch": _model,
+    "teacher_recipe": lambda v: isinstance(v, str) and v in TEACHER_RECIPES,
+    "teacher_epochs": _opt(lambda v: _int(v) and v > 0),
+    "bary_iters": _opt(lambda v: _int(v) and v > 0),
     "learn_weights": lambda v: isinstance(v, bool),
-    "feature_loss": lambda v: v in ("barycenter", "ce"),
+    "bary_init": lambda v: v in ("kmeans++", "gaussian"),
+    "feature_loss": lambda v: v in ("barycenter", "none"),
+    "feature_norm": lambda v: v in ("squared", "frobenius"),
+    "ce_weight": lambda v: _num(v) and v >= 0,
     "reg": lambda v: v in ("pcbn", "bn", "none"),
     "reg_weight": lambda v: _num(v) and v >= 0,
-    "embedder": lambda v: (isinstance(v, str) and v.lower() in available_models()) or (callable(v) and not isinstance(v, str)),
+    "reg_norm": lambda v: v in ("squared", "l2"),
+    "bn_stats": lambda v: v in ("exact", "batch_mean", "running"),
+    "reg_weighted": lambda v: isinstance(v, bool),
+    "first_bn_weight": lambda v: _num(v) and v >= 0,
+    "embedder": _model,
     "iters_per_model": lambda v: _int(v) and v > 0,
-    "eval_protocol": lambda v: v in ("soft", "hard"),
-    "eval_model": lambda v: (isinstance(v, str) and v.lower() in available_models()) or (callable(v) and not isinstance(v, str)),
-    "eval_epochs": lambda v: v is None or (_int(v) and v > 0),
-    "eval_lr": lambda v: _num(v) and v > 0,
-    "temperature": lambda v: _num(v) and v > 0,
+    "embedder_pool": lambda v: _int(v) and v >= 0,
+    "pool_epochs": _opt(lambda v: _int(v) and v > 0),
+    "pool_interpolate": lambda v: isinstance(v, bool),
+    "calib_weight": lambda v: _num(v) and v >= 0,
+    "normalize_features": lambda v: isinstance(v, bool),
+    "eval_protocol": lambda v: isinstance(v, str) and v in PROTOCOLS,
+    "eval_model": _opt(_model),
+    "eval_epochs": _opt(lambda v: _int(v) and v > 0),
+    "eval_lr": _opt(lambda v: _num(v) and v > 0),
+    "temperature": _opt(lambda v: _num(v) and v > 0),
 }
 
-WORDS = ["barycenter", "distribution", "adam", "sgd", "real", "noise", "auto", "none", "ce", "pcbn", "bn",
-         "soft", "hard", "convnet", "ConvNet_BN", "resnet18", "color_crop", "flip_bogus", "", "x"]
+WORDS = ["barycenter", "distribution", "adam", "sgd", "adamw", "real", "noise", "nearest", "auto", "none", "ce",
+         "pcbn", "bn", "soft", "hard", "ncfm", "convnet", "ConvNet_BN", "resnet18", "color_crop", "idc:color_crop",
+         "roll", "flip_bogus", "", "x", "class", "slot", "l2", "squared", "running", "gaussian", "plateau", "pixel"]
 VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 5), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from(WORDS), st.text(max_size=5), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
@@ -71,7 +102,13 @@ def test_oracle_covers_every_field():
 @settings(max_examples=600, deadline=None, derandomize=True)
 @given(name=st.sampled_from(FIELDS), value=VALUES)
 def test_nothing_invalid_is_built_and_nothing_valid_is_refused(name, value):
-    if VALID[name](value):
+    # values allowed for the field but not with the other defaults (WMDD's): refused, naming the field
+    combination = {("bn_stats", "running"), ("calib_weight", "positive")}
+    key = (name, "positive" if name == "calib_weight" and _num(value) and value > 0 else value)
+    if VALID[name](value) and key in combination:
+        with pytest.raises(ValueError, match=name):
+            DistillConfig(**{name: value})
+    elif VALID[name](value):
         cfg = DistillConfig(**{name: value})
         assert getattr(cfg, name) == value
     else:
@@ -99,11 +136,11 @@ def test_every_preset_is_a_valid_config_and_names_a_strategy():
     assert sorted(STRATEGIES) == sorted(("barycenter", "distribution"))
 
 
-def test_loss_settings_table_is_what_a_named_loss_gets_and_kwargs_override_it():
-    assert make_loss("krdual").config()["steps"] == LOSS_SETTINGS["krdual"]["steps"]
-    assert make_loss("krdual", steps=3).config()["steps"] == 3
+def test_a_presets_loss_settings_reach_its_loss_and_explicit_kwargs_override_them():
     d = ddm.Distiller(method="krdual", ipc=1)
-    assert d.loss.config()["steps"] == LOSS_SETTINGS["krdual"]["steps"]
+    assert d.loss.config()["steps"] == PRESETS["krdual"]["loss_kwargs"]["steps"] == 100
+    assert ddm.Distiller(method="krdual", ipc=1, loss_kwargs={"steps": 3}).loss.config()["steps"] == 3
+    assert make_loss("krdual", steps=3).config()["steps"] == 3
 
 
 def test_given_loss_instance_is_used_as_given_and_recorded_truthfully():
@@ -121,23 +158,51 @@ def test_teacher_architecture_and_teacher_module_do_not_collide(small):
         ddm.Distiller(method="wmdd", teacher="resnetap10", teacher_arch="convnet_bn")
     with pytest.raises(TypeError, match="teacher"):
         ddm.Distiller(method="wmdd", teacher=3)
-    # dm trains no teacher whatever the architecture says
-    syn_dm = ddm.Distiller(method="dm", teacher="resnetap10", ipc=1, iterations=2)
-    syn_dm.fit(small, progress=False)
-    assert syn_dm.teacher_ is None
+    # dm uses no teacher (hard labels): an architecture for it is refused, not ignored
+    with pytest.raises(ValueError, match="teacher_arch does not apply to method 'dm'"):
+        ddm.Distiller(method="dm", teacher="resnetap10", ipc=1, iterations=2)
     # the named architecture is the one trained
-    d = ddm.Distiller(method="wmdd", teacher_arch="resnetap10", ipc=1, iterations=2, teacher_epochs=1)
+    d = ddm.Distiller(method="wmdd", teacher_arch="resnetap10", ipc=1, iterations=2, teacher_epochs=1,
+                      augment="auto")
     d.fit(small, progress=False)
     assert isinstance(d.teacher_, ddm.models.ResNetAP10)
 
 
-def test_sre2l_preset_is_barycenter_matching_with_ce_and_global_bn(small):
+def test_sre2l_preset_is_slot_batches_with_ce_and_running_bn_statistics(small):
     cfg = preset("sre2l")
-    assert (cfg.strategy, cfg.feature_loss, cfg.reg, cfg.eval_protocol, cfg.learn_weights) == \
-        ("barycenter", "ce", "bn", "soft", False)
-    d = ddm.Distiller(method="sre2l", ipc=1, seed=0, iterations=3, teacher_epochs=1)
+    assert (cfg.strategy, cfg.feature_loss, cfg.ce_weight, cfg.reg, cfg.bn_stats, cfg.reg_norm, cfg.first_bn_weight,
+            cfg.reg_weight, cfg.synthesis_batch, cfg.eval_protocol) == \
+        ("barycenter", "none", 1.0, "bn", "running", "l2", 10.0, 0.01, "slot", "sre2l_small")
+    d = ddm.Distiller(method="sre2l", ipc=2, seed=0, iterations=3, teacher_epochs=1, teacher_arch="convnet_bn")
     syn = d.fit(small, progress=False)
-    assert syn.images.shape == (3, 1, 8, 8) and torch.isfinite(syn.images).all()
-    assert torch.allclose(syn.weights, torch.ones(3))  # uniform: no learned barycenter weights
+    assert syn.images.shape == (6, 1, 8, 8) and torch.isfinite(syn.images).all()
+    assert torch.allclose(syn.weights, torch.full((6,), 0.5))  # uniform: no barycenter, no learned weights
     info = syn.meta["info"]
     assert info["feature_loss_first"] is not None and math.isfinite(info["feature_loss_last"])
+
+
+@pytest.mark.parametrize("method, field, value, why", [
+    ("dm", "temperature", 3.0, "temperature does not apply"),
+    ("dm", "reg_weight", 1.0, "reg_weight does not apply"),
+    ("wmdd", "batch_real", 64, "batch_real does not apply"),
+    ("wmdd", "factor", 2, "factor does not apply"),
+    ("sre2l", "learn_weights", True, "learn_weights does not apply"),
+    ("dm", "pool_epochs", 3, "pool_epochs does not apply"),
+])
+def test_a_setting_of_another_method_is_refused_naming_it(method, field, value, why):
+    with pytest.raises(ValueError, match=why):
+        preset(method, **{field: value})
+    with pytest.raises(ValueError, match=why):
+        ddm.Distiller(method=method, ipc=1, **{field: value})
+
+
+def test_a_setting_that_applies_once_another_is_changed_is_accepted():
+    assert preset("dm", eval_protocol="soft", temperature=3.0).temperature == 3.0
+    assert preset("wmdd", reg="bn", bn_stats="running").bn_stats == "running"
+
+
+def test_budget_scales_every_count_and_is_recorded():
+    cfg = preset("wmdd", budget=0.05)
+    assert cfg.effective_iterations == 100 and cfg.teacher_training().epochs == round(50 * 0.05)
+    assert preset("dm", budget=0.001).effective_iterations == 20
+    assert preset("wmdd", budget=1e-9).effective_iterations == 1  # never below one step
