@@ -86,6 +86,8 @@ def _cmd_distill(args) -> int:
     overrides = _parse_overrides(args.set)
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
+    if args.budget is not None:
+        overrides["budget"] = args.budget
     if args.teacher_arch is not None:
         overrides["teacher_arch"] = args.teacher_arch
     if args.runs < 0:
@@ -407,7 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--runs", type=int, default=3, help="evaluation runs (0: no evaluation)")
     d.add_argument("--no-full", action="store_true",
                    help="skip the full-data baseline model (most of an evaluation's time on small sets)")
-    d.add_argument("--iterations", type=int, default=None, help="synthesis steps per class (default: the method's)")
+    d.add_argument("--iterations", type=int, default=None,
+                   help="synthesis steps per optimisation batch (default: the method's)")
+    d.add_argument("--budget", type=float, default=None, metavar="FRACTION",
+                   help="run this fraction in (0, 1] of every iteration and epoch count of the method (synthesis, "
+                        "teacher, students); recorded in report.json (default: 1, the method's own budget)")
     d.add_argument("--set", action="append", metavar="KEY=VALUE", default=None,
                    help="override a DistillConfig field, e.g. --set lr=0.1 --set augment=none (repeatable; "
                         "default: the method's settings)")

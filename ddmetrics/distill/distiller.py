@@ -41,8 +41,10 @@ class Distiller:
     Parameters
     ----------
     method : str
-        A preset: ``"wmdd"``, ``"dm"``, ``"m3d"``, ``"krdual"``, ``"ncfm"`` (see
-        :data:`ddmetrics.distill.presets.PRESETS`).
+        A preset, its method's released pipeline: ``"wmdd"``, ``"dm"``, ``"m3d"``, ``"krdual"``,
+        ``"ncfm"``, ``"sre2l"`` (see :data:`ddmetrics.distill.presets.PRESETS` and
+        ``docs/fidelity.md``). Its budgets are the method's own; ``budget=0.1`` runs a tenth of
+        every iteration and epoch count.
     loss : str or DistributionLoss, optional
         Overrides the preset's loss (``method="wmdd", loss="sliced"`` is WMDD's sliced ablation).
     ipc : int
@@ -230,6 +232,10 @@ class Distiller:
             "seed": self.seed,
             "factor": runner.factor,
             "config": self.config.to_dict(),
+            # what this run took: the method's budget times ``budget`` (1 = the method's own)
+            "budget": self.config.budget,
+            "iterations": self.config.effective_iterations,
+            "units": len(units),
             "device": str(self.device),
             "amp": self.amp,
             "timings": dict(self.timings_),
