@@ -83,6 +83,8 @@ class BarycenterMatching(Strategy):
         self.augment = make_augment(cfg.augment, train.image_shape[0], train.image_shape[-1])
         self.bounds = pixel_bounds(train) if cfg.clamp == "pixel" else None
         self.uses_barycenter = cfg.feature_loss == "barycenter"
+        # the barycenters are computed for the targets, or only for the nearest-real start
+        self.needs_barycenter = self.uses_barycenter or cfg.init == "nearest"
         self.reg = None
         if cfg.reg != "none":
             stats = None if cfg.bn_stats == "running" else per_class_bn_stats(
@@ -120,11 +122,12 @@ class BarycenterMatching(Strategy):
     def start(self, unit: Unit, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
         cells, shape = unit.cells, self.train.image_shape
         fixed: Dict[str, Any] = {"barycenter_seconds": 0.0}
-        if self.uses_barycenter:
+        if self.needs_barycenter:
             per_class = {k: self.targets(k) for k in unit.classes}
+            fixed["barycenter_seconds"] = sum(t[3] for t in per_class.values())
+        if self.uses_barycenter:
             fixed["targets"] = torch.stack([per_class[k][0][j] for k, j in cells])
             fixed["weights"] = torch.stack([per_class[k][1][j] for k, j in cells])
-            fixed["barycenter_seconds"] = sum(t[3] for t in per_class.values())
         else:
             fixed["weights"] = torch.full((len(cells),), 1.0 / self.ipc, device=self.device)
         if self.cfg.init == "nearest":

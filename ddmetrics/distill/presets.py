@@ -319,7 +319,8 @@ def _uses_teacher(cfg: DistillConfig) -> bool:
 
 
 def _barycenter(cfg: DistillConfig) -> bool:
-    return cfg.strategy == "barycenter" and cfg.feature_loss == "barycenter"
+    """Whether ``cfg`` computes class barycenters: as targets, or for the nearest-real start."""
+    return cfg.strategy == "barycenter" and (cfg.feature_loss == "barycenter" or cfg.init == "nearest")
 
 
 #: field -> whether it is used by a configuration; a field given explicitly where it is not used
@@ -335,13 +336,13 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "learn_weights": _barycenter,
     "bary_init": _barycenter,
     "feature_loss": lambda c: c.strategy == "barycenter",
-    "feature_norm": _barycenter,
+    "feature_norm": lambda c: c.strategy == "barycenter" and c.feature_loss == "barycenter",
     "ce_weight": lambda c: c.strategy == "barycenter",
     "reg": lambda c: c.strategy == "barycenter",
     "reg_weight": lambda c: c.strategy == "barycenter" and c.reg != "none",
     "reg_norm": lambda c: c.strategy == "barycenter" and c.reg != "none",
     "bn_stats": lambda c: c.strategy == "barycenter" and c.reg != "none",
-    "reg_weighted": lambda c: _barycenter(c) and c.reg != "none",
+    "reg_weighted": lambda c: c.strategy == "barycenter" and c.feature_loss == "barycenter" and c.reg != "none",
     "first_bn_weight": lambda c: c.strategy == "barycenter" and c.reg != "none",
     "embedder": lambda c: c.strategy == "distribution",
     "iters_per_model": lambda c: c.strategy == "distribution",
@@ -365,9 +366,9 @@ def _check_combination(cfg: DistillConfig) -> None:
     if cfg.bn_stats == "running" and cfg.reg == "pcbn":
         raise ValueError("bn_stats='running' needs reg='bn': a teacher's running statistics are all-class "
                          "statistics, PCBN needs per-class ones ('exact' or 'batch_mean')")
-    if cfg.init == "nearest" and not _barycenter(cfg):
-        raise ValueError("init='nearest' starts from the real image nearest each barycenter atom: it needs "
-                         "strategy='barycenter' with feature_loss='barycenter'")
+    if cfg.init == "nearest" and cfg.strategy != "barycenter":
+        raise ValueError("init='nearest' starts from the real image nearest each barycenter atom of the teacher's "
+                         "features: it needs strategy='barycenter'")
     if cfg.strategy == "barycenter" and cfg.feature_loss == "none" and cfg.ce_weight == 0 and (
             cfg.reg == "none" or cfg.reg_weight == 0):
         raise ValueError("feature_loss='none', ce_weight=0 and no regulariser leave nothing to minimise")
