@@ -292,9 +292,10 @@ class DistillConfig:
         return dataclasses.replace(recipe, epochs=self.scaled(epochs))
 
     def evaluation_kwargs(self) -> Dict[str, Any]:
-        """The :func:`ddmetrics.evaluate` settings of this config: its protocol (with the
-        overrides) and the budget."""
-        return {"protocol": self.protocol(), "budget": self.budget}
+        """The :func:`ddmetrics.evaluate` settings of this config, JSON-able: the protocol's name,
+        its overrides (``None``: the protocol's own) and the budget."""
+        return {"protocol": self.eval_protocol, "model": self.eval_model, "epochs": self.eval_epochs,
+                "lr": self.eval_lr, "temperature": self.temperature, "budget": self.budget}
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as JSON-able data (a model builder is recorded by its qualified name)."""
