@@ -79,7 +79,6 @@ def _check_data_options(args) -> None:
 
 def _cmd_distill(args) -> int:
     from . import distributed
-    from ._run_folder import check_out
     from .data import load
     from .distill import Distiller
 
@@ -94,7 +93,6 @@ def _cmd_distill(args) -> int:
     # everything that can fail on arguments fails here, before any data is read or any file written
     distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed,
                           device=_device(args.device), amp=args.amp, **overrides)
-    check_out(args.out, args.overwrite)
     if args.teacher is not None and not distiller.config.strategy == "barycenter":
         raise ValueError(f"--teacher: method {args.method!r} uses no teacher (it matches random embedders)")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
@@ -102,10 +100,7 @@ def _cmd_distill(args) -> int:
     checkpoint = args.checkpoint
     if checkpoint is None and (args.checkpoint_every is not None or args.resume):
         checkpoint = os.path.abspath(args.out) + ".ckpt"
-    if args.resume and not os.path.isdir(checkpoint):
-        raise ValueError(f"--resume: no checkpoint folder {checkpoint}")
-    if checkpoint is not None and not args.resume and os.path.exists(os.path.join(checkpoint, "run.json")):
-        raise ValueError(f"checkpoint folder {checkpoint} holds a previous run; pass --resume or remove it")
+    _check_folders(args, checkpoint)
     created = distributed.init_from_env()  # under torchrun: classes and evaluation runs are sharded
     try:
         splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
@@ -117,6 +112,23 @@ def _cmd_distill(args) -> int:
         raise
     distributed.shutdown(created)
     return code
+
+
+def _check_folders(args, checkpoint: Optional[str]) -> None:
+    """Refuse, before any work, an ``--out`` or a checkpoint folder the run may not write."""
+    from ._run_folder import check_out
+    from .distill.checkpoint import check_checkpoint_folder
+
+    out = check_out(args.out, args.overwrite)
+    if checkpoint is None:
+        return
+    ckpt, real_out = os.path.realpath(checkpoint), os.path.realpath(out)
+    if ckpt == real_out or ckpt.startswith(real_out + os.sep) or real_out.startswith(ckpt + os.sep):
+        raise ValueError(f"--checkpoint {checkpoint} and --out {args.out} must be separate folders, neither inside "
+                         "the other")
+    if args.resume and not os.path.isdir(checkpoint):
+        raise ValueError(f"--resume: no checkpoint folder {checkpoint}")
+    check_checkpoint_folder(checkpoint, args.resume)
 
 
 def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
@@ -424,8 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a previous run folder at --out: only a folder ddmetrics wrote (it holds a manifest) "
                         "and only the files listed in it; anything else is refused")
     d.add_argument("--checkpoint", default=None, metavar="DIR",
-                   help="checkpoint folder (default with --checkpoint-every/--resume: OUT.ckpt); a finished class "
-                        "is always checkpointed; its files are removed after a successful run")
+                   help="checkpoint folder (default with --checkpoint-every/--resume: OUT.ckpt): new, empty or one "
+                        "ddmetrics wrote; a finished class is always checkpointed; after a successful run the files "
+                        "ddmetrics wrote there are removed, and the folder if ddmetrics created it")
     d.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                    help="also checkpoint the class in progress every STEPS synthesis steps (default: finished "
                         "classes only)")
