@@ -102,7 +102,10 @@ def _cmd_distill(args) -> int:
         checkpoint = os.path.abspath(args.out) + ".ckpt"
     _check_folders(args, checkpoint)
     created = distributed.init_from_env()  # under torchrun: classes and evaluation runs are sharded
+    locks: List[Any] = []
     try:
+        locks = _lock_folders(args, checkpoint)
+        _check_folders(args, checkpoint)  # again: another run may have ended, and written there, just before
         splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
         if args.teacher is not None:
             distiller.teacher_ = _load_teacher(args.teacher, distiller.config.teacher_arch, splits.train)
@@ -110,6 +113,9 @@ def _cmd_distill(args) -> int:
     except BaseException:
         distributed.shutdown(created, clean=False)
         raise
+    finally:
+        for lock in reversed(locks):
+            lock.release()
     distributed.shutdown(created)
     return code
 
@@ -129,6 +135,31 @@ def _check_folders(args, checkpoint: Optional[str]) -> None:
     if args.resume and not os.path.isdir(checkpoint):
         raise ValueError(f"--resume: no checkpoint folder {checkpoint}")
     check_checkpoint_folder(checkpoint, args.resume)
+
+
+def _lock_folders(args, checkpoint: Optional[str]) -> List[Any]:
+    """Lock ``--out`` and the checkpoint folder (:class:`ddmetrics._run_folder.FolderLock`) before
+    any work: rank 0 takes the locks, and every rank learns whether it could."""
+    from . import distributed
+    from ._run_folder import FolderLock
+
+    rank, _ = distributed.world()
+    locks: List[Any] = []
+    failure: Optional[BaseException] = None
+    if rank == 0:
+        folders = [(args.out, "--out")] + ([(checkpoint, "checkpoint folder")] if checkpoint is not None else [])
+        try:
+            for folder, option in folders:
+                locks.append(FolderLock(folder, option).acquire())
+                if locks[-1].note:
+                    print(f"ddmetrics distill: note: {locks[-1].note}", file=sys.stderr)
+        except Exception as err:  # told to every rank before it is raised, so no rank waits for rank 0
+            for lock in reversed(locks):
+                lock.release()
+            locks, failure = [], err
+    if distributed.any_rank(failure is not None):
+        raise failure or ValueError(f"--out {args.out}: rank 0 could not lock it, see its message")
+    return locks
 
 
 def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
