@@ -9,7 +9,7 @@ so a failing or killed run leaves the previous run folder as it was.
 
 A run holds a lock on its folder from before any work to its end (:class:`FolderLock`, a file
 ``.NAME.lock`` beside the folder): a second run into the same folder is refused at once, naming
-the first.
+the first. :func:`check_file_out` is the same care for a single file (``--json``).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional
 
 from ._io import PathLike, atomic_write_json
 
-__all__ = ["MANIFEST", "FolderLock", "check_out", "write_run_folder"]
+__all__ = ["MANIFEST", "FolderLock", "check_file_out", "check_out", "write_run_folder"]
 
 MANIFEST = ".ddmetrics-run.json"
 _KIND = "ddmetrics run folder"
@@ -43,19 +43,37 @@ def _listed(folder: str) -> Optional[List[str]]:
     return files
 
 
-def _writable_ancestor(path: str) -> None:
-    """Refuse ``path`` when no folder can be created or written where it would live."""
+def _writable_ancestor(path: str, option: str = "--out") -> None:
+    """Refuse ``path`` when nothing can be created or written where it would live."""
     parent = os.path.dirname(path)
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ValueError(f"--out {path}: {parent} is not a folder")
+        raise ValueError(f"{option} {path}: {parent} is not a folder")
     try:  # a probe file is the only reliable test (os.access says yes to root everywhere)
         fd, probe = tempfile.mkstemp(dir=parent, prefix=".ddmetrics-probe-")
         os.close(fd)
         os.remove(probe)
     except OSError as err:
-        raise ValueError(f"--out {path}: cannot write in {parent} ({err.strerror or err})") from None
+        raise ValueError(f"{option} {path}: cannot write in {parent} ({err.strerror or err})") from None
+
+
+def check_file_out(path: PathLike, overwrite: bool, option: str) -> str:
+    """Check, before any work, that a single file (``--json OUT``) may be written; return its absolute path.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is a folder; exists without ``overwrite``; or nothing can be written where it
+        would be. The message names ``option``.
+    """
+    full = os.path.abspath(os.fspath(path))
+    if os.path.isdir(full):
+        raise ValueError(f"{option} {path} is a folder, not a file")
+    if os.path.lexists(full) and not overwrite:
+        raise ValueError(f"{option} {path} exists; pass --overwrite to replace it")
+    _writable_ancestor(full, option)
+    return full
 
 
 def check_out(out: PathLike, overwrite: bool) -> str:

@@ -250,6 +250,15 @@ def _teacher_path(synset_path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(synset_path)), "teacher.pt")
 
 
+def _check_json(args) -> None:
+    """``--json OUT``: refused, before any work, when it is a folder, exists (without
+    ``--overwrite``) or cannot be written."""
+    from ._run_folder import check_file_out
+
+    if args.json:
+        check_file_out(args.json, args.overwrite, "--json")
+
+
 def _cmd_evaluate(args) -> int:
     from .data import load
     from .distill.presets import DistillConfig
@@ -260,6 +269,7 @@ def _cmd_evaluate(args) -> int:
     if args.runs < 1:
         raise ValueError(f"--runs must be a positive number of student runs, got {args.runs}")
     _check_data_options(args)
+    _check_json(args)
     device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     stored = dict(syn.meta.get("config") or {})
@@ -286,7 +296,8 @@ def _cmd_evaluate(args) -> int:
                       progress=not args.quiet, full_data=not args.no_full, device=device, **settings)
     print(report.summary())
     if args.json:
-        atomic_write_json(args.json, report.to_dict())
+        data = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
+        atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
     return 0
 
 
@@ -342,6 +353,7 @@ def _cmd_diagnose(args) -> int:
     from .evaluate import check_fits
 
     _check_data_options(args)
+    _check_json(args)
     device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
@@ -359,7 +371,7 @@ def _cmd_diagnose(args) -> int:
         out: Any = {"synset": os.path.abspath(args.synset), "dataset": args.dataset, "split": args.split,
                     "seed": seed, "model": description, **report.to_dict()}
         data = (json.dumps(out, indent=2) + "\n").encode()
-        atomic_write(args.json, lambda fh: fh.write(data))
+        atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
         print(f"wrote {args.json}")
     return 0
 
@@ -489,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(e)
     _add_device(e)
     e.add_argument("--json", default=None, metavar="OUT",
-                   help="also write the report as JSON here (default: not written)")
+                   help="also write the report as JSON here (default: not written; an existing file is refused)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_debug(e)
     e.set_defaults(func=_cmd_evaluate)
@@ -513,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(g)
     _add_device(g)
     g.add_argument("--json", default=None, metavar="OUT",
-                   help="also write the report as JSON here (default: not written)")
+                   help="also write the report as JSON here (default: not written; an existing file is refused)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
     _add_debug(g)
     g.set_defaults(func=_cmd_diagnose)
 

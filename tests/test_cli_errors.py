@@ -314,3 +314,59 @@ def test_two_runs_started_together_into_one_out(tmp_path):
     assert ddm.SyntheticSet.load(out / "synset.pt").meta["seed"] == winner
     assert json.loads((out / "report.json").read_text())["seed"] == winner
     assert sorted(os.listdir(tmp_path)) == ["r"]
+
+
+# ---------------------------------------------------------------- --json never replaces a file unasked
+
+def _hard_synset(tmp_path):
+    syn = ddm.SyntheticSet(torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(10),
+                           torch.ones(10), meta={"ipc": 1, "method": "dm", "seed": 0,
+                                                 "config": {"eval_epochs": 1, "eval_protocol": "hard"}},
+                           num_classes=10)
+    syn.save(tmp_path / "s.pt")
+    return str(tmp_path / "s.pt")
+
+
+JSON_ARGS = {"evaluate": ["--runs", "1", "--no-full", "--quiet"], "diagnose": ["--losses", "mmd"]}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "diagnose"])
+def test_json_refuses_an_existing_file_a_folder_and_an_unwritable_place_before_any_work(tmp_path, capsys,
+                                                                                        monkeypatch, command):
+    synset = _hard_synset(tmp_path)
+    load = ddm.data.load
+
+    def no_data(*a, **k):
+        raise AssertionError("data was read before --json was checked")
+
+    monkeypatch.setattr(ddm.data, "load", no_data)
+    args = [command, synset, *JSON_ARGS[command], "--json"]
+    (tmp_path / "mine.json").write_text("the user's")
+    assert main([*args, str(tmp_path / "mine.json")]) == 2
+    _one_line(capsys, "exists; pass --overwrite to replace it")
+    assert main([*args, str(tmp_path)]) == 2
+    _one_line(capsys, "is a folder")
+    assert main([*args, "/proc/ddmetrics-x/r.json"]) == 2
+    _one_line(capsys, "cannot write")
+    assert (tmp_path / "mine.json").read_text() == "the user's"
+    monkeypatch.setattr(ddm.data, "load", load)
+    assert main([*args, str(tmp_path / "mine.json"), "--overwrite"]) == 0
+    doc = json.loads((tmp_path / "mine.json").read_text())  # the report replaced it, as asked
+    assert len(doc["runs"]) == 1 if command == "evaluate" else doc["split"] == "train"
+
+
+def test_json_that_appears_while_the_command_runs_is_not_replaced(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("ddmetrics.diagnose")
+    target = tmp_path / "d.json"
+
+    def meanwhile(*args, _run=module.diagnose, **kwargs):
+        target.write_text("written meanwhile")
+        return _run(*args, **kwargs)
+
+    monkeypatch.setattr(module, "diagnose", meanwhile)
+    assert main(["diagnose", _hard_synset(tmp_path), "--losses", "mmd", "--json", str(target)]) == 2
+    _one_line(capsys, "it was not replaced")
+    assert target.read_text() == "written meanwhile"
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
