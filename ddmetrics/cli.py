@@ -79,7 +79,6 @@ def _check_data_options(args) -> None:
 
 def _cmd_distill(args) -> int:
     from . import distributed
-    from ._run_folder import check_out
     from .data import load
     from .distill import Distiller
 
@@ -94,7 +93,6 @@ def _cmd_distill(args) -> int:
     # everything that can fail on arguments fails here, before any data is read or any file written
     distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed,
                           device=_device(args.device), amp=args.amp, **overrides)
-    check_out(args.out, args.overwrite)
     if args.teacher is not None and not distiller.config.strategy == "barycenter":
         raise ValueError(f"--teacher: method {args.method!r} uses no teacher (it matches random embedders)")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
@@ -102,12 +100,12 @@ def _cmd_distill(args) -> int:
     checkpoint = args.checkpoint
     if checkpoint is None and (args.checkpoint_every is not None or args.resume):
         checkpoint = os.path.abspath(args.out) + ".ckpt"
-    if args.resume and not os.path.isdir(checkpoint):
-        raise ValueError(f"--resume: no checkpoint folder {checkpoint}")
-    if checkpoint is not None and not args.resume and os.path.exists(os.path.join(checkpoint, "run.json")):
-        raise ValueError(f"checkpoint folder {checkpoint} holds a previous run; pass --resume or remove it")
+    _check_folders(args, checkpoint)
     created = distributed.init_from_env()  # under torchrun: classes and evaluation runs are sharded
+    locks: List[Any] = []
     try:
+        locks = _lock_folders(args, checkpoint)
+        _check_folders(args, checkpoint)  # again: another run may have ended, and written there, just before
         splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
         if args.teacher is not None:
             distiller.teacher_ = _load_teacher(args.teacher, distiller.config.teacher_arch, splits.train)
@@ -115,8 +113,53 @@ def _cmd_distill(args) -> int:
     except BaseException:
         distributed.shutdown(created, clean=False)
         raise
+    finally:
+        for lock in reversed(locks):
+            lock.release()
     distributed.shutdown(created)
     return code
+
+
+def _check_folders(args, checkpoint: Optional[str]) -> None:
+    """Refuse, before any work, an ``--out`` or a checkpoint folder the run may not write."""
+    from ._run_folder import check_out
+    from .distill.checkpoint import check_checkpoint_folder
+
+    out = check_out(args.out, args.overwrite)
+    if checkpoint is None:
+        return
+    ckpt, real_out = os.path.realpath(checkpoint), os.path.realpath(out)
+    if ckpt == real_out or ckpt.startswith(real_out + os.sep) or real_out.startswith(ckpt + os.sep):
+        raise ValueError(f"--checkpoint {checkpoint} and --out {args.out} must be separate folders, neither inside "
+                         "the other")
+    if args.resume and not os.path.isdir(checkpoint):
+        raise ValueError(f"--resume: no checkpoint folder {checkpoint}")
+    check_checkpoint_folder(checkpoint, args.resume)
+
+
+def _lock_folders(args, checkpoint: Optional[str]) -> List[Any]:
+    """Lock ``--out`` and the checkpoint folder (:class:`ddmetrics._run_folder.FolderLock`) before
+    any work: rank 0 takes the locks, and every rank learns whether it could."""
+    from . import distributed
+    from ._run_folder import FolderLock
+
+    rank, _ = distributed.world()
+    locks: List[Any] = []
+    failure: Optional[BaseException] = None
+    if rank == 0:
+        folders = [(args.out, "--out")] + ([(checkpoint, "checkpoint folder")] if checkpoint is not None else [])
+        try:
+            for folder, option in folders:
+                locks.append(FolderLock(folder, option).acquire())
+                if locks[-1].note:
+                    print(f"ddmetrics distill: note: {locks[-1].note}", file=sys.stderr)
+        except Exception as err:  # told to every rank before it is raised, so no rank waits for rank 0
+            for lock in reversed(locks):
+                lock.release()
+            locks, failure = [], err
+    if distributed.any_rank(failure is not None):
+        raise failure or ValueError(f"--out {args.out}: rank 0 could not lock it, see its message")
+    return locks
 
 
 def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
@@ -207,6 +250,15 @@ def _teacher_path(synset_path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(synset_path)), "teacher.pt")
 
 
+def _check_json(args) -> None:
+    """``--json OUT``: refused, before any work, when it is a folder, exists (without
+    ``--overwrite``) or cannot be written."""
+    from ._run_folder import check_file_out
+
+    if args.json:
+        check_file_out(args.json, args.overwrite, "--json")
+
+
 def _cmd_evaluate(args) -> int:
     from .data import load
     from .distill.presets import DistillConfig
@@ -217,6 +269,7 @@ def _cmd_evaluate(args) -> int:
     if args.runs < 1:
         raise ValueError(f"--runs must be a positive number of student runs, got {args.runs}")
     _check_data_options(args)
+    _check_json(args)
     device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     stored = dict(syn.meta.get("config") or {})
@@ -243,7 +296,8 @@ def _cmd_evaluate(args) -> int:
                       progress=not args.quiet, full_data=not args.no_full, device=device, **settings)
     print(report.summary())
     if args.json:
-        atomic_write_json(args.json, report.to_dict())
+        data = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
+        atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
     return 0
 
 
@@ -299,6 +353,7 @@ def _cmd_diagnose(args) -> int:
     from .evaluate import check_fits
 
     _check_data_options(args)
+    _check_json(args)
     device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
@@ -316,7 +371,7 @@ def _cmd_diagnose(args) -> int:
         out: Any = {"synset": os.path.abspath(args.synset), "dataset": args.dataset, "split": args.split,
                     "seed": seed, "model": description, **report.to_dict()}
         data = (json.dumps(out, indent=2) + "\n").encode()
-        atomic_write(args.json, lambda fh: fh.write(data))
+        atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
         print(f"wrote {args.json}")
     return 0
 
@@ -424,8 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a previous run folder at --out: only a folder ddmetrics wrote (it holds a manifest) "
                         "and only the files listed in it; anything else is refused")
     d.add_argument("--checkpoint", default=None, metavar="DIR",
-                   help="checkpoint folder (default with --checkpoint-every/--resume: OUT.ckpt); a finished class "
-                        "is always checkpointed; its files are removed after a successful run")
+                   help="checkpoint folder (default with --checkpoint-every/--resume: OUT.ckpt): new, empty or one "
+                        "ddmetrics wrote; a finished class is always checkpointed; after a successful run the files "
+                        "ddmetrics wrote there are removed, and the folder if ddmetrics created it")
     d.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                    help="also checkpoint the class in progress every STEPS synthesis steps (default: finished "
                         "classes only)")
@@ -445,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(e)
     _add_device(e)
     e.add_argument("--json", default=None, metavar="OUT",
-                   help="also write the report as JSON here (default: not written)")
+                   help="also write the report as JSON here (default: not written; an existing file is refused)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_debug(e)
     e.set_defaults(func=_cmd_evaluate)
@@ -469,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(g)
     _add_device(g)
     g.add_argument("--json", default=None, metavar="OUT",
-                   help="also write the report as JSON here (default: not written)")
+                   help="also write the report as JSON here (default: not written; an existing file is refused)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
     _add_debug(g)
     g.set_defaults(func=_cmd_diagnose)
 

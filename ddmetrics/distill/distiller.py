@@ -182,7 +182,9 @@ class Distiller:
             Progress bars (per class).
         checkpoint : str, optional
             A folder for checkpoints (see :mod:`ddmetrics.distill.checkpoint`): every finished
-            class, plus the class in progress every ``checkpoint_every`` steps.
+            class, plus the class in progress every ``checkpoint_every`` steps. It must be new,
+            empty, or a ddmetrics checkpoint folder; its files are listed in its manifest, and
+            :func:`~ddmetrics.distill.checkpoint.remove_checkpoint` removes those alone.
         checkpoint_every : int, optional
             Steps between in-class checkpoints (``None``: finished classes only).
         resume : bool
@@ -199,7 +201,9 @@ class Distiller:
         rank, world_size = distributed.world()
         ckpt = None
         if checkpoint is not None:
-            ckpt = Checkpoint(os.fspath(checkpoint), self.checkpoint_run(train), every=checkpoint_every, resume=resume)
+            ckpt = Checkpoint(os.fspath(checkpoint), self.checkpoint_run(train), every=checkpoint_every, resume=resume,
+                              rank=rank)
+            distributed.barrier()  # every rank has checked the folder before rank 0 writes in it
             if rank == 0:
                 ckpt.start()
             distributed.barrier()
