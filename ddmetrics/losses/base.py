@@ -141,10 +141,20 @@ def register_loss(name: str, override: bool = False) -> Callable[[Type[Distribut
 
 
 def _load_entry_points() -> None:
-    """Register third-party losses advertised under the ``ddmetrics.losses`` entry-point group."""
-    def accept(name: str, obj: Any) -> None:
-        if isinstance(obj, type) and issubclass(obj, DistributionLoss) and name not in _REGISTRY:
-            register_loss(name)(obj)
+    """Register third-party losses advertised under the ``ddmetrics.losses`` entry-point group
+    (one that is not registered gets a :class:`~ddmetrics.utils.PluginWarning` saying why)."""
+    def accept(name: str, obj: Any) -> Optional[str]:
+        if not (isinstance(obj, type) and issubclass(obj, DistributionLoss)):
+            return f"it is {obj!r}, not a DistributionLoss subclass"
+        old = _REGISTRY.get(name)
+        if old is obj:  # the plugin's module registered it itself, under that name
+            return None
+        if old is not None:
+            owner = _PLUGINS.source(name)
+            return (f"the name is taken by {old.__module__}.{old.__qualname__}"
+                    f"{f' (plugin {owner})' if owner else ''}")
+        register_loss(name)(obj)
+        return None
 
     _PLUGINS.load(accept)
 
