@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._keops_notice import import_holding_keops_notice, print_keops_notice
 from .base import DistributionLoss, logger, register_loss
 
 _BACKENDS = ("auto", "tensorized", "online", "multiscale")
@@ -109,10 +110,12 @@ class Sinkhorn(DistributionLoss):
 
         ``diameter`` fixes the start of GeomLoss's ε-schedule; ``None`` lets GeomLoss
         estimate it from the data at every call. Built per call: it holds only settings, and
-        building one costs ~30 µs.
+        building one costs ~30 µs. A KeOps backend (``"online"``, ``"multiscale"``) first prints
+        KeOps' CUDA notice, held back when POT or GeomLoss was imported.
         """
-        from geomloss import SamplesLoss
-
+        SamplesLoss = import_holding_keops_notice("geomloss").SamplesLoss
+        if backend != "tensorized":
+            print_keops_notice()
         return SamplesLoss("sinkhorn", p=self.p, blur=self.blur, scaling=self.scaling, debias=self.debias,
                            backend=backend, diameter=diameter)
 
