@@ -88,6 +88,8 @@ class Sinkhorn(DistributionLoss):
        GPU, with autodiff, without memory overflows. JMLR 2021.
     """
 
+    extra = "sinkhorn"  # GeomLoss: refused at construction without it
+
     def __init__(self, blur: float = 0.05, scaling: float = 0.5, p: int = 2, debias: bool = True,
                  backend: str = "auto"):
         super().__init__()
