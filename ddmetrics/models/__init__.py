@@ -8,6 +8,7 @@ Every model has ``forward(x) -> logits``, ``embed(x) -> (N, feature_dim)`` featu
 """
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any, Callable, Dict, Optional, Union
 
@@ -34,7 +35,7 @@ MODELS: Dict[str, ModelBuilder] = {
     "resnetap10": ResNetAP10,
     "resnet18": ResNet18,
 }
-_PLUGINS = Plugins("ddmetrics.models", "model")
+_PLUGINS = Plugins("ddmetrics.models", "model", key=str.lower)
 
 
 def register_model(name: str, builder: Optional[ModelBuilder] = None, override: bool = False):
@@ -67,10 +68,26 @@ def register_model(name: str, builder: Optional[ModelBuilder] = None, override: 
 
 
 def _load_entry_points() -> None:
-    """Register third-party model builders advertised under the ``ddmetrics.models`` entry-point group."""
-    def accept(name: str, fn: Any) -> None:
-        if callable(fn) and name.lower() not in MODELS:
-            MODELS[name.lower()] = fn
+    """Register third-party model builders advertised under the ``ddmetrics.models`` entry-point group
+    (one that is not registered gets a :class:`~ddmetrics.utils.PluginWarning` saying why)."""
+    def accept(name: str, fn: Any) -> Optional[str]:
+        if not callable(fn):
+            return f"it is {fn!r}, not a model builder fn(channels, num_classes, image_size)"
+        try:
+            inspect.signature(fn).bind(1, 10, 32)
+        except TypeError as err:
+            return f"{fn!r} cannot be called as a model builder fn(channels, num_classes, image_size) ({err})"
+        except ValueError:  # no signature to read (a builtin): its call will tell
+            pass
+        key = name.lower()
+        old = MODELS.get(key)
+        if old is fn:  # the plugin's module registered it itself, under that name
+            return None
+        if old is not None:
+            owner = _PLUGINS.source(key)
+            return f"the name {key!r} is taken by {old!r}{f' (plugin {owner})' if owner else ''}"
+        MODELS[key] = fn
+        return None
 
     _PLUGINS.load(accept)
 
