@@ -43,7 +43,7 @@ from .data import as_dataset
 from .distill.presets import LOSS_SETTINGS
 from .losses.base import DistributionLoss, available_losses, get_loss
 from .synset import SyntheticSet
-from .utils import DeviceSpec, embed_batched, resolve_device
+from .utils import DeviceSpec, embed_batched, frozen, resolve_device
 
 __all__ = ["DiagnosisReport", "diagnose", "moment_distances", "MOMENTS"]
 
@@ -211,7 +211,8 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         Real data with the same classes (normally the training split the set was distilled from).
     model : nn.Module
         Any model with ``embed(x) -> (N, d)`` features (the trained teacher, or a random ConvNet).
-        Used in eval mode; its previous mode is restored.
+        Used in eval mode without parameter gradients; every module's mode and every
+        parameter's ``requires_grad`` are restored afterwards.
     losses : list of str / DistributionLoss, or dict, optional
         Which distances to compute. Default: every registered backend, with
         :data:`ddmetrics.distill.presets.LOSS_SETTINGS` (the distiller's own: 20 warm-started critic
@@ -259,14 +260,10 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
     factories = _loss_factories(losses, seed)
     metrics = list(factories) + list(MOMENTS)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with frozen(model):  # every submodule's mode and requires_grad come back as they were
         model.to(device)
         f_real = embed_batched(model, real, batch_size).double()
         f_syn = embed_batched(model, images, batch_size).double()
-    finally:
-        model.train(was_training)
 
     seconds = {name: 0.0 for name in list(factories) + ["moments"]}
 
