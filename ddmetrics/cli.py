@@ -479,6 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: characters of an error message printed on its one line (the rest is cut; --debug shows it all)
+_MESSAGE_LIMIT = 500
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; an error is one line on stderr and exit code 2 (``--debug``: traceback)."""
     args = build_parser().parse_args(argv)
@@ -492,6 +496,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         msg = " ".join(str(msg).split()) or type(err).__name__
+        if len(msg) > _MESSAGE_LIMIT:  # a library's message can list hundreds of names: keep one readable line
+            msg = msg[:_MESSAGE_LIMIT].rstrip() + "… (cut; --debug shows the whole error)"
         ours = (ValueError, TypeError, KeyError, pickle.UnpicklingError)  # raised with our own words
         kind = "" if isinstance(err, ours) else f"{type(err).__name__}: "
         print(f"ddmetrics {args.command}: error: {kind}{msg}", file=sys.stderr)
