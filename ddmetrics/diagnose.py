@@ -34,7 +34,7 @@ import math
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +45,7 @@ from .losses.base import DistributionLoss, available_losses, get_loss
 from .synset import SyntheticSet
 from .utils import DeviceSpec, embed_batched, frozen, resolve_device
 
-__all__ = ["DiagnosisReport", "diagnose", "moment_distances", "MOMENTS"]
+__all__ = ["DiagnosisReport", "diagnose", "moment_distances", "run_loss_settings", "MOMENTS"]
 
 #: names of the moment distances, in table order
 MOMENTS = ("moment1", "moment2", "moment3")
@@ -162,8 +162,27 @@ def _named_settings(name: str, seed: int) -> Dict[str, Any]:
     return settings
 
 
-def _loss_factories(losses: LossSpec, seed: int = 0) -> Dict[str, Callable[[], DistributionLoss]]:
-    """name -> zero-argument factory giving a fresh, identically seeded loss for every comparison."""
+def run_loss_settings(meta: Mapping[str, Any]) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The loss a synthetic set was distilled with and its settings, from its ``meta``: the
+    config's ``loss_kwargs`` over :data:`~ddmetrics.distill.presets.LOSS_SETTINGS` (as the
+    distiller built it), else the recorded ``loss_config``; ``None`` when the meta records neither."""
+    name = meta.get("loss")
+    config = meta.get("config") or {}
+    if not isinstance(name, str) or not name:
+        return None
+    if isinstance(config.get("loss_kwargs"), Mapping) and config.get("loss", name) == name:
+        return name, {**LOSS_SETTINGS.get(name, {}), **config["loss_kwargs"]}
+    recorded = meta.get("loss_config")
+    if isinstance(recorded, Mapping) and recorded.get("name") == name:
+        return name, {k: v for k, v in recorded.items() if k not in ("name", "class")}
+    return None
+
+
+def _loss_factories(losses: LossSpec, seed: int = 0, run: Optional[Tuple[str, Dict[str, Any]]] = None
+                    ) -> Dict[str, Callable[[], DistributionLoss]]:
+    """name -> zero-argument factory giving a fresh, identically seeded loss for every comparison;
+    a name given as a string that is ``run``'s loss gets ``run``'s settings (the seed, if it
+    has none, is ``seed``)."""
     if losses is None:
         losses = list(available_losses())
     factories: Dict[str, Callable[[], DistributionLoss]] = {}
@@ -174,6 +193,9 @@ def _loss_factories(losses: LossSpec, seed: int = 0) -> Dict[str, Callable[[], D
         for spec in losses:
             if isinstance(spec, DistributionLoss):
                 items.append((spec.name or type(spec).__name__, spec))
+            elif isinstance(spec, str) and run is not None and spec == run[0]:
+                settings = {**{k: v for k, v in _named_settings(spec, seed).items() if k == "seed"}, **run[1]}
+                items.append((spec, settings))
             elif isinstance(spec, str):
                 items.append((spec, _named_settings(spec, seed)))
             else:
@@ -217,6 +239,8 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         Which distances to compute. Default: every registered backend, with
         :data:`ddmetrics.distill.presets.LOSS_SETTINGS` (the distiller's own: 20 warm-started critic
         steps for ``krdual``), with ``seed`` for losses that take one (``sliced``, ``krdual``).
+        The set's own loss (``synset.meta["loss"]``), named here or by default, gets the settings
+        it was distilled with (:func:`run_loss_settings`: the config's ``loss_kwargs``).
         A dict maps a column name to a loss instance or to the settings of the registered loss of
         that name. Named losses get a fresh instance for every comparison, so the values do
         not depend on the order of the classes.
@@ -257,7 +281,13 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
     if synset.num_classes != real.num_classes:
         raise ValueError(f"the synthetic set has {synset.num_classes} classes, the real set {real.num_classes}")
     device = resolve_device(device)
-    factories = _loss_factories(losses, seed)
+    run = run_loss_settings(synset.meta or {})
+    try:
+        factories = _loss_factories(losses, seed, run)
+    except (TypeError, ValueError) as err:
+        if run is None:
+            raise
+        raise ValueError(f"the synthetic set's loss {run[0]!r} with its recorded settings {run[1]}: {err}") from None
     metrics = list(factories) + list(MOMENTS)
 
     with frozen(model):  # every submodule's mode and requires_grad come back as they were
