@@ -210,6 +210,13 @@ class Distiller:
         -------
         SyntheticSet
             On every rank when a process group is initialised (classes sharded over ranks).
+
+        Raises
+        ------
+        ValueError
+            Before any teacher is trained or feature computed: fewer than two classes, an empty
+            class, ``ipc`` above the smallest class, images too small for a model of the run
+            (teacher, embedder, ``eval_model``), or a given teacher without one output per class.
         """
         if checkpoint is None and (checkpoint_every is not None or resume):
             raise ValueError("checkpoint_every and resume need checkpoint=<folder>")
