@@ -194,7 +194,9 @@ def _loss_factories(losses: LossSpec, seed: int = 0, run: Optional[Tuple[str, Di
             if isinstance(spec, DistributionLoss):
                 items.append((spec.name or type(spec).__name__, spec))
             elif isinstance(spec, str) and run is not None and spec == run[0]:
-                settings = {**{k: v for k, v in _named_settings(spec, seed).items() if k == "seed"}, **run[1]}
+                settings = dict(run[1])
+                if "seed" in _named_settings(spec, seed):  # a loss that draws: the run's seed, else ours
+                    settings.setdefault("seed", seed)
                 items.append((spec, settings))
             elif isinstance(spec, str):
                 items.append((spec, _named_settings(spec, seed)))

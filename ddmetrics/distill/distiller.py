@@ -53,7 +53,8 @@ class Distiller:
         A trained classifier with ``embed``/``classifier`` for barycenter matching, used as
         given and borrowed, not changed: :meth:`fit` runs it in eval mode without parameter
         gradients and then restores every module's mode and parameter's ``requires_grad``
-        (it is moved to ``device``, though); when omitted a ``teacher_arch`` model is trained on the real data (kept as
+        (it is moved to ``device``, though); when omitted a ``teacher_arch`` model is trained on
+        the real data (kept as
         ``teacher_``). A string is read as ``teacher_arch``.
     device : str or torch.device, optional
         Where the run's tensors live: ``None``/``"auto"``: CUDA when available (``cuda:LOCAL_RANK``

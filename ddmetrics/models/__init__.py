@@ -22,7 +22,8 @@ from ._teacher import Teacher, as_teacher, check_outputs
 from ._train import accuracy, train_model
 
 __all__ = ["ConvNet", "ResNet", "ResNet18", "ResNetAP10", "MODELS", "Teacher", "as_teacher", "available_models",
-           "check_image_size", "check_outputs", "get_model", "load_state_dict_file", "load_teacher_file", "register_model", "train_model", "accuracy"]
+           "check_image_size", "check_outputs", "get_model", "load_state_dict_file", "load_teacher_file",
+           "register_model", "train_model", "accuracy"]
 
 #: A model builder: ``builder(channels, num_classes, image_size, **kw) -> nn.Module``.
 ModelBuilder = Callable[..., nn.Module]
@@ -184,5 +185,5 @@ def check_image_size(name: Union[str, ModelBuilder], channels: int, num_classes:
     needs = f"it needs images of at least {high}x{high}" if high is not None else "no size up to 4096 px works"
     images = "one image" if batch_size == 1 else f"{batch_size} images"
     raise ValueError(f"images of {channels}x{height}x{width} are too small for the {role} {label!r}: {needs} "
-                     f"(on {images} of {height}x{width}: {why}); use larger images (--image-size for an image "
-                     "folder) or another model")
+                     f"(on {images} of {height}x{width}: {why}); use larger images (an image folder's image_size, "
+                     "--image-size) or another model")

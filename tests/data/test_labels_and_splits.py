@@ -24,7 +24,8 @@ def _npz(tmp_path, labels, n=None):
     (["cat", "dog", "cat", "dog"], r"the labels array 'labels' of .*d\.npz holds strings \(dtype <U3\): labels must "
                                    r"be integer class ids 0\.\.K-1; map the names to ids first"),
     ([b"cat", b"dog", b"cat", b"dog"], r"'labels' of .*d\.npz holds strings \(dtype \|S3\)"),
-    ([0.0, 1.5, 1.0, 0.0], r"'labels' of .*d\.npz holds values that are not whole numbers \(dtype float64, e\.g\. 1\.5\)"),
+    ([0.0, 1.5, 1.0, 0.0], r"'labels' of .*d\.npz holds values that are not whole numbers \(dtype float64, "
+                           r"e\.g\. 1\.5\)"),
     ([0.0, float("nan"), 1.0, 0.0], r"not whole numbers \(dtype float64, e\.g\. nan\)"),
     ([0, -1, 1, 0], r"'labels' of .*d\.npz holds negative values \(smallest -1\)"),
 ])
