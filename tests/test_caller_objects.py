@@ -197,3 +197,12 @@ def test_image_size_check_accepts_what_runs():
     ddm.models.check_image_size("convnet", 1, 10, (1, 2, 2), batch_size=2)
     with pytest.raises(ValueError, match="at least 16x16"):  # ResNetAP-10's BatchNorm on one 1x1 sample
         ddm.models.check_image_size("resnetap10", 1, 10, (1, 8, 8), role="embedder", batch_size=1)
+
+    def reads_its_weights(channels, num_classes, image_size):  # cannot be built on the meta device
+        net = get_model("convnet", channels, num_classes, image_size)
+        assert float(net.classifier.weight.abs().sum()) > 0
+        return net
+
+    state = torch.get_rng_state()
+    ddm.models.check_image_size(reads_its_weights, 1, 10, (1, 8, 8), batch_size=2)  # judged by a real build
+    assert torch.equal(torch.get_rng_state(), state)

@@ -118,13 +118,25 @@ _LARGEST_PROBED = 4096
 
 
 def _fails(name: Union[str, ModelBuilder], channels: int, num_classes: int, height: int, width: int,
-           batch_size: int, training: bool, device: str) -> Optional[str]:
+           batch_size: int, training: bool, where: str) -> Optional[str]:
     """Why model ``name`` cannot be built for, or run on, a zero batch of ``batch_size``
-    ``channels x height x width`` images (``None``: it can); the caller's random state is kept."""
+    ``channels x height x width`` images (``None``: it can); the caller's random state is kept.
+
+    ``where``: ``"empty"`` builds on the meta device (no weights drawn) and runs on zeroed CPU
+    storage (only shapes are tested; a CPU forward of small images costs milliseconds, where
+    PyTorch's first meta convolution imports its decompositions, a second); ``"meta"`` runs on the
+    meta device (no memory at any size: the search for the smallest size); ``"cpu"`` builds on
+    the CPU for real (a builder that cannot be built on meta)."""
     try:
-        with torch.random.fork_rng(devices=[]), torch.device(device), torch.no_grad():
-            model = get_model(name, channels, num_classes, width).train(training)
-            model(torch.zeros(batch_size, channels, height, width))
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            with torch.device("cpu" if where == "cpu" else "meta"):
+                model = get_model(name, channels, num_classes, width)
+            if where == "empty":  # zeros: uninitialised storage can hold denormals, slow to compute with
+                model = model.to_empty(device="cpu")
+                for tensor in list(model.parameters()) + list(model.buffers()):
+                    tensor.zero_()
+            with torch.device("meta" if where == "meta" else "cpu"):
+                model.train(training)(torch.zeros(batch_size, channels, height, width))
     except Exception as err:  # any error of any builder: the question is only whether it runs
         return " ".join(str(err).split()) or type(err).__name__
     return None
@@ -134,11 +146,13 @@ def check_image_size(name: Union[str, ModelBuilder], channels: int, num_classes:
                      role: str = "model", batch_size: int = 2, training: bool = True) -> None:
     """Refuse images that model ``name`` cannot take, before any work, naming the smallest that it can.
 
-    The model is built on the ``meta`` device (no memory, no weights drawn, the caller's random
-    state untouched) and runs on a zero batch of ``batch_size`` images in training mode
-    (``training``): a convolution with nothing left to convolve or a normalisation with a single
-    value (instance norm on a 1x1 map, batch norm on one 1x1 sample) fails as it would in the
-    run. A builder that cannot be built on ``meta`` is tried on the CPU before anything is refused.
+    The model is built on the ``meta`` device (no weights drawn, the caller's random state
+    untouched) and runs, on zeroed CPU storage, on a zero batch of ``batch_size`` images
+    in training mode (``training``): a convolution with nothing left to convolve or a
+    normalisation with a single value (instance norm on a 1x1 map, batch norm on one 1x1 sample)
+    fails as it would in the run. The builder is called once more for that (twice, and more on
+    the meta device to find the smallest size, when the images are refused); a builder that
+    cannot be built on ``meta`` is built on the CPU before anything is refused.
 
     Parameters
     ----------
@@ -162,9 +176,9 @@ def check_image_size(name: Union[str, ModelBuilder], channels: int, num_classes:
         the smallest square size on which it runs (when one up to 4096 pixels is found).
     """
     _, height, width = (int(v) for v in image_shape)
-    why = _fails(name, channels, num_classes, height, width, batch_size, training, "meta")
+    why = _fails(name, channels, num_classes, height, width, batch_size, training, "empty")
     if why is None or _fails(name, channels, num_classes, height, width, batch_size, training, "cpu") is None:
-        return  # runs (a builder that cannot be built on meta is judged on the CPU)
+        return  # runs (a builder that cannot be built on meta is judged by a real build)
     # the smallest square side that runs: doubling, then bisection (the usual models are monotone)
     low, high = max(height, width), None
     size = low
