@@ -263,6 +263,30 @@ def _check_json(args) -> None:
         check_file_out(args.json, args.overwrite, "--json")
 
 
+def _recorded_dataset(args) -> str:
+    """``--dataset``, or when it is not given the dataset recorded in the ``report.json`` that
+    ``ddmetrics distill`` wrote next to the set (else ``digits``); a line of the output says which
+    (stdout: stderr holds only an error's one line)."""
+    if args.dataset is not None:
+        return args.dataset
+    report = os.path.join(os.path.dirname(os.path.abspath(args.synset)), "report.json")
+    recorded = None
+    if os.path.isfile(report):
+        try:
+            with open(report, encoding="utf-8") as fh:
+                recorded = json.load(fh).get("dataset")
+        except (OSError, ValueError, AttributeError):  # not a report of ours: as if there were none
+            recorded = None
+    if not isinstance(recorded, str) or not recorded:
+        print("--dataset not given: using 'digits' (no report.json next to the set records a dataset)")
+        return "digits"
+    if recorded not in ("digits", "mnist") and not os.path.exists(recorded):
+        raise ValueError(f"--dataset not given, and the dataset {recorded!r} recorded in {report} is not found from "
+                         "here; pass --dataset")
+    print(f"--dataset not given: using {recorded!r}, recorded in {report}")
+    return recorded
+
+
 def _cmd_evaluate(args) -> int:
     from .data import load
     from .distill.presets import DistillConfig
@@ -283,8 +307,9 @@ def _cmd_evaluate(args) -> int:
         cfg = DistillConfig(**{k: v for k, v in stored.items() if k in DistillConfig.__dataclass_fields__})
     except ValueError as err:
         raise ValueError(f"{args.synset} records settings this version cannot use: {err}") from None
-    splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
-    check_fits(syn, splits.test, f"--dataset {args.dataset}")
+    dataset = _recorded_dataset(args)
+    splits = load(dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
+    check_fits(syn, splits.test, f"--dataset {dataset}")
     settings = cfg.evaluation_kwargs()
     if args.protocol:
         settings["protocol"] = args.protocol
@@ -364,14 +389,15 @@ def _cmd_diagnose(args) -> int:
     device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
-    splits = load(args.dataset, seed=seed, image_size=args.image_size, workers=args.workers)
+    dataset = _recorded_dataset(args)
+    splits = load(dataset, seed=seed, image_size=args.image_size, workers=args.workers)
     real = getattr(splits, args.split)
-    check_fits(syn, real, f"--dataset {args.dataset}")
+    check_fits(syn, real, f"--dataset {dataset}")
     model, description = _feature_model(syn, args.synset, real, args.model)
     report = diagnose(syn, real, model, losses=args.losses, batch_size=args.batch_size, device=device)
     print(f"synthetic set: {args.synset} ({len(syn.labels)} stored images, method {syn.meta.get('method', '?')}, "
           f"loss {syn.meta.get('loss', '?')})")
-    print(f"real data: {args.dataset} {args.split} split (seed {seed}), {len(real)} images; features: {description}, "
+    print(f"real data: {dataset} {args.split} split (seed {seed}), {len(real)} images; features: {description}, "
           f"d={report.meta['feature_dim']}")
     skipped = report.meta.get("skipped_losses") or {}
     if skipped:
@@ -379,7 +405,7 @@ def _cmd_diagnose(args) -> int:
                                                                for name, command in skipped.items()))
     print(report.table())
     if args.json:
-        out: Any = {"synset": os.path.abspath(args.synset), "dataset": args.dataset, "split": args.split,
+        out: Any = {"synset": os.path.abspath(args.synset), "dataset": dataset, "split": args.split,
                     "seed": seed, "model": description, **report.to_dict()}
         data = (json.dumps(out, indent=2) + "\n").encode()
         atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
@@ -433,6 +459,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args: Optional[List[str]] = None, namespace: Any = None) -> argparse.Namespace:
+        # what no parser took is found by the top parser: the subcommand's own help is the one to point at
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            chosen = [a.choices.get(getattr(parsed, a.dest, None)) for a in self._actions
+                      if isinstance(a, argparse._SubParsersAction)]
+            (chosen[0] if chosen and chosen[0] is not None else self).error(
+                f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
 
 def _methods_help() -> str:
     from .distill.presets import PRESETS
@@ -476,8 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-full", action="store_true",
                    help="skip the full-data baseline model (most of an evaluation's time on small sets)")
     d.add_argument("--iterations", type=int, default=None, help="synthesis steps per class (default: the method's)")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE", default=None,
-                   help="override a DistillConfig field, e.g. --set lr=0.1 --set augment=none (repeatable; "
+    d.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="override DistillConfig fields, e.g. --set lr=0.1 augment=none (several pairs; repeatable; "
                         "default: the method's settings)")
     d.add_argument("--teacher", default=None, metavar="PATH",
                    help="your trained teacher: a state_dict file (loaded into --teacher-arch, weights only) or a "
@@ -505,7 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a saved synthetic set")
     e.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
-    e.add_argument("--dataset", default="digits", help="the data the set was distilled from ('digits' or a path)")
+    e.add_argument("--dataset", default=None,
+                   help="the data the set was distilled from ('digits' or a path; default: the one recorded in the "
+                        "report.json beside the set, else digits)")
     e.add_argument("--runs", type=int, default=3, help="student runs")
     e.add_argument("--seed", type=int, default=0, help="seed of the students and of the data split")
     e.add_argument("--protocol", choices=["hard", "soft"], default=None,
@@ -526,7 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the distance between the two feature clouds under every installed registered loss and the moment "
                     "distances ||mean||, ||cov||_F and ||3rd central moment (diagonal)||.")
     g.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
-    g.add_argument("--dataset", default="digits", help="'digits' or a path accepted by ddmetrics.data.load")
+    g.add_argument("--dataset", default=None,
+                   help="'digits' or a path accepted by ddmetrics.data.load (default: the one recorded in the "
+                        "report.json beside the set, else digits)")
     g.add_argument("--split", choices=["train", "val", "test"], default="train",
                    help="real split to compare with (train is the data that was distilled)")
     g.add_argument("--model", choices=["teacher", "convnet"], default=None,
@@ -550,6 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: characters of an error message printed on its one line (the rest is cut; --debug shows it all)
+_MESSAGE_LIMIT = 500
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; an error is one line on stderr and exit code 2 (``--debug``: traceback)."""
     args = build_parser().parse_args(argv)
@@ -563,6 +607,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         msg = " ".join(str(msg).split()) or type(err).__name__
+        if len(msg) > _MESSAGE_LIMIT:  # a library's message can list hundreds of names: keep one readable line
+            msg = msg[:_MESSAGE_LIMIT].rstrip() + "… (cut; --debug shows the whole error)"
         # raised with our own words
         ours = (ValueError, TypeError, KeyError, pickle.UnpicklingError, MissingExtraError)
         kind = "" if isinstance(err, ours) else f"{type(err).__name__}: "

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["PluginWarning", "Plugins", "autocast", "batches", "embed_batched", "model_device", "resolve_device", "seeded"]
+__all__ = ["PluginWarning", "Plugins", "autocast", "batches", "embed_batched", "frozen", "model_device",
+           "resolve_device", "seeded"]
 
 
 @contextmanager
@@ -24,6 +25,30 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
         yield
+
+
+@contextmanager
+def frozen(module: Optional[nn.Module]) -> Iterator[Optional[nn.Module]]:
+    """Use ``module`` in eval mode with no parameter gradients for a block, then give it back as
+    it was: every submodule's ``training`` flag and every parameter's ``requires_grad`` are
+    restored, also when the block raises. A caller's model (a teacher, a feature extractor) is
+    borrowed, not changed; no weight is copied. ``None`` passes through (nothing to restore).
+    """
+    if module is None:
+        yield None
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    grads = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        module.eval()
+        for prm, _ in grads:
+            prm.requires_grad_(False)
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode  # per module: a model may mix modes (a frozen BatchNorm in a training net)
+        for prm, flag in grads:
+            prm.requires_grad_(flag)
 
 
 def autocast(device: torch.device, enabled: bool):

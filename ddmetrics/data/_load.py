@@ -6,6 +6,7 @@ folder gives :class:`ImageFolder` splits (index subsets of one listing, decoded 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -142,6 +143,24 @@ def _read_source(path: str, image_size: Optional[int], workers: int
     raise ValueError(f"name_or_path {path!r} is neither a known dataset name ('digits', 'mnist') nor an existing path")
 
 
+def _warn_untested(name: str, train: ImageDataset, test: ImageDataset, drawn: bool) -> None:
+    """Warn, naming them, about classes of the training split that the test split does not have
+    (test accuracy is then over the other classes only). In a ``drawn`` test split that is a
+    class with a single image, kept for training: every class with two or more has a test image."""
+    k = train.num_classes
+    in_test = torch.bincount(test.labels, minlength=k)
+    in_train = torch.bincount(train.labels, minlength=k)
+    untested = [c for c in range(k) if int(in_test[c]) == 0 and int(in_train[c]) > 0]
+    if not untested:
+        return
+    names = train.class_names
+    shown = ", ".join(f"{c} ({names[c]!r})" if names else str(c) for c in untested[:5])
+    more = f" and {len(untested) - 5} more" if len(untested) > 5 else ""
+    why = "a class with a single image keeps it for training" if drawn else "none in the source's test split"
+    warnings.warn(f"{name}: {len(untested)} class(es) have no test image: {shown}{more} ({why}); test accuracy is "
+                  f"over the other {k - len(untested)} classes", UserWarning, stacklevel=3)
+
+
 def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: float = 0.1,
          test_fraction: float = 0.2, image_size: Optional[int] = None, workers: int = 0,
          stats_images: int = 1000) -> Splits:
@@ -178,7 +197,8 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
     Splits
         ``test`` is drawn first (``test_fraction`` of everything), then ``val`` is ``val_fraction``
         of the rest; for digits with the defaults this gives about 1293 / 144 / 360 images, for
-        mnist 3600 / 400 / 1000. All
+        mnist 3600 / 400 / 1000. Every class with two images or more has one in ``test`` at least;
+        a class with a single image keeps it for training and a ``UserWarning`` names it. All
         three are normalised per channel with the mean/std of the training split only (pixels
         first scaled to [0, 1]; digits' 0..16 values are divided by 16).
     """
@@ -199,12 +219,14 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
     if image_size is not None and full.image_shape[-1] != image_size:
         raise ValueError(f"image_size={image_size}: {key!r} holds {full.image_shape[-1]}-pixel images and only "
                          "image folders are resized")
+    drawn = test is None  # the test split is drawn here (else it is the source's own)
     if test is None:
         if test_fraction <= 0:
             raise ValueError("test_fraction must be > 0 when the source has no test split")
         full, test = stratified_split(full, test_fraction, seed)
     train, val = stratified_split(full, val_fraction, seed + 1)
     del full  # the unsplit copy: train and val hold their own images
+    _warn_untested(key, train, test, drawn)
     if isinstance(train, ImageFolder):  # streamed: statistics from a sample, normalisation on access
         mean, std = train.pixel_stats(stats_images, seed)
         return Splits(train=train.normalized(mean, std), val=val.normalized(mean, std),
