@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export KEOPS_CACHE_FOLDER := $(CURDIR)/build/keops
 export MPLBACKEND := Agg
 
-.PHONY: test demo bench clean
+.PHONY: test test-kernels demo bench clean
 
 # One stamp per set of extras (setup.cfg): each target installs what it runs, into the same
 # .venv, and reinstalls when setup.cfg, constraints.txt or pyproject.toml change.
@@ -22,6 +22,16 @@ $(VENV)/.installed-%: setup.cfg constraints.txt pyproject.toml
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+# The suite again on other CPUs' vector kernels, emulated with ATen's generic ones and its AVX2
+# ones (ATEN_CPU_CAPABILITY; on an AVX2-only machine the second is the first pass's). Float
+# rounding differs between them, so a test comparing bits of different computations fails here.
+KERNELS ?= default avx2
+test-kernels: $(VENV)/.installed-dev
+	@for cap in $(KERNELS); do \
+		echo "== ATEN_CPU_CAPABILITY=$$cap"; \
+		ATEN_CPU_CAPABILITY=$$cap $(BIN)/python -m pytest -q || exit 1; \
+	done
 
 demo: $(VENV)/.installed-core
 	$(BIN)/ddmetrics distill --dataset digits --method wmdd --loss wasserstein --ipc 10 --out runs/demo --overwrite

@@ -333,7 +333,11 @@ def format_difference(diff: Optional[Dict[str, Any]], scale: float = 100.0, digi
 
 # --------------------------------------------------------------------------- plots
 def pyplot():
-    """``matplotlib.pyplot`` with the non-interactive Agg backend, imported on first use."""
+    """``matplotlib.pyplot`` with the non-interactive Agg backend, imported on first use (without
+    matplotlib: an error naming the ``plots`` extra)."""
+    from ddmetrics._extras import require_extra
+
+    require_extra("plots", "the benchmark figures")
     import matplotlib
 
     matplotlib.use("Agg")

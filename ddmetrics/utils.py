@@ -2,17 +2,18 @@
 entry-point plugin loader of the loss and model registries."""
 from __future__ import annotations
 
-import logging
 import os
+import warnings
 from contextlib import contextmanager
 from importlib.metadata import entry_points
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["Plugins", "autocast", "batches", "embed_batched", "model_device", "resolve_device", "seeded"]
+__all__ = ["PluginWarning", "Plugins", "autocast", "batches", "embed_batched", "frozen", "model_device",
+           "resolve_device", "seeded"]
 
 
 @contextmanager
@@ -24,6 +25,30 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
         yield
+
+
+@contextmanager
+def frozen(module: Optional[nn.Module]) -> Iterator[Optional[nn.Module]]:
+    """Use ``module`` in eval mode with no parameter gradients for a block, then give it back as
+    it was: every submodule's ``training`` flag and every parameter's ``requires_grad`` are
+    restored, also when the block raises. A caller's model (a teacher, a feature extractor) is
+    borrowed, not changed; no weight is copied. ``None`` passes through (nothing to restore).
+    """
+    if module is None:
+        yield None
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    grads = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        module.eval()
+        for prm, _ in grads:
+            prm.requires_grad_(False)
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode  # per module: a model may mix modes (a frozen BatchNorm in a training net)
+        for prm, flag in grads:
+            prm.requires_grad_(flag)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -121,18 +146,27 @@ def embed_batched(model: nn.Module, data: Union[Tensor, Dataset], batch_size: in
     return torch.cat(out) if out else torch.zeros((0, 0), device=device)
 
 
+class PluginWarning(UserWarning):
+    """A plugin advertised under a ddmetrics entry-point group was not registered; the message
+    names the distribution, the entry point and why."""
+
+
 class Plugins:
     """The plugins third-party packages advertise under one entry-point group, loaded once.
 
-    :meth:`load` imports each advertised object on first use and hands it to ``accept(name, obj)``
-    (the registry decides what it takes); a plugin that fails to import is logged, naming it, and
-    skipped, since a broken plugin must not break the built-ins.
+    :meth:`load` imports each advertised object on first use and hands it to ``accept(name, obj)``,
+    which registers it or returns why not (a name taken by a built-in or by another plugin, an
+    object of the wrong kind). A plugin that fails to import or is refused is skipped, since a
+    broken plugin must not break the built-ins, with a :class:`PluginWarning` naming the
+    distribution and the entry point, so that it is never ignored silently.
     """
 
-    def __init__(self, group: str, kind: str):
-        self.group, self.kind, self.loaded = group, kind, False
+    def __init__(self, group: str, kind: str, key: Callable[[str], str] = str):
+        self.group, self.kind, self.key, self.loaded = group, kind, key, False
+        self._sources: Dict[str, str] = {}  # registry key -> the plugin that registered it
 
-    def load(self, accept: Callable[[str, Any], None]) -> None:
+    def load(self, accept: Callable[[str, Any], Optional[str]]) -> None:
+        """Offer every advertised object to ``accept(name, obj) -> None`` (registered) or a reason (refused)."""
         if self.loaded:
             return
         self.loaded = True
@@ -140,7 +174,24 @@ class Plugins:
             try:
                 obj = ep.load()
             except Exception as err:  # any error of a third party's import
-                logging.getLogger("ddmetrics").warning("ddmetrics: could not load %s plugin %r: %s", self.kind,
-                                                       ep.name, err)
+                self._refuse(ep, f"it failed to import ({type(err).__name__}: {err})")
                 continue
-            accept(ep.name, obj)
+            reason = accept(ep.name, obj)
+            if reason is None:
+                self._sources.setdefault(self.key(ep.name), self._describe(ep))
+            else:
+                self._refuse(ep, reason)
+
+    def source(self, name: str) -> Optional[str]:
+        """The plugin (entry point and distribution) that registered ``name``; ``None``: no plugin did."""
+        return self._sources.get(self.key(name))
+
+    @staticmethod
+    def _describe(ep: Any) -> str:
+        dist = getattr(ep, "dist", None)  # None for an entry point built by hand
+        where = f"distribution {dist.name} {dist.version}" if dist is not None else "an unknown distribution"
+        return f"{ep.name} = {ep.value} in {where}"
+
+    def _refuse(self, ep: Any, reason: str) -> None:
+        warnings.warn(f"ddmetrics: ignored the {self.kind} plugin {self._describe(ep)} "
+                      f"(entry-point group {self.group}): {reason}", PluginWarning, stacklevel=2)

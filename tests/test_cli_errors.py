@@ -3,6 +3,8 @@ work, in one line on stderr with exit code 2, and no user file is ever lost."""
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -244,3 +246,127 @@ def test_object_array_npz_is_refused_in_our_words(tmp_path, capsys):
     assert main(["distill", "--dataset", str(tmp_path / "evil.npz"), "--out", str(tmp_path / "r"), *QUICK]) == 2
     err = _one_line(capsys, "could run code")
     assert "allow_pickle" not in err
+
+
+# ---------------------------------------------------------------- one run at a time into one --out
+
+DM = ["distill", "--method", "dm", "--ipc", "1", "--dataset", "digits", *QUICK]
+
+
+def test_the_lock_is_taken_before_any_work_and_released_on_interrupt(tmp_path, capsys, monkeypatch):
+    lock = tmp_path / "runs" / ".a.lock"
+
+    def interrupted_load(*a, **k):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()  # held while the data is read
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ddm.data, "load", interrupted_load)
+    assert main([*DM, "--out", str(tmp_path / "runs" / "a"), "--checkpoint-every", "1"]) == 130
+    assert os.listdir(tmp_path) == []  # lock files gone, and runs/, made for them, too
+
+
+def test_a_running_run_refuses_a_second_one_at_once_and_a_killed_ones_lock_is_taken_over(tmp_path, capsys,
+                                                                                         monkeypatch):
+    out = tmp_path / "a"
+    hold = ("import sys, time; from ddmetrics._run_folder import FolderLock; "
+            "FolderLock(sys.argv[1], '--out').acquire(); print('ready', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        load = ddm.data.load
+
+        def no_data(*a, **k):
+            raise AssertionError("data was read while another run held --out")
+
+        monkeypatch.setattr(ddm.data, "load", no_data)
+        for extra in ([], ["--overwrite"]):
+            assert main([*DM, "--out", str(out), *extra]) == 2
+            _one_line(capsys, f"is being written by another ddmetrics run (pid {holder.pid} on host ")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert os.listdir(tmp_path) == [".a.lock"]  # a SIGKILL leaves the lock file behind
+    monkeypatch.setattr(ddm.data, "load", load)
+    assert main([*DM, "--out", str(out)]) == 0
+    assert f"took over {tmp_path / '.a.lock'}, left by a run that ended without removing it (pid {holder.pid}" \
+        in _err(capsys)
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def test_two_runs_started_together_into_one_out(tmp_path):
+    """Exactly one run writes the folder; the other stops at once, in one line; every file is the winner's."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "r"
+    procs = {seed: subprocess.Popen([sys.executable, "-m", "ddmetrics", *DM, "--seed", str(seed), "--out", str(out)],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in (1, 2)}
+    done = {seed: (p.wait(timeout=300), p.stderr.read().strip()) for seed, p in procs.items()}
+    winners = [seed for seed, (code, _) in done.items() if code == 0]
+    assert len(winners) == 1, done
+    (winner,), (loser,) = winners, [s for s in done if s not in winners]
+    code, err = done[loser]
+    # both import torch side by side, so the loser meets the lock while the winner still works (seconds)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"{out} is being written by another ddmetrics run (pid {procs[winner].pid} " in err, err
+    names = sorted(os.listdir(out))
+    assert names == [".ddmetrics-run.json", "grid.png", "report.json", "synset.pt"]
+    assert sorted(json.loads((out / ".ddmetrics-run.json").read_text())["files"]) == names[1:]
+    assert ddm.SyntheticSet.load(out / "synset.pt").meta["seed"] == winner
+    assert json.loads((out / "report.json").read_text())["seed"] == winner
+    assert sorted(os.listdir(tmp_path)) == ["r"]
+
+
+# ---------------------------------------------------------------- --json never replaces a file unasked
+
+def _hard_synset(tmp_path):
+    syn = ddm.SyntheticSet(torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(10),
+                           torch.ones(10), meta={"ipc": 1, "method": "dm", "seed": 0,
+                                                 "config": {"eval_epochs": 1, "eval_protocol": "hard"}},
+                           num_classes=10)
+    syn.save(tmp_path / "s.pt")
+    return str(tmp_path / "s.pt")
+
+
+JSON_ARGS = {"evaluate": ["--runs", "1", "--no-full", "--quiet"], "diagnose": ["--losses", "mmd"]}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "diagnose"])
+def test_json_refuses_an_existing_file_a_folder_and_an_unwritable_place_before_any_work(tmp_path, capsys,
+                                                                                        monkeypatch, command):
+    synset = _hard_synset(tmp_path)
+    load = ddm.data.load
+
+    def no_data(*a, **k):
+        raise AssertionError("data was read before --json was checked")
+
+    monkeypatch.setattr(ddm.data, "load", no_data)
+    args = [command, synset, *JSON_ARGS[command], "--json"]
+    (tmp_path / "mine.json").write_text("the user's")
+    assert main([*args, str(tmp_path / "mine.json")]) == 2
+    _one_line(capsys, "exists; pass --overwrite to replace it")
+    assert main([*args, str(tmp_path)]) == 2
+    _one_line(capsys, "is a folder")
+    assert main([*args, "/proc/ddmetrics-x/r.json"]) == 2
+    _one_line(capsys, "cannot write")
+    assert (tmp_path / "mine.json").read_text() == "the user's"
+    monkeypatch.setattr(ddm.data, "load", load)
+    assert main([*args, str(tmp_path / "mine.json"), "--overwrite"]) == 0
+    doc = json.loads((tmp_path / "mine.json").read_text())  # the report replaced it, as asked
+    assert len(doc["runs"]) == 1 if command == "evaluate" else doc["split"] == "train"
+
+
+def test_json_that_appears_while_the_command_runs_is_not_replaced(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("ddmetrics.diagnose")
+    target = tmp_path / "d.json"
+
+    def meanwhile(*args, _run=module.diagnose, **kwargs):
+        target.write_text("written meanwhile")
+        return _run(*args, **kwargs)
+
+    monkeypatch.setattr(module, "diagnose", meanwhile)
+    assert main(["diagnose", _hard_synset(tmp_path), "--losses", "mmd", "--json", str(target)]) == 2
+    _one_line(capsys, "it was not replaced")
+    assert target.read_text() == "written meanwhile"
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]

@@ -119,3 +119,69 @@ def test_a_failing_writer_leaves_the_previous_run(project):
         write_run_folder(out, {"synset.pt": _writer("new"), "report.json": boom}, overwrite=True)
     assert (out / "synset.pt").read_text() == "old"
     assert sorted(os.listdir(project / "runs")) == ["a"]
+
+
+# -- the lock: one run at a time writes a folder
+
+def test_a_held_lock_refuses_a_second_taker_naming_the_holder(tmp_path):
+    import json
+
+    from ddmetrics._run_folder import FolderLock
+
+    first = FolderLock(tmp_path / "runs" / "a", "--out").acquire()
+    record = json.loads((tmp_path / "runs" / ".a.lock").read_text())
+    assert record["pid"] == os.getpid() and record["host"] and record["started"]
+    with pytest.raises(ValueError, match=f"being written by another ddmetrics run \\(pid {os.getpid()} "):
+        FolderLock(tmp_path / "runs" / "a", "--out").acquire()
+    first.release()
+    assert not (tmp_path / "runs").exists()  # made for the lock file alone, removed with it
+    with FolderLock(tmp_path / "runs" / "a", "--out") as again:
+        assert again.note is None
+    assert not (tmp_path / "runs").exists()
+
+
+def _dead_pid():
+    """A pid that no process on this host has."""
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+
+
+def _left_lock(folder, **record):
+    import json
+    import socket
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.parent / ("." + folder.name + ".lock")
+    path.write_text(json.dumps({"host": socket.gethostname(), "started": "2020-01-01 00:00:00", **record}))
+    return path
+
+
+def test_a_lock_left_by_a_dead_pid_is_taken_over_with_a_note(tmp_path):
+    from ddmetrics._run_folder import FolderLock
+
+    pid = _dead_pid()
+    path = _left_lock(tmp_path / "a", pid=pid)
+    lock = FolderLock(tmp_path / "a", "--out").acquire()
+    assert f"pid {pid}" in lock.note and "ended without removing it" in lock.note
+    assert f'"pid": {os.getpid()}' in path.read_text()
+    lock.release()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("record,needle", [({"host": "elsewhere.example"}, "another host"),
+                                           ({"pid": os.getppid()}, "that pid is alive")])
+def test_a_lock_that_cannot_be_proven_stale_is_refused_naming_the_file(tmp_path, record, needle):
+    from ddmetrics._run_folder import FolderLock
+
+    path = _left_lock(tmp_path / "a", **{"pid": _dead_pid(), **record})
+    before = path.read_text()
+    with pytest.raises(ValueError, match=needle) as err:
+        FolderLock(tmp_path / "a", "--out").acquire()
+    assert f"remove {path}" in str(err.value) and path.read_text() == before

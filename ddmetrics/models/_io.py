@@ -40,7 +40,8 @@ def load_state_dict_file(model: nn.Module, path: PathLike) -> nn.Module:
     ValueError
         The file is missing, is not a ``state_dict`` (not a torch file, not a mapping of parameter
         names, or it holds Python objects), or does not fit ``model`` (missing, unexpected or
-        misshapen entries). The message names ``path``.
+        misshapen entries: how many of each and three examples). The message names ``path``; a
+        file that does not fit is refused before anything is copied into ``model``.
     """
     path = os.fspath(path)
     state = load_tensors(path, "a state_dict file")
@@ -49,13 +50,52 @@ def load_state_dict_file(model: nn.Module, path: PathLike) -> nn.Module:
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise ValueError(f"{path} is not a state_dict (a mapping of parameter names to tensors) "
                          f"but a {type(state).__name__}")
+    # checked before loading: a strict load that fails has already copied the entries that fit
+    mismatch = _mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{path} does not fit a {type(model).__name__}: {mismatch}; save the state_dict of this "
+                         "architecture built for the same channels, classes and image size (or a TorchScript "
+                         "teacher)")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0] if first else ""
-        raise ValueError(f"{path} does not fit a {type(model).__name__}: {detail}") from None
+        raise ValueError(f"{path} does not fit a {type(model).__name__}: {_cut(detail)}") from None
     return model
+
+
+#: entries named per kind of mismatch in an error message
+_EXAMPLES = 3
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _examples(keys) -> str:
+    return ", ".join(keys[:_EXAMPLES]) + (", ..." if len(keys) > _EXAMPLES else "")
+
+
+def _mismatch(expected: Mapping, state: Mapping) -> str:
+    """What keeps ``state`` from loading into a model whose ``state_dict`` is ``expected``, in a
+    few words: how many entries are missing, unexpected or of another shape, three of each
+    (empty when it fits)."""
+    # BatchNorm fills in a missing num_batches_tracked itself (state dicts of older PyTorch)
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and isinstance(state[k], torch.Tensor)
+              and tuple(state[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} entries of the model missing from the file ({_examples(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} entries of the file unknown to the model ({_examples(unexpected)})")
+    if shapes:
+        shown = "; ".join(f"{k}: {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
+                          for k in shapes[:_EXAMPLES])
+        parts.append(f"{len(shapes)} of another shape ({shown}{'; ...' if len(shapes) > _EXAMPLES else ''})")
+    return ", ".join(parts)
 
 
 def _is_torchscript(path: str) -> bool:

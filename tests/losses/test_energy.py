@@ -64,7 +64,12 @@ def test_equals_the_pairwise_formula_in_float32_and_float64():
 def test_zero_for_identical_clouds_positive_otherwise():
     x, _, a, _ = _data(3)
     loss = EnergyDistance()
-    assert float(loss(x, x.clone(), a, a.clone())) == 0.0
+    # the cross term and the self terms round the same distances by different operations (a matrix
+    # product then a subtraction; one addmm), so they agree to rounding, not to the bit: each
+    # distance within (d + 2)u(|x|² + |x'|²) / 2|x - x'| <= 4e-15 of exact here, each weighted
+    # double sum within ~n²u * 2 <= 2e-13, so |value| <= 2 * 2 * (2e-13 + 4e-15) < 1e-12. Without
+    # the noise mask on the diagonal (_NOISE_EPS = 0) the value is -1.6e-10.
+    assert abs(float(loss(x, x.clone(), a, a.clone()))) < 1e-12
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     assert abs(float(loss(x, x[perm], a, a[perm]))) < 1e-12  # same measure, other summation order
     far = (x + 100.0).float()  # far from the origin: the pooled centring keeps float32 exact enough

@@ -119,7 +119,9 @@ def test_registered_models_and_builders_are_embedders_and_students(small):
     assert "tiny_convnet_test" in ddm.models.available_models()
     syn = ddm.Distiller(method="dm", embedder="tiny_convnet_test", ipc=1, iterations=4, iters_per_model=2,
                         seed=0).fit(small, progress=False)
-    assert len(calls) == 3 * 2  # a fresh random embedder every iters_per_model steps, per class
+    # a fresh random embedder every iters_per_model steps, per class, and one build on the meta device by
+    # the image-size check before any work
+    assert len(calls) == 3 * 2 + 1
     d = ddm.Distiller(method="dm", embedder=tiny, eval_model=tiny, ipc=1, iterations=2, seed=0)
     assert d.config.to_dict()["embedder"].startswith("<builder ")
     report = ddm.evaluate(d.fit(small, progress=False), small, runs=1, epochs=2, progress=False,
@@ -169,8 +171,9 @@ def test_entry_point_model_is_found_by_name_and_is_an_embedder_and_a_student(tmp
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["listed"] and got["type"] == "PlugNet" and got["embedder"] == "plugnet"
-    # one direct build, a fresh random embedder per step for each of the 3 classes, one student
-    assert got["calls"] == [[1, 3, 8]] * (1 + 3 * 2 + 1)
+    # one direct build, two on the meta device by the image-size checks (embedder, eval_model), a fresh random
+    # embedder per step for each of the 3 classes, one student
+    assert got["calls"] == [[1, 3, 8]] * (1 + 2 + 3 * 2 + 1)
     assert 0.0 <= got["accuracy"] <= 1.0
 
 
