@@ -22,8 +22,9 @@ class Critic(nn.Module):
 
     def __init__(self, d: int, hidden: int, generator: torch.Generator, clip: float):
         super().__init__()
-        self.l1 = nn.Linear(d, hidden)
-        self.l2 = nn.Linear(hidden, 1)
+        # skip nn.Linear's own initialisation: it would draw from (and advance) the global stream
+        self.l1 = nn.utils.skip_init(nn.Linear, d, hidden, device="cpu")
+        self.l2 = nn.utils.skip_init(nn.Linear, hidden, 1, device="cpu")
         with torch.no_grad():  # seeded init inside the clipping box
             for prm in self.parameters():
                 prm.copy_(torch.empty_like(prm).uniform_(-clip, clip, generator=generator))

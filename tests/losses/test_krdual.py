@@ -136,3 +136,12 @@ def test_cold_calls_start_from_fresh_seeded_critics():
     resumed = KRDual(**kw)
     resumed.load_state_dict(torch.load(buf, weights_only=True))
     assert [v for v, _ in run(resumed, 2)] == [v for v, _ in reference[1:]]
+
+
+def test_critics_leave_the_global_random_stream_alone():
+    # every fresh critic is drawn from the loss's own stream only (nn.Linear's default init is skipped)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    KRDual(hidden=8, steps=2)(_cloud(1, n=10), _cloud(2, n=6))
+    assert torch.equal(torch.rand(3), expected)
