@@ -127,6 +127,7 @@ def _operand(v: Tensor, x: Tensor) -> Tensor:
         v = v.to(x.dtype)
     return v
 
+
 def _check_images(x: object, name: str) -> None:
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"{name} must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
