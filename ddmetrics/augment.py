@@ -774,7 +774,7 @@ class CropFlipRoll(Augmentation):
             shift = params.roll.to(x.device)
             rows = rows.expand(k, h, h).gather(1, _rolled_index(h, shift[:, 0]).unsqueeze(2).expand(k, h, h))
             cols = cols.expand(k, w, w).gather(1, _rolled_index(w, shift[:, 1]).unsqueeze(2).expand(k, w, w))
-        return rows.unsqueeze(1) @ x @ cols.transpose(1, 2).unsqueeze(1)
+        return _separable(rows, x, cols)
 
 
 #: crop kind -> the windows drawn for (aug, draws, H, W), shape (n, 4)
@@ -782,6 +782,20 @@ _CROP_WINDOWS: Dict[str, Callable[[CropFlipRoll, _Draws, int, int], Tensor]] = {
     "resized": CropFlipRoll._resized_window,
     "padded": CropFlipRoll._padded_window,
 }
+
+
+def _separable(rows: Tensor, x: Tensor, cols: Tensor) -> Tensor:
+    """``rows[i] @ x[i, c] @ cols[i].T`` for every image ``i`` and channel ``c`` (``rows`` (k, H, H),
+    ``cols`` (k, W, W), k = 1 or N) as two products over whole batches: a broadcast
+    ``(k, 1, H, H) @ (N, C, H, W)`` runs N·C tiny products (``apply`` of one draw per image on
+    256×3×32×32 took 35 ms that way against 29 ms, one CPU thread)."""
+    n, c, h, w = x.shape
+    if rows.shape[0] == 1 and cols.shape[0] == 1:  # one transform: plain matrix products
+        return rows[0] @ (x @ cols[0].T)
+    rows, cols = rows.expand(n, h, h), cols.expand(n, w, w)
+    y = torch.bmm(x.reshape(n, c * h, w), cols.transpose(1, 2))  # columns: (N, C*H, W)
+    y = torch.bmm(y.view(n, c, h, w).transpose(2, 3).reshape(n, c * w, h), rows.transpose(1, 2))  # rows
+    return y.view(n, c, w, h).transpose(2, 3).contiguous()
 
 
 def _rolled_index(size: int, shift: Tensor) -> Tensor:
