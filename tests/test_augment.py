@@ -380,3 +380,16 @@ def test_make_augment_specs_and_validation():
         aug = make_augment("rrc_flip", 1)
         aug.apply(torch.zeros(2, 1, 8, 8), aug.sample(2, (6, 6), _gen(0)))
     assert isinstance(make_augment("rrc_flip", 1).sample(1, (8, 8), _gen(0)), CropParams)
+
+
+def test_resized_crop_falls_back_to_torchvision_s_central_crop():
+    # an 8x12 image, area fraction 1 at ratio 1: no 10x10 window fits, so torchvision takes the
+    # central crop of the allowed ratio closest to 12/8, i.e. 8x8 at column (12 - 8) // 2 = 2
+    aug = CropFlipRoll(crop="resized", scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    p = aug.sample(3, (1, 8, 12), _gen(0))
+    assert p.window.tolist() == [[0, 2, 8, 8]] * 3
+    x = torch.randn(3, 1, 8, 12, generator=_gen(1), dtype=torch.float64)
+    ref = F.interpolate(x[:, :, :, 2:10], size=(8, 12), mode="bilinear", align_corners=False)
+    assert torch.allclose(aug.apply(x, p), ref, rtol=0, atol=1e-12)
+    tall = CropFlipRoll(crop="resized", scale=(1.0, 1.0), ratio=(1.0, 1.0)).sample(1, (1, 12, 8), _gen(0))
+    assert tall.window.tolist() == [[2, 0, 8, 8]]
