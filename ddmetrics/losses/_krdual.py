@@ -1,10 +1,20 @@
 """Kantorovich–Rubinstein dual estimate of W_1 with a weight-clipped MLP critic."""
 from __future__ import annotations
 
+from typing import Callable, Dict, Iterable
+
 import torch
 from torch import Tensor, nn
 
 from .base import DistributionLoss, register_loss
+
+
+#: critic optimiser name -> factory(parameters, lr); the critic *ascends* the dual objective
+CRITIC_OPTIMIZERS: Dict[str, Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]] = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    # plain gradient ascent, theta <- theta + lr * grad (KR-dual's Algorithm 1): no momentum, no decay
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.0),
+}
 
 
 class Critic(nn.Module):
@@ -12,8 +22,9 @@ class Critic(nn.Module):
 
     def __init__(self, d: int, hidden: int, generator: torch.Generator, clip: float):
         super().__init__()
-        self.l1 = nn.Linear(d, hidden)
-        self.l2 = nn.Linear(hidden, 1)
+        # skip nn.Linear's own initialisation: it would draw from (and advance) the global stream
+        self.l1 = nn.utils.skip_init(nn.Linear, d, hidden, device="cpu")
+        self.l2 = nn.utils.skip_init(nn.Linear, hidden, 1, device="cpu")
         with torch.no_grad():  # seeded init inside the clipping box
             for prm in self.parameters():
                 prm.copy_(torch.empty_like(prm).uniform_(-clip, clip, generator=generator))
@@ -40,11 +51,17 @@ class KRDual(DistributionLoss):
     the clipping box, so the value is W_1 up to that constant — a *scaled* estimate, good for
     comparing and minimising, not an absolute W_1.
 
-    At each call the critic is trained ``steps`` times by Adam ascent (``lr``) on the detached
-    samples, its weights clipped to ``[-clip, clip]`` after every step; then the value is
-    returned, differentiable in ``y`` (and ``x``, ``a``, ``b``) with the critic frozen.
-    ``warm_start=False`` (the KR-dual paper) re-initialises the critic from ``seed`` at every
-    call; ``True`` keeps training the same critic across calls (cheaper in a loop).
+    At each call the critic is trained ``steps`` times by gradient ascent (``critic_optimizer``,
+    ``lr``) on the detached samples, its weights and biases clipped to ``[-clip, clip]`` after
+    every step; then the value is returned, differentiable in ``y`` (and ``x``, ``a``, ``b``) with
+    the critic frozen.
+
+    ``warm_start=False`` (the KR-dual paper's Algorithm 1, "Initialize f_θ" inside the loops)
+    builds a **fresh** critic at every call, its weights drawn U(-clip, clip) from the loss's own
+    random stream (a CPU generator seeded by ``seed``, carried in ``state_dict()``): consecutive
+    calls start from different critics, and the same ``seed`` and sequence of calls give the same
+    critics on every run and device. ``True`` keeps training one critic across calls (its first
+    initialisation is the same draw).
 
     Parameters
     ----------
@@ -55,11 +72,15 @@ class KRDual(DistributionLoss):
     steps : int
         Critic updates per call (default 100, as in the paper).
     lr : float
-        Critic learning rate (default 1e-3).
+        Critic learning rate (default 1e-3, the paper's η₂).
     warm_start : bool
         Keep the critic between calls (default False).
     seed : int
-        Seed of the critic initialisation.
+        Seed of the stream the critic initialisations are drawn from.
+    critic_optimizer : {"adam", "sgd"}
+        ``"adam"`` (default; torch's Adam) or ``"sgd"``: plain gradient ascent
+        :math:`\theta \leftarrow \theta + \mathrm{lr}\,\nabla_\theta`, no momentum, as the paper's
+        Algorithm 1 writes the update (:data:`CRITIC_OPTIMIZERS`).
 
     References
     ----------
@@ -69,7 +90,7 @@ class KRDual(DistributionLoss):
     """
 
     def __init__(self, hidden: int = 128, clip: float = 0.01, steps: int = 100, lr: float = 1e-3,
-                 warm_start: bool = False, seed: int = 0):
+                 warm_start: bool = False, seed: int = 0, critic_optimizer: str = "adam"):
         super().__init__()
         if not isinstance(hidden, int) or hidden < 1:
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
@@ -79,21 +100,25 @@ class KRDual(DistributionLoss):
             raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
+        if not isinstance(critic_optimizer, str) or critic_optimizer not in CRITIC_OPTIMIZERS:
+            raise ValueError(f"critic_optimizer must be one of {sorted(CRITIC_OPTIMIZERS)}, got {critic_optimizer!r}")
         self.hidden, self.clip, self.steps, self.lr = hidden, clip, steps, lr
-        self.warm_start, self.seed = warm_start, seed
+        self.warm_start, self.seed, self.critic_optimizer = warm_start, seed, critic_optimizer
+        # the critics' initialisations: one stream, advanced by every fresh critic
+        self._generator = torch.Generator(device="cpu").manual_seed(seed)
         self.critic = None
         self._opt = None
 
     def _config(self):
         return {"hidden": self.hidden, "clip": self.clip, "steps": self.steps, "lr": self.lr,
-                "warm_start": self.warm_start}
+                "warm_start": self.warm_start, "critic_optimizer": self.critic_optimizer}
 
-    def _make_critic(self, d: int, like: Tensor) -> None:
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+    def _make_critic(self, d: int, like: Tensor, generator: torch.Generator) -> None:
+        """A critic drawn from ``generator`` and its optimiser."""
         with torch.device("cpu"):  # initialised on the CPU: the same critic on every device
-            critic = Critic(d, self.hidden, gen, self.clip)
+            critic = Critic(d, self.hidden, generator, self.clip)
         self.critic = critic.to(dtype=like.dtype, device=like.device)
-        self._opt = torch.optim.Adam(self.critic.parameters(), lr=self.lr)
+        self._opt = CRITIC_OPTIMIZERS[self.critic_optimizer](self.critic.parameters(), self.lr)
 
     def get_extra_state(self):
         """Adds the warm-started critic's shape and its optimiser state (the weights themselves
@@ -109,7 +134,9 @@ class KRDual(DistributionLoss):
         critic = dict(state or {}).get("critic")
         if critic is not None:  # rebuild the critic so load_state_dict can fill its weights next
             dtype = getattr(torch, critic["dtype"].replace("torch.", ""))
-            self._make_critic(int(critic["in_features"]), torch.empty(0, dtype=dtype, device="cpu"))
+            # weights from a throwaway generator (they are overwritten): the restored stream stays put
+            self._make_critic(int(critic["in_features"]), torch.empty(0, dtype=dtype, device="cpu"),
+                              torch.Generator(device="cpu"))
             self._opt.load_state_dict(critic["optimizer"])
 
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -122,7 +149,7 @@ class KRDual(DistributionLoss):
             self._opt.load_state_dict(self._opt.state_dict())
         if (not self.warm_start or c is None or c.l1.in_features != x.shape[1]
                 or c.l1.weight.dtype != x.dtype or c.l1.weight.device != x.device):
-            self._make_critic(x.shape[1], x)
+            self._make_critic(x.shape[1], x, self._generator)
         xd, yd, ad, bd = x.detach(), y.detach(), a.detach(), b.detach()
         with torch.enable_grad():
             for _ in range(self.steps):

@@ -108,12 +108,22 @@ class NCFD(DistributionLoss):
     the median heuristic.
 
     Each call first takes ``steps`` Adam ascent steps (``lr``) of the sampler on the detached
-    clouds (fresh :math:`\varepsilon` per step), then returns the value at a fresh draw,
-    differentiable in ``y`` (and ``x``, ``a``, ``b``) with the sampler frozen. ``warm_start=False``
-    re-initialises sampler, optimiser and draws from ``seed`` at every call (the value is then a
-    deterministic function of the clouds); ``True`` keeps them across calls, as the minmax game
-    of NCFM does (one ascent step per synthesis step there). Sampler weights (``sampler.*``),
-    its optimiser state and the random stream travel in ``state_dict()``.
+    clouds (fresh :math:`\varepsilon` per step), then returns ``scale`` × the value at a fresh
+    draw, differentiable in ``y`` (and ``x``, ``a``, ``b``) with the sampler frozen.
+    ``warm_start=False`` re-initialises the sampler (from ``seed``) and its optimiser at every
+    call; ``True`` keeps them across calls, as the minmax game of NCFM does (one ascent step per
+    synthesis step there). Either way the draws :math:`\varepsilon` continue from the loss's own
+    random stream (a CPU generator seeded by ``seed``): every call sees fresh frequencies, and the
+    same ``seed`` and sequence of calls give the same values on every run and device. Sampler
+    weights (``sampler.*``), its optimiser state and the random stream travel in
+    ``state_dict()``.
+
+    With ``steps=0`` the sampler is never trained and stays the identity, so the frequencies are
+    :math:`\varepsilon/h \sim \mathcal{N}(0, h^{-2} I)`, redrawn at every call, and no sampler is
+    built or applied (the same numbers, bit for bit). NCFM's released loss (``NCFM/NCFM.py``,
+    ``CFLossFunc`` and ``match_loss``, sampler off in every config) is
+    ``NCFD(n_frequencies=4096, alpha=0.5, steps=0, bandwidth=1.0, scale=300)`` on unit-norm
+    features, up to its clamp of the phase term at 1e-12.
 
     Parameters
     ----------
@@ -135,6 +145,10 @@ class NCFD(DistributionLoss):
         Seed of the sampler initialisation and of the frequency draws.
     bandwidth : float or "median"
         Length unit :math:`h` (default ``"median"``).
+    scale : float
+        Positive factor on the returned value (default 1; NCFM multiplies its loss by 300,
+        ``NCFM/NCFM.py:78``, which matters beside the cross-entropy step sharing its optimiser).
+        The sampler's ascent is on the unscaled value.
 
     References
     ----------
@@ -147,7 +161,8 @@ class NCFD(DistributionLoss):
     """
 
     def __init__(self, n_frequencies: int = 1024, alpha: float = 0.5, steps: int = 10, lr: float = 1e-2,
-                 hidden: int = 128, warm_start: bool = False, seed: int = 0, bandwidth: Bandwidth = "median"):
+                 hidden: int = 128, warm_start: bool = False, seed: int = 0, bandwidth: Bandwidth = "median",
+                 scale: float = 1.0):
         super().__init__()
         for name, value in (("n_frequencies", n_frequencies), ("hidden", hidden)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -163,15 +178,19 @@ class NCFD(DistributionLoss):
             raise ValueError(f"bandwidth must be a positive number or 'median', got {bandwidth!r}")
         if not isinstance(warm_start, bool):
             raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
+        if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and 0 < scale < math.inf):
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.n_frequencies, self.alpha, self.steps, self.lr = n_frequencies, float(alpha), steps, float(lr)
         self.hidden, self.warm_start, self.seed, self.bandwidth = hidden, warm_start, seed, bandwidth
+        self.scale = float(scale)
         self._generator = torch.Generator(device="cpu").manual_seed(seed)
         self.sampler = None
         self._opt = None
 
     def _config(self) -> Dict[str, object]:
         return {"n_frequencies": self.n_frequencies, "alpha": self.alpha, "steps": self.steps, "lr": self.lr,
-                "hidden": self.hidden, "warm_start": self.warm_start, "seed": self.seed, "bandwidth": self.bandwidth}
+                "hidden": self.hidden, "warm_start": self.warm_start, "seed": self.seed, "bandwidth": self.bandwidth,
+                "scale": self.scale}
 
     # ------------------------------------------------------------------ sampler state
     def _make_sampler(self, d: int, like: Tensor) -> None:
@@ -180,15 +199,20 @@ class NCFD(DistributionLoss):
         self.sampler = FrequencySampler(d, self.hidden, gen).to(dtype=like.dtype, device=like.device)
         self._opt = torch.optim.Adam(self.sampler.parameters(), lr=self.lr)
 
-    def _ready_sampler(self, d: int, like: Tensor) -> None:
+    def _ready_sampler(self, d: int, like: Tensor) -> bool:
+        """Make the sampler ready for a call; ``False`` where there is none to apply: with no
+        ascent (``steps=0``) a fresh sampler stays the identity (its last layer is zero), so
+        ``t = eps`` exactly, without building it (a warm sampler restored from a checkpoint of a
+        run with ascent steps is still applied)."""
         s = self.sampler
+        if self.steps == 0 and (not self.warm_start or s is None):
+            return False
         if not self.warm_start or s is None or s.l1.in_features != d or s.l1.weight.dtype != like.dtype:
-            if not self.warm_start:  # a cold call is a function of its inputs: the draws restart too
-                self._generator.manual_seed(self.seed)
             self._make_sampler(d, like)
         elif s.l1.weight.device != like.device:  # e.g. restored from a CPU checkpoint, used on CUDA
             s.to(like.device)  # in place: the optimiser keeps its parameters
             self._opt.load_state_dict(self._opt.state_dict())  # moves the Adam moments along
+        return True
 
     def get_extra_state(self):
         """Adds the sampler's shape and its optimiser state (the weights are in ``state_dict`` as
@@ -233,7 +257,8 @@ class NCFD(DistributionLoss):
         unit = self._unit(x, y)
         x, y = (x - center) / unit, (y - center) / unit
         d = x.shape[1]
-        self._ready_sampler(d, x)
+        if not self._ready_sampler(d, x):
+            return (self.scale * ncfd_value(self._noise(d, x), x, y, a, b, self.alpha)).to(out_dtype)
         xd, yd, ad, bd = x.detach(), y.detach(), a.detach(), b.detach()
         with torch.enable_grad():
             for _ in range(self.steps):
@@ -242,4 +267,4 @@ class NCFD(DistributionLoss):
                 self._opt.step()
         with torch.no_grad():  # the sampler is frozen for the value
             t = self.sampler(self._noise(d, x))
-        return ncfd_value(t, x, y, a, b, self.alpha).to(out_dtype)
+        return (self.scale * ncfd_value(t, x, y, a, b, self.alpha)).to(out_dtype)

@@ -1,7 +1,7 @@
 """ConvNet-D (the dataset-condensation benchmark network) and shared layer factories."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +58,15 @@ class ConvNet(nn.Module):
     Pooling is skipped in a block when it would shrink the spatial size below 1 (e.g. an 8x8
     input with depth 4), so any ``image_size`` works.
 
+    One-channel 28-px images (MNIST) are treated as DC/DSA/DM's ConvNet treats them: the first
+    convolution is padded by 3 instead of 1, so the 28-px input becomes 32 px after it and the
+    network (and its 2048-d features at width 128, depth 3) is the one of 3×32×32 input
+    (VICO-UoE/DatasetCondensation ``networks.py:95-99``, where ``_make_layers`` takes a 28-px
+    input as 32 px and pads the first convolution by 3 for one channel). ``first_padding``
+    overrides that rule (``first_padding=1``: the plain ConvNet, 1152-d features on MNIST, as
+    ddmetrics before issue 24). The release pads by 3 for every one-channel input; only 28 px is
+    matched here, since that is the only one-channel size the release runs.
+
     Parameters
     ----------
     channels : int
@@ -76,6 +85,9 @@ class ConvNet(nn.Module):
         Activation.
     pool : {"avg", "max", "none"}
         Down-sampling.
+    first_padding : int, optional
+        Zero padding of the first convolution; ``None`` (default): 3 for one-channel 28×28
+        input (DC/DM's MNIST ConvNet, see above), else 1.
 
     Attributes
     ----------
@@ -84,19 +96,28 @@ class ConvNet(nn.Module):
     """
 
     def __init__(self, channels: int, num_classes: int, image_size: ImageSize, width: int = 128, depth: int = 3,
-                 norm: str = "instance", act: str = "relu", pool: str = "avg") -> None:
+                 norm: str = "instance", act: str = "relu", pool: str = "avg",
+                 first_padding: Optional[int] = None) -> None:
         super().__init__()
         h, w = check_dims(channels, num_classes, image_size)
         for name, value in (("width", width), ("depth", depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if first_padding is None:
+            first_padding = 3 if channels == 1 and (h, w) == (28, 28) else 1
+        if isinstance(first_padding, bool) or not isinstance(first_padding, int) or not 0 <= first_padding:
+            raise ValueError(f"first_padding must be None or a non-negative int, got {first_padding!r}")
+        if min(h, w) + 2 * first_padding - 2 < 1:
+            raise ValueError(f"first_padding={first_padding} leaves no pixel of a {h}x{w} image after the first 3x3 conv")
         norm_f = _choice(NORMS, norm, "norm")
         act_f = _choice(ACTIVATIONS, act, "act")
         pool_f = None if pool == "none" else _choice(POOLS, pool, "pool")
         layers = []
         in_c = channels
-        for _ in range(depth):
-            layers += [nn.Conv2d(in_c, width, 3, padding=1), norm_f(width), act_f()]
+        for block in range(depth):
+            pad = first_padding if block == 0 else 1
+            layers += [nn.Conv2d(in_c, width, 3, padding=pad), norm_f(width), act_f()]
+            h, w = h + 2 * pad - 2, w + 2 * pad - 2
             if pool_f is not None and h // 2 >= 1 and w // 2 >= 1:
                 layers.append(pool_f())
                 h, w = h // 2, w // 2

@@ -107,8 +107,8 @@ def test_ascent_steps_do_not_decrease_the_value_on_average():
         cold = NCFD(steps=0, seed=seed, bandwidth=1.0, **SMALL)
         hot = NCFD(steps=20, seed=seed, bandwidth=1.0, **SMALL)
         returned.append(float(hot(x, y)) - float(cold(x, y)))
-        with torch.no_grad():
-            before = ncfd_value(cold.sampler(probe), x - x.mean(0), y - x.mean(0), a, b, 0.5)
+        with torch.no_grad():  # the untrained sampler is the identity
+            before = ncfd_value(probe, x - x.mean(0), y - x.mean(0), a, b, 0.5)
             after = ncfd_value(hot.sampler(probe), x - x.mean(0), y - x.mean(0), a, b, 0.5)
         gains.append(float(after - before))
     assert np.mean(gains) > 0 and np.mean(returned) > 0, (gains, returned)
@@ -131,8 +131,9 @@ def test_gradients_finite_and_match_finite_differences(dtype, device):
     assert torch.isfinite(g_same).all() and torch.isfinite(g_dup).all()
     if dtype == torch.float64:
         # the gradient is the one with the sampler frozen (like KRDual's critic); finite differences
-        # would also see the ascent's dependence on y, so they check the untrained (steps=0) value
-        loss = NCFD(steps=0, bandwidth=1.5, **SMALL)
+        # would also see the ascent's dependence on y, so they check the untrained (steps=0) value,
+        # each at the first draw of a fresh instance (every call of one instance draws afresh)
+        loss = lambda *args, **kw: NCFD(steps=0, bandwidth=1.5, **SMALL)(*args, **kw)
         gy, = torch.autograd.grad(loss(x, y, b=b), [y])
         gy = gy.cpu()
         eps = 1e-6
@@ -174,25 +175,32 @@ def test_checkpoint_mid_sequence_continues_bit_identically(dtype):
     assert not torch.equal(fresh[0][0], reference[3][0])
 
 
-def test_warm_start_keeps_the_sampler_and_cold_start_is_a_function():
+def test_warm_start_keeps_the_sampler_and_cold_start_restarts_it_on_fresh_draws():
     x, y = _cloud(70), _cloud(71, n=20) + 0.5
     cold = NCFD(steps=3, **SMALL)
-    assert torch.equal(cold(x, y), cold(x, y))
+    c1 = cold(x, y)
+    s1 = cold.sampler
+    c2 = cold(x, y)
+    assert cold.sampler is not s1 and not torch.equal(c1, c2)  # a new sampler, new draws
+    again = NCFD(steps=3, **SMALL)
+    assert torch.equal(again(x, y), c1) and torch.equal(again(x, y), c2)  # the seed fixes the sequence
     warm = NCFD(steps=3, warm_start=True, **SMALL)
     first = warm(x, y)
     sampler = warm.sampler
     assert not torch.equal(first, warm(x, y)) and warm.sampler is sampler
-    assert torch.equal(first, cold(x, y))  # the first warm call is the cold one
+    assert torch.equal(first, c1)  # the first warm call is the cold one
 
 
 def test_settings_validation_and_config():
     loss = ddm.get_loss("ncfd", n_frequencies=64, alpha=0.25)
     assert isinstance(loss, NCFD)
     assert loss.config() == {"name": "ncfd", "class": "NCFD", "n_frequencies": 64, "alpha": 0.25, "steps": 10,
-                             "lr": 1e-2, "hidden": 128, "warm_start": False, "seed": 0, "bandwidth": "median"}
+                             "lr": 1e-2, "hidden": 128, "warm_start": False, "seed": 0, "bandwidth": "median",
+                             "scale": 1.0}
     assert "n_frequencies=64" in repr(loss)
     for bad in [dict(alpha=1.5), dict(n_frequencies=0), dict(steps=-1), dict(lr=0.0), dict(hidden=0),
-                dict(bandwidth="mean"), dict(bandwidth=-1.0), dict(warm_start="yes")]:
+                dict(bandwidth="mean"), dict(bandwidth=-1.0), dict(warm_start="yes"), dict(scale=0.0),
+                dict(scale=float("inf")), dict(scale=True)]:
         with pytest.raises(ValueError, match=next(iter(bad))):
             NCFD(**bad)
     v = NCFD(**SMALL)(_cloud(80).half(), _cloud(81).half() + 1)
@@ -203,14 +211,71 @@ def test_both_matching_strategies_run(distil_both):
     distil_both("ncfd", n_frequencies=64, hidden=16)
 
 
-def test_ncfm_preset_and_the_distillers_in_loop_settings():
-    from ddmetrics.distill.presets import LOSS_SETTINGS, preset
+def _release_cf_loss(t, feat_real, feat_syn, alpha=0.5, beta=0.5):
+    """NCFM's released CFLossFunc.forward (NCFM/NCFM.py:31-64) at the frequencies ``t``, written
+    out from ncfm.md section 1: per frequency sqrt(alpha * amplitude + beta * phase), the phase term
+    clamped at 1e-12, the mean over frequencies (numpy, float64)."""
+    pr, ps = feat_real @ t.T, feat_syn @ t.T
+    re_r, im_r = np.cos(pr).mean(0), np.sin(pr).mean(0)
+    re_s, im_s = np.cos(ps).mean(0), np.sin(ps).mean(0)
+    mod_r, mod_s = np.sqrt(re_r ** 2 + im_r ** 2), np.sqrt(re_s ** 2 + im_s ** 2)
+    amplitude = (mod_r - mod_s) ** 2
+    phase = np.maximum(2 * (mod_r * mod_s - re_s * re_r - im_s * im_r), 1e-12)
+    return np.mean(np.sqrt(alpha * amplitude + beta * phase))
+
+
+def test_ncfm_release_loss_at_the_preset_settings_redraws_gaussian_frequencies():
+    """The ncfm preset's loss_kwargs plus scale=300 give NCFM's match_loss (NCFM.py:67-79): 300 x
+    CFLossFunc at t ~ N(0, I) (4096 x d, no sampler), on unit-norm features, the frequencies
+    redrawn at every call: call k uses the k-th standard normal block of the seeded stream."""
+    from ddmetrics.distill.presets import PRESETS
+
+    kwargs = dict(PRESETS["ncfm"]["loss_kwargs"])
+    assert kwargs == {"n_frequencies": 4096, "alpha": 0.5, "steps": 0, "bandwidth": 1.0}
+    loss = ddm.get_loss("ncfd", **kwargs, scale=300.0, seed=11)
+    stream = torch.Generator().manual_seed(11)
+    d = 6
+    for call in range(3):
+        real = torch.nn.functional.normalize(_cloud(90 + call, n=64, d=d), dim=1)
+        syn = torch.nn.functional.normalize(_cloud(95 + call, n=5, d=d) + 0.3, dim=1)
+        t = torch.randn(4096, d, generator=stream, dtype=torch.float64).numpy()
+        ref = 300.0 * _release_cf_loss(t, real.numpy(), syn.numpy())
+        # the same formula up to rounding (ours centres the features, a common rotation of both
+        # phases, and has no 1e-12 floor): 1e-9 relative covers float64 sums of 4096 terms
+        assert float(loss(real, syn)) == pytest.approx(ref, rel=1e-9)
+    assert loss.sampler is None  # steps=0: nothing trained, nothing built
+    # unscaled it is 1/300 of that, and the default scale is 1
+    again = ddm.get_loss("ncfd", **kwargs, seed=11)
+    first_t = torch.randn(4096, d, generator=torch.Generator().manual_seed(11), dtype=torch.float64).numpy()
+    real = torch.nn.functional.normalize(_cloud(90, n=64, d=d), dim=1)
+    syn = torch.nn.functional.normalize(_cloud(95, n=5, d=d) + 0.3, dim=1)
+    assert float(again(real, syn)) == pytest.approx(_release_cf_loss(first_t, real.numpy(), syn.numpy()), rel=1e-9)
+
+
+def test_steps_0_without_a_sampler_is_the_untrained_sampler_bit_for_bit():
+    # steps=0 builds no sampler: t = eps, which is what the untrained sampler returns exactly
+    x, y = _cloud(72), _cloud(73, n=20) + 0.5
+    fast = NCFD(steps=0, bandwidth=1.0, **SMALL)
+    v = fast(x, y)
+    assert fast.sampler is None
+    slow = NCFD(steps=0, bandwidth=1.0, **SMALL)
+    slow._make_sampler(4, x)
+    eps = torch.randn(128, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(slow.sampler(eps), eps)
+    centre = torch.cat([x, y]).mean(0)
+    assert torch.equal(v, ncfd_value(eps, x - centre, y - centre, torch.full((48,), 1 / 48, dtype=torch.float64),
+                                     torch.full((20,), 1 / 20, dtype=torch.float64), 0.5))
+
+
+def test_ncfm_preset_builds_the_release_loss():
+    from ddmetrics.distill.presets import preset
 
     cfg = preset("ncfm")
     assert cfg.strategy == "distribution" and cfg.loss == "ncfd" and cfg.loss_kwargs["n_frequencies"] == 4096
     loss = ddm.Distiller(method="ncfm", ipc=1).loss
-    assert isinstance(loss, NCFD) and loss.warm_start and loss.steps == LOSS_SETTINGS["ncfd"]["steps"] == 1
-    assert loss.n_frequencies == 4096 and loss.lr == 1e-3
+    assert isinstance(loss, NCFD) and not loss.warm_start and loss.steps == 0 and loss.bandwidth == 1.0
+    assert loss.n_frequencies == 4096 and loss.alpha == 0.5
 
 
 def test_interrupted_ncfm_run_resumes_exactly(tiny_digits, tmp_path, interrupt_at_save):

@@ -39,6 +39,27 @@ def test_convnet_feature_dims():
     assert big(torch.randn(2, 3, 64, 64)).shape == (2, 5)
 
 
+@pytest.mark.parametrize("name", ["convnet", "convnet_bn"])
+def test_convnet_on_mnist_is_dc_dm_s_2048_d_network(name):
+    """DC/DM's ConvNet (DatasetCondensation networks.py:95-99) pads the first conv of a 1x28x28
+    input by 3: 28 -> 32 -> 16 -> 8 -> 4, so 128*4*4 = 2048-d features, as 3x32x32 input; other
+    inputs keep padding 1, and first_padding=1 gives the plain network (28 -> 14 -> 7 -> 3)."""
+    mnist = get_model(name, 1, 10, 28)
+    assert mnist.features[0].padding == (3, 3) and mnist.feature_dim == 2048
+    assert mnist.embed(torch.randn(2, 1, 28, 28)).shape == (2, 2048)
+    cifar = get_model(name, 3, 10, 32)
+    assert cifar.features[0].padding == (1, 1) and cifar.embed(torch.randn(2, 3, 32, 32)).shape == (2, 2048)
+    for channels, size, dim in [(3, 28, 128 * 3 * 3), (1, 32, 2048), (1, 8, 128), (1, (28, 32), 128 * 3 * 4)]:
+        net = get_model(name, channels, 10, size)
+        hw = (size, size) if isinstance(size, int) else size
+        assert net.features[0].padding == (1, 1) and net.feature_dim == dim
+        assert net.embed(torch.randn(2, channels, *hw)).shape == (2, dim)
+    plain = get_model(name, 1, 10, 28, first_padding=1)
+    assert plain.feature_dim == 128 * 3 * 3 and plain.embed(torch.randn(2, 1, 28, 28)).shape == (2, 1152)
+    with pytest.raises(ValueError, match="first_padding"):
+        get_model(name, 1, 10, 28, first_padding=-1)
+
+
 @pytest.mark.parametrize("cls", [ConvNet, ResNetAP10, ResNet18])
 def test_norm_layers(cls):
     def has_bn(m):
