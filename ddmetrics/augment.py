@@ -477,9 +477,9 @@ def is_augment_spec(spec: object) -> bool:
     return bool(ops) and all(op in OPS for op in ops.split("_"))
 
 
-def make_augment(strategy: "Optional[str]", channels: int) -> "Optional[DiffAugment]":
+def make_augment(strategy: "Optional[str]", channels: int, size: Optional[int] = None) -> "Optional[DiffAugment]":
     """DSA augmentation for ``strategy``; ``"auto"`` drops the flip for 1-channel data (digits);
-    ``None`` or ``"none"``: no augmentation."""
+    ``None`` or ``"none"``: no augmentation. ``size`` (the image side) is not used by DSA."""
     if strategy is None or strategy == "none":
         return None
     if strategy == "auto":
