@@ -110,12 +110,15 @@ class Distiller:
         self.timings_: Dict[str, float] = {}
 
     def train_teacher(self, train, num_classes: int, progress: bool = True) -> nn.Module:
-        """Train the preset's teacher on the real training set (seeded) and keep it as ``teacher_``."""
+        """Train the preset's teacher on the real training set (seeded) by its teacher recipe
+        (:meth:`~ddmetrics.distill.presets.DistillConfig.teacher_training`: ``teacher_recipe``
+        with ``teacher_epochs`` and ``budget``) and keep it as ``teacher_``."""
         start = time.perf_counter()
         model = self._new_teacher(train, num_classes)
-        aug = make_augment(self.config.augment, train.image_shape[0])
-        self.teacher_ = train_model(model, train, epochs=self.config.teacher_epochs, seed=self.seed,
-                                    augment=aug, progress=progress, device=self.device)
+        recipe = self.config.teacher_training()
+        aug = make_augment(recipe.augment, train.image_shape[0], train.image_shape[-1])
+        self.teacher_ = train_model(model, train, recipe, seed=self.seed, augment=aug, progress=progress,
+                                    device=self.device)
         self.timings_["teacher_seconds"] = time.perf_counter() - start
         return self.teacher_
 
