@@ -228,8 +228,6 @@ def _cmd_evaluate(args) -> int:
         cfg = DistillConfig(**{k: v for k, v in stored.items() if k in DistillConfig.__dataclass_fields__})
     except ValueError as err:
         raise ValueError(f"{args.synset} records settings this version cannot use: {err}") from None
-    splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
-    check_fits(syn, splits.test, f"--dataset {args.dataset}")
     if args.protocol is not None:  # the stored overrides (eval_model, eval_epochs, ...) apply to it too
         from .protocols import get_protocol
 
@@ -238,11 +236,14 @@ def _cmd_evaluate(args) -> int:
     settings = cfg.evaluation_kwargs()
     if args.budget is not None:
         settings["budget"] = args.budget
+    soft = settings["protocol"].labels == "soft"
+    path = _teacher_path(args.synset)
+    if soft and not os.path.exists(path):
+        raise ValueError(f"the soft-label protocol needs the teacher saved next to the synthetic set ({path})")
+    splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
+    check_fits(syn, splits.test, f"--dataset {args.dataset}")
     teacher = None
-    if settings["protocol"].labels == "soft":
-        path = _teacher_path(args.synset)
-        if not os.path.exists(path):
-            raise ValueError(f"the soft-label protocol needs the teacher saved next to the synthetic set ({path})")
+    if soft:
         shape = splits.train.image_shape
         teacher = load_teacher_file(path, lambda: get_model(cfg.teacher_arch, shape[0], splits.train.num_classes,
                                                             shape[-1]))

@@ -293,6 +293,12 @@ def test_cli_evaluate_takes_any_protocol_with_the_stored_overrides_and_a_budget(
     assert doc["protocol"] == "ours_hard (lr=0.2, epochs=7)" and doc["budget"] == 0.25
     assert trained[-1] == (with_overrides(PROTOCOLS["ours_hard"], epochs=7, lr=0.2), 0.25)
     assert "protocol settings" in capsys.readouterr().out
+    data = importlib.import_module("ddmetrics.data")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data set was read")
+
+    monkeypatch.setattr(data, "load", no_data)  # bad arguments are refused before any data is read
     for extra, needle in [(["--protocol", "nope"], "valid protocols: hard, ncfm"), (["--budget", "2"], "--budget"),
                           (["--protocol", "ours_soft"], "needs the teacher")]:
         assert main(args + extra) == 2
