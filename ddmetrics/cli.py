@@ -1,7 +1,7 @@
 """The ``ddmetrics`` command: ``distill``, ``evaluate``, ``diagnose``, ``losses``.
 
     ddmetrics distill --dataset digits --method wmdd --ipc 10 --out runs/x
-    ddmetrics evaluate runs/x/synset.pt --dataset digits [--protocol hard|soft] [--json OUT]
+    ddmetrics evaluate runs/x/synset.pt --dataset digits [--protocol NAME] [--budget B] [--json OUT]
     ddmetrics diagnose runs/x/synset.pt --dataset digits [--model teacher|convnet] [--json OUT]
     ddmetrics losses
 
@@ -294,10 +294,13 @@ def _cmd_evaluate(args) -> int:
     from .distill.presets import DistillConfig
     from .evaluate import check_fits, evaluate
     from .models import get_model, load_teacher_file
+    from .protocols import get_protocol
     from .synset import SyntheticSet
 
     if args.runs < 1:
         raise ValueError(f"--runs must be a positive number of student runs, got {args.runs}")
+    if args.budget is not None and not 0 < args.budget <= 1:
+        raise ValueError(f"--budget must be a number in (0, 1], got {args.budget}")
     _check_data_options(args)
     _check_json(args)
     device = _device(args.device)
@@ -309,17 +312,21 @@ def _cmd_evaluate(args) -> int:
         cfg = DistillConfig(**{k: v for k, v in stored.items() if k in DistillConfig.__dataclass_fields__})
     except ValueError as err:
         raise ValueError(f"{args.synset} records settings this version cannot use: {err}") from None
+    if args.protocol is not None:  # the stored overrides (eval_model, eval_epochs, ...) apply to it too
+        hard = get_protocol(args.protocol).labels == "hard"  # an unknown name fails here, listing the names
+        cfg = cfg.replace(eval_protocol=args.protocol, **({"temperature": None} if hard else {}))
+    settings = cfg.evaluation_kwargs()
+    if args.budget is not None:
+        settings["budget"] = args.budget
+    soft = get_protocol(settings["protocol"]).labels == "soft"
+    path = _teacher_path(args.synset)
+    if soft and not os.path.exists(path):
+        raise ValueError(f"the soft-label protocol needs the teacher saved next to the synthetic set ({path})")
     dataset = _recorded_dataset(args)
     splits = load(dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
     check_fits(syn, splits.test, f"--dataset {dataset}")
-    settings = cfg.evaluation_kwargs()
-    if args.protocol:
-        settings["protocol"] = args.protocol
     teacher = None
-    if settings["protocol"] == "soft":
-        path = _teacher_path(args.synset)
-        if not os.path.exists(path):
-            raise ValueError(f"the soft-label protocol needs the teacher saved next to the synthetic set ({path})")
+    if soft:
         shape = splits.train.image_shape
         teacher = load_teacher_file(path, lambda: get_model(cfg.teacher_arch, shape[0], splits.train.num_classes,
                                                             shape[-1]))
@@ -478,6 +485,13 @@ def _methods_help() -> str:
     return f"method preset, one of {', '.join(sorted(PRESETS))}"
 
 
+def _protocols_help() -> str:
+    from .protocols import PROTOCOLS
+
+    return (f"evaluation protocol, one of {', '.join(sorted(PROTOCOLS))} (default: the run's, with its overrides; "
+            "a soft-label protocol needs the teacher.pt beside the set)")
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
                    help="image folders: side length (shorter side resized, centre crop; default: the images' "
@@ -552,8 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "report.json beside the set, else digits)")
     e.add_argument("--runs", type=int, default=3, help="student runs")
     e.add_argument("--seed", type=int, default=0, help="seed of the students and of the data split")
-    e.add_argument("--protocol", choices=["hard", "soft"], default=None,
-                   help="labels of the students (default: the method's; soft needs the teacher.pt beside the set)")
+    e.late_help.append((e.add_argument(
+        "--protocol", default=None, help="evaluation protocol"), _protocols_help))
+    e.add_argument("--budget", type=float, default=None, metavar="B",
+                   help="factor in (0, 1] on the students' and the full-data model's epochs (default: the run's)")
     e.add_argument("--no-full", action="store_true", help="skip the full-data baseline model")
     _add_data_options(e)
     _add_device(e)

@@ -115,14 +115,15 @@ class Distiller:
         self.timings_: Dict[str, float] = {}
 
     def train_teacher(self, train, num_classes: int, progress: bool = True) -> nn.Module:
-        """Train the preset's teacher on the real training set (seeded) and keep it as ``teacher_``."""
+        """Train the preset's teacher on the real training set (seeded) by its teacher recipe
+        (:meth:`~ddmetrics.distill.presets.DistillConfig.teacher_training`: ``teacher_recipe``
+        with ``teacher_epochs`` and ``budget``) and keep it as ``teacher_``."""
         start = time.perf_counter()
         model = self._new_teacher(train, num_classes)
         recipe = self.config.teacher_training()
         aug = make_augment(recipe.augment, train.image_shape[0], train.image_shape[-1])
-        self.teacher_ = train_model(model, train, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
-                                    weight_decay=recipe.weight_decay, seed=self.seed, augment=aug,
-                                    progress=progress, device=self.device)
+        self.teacher_ = train_model(model, train, recipe, seed=self.seed, augment=aug, progress=progress,
+                                    device=self.device)
         self.timings_["teacher_seconds"] = time.perf_counter() - start
         return self.teacher_
 

@@ -1,4 +1,4 @@
-"""Models (ConvNet-3, ResNetAP-10, ResNet-18; no torchvision) and seeded training.
+"""Models (ConvNet-3, ResNetAP-10, ResNet-18; no torchvision) and seeded training by a recipe.
 
 Every model has ``forward(x) -> logits``, ``embed(x) -> (N, feature_dim)`` features and a
 ``feature_dim`` attribute, for any channel count, class count and image size.
@@ -20,11 +20,13 @@ from ._convnet import ConvNet
 from ._io import load_state_dict_file, load_teacher_file
 from ._resnet import ResNet, ResNet18, ResNetAP10
 from ._teacher import Teacher, as_teacher, check_outputs
-from ._train import accuracy, train_model
+from ._train import (WEIGHT_NORMS, accuracy, check_recipe, lr_factor, make_optimizer, optimizer_rebuilds,
+                     parameter_groups, train_model)
 
 __all__ = ["ConvNet", "ResNet", "ResNet18", "ResNetAP10", "MODELS", "Teacher", "as_teacher", "available_models",
            "check_image_size", "check_outputs", "get_model", "load_state_dict_file", "load_teacher_file",
-           "register_model", "train_model", "accuracy"]
+           "register_model", "train_model", "accuracy", "lr_factor", "optimizer_rebuilds", "parameter_groups",
+           "make_optimizer", "check_recipe", "WEIGHT_NORMS"]
 
 #: A model builder: ``builder(channels, num_classes, image_size, **kw) -> nn.Module``.
 ModelBuilder = Callable[..., nn.Module]
