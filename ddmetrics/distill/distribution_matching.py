@@ -18,6 +18,14 @@ DM's reference code) and copy of the loss (a critic, a direction generator); one
 unit. The embedder of step ``t`` depends only on ``(seed, t)`` and is the same for every class.
 With ``normalize_features`` both feature clouds are projected on the unit sphere before the
 loss (NCFM).
+
+NCFM (``embedder_pool`` = P > 0): the embedder is drawn from an :class:`~.pool.EmbedderPool` of
+P networks trained on the real data (mixed with their initialisation with ``pool_interpolate``),
+trained once when the strategy is built, from the run's seed: a resumed run retrains the same
+pool (the same weights on one machine). With ``calib_weight`` > 0, each step is followed by
+NCFM's calibration step (``condenser/compute_loss.py:56-92``): ``calib_weight`` × the
+cross-entropy of the drawn member's trained end on each class's (decoded) synthetic images,
+under one draw of the matching augmentation per class, against the class label.
 """
 from __future__ import annotations
 
@@ -33,9 +41,14 @@ from ..augment import make_augment
 from ..data import pixel_bounds
 from ..losses import DistributionLoss
 from ..models import MODELS, get_model
+from ..protocols import get_teacher_recipe
 from ..utils import autocast, seeded
 from ._loop import Strategy, Unit
+from .pool import EmbedderPool
 from .presets import DistillConfig
+
+#: the teacher recipe that trains NCFM's embedder pool (pretrain/pretrain_script.py)
+POOL_RECIPE = "ncfm"
 
 
 def initial_class_images(train, k: int, ipc: int, factor: int, init: str, gen: torch.Generator) -> Tensor:
@@ -107,6 +120,12 @@ class DistributionMatching(Strategy):
         Synthesis settings.
     seed : int
         Seed of every random choice.
+
+    Attributes
+    ----------
+    pool : EmbedderPool or None
+        NCFM's trained embedders (``embedder_pool`` > 0), trained here by the ``"ncfm"`` teacher
+        recipe for ``pool_epochs`` epochs (``None``: the recipe's) under ``budget``.
     """
 
     summed_info = ("matching_loss_first", "matching_loss_last")
@@ -119,6 +138,12 @@ class DistributionMatching(Strategy):
         self.factor = cfg.resolved_factor(train.image_shape[-1])
         self.augment = make_augment(cfg.augment, train.image_shape[0], train.image_shape[-1])
         self.bounds = pixel_bounds(train) if cfg.clamp == "pixel" else None
+        self.pool: Optional[EmbedderPool] = None
+        if cfg.embedder_pool > 0:
+            recipe = get_teacher_recipe(POOL_RECIPE)
+            epochs = cfg.scaled(recipe.epochs if cfg.pool_epochs is None else cfg.pool_epochs)
+            self.pool = EmbedderPool(cfg.embedder_pool, cfg.embedder, recipe, epochs, seed, self.device)
+            self.pool.fit(train, num_classes)
 
     def start(self, unit: Unit, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
         parts = [initial_class_images(self.train, k, len(unit.slots), self.factor, self.cfg.init, gen)
@@ -131,21 +156,18 @@ class DistributionMatching(Strategy):
         return {"unit": unit, "losses": [copy.deepcopy(self.loss) for _ in unit.classes],
                 "indices": [self.train.class_indices(k) for k in unit.classes],
                 "labels": [torch.full((per,), k, dtype=torch.long, device=self.device) for k in unit.classes],
-                "embedder": None}
+                "embedder": None, "trained": None}
 
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
         cfg, train = self.cfg, self.train
         if ctx["embedder"] is None or it % cfg.iters_per_model == 0:
-            ctx["embedder"] = embedder_at(cfg, self.seed, it, train.image_shape[0], self.num_classes,
-                                          train.image_shape[-1], self.device, reuse=ctx["embedder"])
-        per = len(ctx["unit"].slots)
+            ctx["embedder"], ctx["trained"] = self._draw(it, ctx["embedder"])
         total = None
-        for c, (indices, labels, loss) in enumerate(zip(ctx["indices"], ctx["labels"], ctx["losses"])):
+        for c, (indices, loss) in enumerate(zip(ctx["indices"], ctx["losses"])):
             take = min(cfg.batch_real, len(indices))
             # the batch is drawn on the CPU (the same draw on every device), then moved
             real = train.load(indices[torch.randperm(len(indices), generator=gen, device="cpu")[:take]]).to(self.device)
-            mine = syn[c * per:(c + 1) * per] if len(ctx["losses"]) > 1 else syn
-            imgs = factor_mod.decode(mine, labels, None, self.factor)[0] if self.factor > 1 else mine
+            imgs, _ = self._class_images(ctx, syn, c)
             if self.augment is not None:
                 real, imgs = self.augment.pair(real, imgs, gen)
             with autocast(self.device, self.amp):
@@ -156,6 +178,42 @@ class DistributionMatching(Strategy):
             value = loss(f_real, f_syn)
             total = value if total is None else total + value
         return total, total
+
+    def extra_steps(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator):
+        if self.cfg.calib_weight > 0:
+            yield self.cfg.calib_weight * self.calibration_loss(ctx, syn, gen)
+
+    def calibration_loss(self, ctx: Dict[str, Any], syn: Tensor, gen: torch.Generator) -> Tensor:
+        """NCFM's calibration objective (without ``calib_weight``): the sum over the unit's classes
+        of the mean cross-entropy of the step's trained network on the class's (decoded) images,
+        augmented by one draw shared by the class's images (NCFM's batch-mode augmentation)."""
+        total = None
+        for c in range(len(ctx["indices"])):
+            imgs, labels = self._class_images(ctx, syn, c)
+            if self.augment is not None:
+                imgs = self.augment.apply(imgs, self.augment.sample(1, imgs.shape, gen, self.device))
+            with autocast(self.device, self.amp):
+                logits = ctx["trained"](imgs)
+            value = F.cross_entropy(logits.float(), labels)
+            total = value if total is None else total + value
+        return total
+
+    def _draw(self, it: int, previous: Optional[nn.Module]) -> Tuple[nn.Module, Optional[nn.Module]]:
+        """The embedder of step ``it`` and the trained network it comes from (``None`` without a pool)."""
+        cfg, shape = self.cfg, self.train.image_shape
+        if self.pool is None:
+            return embedder_at(cfg, self.seed, it, shape[0], self.num_classes, shape[-1], self.device,
+                               reuse=previous), None
+        return self.pool.draw(it - it % cfg.iters_per_model, interpolate=cfg.pool_interpolate, reuse=previous)
+
+    def _class_images(self, ctx: Dict[str, Any], syn: Tensor, c: int) -> Tuple[Tensor, Tensor]:
+        """The images the losses see of the unit's ``c``-th class (decoded with ``factor``) and their labels."""
+        per = len(ctx["unit"].slots)
+        mine = syn[c * per:(c + 1) * per] if len(ctx["indices"]) > 1 else syn
+        labels = ctx["labels"][c]
+        if self.factor > 1:
+            mine, labels, _ = factor_mod.decode(mine, labels, None, self.factor)
+        return mine, labels
 
     def loss_state(self, ctx: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         states = [loss.state_dict() for loss in ctx["losses"]]

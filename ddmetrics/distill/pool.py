@@ -1,0 +1,177 @@
+r"""A pool of trained embedders: P networks trained on the real data, one drawn per step.
+
+NCFM's condenser (gszfwsb/NCFM ``pretrain/pretrain_script.py``, ``utils/utils.py:432-456``)
+trains P networks of the embedder architecture, each from its own initialisation, keeps both
+ends, and at every step draws a member :math:`i` uniformly and a mixing weight
+:math:`l \sim U(0, 1)`:
+
+.. math::
+    \theta = l\,\theta_i^{\mathrm{init}} + (1 - l)\,\theta_i^{\mathrm{trained}}
+
+The mixed network embeds the images; the fully trained end of the same member classifies them
+in NCFM's calibration step. IDM's queue of trained embedders and G-VBSM's backbones are the same
+component.
+
+What is mixed: every floating-point parameter **and buffer** by the rule above (BatchNorm's
+running statistics included, so that ``l = 0`` is the trained network and ``l = 1`` the
+initial one, exactly); integer buffers (BatchNorm's batch counter) are the trained end's.
+NCFM's ConvNet uses GroupNorm, which has no buffers. Drawn networks are frozen and in eval
+mode: a forward pass never changes the pool (BatchNorm in train mode would move the running
+statistics, and the draw of step ``t`` would depend on what ran before it).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .. import distributed
+from ..augment import make_augment
+from ..distributed import class_seed
+from ..models import get_model, train_model
+from ..protocols import TrainRecipe
+from ..utils import seeded
+
+__all__ = ["EmbedderPool"]
+
+# the random streams of a pool (class_seed's third coordinate; units use 0-2)
+_INIT_STREAM, _TRAIN_STREAM, _DRAW_STREAM = 10, 11, 12
+
+
+def _train_pool_member(model: nn.Module, train, recipe: TrainRecipe, seed: int, device: torch.device) -> nn.Module:
+    """Train one pool member by ``recipe`` (the one call of the trainer).
+
+    :func:`~ddmetrics.models.train_model` takes its legacy settings here: SGD with momentum 0.9,
+    ``lr``, ``weight_decay``, ``batch_size``, the per-image ``augment`` and ``epochs`` of the
+    recipe; its schedule is its own (×0.1 at half) and it does not mix batches, so a recipe's
+    ``schedule``, ``milestones``, ``gamma`` and ``mix`` are not applied yet.
+    """
+    augment = make_augment(recipe.augment, train.image_shape[0], train.image_shape[-1])
+    return train_model(model, train, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
+                       weight_decay=recipe.weight_decay, seed=seed, augment=augment, progress=False, device=device)
+
+
+class EmbedderPool:
+    """P trained embedders with their initial weights (see the module docstring).
+
+    Parameters
+    ----------
+    size : int
+        Number of networks P.
+    arch : str or callable
+        Their architecture: a registered model name or a builder ``fn(channels, num_classes, image_size)``.
+    recipe : TrainRecipe
+        How each is trained (its ``epochs`` are replaced by ``epochs``).
+    epochs : int
+        Training epochs of each network (a budget already applied).
+    seed : int
+        Seed of every random choice: member ``i`` is initialised and trained from its own
+        seeds, and the draw of step ``t`` depends only on ``(seed, t)``.
+    device : str or torch.device
+        Where the networks are trained and live (initialised on the CPU, so the initial weights
+        are the same on every device).
+
+    Examples
+    --------
+    >>> pool = EmbedderPool(2, "convnet", TEACHER_RECIPES["ncfm"], epochs=1, seed=0).fit(train, 10)  # doctest: +SKIP
+    >>> mixed, trained = pool.draw(step=0)  # doctest: +SKIP
+    """
+
+    def __init__(self, size: int, arch, recipe: TrainRecipe, epochs: int, seed: int,
+                 device: Union[str, torch.device] = "cpu"):
+        for name, value in (("size", size), ("epochs", epochs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(recipe, TrainRecipe):
+            raise TypeError(f"recipe must be a ddmetrics.protocols.TrainRecipe, got {type(recipe).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if not (isinstance(arch, str) or callable(arch)):
+            raise TypeError(f"arch must be a model name or a builder, got {type(arch).__name__}")
+        self.size, self.arch, self.seed, self.device = size, arch, seed, torch.device(device)
+        self.recipe = dataclasses.replace(recipe, epochs=epochs)
+        self._init: List[Dict[str, Tensor]] = []
+        self._trained: List[nn.Module] = []
+
+    def fit(self, train, num_classes: int) -> "EmbedderPool":
+        """Initialise and train the P networks on ``train`` (labelled images with ``image_shape``).
+
+        Under a process group, rank 0 trains and every rank receives its weights (the initial
+        weights are the same everywhere: drawn on the CPU from the same seeds).
+        """
+        channels, side = train.image_shape[0], train.image_shape[-1]
+        rank, _ = distributed.world()
+        self._init, self._trained = [], []
+        for i in range(self.size):
+            with seeded(class_seed(self.seed, i, _INIT_STREAM)):
+                model = get_model(self.arch, channels, num_classes, side)
+            model.to(self.device)
+            self._init.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            if rank == 0:
+                _train_pool_member(model, train, self.recipe, class_seed(self.seed, i, _TRAIN_STREAM), self.device)
+            distributed.broadcast_module(model)
+            self._trained.append(_frozen(model))
+        return self
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _check_fitted(self) -> None:
+        if not self._trained:
+            raise RuntimeError("the pool is not trained yet: call fit(train, num_classes) first")
+
+    def initial(self, member: int) -> Dict[str, Tensor]:
+        """Member ``member``'s initial ``state_dict`` (before training)."""
+        self._check_fitted()
+        return self._init[member]
+
+    def trained(self, member: int) -> nn.Module:
+        """Member ``member``, trained (frozen, eval mode; shared: do not modify)."""
+        self._check_fitted()
+        return self._trained[member]
+
+    def choice(self, step: int) -> Tuple[int, float]:
+        """The member and mixing weight ``l`` drawn at ``step``: uniform over the members and
+        U(0, 1), from a generator of ``(seed, step)`` only."""
+        gen = torch.Generator(device="cpu").manual_seed(class_seed(self.seed, step, _DRAW_STREAM))
+        member = int(torch.randint(self.size, (1,), generator=gen, device="cpu"))
+        return member, float(torch.rand((), generator=gen, device="cpu"))
+
+    def mixed(self, member: int, l: float, out: Optional[nn.Module] = None) -> nn.Module:
+        """``l``·initial + (1 − ``l``)·trained weights of ``member`` (frozen, eval mode).
+
+        Written into ``out`` (a network an earlier call returned) when given, which skips copying
+        the module; else into a new copy of the member.
+        """
+        trained = self.trained(member)
+        if out is not None and any(out is m for m in self._trained):
+            raise ValueError("out is a trained member of the pool: mixing into it would change the pool")
+        net = copy.deepcopy(trained) if out is None else out
+        init, end = self._init[member], trained.state_dict()
+        with torch.no_grad():
+            for name, value in net.state_dict().items():  # views of net's own tensors
+                value.copy_(l * init[name] + (1 - l) * end[name] if value.is_floating_point() else end[name])
+        return net
+
+    def draw(self, step: int, interpolate: bool = True,
+             reuse: Optional[nn.Module] = None) -> Tuple[nn.Module, nn.Module]:
+        """The networks of ``step``: ``(embedder, trained)``.
+
+        ``embedder`` is the drawn member mixed with its initialisation (``interpolate``; written
+        into ``reuse``, an earlier mixed draw, when given) or the trained member itself;
+        ``trained`` is the same member's trained end (NCFM's calibration network). Both depend
+        only on ``(seed, step)``.
+        """
+        self._check_fitted()
+        member, l = self.choice(step)
+        trained = self._trained[member]
+        return (self.mixed(member, l, out=reuse) if interpolate else trained), trained
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    return model.eval()
