@@ -48,17 +48,11 @@ from tqdm.auto import tqdm
 
 from .data import ArrayDataset, ImageDataset, as_dataset
 from . import distributed
-<<<<<<< HEAD
-from .augment import make_augment
-from .utils import DeviceSpec, frozen, resolve_device, seeded
-from .models import accuracy, check_outputs, get_model, train_model
-=======
 from .augment import is_augment_spec, make_augment
 from .mix import Mixed
 from .protocols import PROTOCOLS, Protocol, get_protocol
-from .utils import DeviceSpec, model_device, resolve_device, seeded
-from .models import accuracy, available_models, check_recipe, get_model, train_model
->>>>>>> i24-eval
+from .utils import DeviceSpec, frozen, model_device, resolve_device, seeded
+from .models import accuracy, available_models, check_outputs, check_recipe, get_model, train_model
 from .synset import SyntheticSet
 
 __all__ = ["EvalReport", "evaluate", "full_data_accuracy", "train_student", "random_subset", "resolve_protocol",
@@ -429,18 +423,6 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str
              random_hard: bool = False, progress: bool = True, device: DeviceSpec = None) -> EvalReport:
     """Evaluate ``synset`` by training ``runs`` fresh students and testing them on ``test_set``.
 
-<<<<<<< HEAD
-    With ``train_set`` the report also holds the same-size random real subset (same protocol,
-    same seeds; with ``random_hard`` and the soft protocol also with hard labels, the baseline
-    the papers report). ``augment`` is the students' DSA strategy (``None``: no augmentation).
-    and a model trained on the full training set (hard labels, ``full_epochs``).
-    ``protocol`` defaults to the one stored in the synthetic set's config (else ``"hard"``).
-    ``full_data=False`` skips the full-data model (most of an evaluation's time on small sets).
-    The ``teacher`` is borrowed, not changed: it runs in eval mode without parameter gradients,
-    and its modes and ``requires_grad`` flags are restored afterwards (it is moved to ``device``).
-    Students, the teacher and every baseline train on ``device`` (``None``/``"auto"``: CUDA when
-    available); their random draws come from CPU generators, the same on every device.
-=======
     Parameters
     ----------
     synset : SyntheticSet
@@ -456,7 +438,9 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str
     runs : int
         Students, seeds ``seed, seed + 1, ...``.
     teacher : nn.Module, optional
-        Required by soft-label protocols; never modified.
+        Required by soft-label protocols. Borrowed, not changed: it runs in eval mode without
+        parameter gradients, and its modes and ``requires_grad`` flags are restored afterwards (it
+        is moved to ``device``).
     model, epochs, lr, temperature, augment : optional
         Override the protocol's student model, epochs, learning rate, temperature (soft labels
         only) and augmentation spec (``None``: the protocol's).
@@ -466,7 +450,6 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str
         Students, the teacher and every baseline train there (``None``/``"auto"``: CUDA when
         available); their random draws come from CPU generators, the same on every device.
 
->>>>>>> i24-eval
     With a ``torch.distributed`` process group, the trainings are spread over the ranks and
     every rank returns the same report.
     """
@@ -487,20 +470,11 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str
     if train_set is not None:
         train_set = as_dataset(train_set)
         check_fits(synset, train_set, "train_set")
-<<<<<<< HEAD
-    meta = synset.meta or {}
-    protocol = protocol or meta.get("config", {}).get("eval_protocol", "hard")
-    if protocol == "soft" and teacher is None:
-        raise ValueError("the soft-label protocol needs the teacher (teacher=...)")
-    if protocol == "soft":  # its logits are the students' targets: one per class
+    if protocol.labels == "soft":  # its logits are the students' targets: one per class
         check_outputs(teacher, tuple(synset.images.shape[1:]), synset.num_classes)
-    kw = dict(model=model, protocol=protocol, teacher=teacher, epochs=epochs, lr=lr, temperature=temperature,
-              augment=augment, device=device)
-=======
     channels, size = synset.images.shape[1], synset.images.shape[-1]
     make_augment(protocol.recipe.augment, channels, size)  # an augmentation it cannot build fails here
     hard = dataclasses.replace(protocol, labels="hard", temperature=None)
->>>>>>> i24-eval
     # every training is a task (synthetic runs, random-subset runs, the full-data model); with a
     # process group the tasks are sharded over ranks and their results summed (zeros elsewhere)
     ipc = int(meta.get("ipc", 0)) or int(torch.bincount(synset.labels).max())
