@@ -42,16 +42,10 @@ _INIT_STREAM, _TRAIN_STREAM, _DRAW_STREAM = 10, 11, 12
 
 
 def _train_pool_member(model: nn.Module, train, recipe: TrainRecipe, seed: int, device: torch.device) -> nn.Module:
-    """Train one pool member by ``recipe`` (the one call of the trainer).
-
-    :func:`~ddmetrics.models.train_model` takes its legacy settings here: SGD with momentum 0.9,
-    ``lr``, ``weight_decay``, ``batch_size``, the per-image ``augment`` and ``epochs`` of the
-    recipe; its schedule is its own (×0.1 at half) and it does not mix batches, so a recipe's
-    ``schedule``, ``milestones``, ``gamma`` and ``mix`` are not applied yet.
-    """
+    """Train one pool member by ``recipe`` (optimiser, schedule, augmentation, mixing and epochs:
+    :func:`~ddmetrics.models.train_model`)."""
     augment = make_augment(recipe.augment, train.image_shape[0], train.image_shape[-1])
-    return train_model(model, train, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
-                       weight_decay=recipe.weight_decay, seed=seed, augment=augment, progress=False, device=device)
+    return train_model(model, train, recipe, seed=seed, augment=augment, progress=False, device=device)
 
 
 class EmbedderPool:

@@ -403,11 +403,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                    augment="color_crop_cutout_flip_scale_rotate", synthesis_batch="class", batch_real=256,
                    iters_per_model=1, eval_protocol="hard"),
     # NCFM (Wang et al., CVPR 2025), condenser/Condenser.py with config/ipc*/cifar10.yaml: the NCFD on
-    # unit-sphere features at 4096 N(0, I) frequencies (no sampler), a pool of 20 trained ConvNets mixed with
+    # unit-sphere features at 4096 N(0, I) frequencies (no sampler), x300, a pool of 20 trained ConvNets mixed with
     # their initialisation, a cross-entropy calibration step, 1024 real images, factor 2, AdamW lr 1e-3 wd 5e-4
     # with a plateau schedule, 20 000 iterations, IDC augmentation (colour, crop, cutout), pixel clamp
     "ncfm": dict(strategy="distribution", loss="ncfd",
-                 loss_kwargs={"n_frequencies": 4096, "alpha": 0.5, "steps": 0, "bandwidth": 1.0},
+                 loss_kwargs={"n_frequencies": 4096, "alpha": 0.5, "steps": 0, "bandwidth": 1.0, "scale": 300.0},
                  iterations=20000, optimizer="adamw", lr=1e-3, weight_decay=5e-4, lr_schedule="plateau",
                  init="real", clamp="pixel", augment="idc:color_crop_cutout", synthesis_batch="class",
                  batch_real=1024, factor=2, iters_per_model=1, embedder_pool=20, pool_interpolate=True,
