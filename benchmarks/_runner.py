@@ -39,8 +39,9 @@ from tqdm.auto import tqdm
 
 import ddmetrics as ddm
 from ddmetrics.distill.presets import LOSS_SETTINGS, DistillConfig
-from ddmetrics.evaluate import full_data_accuracy, random_subset, train_student
+from ddmetrics.evaluate import full_data_accuracy, random_subset, train_student, with_overrides
 from ddmetrics.models import accuracy, get_model
+from ddmetrics.protocols import get_protocol
 
 from _common import machine_info, now_utc, write_json
 
@@ -106,9 +107,28 @@ def eval_settings(cfg: DistillConfig, run: RunSettings, ipc: Optional[int] = Non
     return {**cfg.evaluation_kwargs(), "runs": run.runs_for(ipc), "seed": run.seed, "full_epochs": run.full_epochs}
 
 
+def soft_labels(cfg: DistillConfig) -> bool:
+    """Whether ``cfg``'s evaluation protocol trains students on the teacher's soft labels."""
+    return get_protocol(cfg.eval_protocol).labels == "soft"
+
+
+def student_protocol(student: Dict[str, Any]):
+    """The :class:`~ddmetrics.protocols.Protocol` of a cell's ``evaluation_kwargs()`` (name and overrides);
+    with ``hard_labels``, the same protocol with hard labels (``evaluate``'s ``random_hard``)."""
+    import dataclasses
+
+    protocol = with_overrides(get_protocol(student["protocol"]), model=student.get("model"),
+                              epochs=student.get("epochs"), lr=student.get("lr"),
+                              temperature=None if student.get("hard_labels") else student.get("temperature"))
+    return dataclasses.replace(protocol, labels="hard", temperature=None) if student.get("hard_labels") else protocol
+
+
 def teacher_settings(cfg: DistillConfig, run: RunSettings) -> Dict[str, Any]:
-    """What a trained teacher depends on (``Distiller.train_teacher`` is seeded)."""
-    return {"teacher": cfg.teacher_arch, "teacher_epochs": cfg.teacher_epochs, "augment": cfg.augment,
+    """What a trained teacher depends on (``Distiller.train_teacher`` is seeded): its architecture and
+    its recipe with the epochs and budget applied."""
+    import dataclasses
+
+    return {"teacher": cfg.teacher_arch, "recipe": dataclasses.asdict(cfg.teacher_training()),
             "seed": run.seed, "dataset": run.dataset}
 
 
@@ -158,7 +178,7 @@ def cell_key(cell: Cell, cfg: DistillConfig, run: RunSettings) -> str:
 def baseline_key(ipc: int, cfg: DistillConfig, run: RunSettings) -> str:
     """The key of the baselines a cell with IPC ``ipc`` and config ``cfg`` is shown next to."""
     settings = {"ipc": ipc, "dataset": run.dataset, "eval": eval_settings(cfg, run, ipc)}
-    if cfg.eval_protocol == "soft":
+    if soft_labels(cfg):
         settings["teacher"] = teacher_settings(cfg, run)
     return settings_key(settings)
 
@@ -274,8 +294,9 @@ def run_cell(task: Task, ctx: Context) -> Dict[str, Any]:
     syn = SYNSET_MAKERS[cell.kind](distiller, splits.train)
     distill_seconds = time.perf_counter() - start
     # no train_set: the baselines are tasks of their own, shared by every cell that needs them
-    report = ddm.evaluate(syn, splits.test, runs=run.runs_for(cell.ipc), teacher=distiller.teacher_ if cfg.eval_protocol == "soft"
-                          else None, seed=run.seed, progress=False, **cfg.evaluation_kwargs())
+    report = ddm.evaluate(syn, splits.test, runs=run.runs_for(cell.ipc),
+                          teacher=distiller.teacher_ if soft_labels(cfg) else None, seed=run.seed, progress=False,
+                          **cfg.evaluation_kwargs())
     rep = report.to_dict()
     bary = (syn.meta.get("info") or {}).get("barycenter_seconds")
     entry = {
@@ -305,10 +326,11 @@ def run_random_subset(task: Task, ctx: Context) -> Dict[str, Any]:
     """``evaluate()``'s random-subset baseline: run ``r`` trains a student on
     ``random_subset(train, ipc, seed + r)`` with seed ``seed + r``."""
     p, splits = task.params, ctx.splits
-    teacher = ctx.teacher(task.teacher_key) if p["student"]["protocol"] == "soft" else None
+    protocol = student_protocol(p["student"])
+    teacher = ctx.teacher(task.teacher_key) if protocol.labels == "soft" else None
     start = time.perf_counter()
-    accs = [accuracy(train_student(random_subset(splits.train, p["ipc"], p["seed"] + r), teacher=teacher,
-                                   seed=p["seed"] + r, **p["student"]), splits.test)
+    accs = [accuracy(train_student(random_subset(splits.train, p["ipc"], p["seed"] + r), protocol, teacher=teacher,
+                                   seed=p["seed"] + r, budget=p["student"].get("budget", 1.0)), splits.test)
             for r in range(p["runs"])]
     return {"runs": accs, "seconds": time.perf_counter() - start}
 
@@ -318,7 +340,7 @@ def run_full_data(task: Task, ctx: Context) -> Dict[str, Any]:
     p, splits = task.params, ctx.splits
     kw = {} if p["epochs"] is None else {"epochs": p["epochs"]}
     start = time.perf_counter()
-    acc = full_data_accuracy(splits.train, splits.test, model=p["model"], lr=p["lr"], seed=p["seed"], **kw)
+    acc = full_data_accuracy(splits.train, splits.test, model=p["model"], seed=p["seed"], **kw)
     return {"full": acc, "seconds": time.perf_counter() - start}
 
 
@@ -483,7 +505,7 @@ class Runner:
     @staticmethod
     def needs_teacher(distiller: ddm.Distiller, cell: Cell) -> bool:
         cfg = distiller.config
-        return cfg.strategy == "barycenter" or cfg.eval_protocol == "soft" or cell.diagnose
+        return cfg.strategy == "barycenter" or soft_labels(cfg) or cell.diagnose
 
     # -- planning
     def tasks(self, cells: Sequence[Cell]) -> Tuple[List[str], List[Task]]:
@@ -509,7 +531,7 @@ class Runner:
             tkey, own = None, False
             if self.needs_teacher(distiller, cell):
                 # the preset's own teacher: a DM/M3D cell (no teacher of its own) is diagnosed with WMDD's
-                own = cfg.strategy == "barycenter" or cfg.eval_protocol == "soft"
+                own = cfg.strategy == "barycenter" or soft_labels(cfg)
                 source = distiller if own else ddm.Distiller(method="wmdd", ipc=cell.ipc, seed=run.seed,
                                                              **_teacher_overrides(cell.overrides))
                 tkey = self.teacher_key(source)
@@ -523,17 +545,15 @@ class Runner:
         """Register baseline ``bkey`` and return its parts not planned yet: the random subset under the
         cell's protocol, for the soft protocol also with hard labels (the papers' baseline), the full data."""
         run, cfg = self.run_settings, distiller.config
-        soft = cfg.eval_protocol == "soft"
+        soft = soft_labels(cfg)
         tkey = self.teacher_key(distiller) if soft else None
         student = cfg.evaluation_kwargs()
-        if not soft:  # the temperature is unused with hard labels: hard parts of either protocol are shared
-            del student["temperature"]
         common = {"ipc": ipc, "runs": run.runs_for(ipc), "seed": run.seed}
         specs = [("random", "random", {**common, "student": student}, tkey, 2)]
-        if soft:
-            hard = {k: v for k, v in student.items() if k != "temperature"}
-            specs.append(("random_hard", "random", {**common, "student": {**hard, "protocol": "hard"}}, None, 2))
-        specs.append(("full", "full", {"model": cfg.eval_model, "epochs": run.full_epochs, "lr": cfg.eval_lr,
+        if soft:  # the papers' baseline: the same random images and protocol with hard labels
+            hard = {**student, "temperature": None, "hard_labels": True}
+            specs.append(("random_hard", "random", {**common, "student": hard}, None, 2))
+        specs.append(("full", "full", {"model": student_protocol(student).model, "epochs": run.full_epochs,
                                        "seed": run.seed}, None, 3))
         new: List[Task] = []
         names: Dict[str, str] = {}

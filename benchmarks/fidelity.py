@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+"""Each method preset as released against the configuration it had before (issue 24), on mnist.
+
+Parts (``--part``, default all):
+
+``presets``
+    For every preset of :data:`METHODS`, at IPC 1 and 10: the preset (its released pipeline) and
+    its configuration before issue 24 (:data:`BEFORE`), paired: the same student seeds in both
+    rows, so the difference is a per-seed difference with a 95 % t interval.
+``budget``
+    The budget curve at IPC 10: the preset with ``iterations`` ∈ :data:`CURVE` (each a fraction of
+    the method's own count); the teacher and the students keep this invocation's budgets.
+``options``
+    Our improvements, each as a named option on top of the preset, IPC 10 (:data:`OPTIONS`): the
+    effect of each departure from the release, paired with the preset's row.
+
+Budgets: the released pipelines are sized for GPUs (WMDD: 2000 iterations through a ResNet-18 on
+100 images per step; DM: 20 000 iterations). On the 2-core CPU they run with ``--budget``
+(default 0.05; every iteration and epoch count of the method × budget, at least 1) unless a
+part says otherwise; what ran is recorded in every cell (``config.budget``, the effective counts).
+The "before" rows ran with the budgets they had then (300 iterations, ours protocols), cut by
+the same factor where they exceed the preset's: they are the configurations a user of the
+earlier version got with ``iterations=`` / ``eval_epochs=`` as here.
+
+    python benchmarks/fidelity.py --part presets --jobs 2
+    python benchmarks/fidelity.py --part budget --methods dm --jobs 2
+
+Writes ``benchmarks/results/fidelity_mnist.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, Dict, List, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import torch  # noqa: E402
+
+import ddmetrics as ddm  # noqa: E402
+from ddmetrics.distill.presets import PRESETS, preset  # noqa: E402
+from ddmetrics.models import ConvNet  # noqa: E402
+
+from _common import command_line, format_difference, markdown_table, paired_difference, pm, write_lines  # noqa: E402
+from _runner import Cell, Runner, RunSettings  # noqa: E402
+
+EXPERIMENT = "fidelity"
+METHODS = ("wmdd", "dm", "m3d", "krdual", "ncfm", "sre2l")
+PARTS = ("presets", "budget", "options")
+#: the budget curve's synthesis iterations, as fractions of the method's own count
+CURVE = (0.05, 0.15, 0.5, 1.0)
+
+
+def convnet_plain(channels: int, num_classes: int, image_size: int, **kw) -> torch.nn.Module:
+    """The ConvNet of ddmetrics before issue 24: first convolution padded by 1 on any input (1152-d
+    features on 28-px digits; the DM code pads 28-px one-channel input by 3)."""
+    return ConvNet(channels, num_classes, image_size, first_padding=1, **kw)
+
+
+def convnet_bn_plain(channels: int, num_classes: int, image_size: int, **kw) -> torch.nn.Module:
+    """:func:`convnet_plain` with BatchNorm (the teacher of ddmetrics before issue 24)."""
+    return ConvNet(channels, num_classes, image_size, first_padding=1, norm="batch", **kw)
+
+
+_DM_BEFORE = dict(iterations=300, augment="auto", batch_real=64, iters_per_model=5, embedder=convnet_plain,
+                  eval_protocol="ours_hard", eval_model=convnet_plain)
+
+#: method -> ``ipc -> overrides`` that give the preset as it was before issue 24
+BEFORE: Dict[str, Callable[[int], Dict[str, Any]]] = {
+    "wmdd": lambda ipc: dict(
+        iterations=300, lr=0.05, init="nearest", clamp="none", augment="auto", synthesis_batch="class",
+        teacher_arch=convnet_bn_plain, teacher_recipe="ours", bary_iters=10, learn_weights=True,
+        bary_init="kmeans++", feature_norm="squared", ce_weight=0.0, reg_norm="squared", bn_stats="exact",
+        reg_weighted=True, eval_protocol="ours_soft", eval_model=convnet_plain),
+    "dm": lambda ipc: dict(_DM_BEFORE),
+    "m3d": lambda ipc: dict(_DM_BEFORE),
+    # the warm-started critic (20 Adam steps per call) and lr 100 chosen on the digits validation split
+    "krdual": lambda ipc: dict(_DM_BEFORE, lr=100.0, loss_kwargs={"steps": 20, "warm_start": True}),
+    # DM with the NCFD and its adversarial sampler (one ascent step per call), Adam lr 0.05, cosine
+    "ncfm": lambda ipc: dict(
+        _DM_BEFORE, loss_kwargs={"n_frequencies": 4096, "alpha": 0.5, "steps": 1, "warm_start": True, "lr": 1e-3},
+        optimizer="adam", lr=0.05, lr_schedule="cosine", weight_decay=0.0, clamp="none", batch_real=64,
+        factor="auto", embedder_pool=0, normalize_features=False),
+    # CE summed over the class's images (= ipc x the mean) + all-class exact statistics, squared, x10,
+    # started from the real images nearest to barycenter atoms, one class at a time
+    "sre2l": lambda ipc: dict(
+        iterations=300, lr=0.05, init="nearest", clamp="none", augment="auto", synthesis_batch="class",
+        teacher_arch=convnet_bn_plain, teacher_recipe="ours", ce_weight=float(ipc), reg_weight=10.0,
+        reg_norm="squared", bn_stats="exact", first_bn_weight=1.0, bary_iters=10, learn_weights=False,
+        bary_init="kmeans++", eval_protocol="ours_soft", eval_model=convnet_plain),
+}
+
+#: method -> [(label, overrides)]: our improvements as options on top of the released preset
+OPTIONS: Dict[str, List[tuple]] = {
+    "wmdd": [("init='nearest'", dict(init="nearest")),
+             ("learned weights (closed form)", dict(learn_weights=True, bary_init="kmeans++", bary_iters=10)),
+             ("paper objective (squared, no CE)", dict(feature_norm="squared", ce_weight=0.0, reg_norm="squared")),
+             ("exact weighted PCBN statistics", dict(bn_stats="exact", reg_weighted=True)),
+             ("DSA instead of crop/flip/roll", dict(augment="auto")),
+             ("one class per batch", dict(synthesis_batch="class")),
+             ("no pixel clamp", dict(clamp="none"))],
+    "dm": [("embedder every 5 steps, 64 real", dict(iters_per_model=5, batch_real=64)),
+           ("DSA without flip on one channel", dict(augment="auto"))],
+    "krdual": [("warm critic, 20 Adam steps", dict(loss_kwargs={"steps": 20, "warm_start": True})),
+               ("synthesis lr 100", dict(lr=100.0))],
+    "ncfm": [("learned sampler (1 ascent step)", dict(loss_kwargs={"n_frequencies": 4096, "alpha": 0.5, "steps": 1,
+                                                                   "warm_start": True, "lr": 1e-3, "scale": 300.0}))],
+    "sre2l": [("exact all-class statistics", dict(bn_stats="exact")),
+              ("one class per batch", dict(synthesis_batch="class"))],
+}
+
+
+def _method_cell(part: str, label: str, method: str, ipc: int, overrides: Dict[str, Any], compare: str = "") -> Cell:
+    cfg = preset(method, **overrides)
+    return Cell(EXPERIMENT, label, cfg.loss, cfg.strategy, method, ipc, overrides=overrides, part=part,
+                section=method, compare=compare)
+
+
+def plan(parts: Sequence[str], methods: Sequence[str], budget: float) -> List[Cell]:
+    """The cells of ``parts`` for ``methods`` at ``budget``."""
+    cells: List[Cell] = []
+    for method in methods:
+        official = f"{method} (released, budget {budget:g})"
+        if "presets" in parts:
+            for ipc in (1, 10):
+                cells.append(_method_cell("presets", official, method, ipc, {"budget": budget}))
+                before = BEFORE[method](ipc)
+                cells.append(_method_cell("presets", f"{method} (before issue 24)", method, ipc,
+                                          {**before, "budget": budget}, compare=official))
+        if "budget" in parts:
+            own = PRESETS[method].get("iterations", ddm.distill.DistillConfig.iterations)
+            for fraction in CURVE:
+                its = max(1, round(own * fraction))
+                cells.append(_method_cell("budget", f"{method}, {its} iterations", method, 10,
+                                          {"budget": budget, "iterations": max(1, round(its / budget))}))
+        if "options" in parts:
+            for label, extra in OPTIONS.get(method, []):
+                cells.append(_method_cell("options", f"{method} + {label}", method, 10, {"budget": budget, **extra},
+                                          compare=official))
+    return cells
+
+
+def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str) -> None:
+    """The Markdown report: each row with mean ± std and, where it has one, the paired difference
+    to the row it is compared with (same method, IPC and student seeds)."""
+    doc = runner.doc
+    by_label = {}
+    for cell, key in zip(cells, keys):
+        by_label[(cell.label, cell.ipc)] = doc["cells"].get(key)
+    lines = ["# Presets as released against the configuration before issue 24 (mnist)", "",
+             f"Command: `{doc.get('command')}`. Machine: {doc.get('environment', {}).get('cpu_model')}, "
+             f"{doc.get('environment', {}).get('cpus')} CPUs, torch {doc.get('environment', {}).get('torch')}.",
+             "Each row: test accuracy over the student seeds (mean ± std); Δ: the paired per-seed difference to the "
+             "row named, with a 95 % t interval (`*`: the interval excludes 0).", ""]
+    for part in PARTS:
+        rows = []
+        for cell, key in zip(cells, keys):
+            if cell.part != part:
+                continue
+            entry = doc["cells"].get(key)
+            if entry is None:
+                rows.append((cell.section, cell.label, cell.ipc, "(not run)", "", "", ""))
+                continue
+            cfg = entry["config"]
+            diff = ""
+            other = by_label.get((cell.compare, cell.ipc)) if cell.compare else None
+            if other is not None:
+                diff = format_difference(paired_difference(entry["accuracies"], other["accuracies"]))
+            its = max(1, round(cfg["iterations"] * cfg.get("budget", 1.0)))
+            rows.append((cell.section, cell.label, cell.ipc, pm(entry["accuracies"]),
+                         f"{diff} vs {cell.compare}" if diff else "", its, f"{entry['distill_seconds']:.0f}"))
+        if rows:
+            lines += [f"## {part}", ""]
+            lines += markdown_table(["method", "row", "IPC", "accuracy (%)", "Δ (paired)", "iterations run",
+                                     "distill s"], rows)
+            lines.append("")
+    write_lines(path, lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--budget", type=float, default=0.05, help="fraction of every iteration and epoch count")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=os.path.join(HERE, "results", "fidelity_mnist"))
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    threads = args.threads or (1 if args.jobs > 1 else torch.get_num_threads())
+    run = RunSettings(EXPERIMENT, args.out + ".json", dataset=args.dataset, seed=args.seed, runs=args.runs,
+                      jobs=args.jobs, threads=threads * max(1, args.jobs), progress=not args.quiet)
+    runner = Runner(run, command_line())
+    runner.run(plan(args.part, args.methods, args.budget))
+    runner.save()
+    # the report shows every part's finished cells, whichever part this invocation ran
+    everything = plan(PARTS, METHODS, args.budget)
+    keys = [runner.cell_key(cell, cell.distiller(args.seed)) for cell in everything]
+    report(runner, everything, keys, args.out + ".md")
+    print(f"wrote {args.out}.json, {args.out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
