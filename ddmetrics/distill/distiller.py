@@ -183,7 +183,7 @@ class Distiller:
         else:  # a class's synthetic images (ipc of them) go through the embedder at once
             check_image_size(cfg.embedder, channels, num_classes, image_shape, "embedder",
                              batch_size=min(self.ipc, cfg.batch_real))
-        check_image_size(cfg.eval_model, channels, num_classes, image_shape, "eval_model", batch_size=2)
+        check_image_size(cfg.protocol().model, channels, num_classes, image_shape, "eval_model", batch_size=2)
 
     def checkpoint_run(self, train) -> Dict[str, Any]:
         """What a checkpoint of this run must match to be resumed."""
