@@ -327,6 +327,9 @@ def _barycenter(cfg: DistillConfig) -> bool:
 #: field -> whether it is used by a configuration; a field given explicitly where it is not used
 #: is refused by :func:`preset` (a setting of one method given to another is a mistake, not a no-op)
 APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
+    # the loss compares distributions: of embedded classes, or of a class's features and its barycenter
+    "loss": lambda c: c.strategy == "distribution" or _barycenter(c),
+    "loss_kwargs": lambda c: c.strategy == "distribution" or _barycenter(c),
     "factor": lambda c: c.strategy == "distribution",
     "batch_real": lambda c: c.strategy == "distribution",
     "batch_images": lambda c: c.synthesis_batch != "class",
@@ -354,6 +357,32 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "normalize_features": lambda c: c.strategy == "distribution",
     "temperature": _soft,
 }
+
+
+#: why a field is unused when :data:`APPLIES` says so (the refusal's reason)
+_UNUSED_BECAUSE: Dict[str, str] = {
+    "loss": "it compares no distributions (feature_loss='none' and no init='nearest')",
+    "factor": "only distribution matching stores factor sub-images",
+    "batch_real": "only distribution matching draws real batches",
+    "batch_images": "synthesis_batch='class' puts one class in a batch",
+    "teacher_arch": "it uses no teacher (distribution matching with a hard-label protocol)",
+    "bary_iters": "it computes no barycenter",
+    "feature_loss": "distribution matching has no teacher feature loss",
+    "feature_norm": "feature_loss is not 'barycenter'",
+    "ce_weight": "distribution matching has no teacher cross-entropy",
+    "reg": "distribution matching has no BatchNorm regulariser",
+    "reg_weight": "it has no BatchNorm regulariser (reg='none' or distribution matching)",
+    "reg_weighted": "it has no barycenter weights in a BatchNorm regulariser",
+    "embedder": "teacher matching uses the teacher, not random embedders",
+    "pool_epochs": "embedder_pool is 0",
+    "temperature": "its evaluation protocol uses hard labels",
+}
+for _field, _same in (("loss_kwargs", "loss"), ("teacher_recipe", "teacher_arch"), ("teacher_epochs", "teacher_arch"),
+                      ("learn_weights", "bary_iters"), ("bary_init", "bary_iters"), ("reg_norm", "reg_weight"),
+                      ("bn_stats", "reg_weight"), ("first_bn_weight", "reg_weight"), ("iters_per_model", "embedder"),
+                      ("embedder_pool", "embedder"), ("normalize_features", "embedder"),
+                      ("pool_interpolate", "pool_epochs"), ("calib_weight", "pool_epochs")):
+    _UNUSED_BECAUSE[_field] = _UNUSED_BECAUSE[_same]
 
 
 def applies(cfg: DistillConfig, name: str) -> bool:
@@ -456,8 +485,8 @@ def preset(method: str, **overrides) -> DistillConfig:
     cfg = DistillConfig().replace(**settings)
     unused = [name for name in overrides if not applies(cfg, name)]
     if unused:
-        raise ValueError(f"{', '.join(unused)} does not apply to method {method!r} as configured "
-                         f"(strategy={cfg.strategy!r}, eval_protocol={cfg.eval_protocol!r}, reg={cfg.reg!r}, "
-                         f"feature_loss={cfg.feature_loss!r}, embedder_pool={cfg.embedder_pool}): "
-                         "it would be ignored; leave it out")
+        name = unused[0]
+        raise ValueError(f"{name} does not apply to method {method!r} as configured: "
+                         f"{_UNUSED_BECAUSE.get(name, 'this configuration does not use it')}; it would be ignored, "
+                         "leave it out" + (f" (also unused: {', '.join(unused[1:])})" if len(unused) > 1 else ""))
     return cfg
