@@ -12,9 +12,15 @@ one pass with forward hooks. The regulariser compares them with the weighted sta
     + \big\|\mathcal{A}_{var}(F_{k,l}, w_k) - BN^{var}_{k,l}\big\|_2^2
 
 where :math:`F_{k,l}` stacks :math:`f_l(\tilde x_{k,j})` over the synthetic images of class
-:math:`k` and :math:`w_k` are their (barycenter) weights. ``mode="bn"`` is the global
-variant of SRe²L (WMDD Table 3 ablation): one term per layer, the weighted statistics of the
-whole synthetic batch against all-class statistics.
+:math:`k` and :math:`w_k` are their (barycenter) weights. ``mode="bn"`` is the all-class
+variant of SRe²L (and of the BN rows of WMDD's Table 3): one term per layer, the statistics of
+the batch given against all-class statistics. It means what SRe²L means only for a batch that
+holds every class — the distiller's ``synthesis_batch="slot"`` (image j of every class), as
+SRe²L's code optimises; a one-class batch would be pulled toward the statistics of all classes.
+
+Norm forms (``norm``): the squared form above is the paper's; WMDD's and SRe²L's released code
+use unsquared per-layer norms :math:`\|\Delta\mu\|_2 + \|\Delta\sigma^2\|_2`, averaged over the
+batch's classes (``norm="l2"``), SRe²L with the first layer ×10 (``first_weight``).
 """
 from __future__ import annotations
 

@@ -100,12 +100,13 @@ class NCFD(DistributionLoss):
     (:class:`FrequencySampler`). The length unit :math:`h` (``bandwidth``) is by default the median
     pairwise distance of the reference cloud ``x`` (recomputed, detached, at each call; of the
     pooled clouds where all points of ``x`` coincide): it does not move with the optimised ``y``,
-    so values at two ``y`` are in the same unit. The authors normalise
-    features to the unit sphere and draw frequencies of unit scale, which fixes the ratio of
-    frequencies to distances; dividing by the median does the same while keeping the value a
-    function of the given clouds (scale-invariant, and translation-invariant since a shift only
-    rotates both phases alike). The untrained sampler then corresponds to the Gaussian kernel of
-    the median heuristic.
+    so values at two ``y`` are in the same unit. NCFM's code instead normalises each feature
+    vector to the unit sphere and draws frequencies of unit scale (``bandwidth=1.0`` with
+    ``DistillConfig.normalize_features``, as the ``ncfm`` preset does): that fixes the frequency
+    scale too, but it is not the same function — the sphere discards each vector's length, the
+    median rescales every vector alike (scale-invariant, and translation-invariant since a shift
+    only rotates both phases alike). The untrained sampler then corresponds to the Gaussian kernel
+    of the median heuristic.
 
     Each call first takes ``steps`` Adam ascent steps (``lr``) of the sampler on the detached
     clouds (fresh :math:`\varepsilon` per step), then returns ``scale`` × the value at a fresh
