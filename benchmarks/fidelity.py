@@ -98,7 +98,7 @@ BEFORE: Dict[str, Callable[[int], Dict[str, Any]]] = {
     "ncfm": lambda ipc: dict(
         _DM_BEFORE, loss_kwargs={"n_frequencies": 4096, "alpha": 0.5, "steps": 1, "warm_start": True, "lr": 1e-3},
         optimizer="adam", lr=0.05, lr_schedule="cosine", weight_decay=0.0, clamp="none", batch_real=64,
-        factor="auto", embedder_pool=0, normalize_features=False),
+        factor="auto", embedder_pool=0, calib_weight=0.0, normalize_features=False),
     # CE summed over the class's images (= ipc x the mean) + all-class exact statistics, squared, x10,
     # started from the real images nearest to barycenter atoms, one class at a time
     "sre2l": lambda ipc: dict(

@@ -353,7 +353,8 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "embedder_pool": lambda c: c.strategy == "distribution",
     "pool_epochs": lambda c: c.strategy == "distribution" and c.embedder_pool > 0,
     "pool_interpolate": lambda c: c.strategy == "distribution" and c.embedder_pool > 0,
-    "calib_weight": lambda c: c.strategy == "distribution" and c.embedder_pool > 0,
+    # settable with no pool, so that a run without NCFM's pool can also drop its calibration
+    "calib_weight": lambda c: c.strategy == "distribution",
     "normalize_features": lambda c: c.strategy == "distribution",
     "temperature": _soft,
 }
@@ -381,7 +382,7 @@ for _field, _same in (("loss_kwargs", "loss"), ("teacher_recipe", "teacher_arch"
                       ("learn_weights", "bary_iters"), ("bary_init", "bary_iters"), ("reg_norm", "reg_weight"),
                       ("bn_stats", "reg_weight"), ("first_bn_weight", "reg_weight"), ("iters_per_model", "embedder"),
                       ("embedder_pool", "embedder"), ("normalize_features", "embedder"),
-                      ("pool_interpolate", "pool_epochs"), ("calib_weight", "pool_epochs")):
+                      ("pool_interpolate", "pool_epochs"), ("calib_weight", "embedder")):
     _UNUSED_BECAUSE[_field] = _UNUSED_BECAUSE[_same]
 
 
@@ -403,8 +404,8 @@ def _check_combination(cfg: DistillConfig) -> None:
             cfg.reg == "none" or cfg.reg_weight == 0):
         raise ValueError("feature_loss='none', ce_weight=0 and no regulariser leave nothing to minimise")
     if cfg.calib_weight > 0 and cfg.embedder_pool == 0:
-        raise ValueError("calib_weight > 0 needs embedder_pool > 0: the calibration step uses a pool network's "
-                         "trained weights")
+        raise ValueError(f"calib_weight={cfg.calib_weight} needs embedder_pool > 0: the calibration step uses a pool "
+                         "network's trained weights (with embedder_pool=0, pass calib_weight=0)")
 
 
 #: method name -> the settings that differ from :class:`DistillConfig`'s defaults (WMDD's release).
