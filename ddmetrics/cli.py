@@ -86,6 +86,7 @@ def _cmd_distill(args) -> int:
     from . import distributed
     from .data import load
     from .distill import Distiller
+    from .distill.presets import applies
 
     overrides = _parse_overrides(args.set)
     if args.iterations is not None:
@@ -100,8 +101,9 @@ def _cmd_distill(args) -> int:
     # everything that can fail on arguments fails here, before any data is read or any file written
     distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed,
                           device=_device(args.device), amp=args.amp, **overrides)
-    if args.teacher is not None and not distiller.config.strategy == "barycenter":
-        raise ValueError(f"--teacher: method {args.method!r} uses no teacher (it matches random embedders)")
+    if args.teacher is not None and not applies(distiller.config, "teacher_arch"):
+        raise ValueError(f"--teacher: method {args.method!r} as configured uses no teacher (it matches random "
+                         "embedders and evaluates with hard labels)")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
     checkpoint = args.checkpoint
@@ -125,6 +127,18 @@ def _cmd_distill(args) -> int:
             lock.release()
     distributed.shutdown(created)
     return code
+
+
+def _labelling_teacher_needed(distiller) -> bool:
+    """Whether the run trains a teacher for its students' soft labels alone: a soft-label protocol on a
+    method whose synthesis uses no teacher (DM, M3D, KR-dual, NCFM with ``eval_protocol="soft"``), and
+    no ``--teacher`` given. It is saved as ``teacher.pt``, so ``evaluate`` reads the run back."""
+    from .distill import STRATEGIES
+    from .protocols import get_protocol
+
+    cfg = distiller.config
+    return (distiller.teacher_ is None and not STRATEGIES[cfg.strategy].needs_teacher
+            and get_protocol(cfg.eval_protocol).labels == "soft")
 
 
 def _check_folders(args, checkpoint: Optional[str]) -> None:
@@ -175,9 +189,18 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
     from .evaluate import evaluate
 
     rank, world_size = distributed.world()
+    labelling = _labelling_teacher_needed(distiller)
+    if labelling:  # refused before any work, as the distiller refuses its own models
+        from .models import check_image_size
+
+        check_image_size(distiller.config.teacher_arch, splits.train.image_shape[0], splits.train.num_classes,
+                         splits.train.image_shape, "teacher_arch")
     start = time.perf_counter()
     syn = distiller.fit(splits.train, progress=not args.quiet and rank == 0, checkpoint=checkpoint,
                         checkpoint_every=args.checkpoint_every, resume=args.resume)
+    if labelling:  # after the distillation's own checks and work; every rank labels with rank 0's teacher
+        distiller.train_teacher(splits.train, splits.train.num_classes, progress=False)
+        distributed.broadcast_module(distiller.teacher_)
     # the normalisation lives with the splits: record it so the grid shows real pixel values
     syn.meta.update(mean=[float(v) for v in splits.mean], std=[float(v) for v in splits.std])
     distill_seconds = time.perf_counter() - start
