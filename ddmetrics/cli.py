@@ -1,6 +1,6 @@
 """The ``ddmetrics`` command: ``distill``, ``evaluate``, ``diagnose``, ``losses``.
 
-    ddmetrics distill --dataset digits --method wmdd --ipc 10 --out runs/x
+    ddmetrics distill --dataset digits --method wmdd --ipc 10 --out runs/x [--budget B] [--protocol NAME]
     ddmetrics evaluate runs/x/synset.pt --dataset digits [--protocol NAME] [--budget B] [--json OUT]
     ddmetrics diagnose runs/x/synset.pt --dataset digits [--model teacher|convnet] [--json OUT]
     ddmetrics losses
@@ -93,6 +93,8 @@ def _cmd_distill(args) -> int:
         overrides["iterations"] = args.iterations
     if args.budget is not None:
         overrides["budget"] = args.budget
+    if args.protocol is not None:
+        overrides["eval_protocol"] = args.protocol
     if args.teacher_arch is not None:
         overrides["teacher_arch"] = args.teacher_arch
     if args.runs < 0:
@@ -507,16 +509,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _methods_help() -> str:
-    from .distill.presets import PRESETS
+    from .distill.presets import PRESETS, preset
 
-    return f"method preset, one of {', '.join(sorted(PRESETS))}"
+    papers = ", ".join(f"{name}: {preset(name).eval_protocol}" for name in sorted(PRESETS))
+    return (f"method preset, one of {', '.join(sorted(PRESETS))}: each its method's released pipeline and budgets "
+            f"(cut them with --budget), evaluated by its paper's protocol ({papers})")
+
+
+def _protocol_list() -> str:
+    """The protocols with what their students learn from and are: ``hard (hard labels, convnet), ...``."""
+    from .protocols import PROTOCOLS
+
+    return ", ".join(f"{name} ({p.labels} labels, {p.model})" for name, p in sorted(PROTOCOLS.items()))
 
 
 def _protocols_help() -> str:
-    from .protocols import PROTOCOLS
-
-    return (f"evaluation protocol, one of {', '.join(sorted(PROTOCOLS))} (default: the run's, with its overrides; "
+    return (f"evaluation protocol, one of {_protocol_list()} (default: the run's, with its overrides; "
             "a soft-label protocol needs the teacher.pt beside the set)")
+
+
+def _distill_protocol_help() -> str:
+    return (f"evaluation protocol of the students, one of {_protocol_list()} (default: the method's; a soft-label "
+            "protocol trains the teacher it needs and keeps it as teacher.pt)")
+
+
+def _teacher_arch_help() -> str:
+    from .distill.presets import PRESETS, preset
+
+    archs = sorted({preset(name).teacher_arch for name in PRESETS})
+    return f"the teacher's architecture, a registered model name (default: the method's, {', '.join(archs)})"
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -556,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the full-data baseline model (most of an evaluation's time on small sets)")
     d.add_argument("--iterations", type=int, default=None,
                    help="synthesis steps per optimisation batch (default: the method's)")
+    d.late_help.append((d.add_argument("--protocol", default=None, metavar="NAME", help="evaluation protocol"),
+                        _distill_protocol_help))
     d.add_argument("--budget", type=float, default=None, metavar="FRACTION",
                    help="run this fraction in (0, 1] of every iteration and epoch count of the method (synthesis, "
                         "teacher, students); recorded in report.json (default: 1, the method's own budget)")
@@ -565,8 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--teacher", default=None, metavar="PATH",
                    help="your trained teacher: a state_dict file (loaded into --teacher-arch, weights only) or a "
                         "TorchScript file; default: train one on the data")
-    d.add_argument("--teacher-arch", default=None, metavar="NAME",
-                   help="the teacher's architecture, a registered model name (default: the method's, convnet_bn)")
+    d.late_help.append((d.add_argument("--teacher-arch", default=None, metavar="NAME", help="teacher architecture"),
+                        _teacher_arch_help))
     _add_data_options(d)
     _add_device(d)
     d.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher/embedder passes on CUDA")

@@ -39,11 +39,11 @@ def test_a_method_without_a_teacher_evaluated_with_soft_labels_trains_and_keeps_
 
     out = tmp_path / "run"
     assert main(["distill", "--method", "dm", "--ipc", "1", "--runs", "1", "--no-full", "--quiet", "--iterations", "2",
-                 "--set", "eval_protocol=soft", "teacher_arch=convnet_bn", "teacher_epochs=1", "eval_model=convnet",
+                 "--protocol", "soft", "--set", "teacher_arch=convnet_bn", "teacher_epochs=1", "eval_model=convnet",
                  "eval_epochs=2", "--out", str(out)]) == 0
     assert sorted(os.listdir(out)) == [".ddmetrics-run.json", "grid.png", "report.json", "synset.pt", "teacher.pt"]
     report = json.loads((out / "report.json").read_text())["evaluation"]
-    assert report["protocol"].startswith("soft") and len(report["runs"]) == 1
+    assert report["protocol"] == "soft (model=convnet, epochs=2)" and len(report["runs"]) == 1
     assert main(["evaluate", str(out / "synset.pt"), "--runs", "1", "--no-full", "--quiet", "--json",
                  str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["runs"] == report["runs"]  # the same teacher, read back
@@ -101,14 +101,20 @@ def test_building_the_parser_imports_no_torch(tmp_path):
     assert res.stdout.strip() == "[]"
 
 
-def test_distill_help_lists_the_method_presets(capsys):
+def test_distill_help_lists_the_method_presets_and_the_protocols(capsys):
     from ddmetrics.cli import build_parser
     from ddmetrics.distill import PRESETS
+    from ddmetrics.protocols import PROTOCOLS
 
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["distill", "--help"])
     assert exit_.value.code == 0
-    assert f"one of {', '.join(sorted(PRESETS))}" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"one of {', '.join(sorted(PRESETS))}" in text
+    assert "wmdd: soft" in text and "sre2l: sre2l_small" in text and "dm: hard" in text  # each paper's protocol
+    assert all(f"{name} ({p.labels} labels, {p.model})" in text for name, p in PROTOCOLS.items())  # --protocol
+    assert "--teacher-arch NAME the teacher's architecture, a registered model name (default: the method's, " \
+           "resnet18)" in text
 
 
 def test_package_names_resolve_lazily():

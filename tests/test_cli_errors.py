@@ -101,6 +101,8 @@ def test_unwritable_out_is_refused_before_work(capsys):
     (["--runs", "-3"], "--runs"),
     (["--device", "gpu"], "not a device"),
     (["--teacher-arch", "nope"], "teacher_arch='nope'"),
+    (["--protocol", "sofft"], "eval_protocol='sofft'"),
+    (["--method", "dm", "--set", "teacher_epochs=3"], "teacher_epochs does not apply to method 'dm'"),
     (["--loss", "sliced", "--set", 'loss_kwargs={"bogus": 1}'], "loss_kwargs: loss 'sliced' has no setting 'bogus'"),
 ])
 def test_bad_settings_fail_in_one_line_before_data_is_read(tmp_path, capsys, monkeypatch, args, needle):
