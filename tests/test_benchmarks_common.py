@@ -223,6 +223,7 @@ def test_weight_rule_plan_pairs_the_two_weight_rules():
     assert rules == [(10, "exact"), (10, "mirror"), (50, "exact"), (50, "mirror")]
     assert [c.compare for c in cells] == ["", cells[0].label, "", cells[0].label]  # mirror vs the default, paired
     assert {(c.method, c.distiller(0).config.strategy) for c in cells} == {("wmdd", "barycenter")}
+    assert all(c.distiller(0).config.learn_weights for c in cells)  # uniform weights (the preset's) take no rule
 
 
 def test_main_defaults_to_mnist_and_quick_stays_on_digits():
