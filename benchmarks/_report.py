@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ddmetrics.protocols import PROTOCOLS
+
 from _common import (format_difference, markdown_table, mean_std, paired_difference, pm, percent, pyplot, save_png,
                      write_lines)
 
@@ -28,6 +30,33 @@ def _share(value: Optional[float]) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+def soft_protocol(name: Optional[str]) -> bool:
+    """Whether the evaluation protocol ``name`` recorded in a document trains students on the teacher's
+    soft labels (a name this version does not know: only ``"soft"`` did, before issue 24)."""
+    known = PROTOCOLS.get(name) if isinstance(name, str) else None
+    return known.labels == "soft" if known is not None else name == "soft"
+
+
+def students(ev: Dict[str, Any]) -> str:
+    """The students of evaluation settings ``ev`` (a cell's ``eval``): protocol, model and epochs, the
+    protocol's own where ``ev`` does not override them, and the budget when it is not 1."""
+    known = PROTOCOLS.get(ev.get("protocol")) if isinstance(ev.get("protocol"), str) else None
+    model = ev.get("model") or (known.model if known is not None else "default")
+    epochs = ev.get("epochs") or (known.recipe.epochs if known is not None and known.recipe.epochs else "default")
+    budget = ev.get("budget", 1.0)
+    return (f"{ev['protocol']} protocol, " if ev.get("protocol") else "") + f"{model}, {epochs} epochs" + \
+        (f" x budget {budget:g}" if budget != 1.0 else "")
+
+
+def random_labels(b: Dict[str, Any]) -> List[Tuple[str, List[float]]]:
+    """(row label, runs) of baseline ``b``'s random subsets: under its protocol, and for a soft-label
+    protocol also with hard labels (the papers' baseline; the same recipe, not the hard protocol's)."""
+    out = [(f"random subset ({b['protocol']} protocol)", list(b["random_runs"]))]
+    if soft_protocol(b["protocol"]) and b["random_hard_runs"]:
+        out.append((f"random subset ({b['protocol']} protocol, hard labels)", list(b["random_hard_runs"])))
+    return out
+
+
 def baseline_rows(doc: Dict[str, Any], rows: Sequence[Dict[str, Any]]) -> List[Tuple[int, str, str, str]]:
     """(ipc, label, accuracy, note) for the random-subset / full-data rows of the baselines in use."""
     out, seen = [], set()
@@ -37,13 +66,8 @@ def baseline_rows(doc: Dict[str, Any], rows: Sequence[Dict[str, Any]]) -> List[T
             continue
         seen.add(r["baseline_key"])
         ev = b["eval"]
-        note = f"{ev['model']}, {ev['epochs'] or 'default'} epochs"
-        if b["protocol"] == "soft":
-            out.append((b["ipc"], "random subset (teacher soft labels)", pm(b["random_runs"]), note))
-            if b["random_hard_runs"]:
-                out.append((b["ipc"], "random subset (hard labels)", pm(b["random_hard_runs"]), note))
-        else:
-            out.append((b["ipc"], "random subset (hard labels)", pm(b["random_runs"]), note))
+        note = students(ev)
+        out += [(b["ipc"], label, pm(runs), note) for label, runs in random_labels(b)]
         out.append((b["ipc"], "full data", percent(b["full"]), f"hard labels, {ev['full_epochs'] or 'default'} epochs"))
     # identical rows from two protocols with the same settings collapse
     uniq, keys = [], set()
@@ -133,7 +157,7 @@ CI_NOTE = ("Accuracy: mean ± std (population) over the evaluation runs; student
            "its 95 % confidence interval (t distribution, n − 1 dof); `*` marks an interval that excludes 0. "
            "\"Δ vs best\": against the row of that IPC with the highest mean (chosen on these same test runs, so "
            "its intervals are somewhat optimistic); \"Δ vs random\": against the random real subset of the same "
-           "size with the same labels (hard or the teacher's soft labels) and seeds.")
+           "size under the same evaluation protocol (its labels, hard or the teacher's soft ones) and seeds.")
 
 
 def ci_tables(doc: Dict[str, Any], entries: Sequence[Dict[str, Any]]) -> List[str]:
@@ -226,15 +250,11 @@ def _used_baselines(doc: Dict[str, Any], rows: Sequence[Dict[str, Any]]) -> List
 
 
 def _baseline_runs(doc: Dict[str, Any], rows: Sequence[Dict[str, Any]]) -> Dict[Tuple[int, str], List[float]]:
-    """(ipc, "random subset (hard|teacher soft labels)") -> its runs, for the baselines ``rows`` use."""
+    """(ipc, random-subset row label, :func:`random_labels`) -> its runs, for the baselines ``rows`` use."""
     out: Dict[Tuple[int, str], List[float]] = {}
     for b in _used_baselines(doc, rows):
-        if b["protocol"] == "soft":
-            out[(b["ipc"], "random subset (teacher soft labels)")] = list(b["random_runs"])
-            if b["random_hard_runs"]:
-                out.setdefault((b["ipc"], "random subset (hard labels)"), list(b["random_hard_runs"]))
-        else:
-            out[(b["ipc"], "random subset (hard labels)")] = list(b["random_runs"])
+        for label, runs in random_labels(b):
+            out.setdefault((b["ipc"], label), runs)
     return out
 
 
@@ -297,8 +317,9 @@ def write_plot(path: str, doc: Dict[str, Any], keys: Sequence[str],
             x = [v * shift for v in x]
             ax.errorbar(x, y, yerr=e, marker=markers[i % len(markers)], ms=5, capsize=3, lw=1.6,
                         linestyle=styles[i % len(styles)], label=name)
-        for label, color in (("random subset (hard labels)", "tab:grey"),
-                             ("random subset (teacher soft labels)", "tab:brown")):
+        colors = ("tab:grey", "tab:brown", "tab:olive", "tab:cyan", "tab:pink")
+        for j, label in enumerate(sorted({lab for _, lab in base})):  # a band per protocol (and labels)
+            color = colors[j % len(colors)]
             pts = sorted((ipc, *mean_std([100 * v for v in runs])) for (ipc, lab), runs in base.items() if lab == label)
             if pts:
                 x, y, e = zip(*pts)

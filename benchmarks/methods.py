@@ -1,8 +1,9 @@
-"""The four method presets (WMDD, DM, M3D, KR-dual) on digits: test accuracy against the random subset.
+"""The method presets on digits (default WMDD, DM, M3D, KR-dual): test accuracy against the random subset.
 
-Each cell distils the digits training split with the preset's own loss and settings
-(chosen on the validation split, see README), then trains ``--runs`` fresh students and
-tests them on the test split. Writes ``benchmarks/results/methods.{json,md}``.
+Each cell distils the digits training split with the preset's own loss and settings (its method's
+released pipeline, ``docs/fidelity.md``) at ``--budget`` (default 1: the method's own iteration and
+epoch counts), then trains ``--runs`` fresh students by the preset's evaluation protocol and tests
+them on the test split. Writes ``benchmarks/results/methods.{json,md}``.
 
 The cells run through ``_runner.py``, as ``metric_vs_accuracy.py``'s do: finished cells are
 skipped (an interrupted run resumes), teachers are trained once, the random-subset (same
@@ -31,21 +32,24 @@ import ddmetrics as ddm  # noqa: E402
 from ddmetrics.distill.presets import PRESETS, DistillConfig  # noqa: E402
 from ddmetrics.evaluate import full_data_accuracy  # noqa: E402
 
+from _report import soft_protocol  # noqa: E402
+
 from _common import machine_info, markdown_table, percent, pm, write_lines  # noqa: E402
 from _runner import (SCHEMA, Cell, Runner, RunSettings, baseline_key, cell_key, eval_settings,  # noqa: E402
-                     new_document)
+                     new_document, student_protocol)
 
 EXPERIMENT = "methods"
 METHODS = ("wmdd", "dm", "m3d", "krdual")  # the default --methods (any preset is accepted)
 
 
-def plan(methods: Sequence[str], ipcs: Sequence[int]) -> List[Cell]:
-    """One cell per (IPC, method): the preset with its own loss and settings."""
+def plan(methods: Sequence[str], ipcs: Sequence[int], budget: float = 1.0) -> List[Cell]:
+    """One cell per (IPC, method): the preset with its own loss and settings, at ``budget``."""
     cells = []
+    overrides = {} if budget == 1.0 else {"budget": budget}  # the cells of the method's own budget keep their keys
     for ipc in ipcs:
         for method in methods:
-            cfg = ddm.Distiller(method=method, ipc=ipc, seed=0).config
-            cells.append(Cell(EXPERIMENT, method, cfg.loss, cfg.strategy, method, ipc, loss=None))
+            cfg = ddm.Distiller(method=method, ipc=ipc, seed=0, **overrides).config
+            cells.append(Cell(EXPERIMENT, method, cfg.loss, cfg.strategy, method, ipc, dict(overrides), loss=None))
     return cells
 
 
@@ -100,7 +104,7 @@ def write_markdown(path: str, doc: Dict[str, Any], keys: Sequence[str]) -> None:
     for c in sorted(cells, key=lambda c: (c["ipc"], c["method"])):
         b = doc["baselines"].get(c["baseline_key"]) or {"random_runs": [], "random_hard_runs": [], "full": None}
         protocol = c["config"]["eval_protocol"]
-        hard = b["random_hard_runs"] if protocol == "soft" else b["random_runs"]
+        hard = b["random_hard_runs"] if soft_protocol(protocol) else b["random_runs"]
         # the time Distiller.fit takes when it trains its own teacher (the runner trains it once, apart)
         seconds = c["distill_seconds"] + (c.get("teacher_seconds") or 0.0)
         rows.append((c["method"], c["loss"], c["ipc"], protocol, pm(c["accuracies"]), pm(b["random_runs"]), pm(hard),
@@ -115,14 +119,16 @@ def write_markdown(path: str, doc: Dict[str, Any], keys: Sequence[str]) -> None:
 
 
 def refresh_full(runner: Runner) -> None:
-    """Recompute every baseline's full-data model with ``full_data_accuracy``'s current defaults."""
-    done: Dict[tuple, Dict[str, float]] = {}
+    """Recompute every baseline's full-data model with ``full_data_accuracy``'s current defaults, as the
+    runner makes it: the students' model (the protocol's unless overridden), its own recipe."""
+    done: Dict[str, Dict[str, float]] = {}
     splits, seed = runner.splits, runner.run_settings.seed
     for b in runner.doc["baselines"].values():
-        what = (b["eval"]["model"], b["eval"]["lr"])
+        # a baseline recorded before issue 24 names its model; its protocol then is "hard" or "soft"
+        what = b["eval"].get("model") or student_protocol(b["eval"]).model
         if what not in done:
             start = time.perf_counter()
-            acc = full_data_accuracy(splits.train, splits.test, model=what[0], lr=what[1], seed=seed)
+            acc = full_data_accuracy(splits.train, splits.test, model=what, seed=seed)
             done[what] = {"full": acc, "seconds": time.perf_counter() - start}
         b["full"], b["seconds"]["full_data"] = done[what]["full"], done[what]["seconds"]
     runner.save()
@@ -134,6 +140,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=sorted(PRESETS))
     p.add_argument("--ipc", nargs="+", type=int, default=[1, 10])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="fraction in (0, 1] of every iteration and epoch count of each method (default 1: its own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/methods")
     p.add_argument("--refresh-full", action="store_true",
@@ -144,6 +152,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.jobs < 1 or args.runs < 1 or any(i < 1 for i in args.ipc):
         p.error("--jobs, --runs and --ipc must be positive")
+    if not 0 < args.budget <= 1:
+        p.error("--budget must be in (0, 1]")
     return args
 
 
@@ -157,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.refresh_full:  # keep the command that made the cells; note the one that refreshed the row
         runner.doc["full_command"], runner.doc["command"] = command, runner.previous_command or command
         refresh_full(runner)
-    keys = runner.run(plan(args.methods, args.ipc))
+    keys = runner.run(plan(args.methods, args.ipc, args.budget))
     write_markdown(args.out + ".md", runner.doc, keys)
     log = runner.run_log
     print(f"{EXPERIMENT}: {log['new_cells']} new cells, {log['skipped_cells']} skipped, {log['failed_cells']} failed "

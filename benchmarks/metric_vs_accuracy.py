@@ -11,10 +11,11 @@ Experiments (``--experiment``):
       distribution = ``method="dm"`` with that loss} at that IPC;
     - ``baselines``: coresets herding and k-center (greedy, on the WMDD teacher's features) ×
       {hard, soft} labels at IPC 1 10 50, with the random subsets (hard / soft) and the full-data model;
-    - ``presets``: DM, M3D, KR-dual, WMDD and SRe²L presets, each under hard and under soft
-      labels (one of which is its paper's protocol), IPC 10: the soft-label gain and the method
-      gain in one table;
-    - ``ablation``: WMDD Table 3, feature loss {barycenter, ce} × reg {pcbn, bn}, IPC 10.
+    - ``presets``: DM, M3D, KR-dual, WMDD and SRe²L presets, each under its paper's evaluation
+      protocol (``hard``: DM's code; ``soft``: train_FKD; ``sre2l_small``: SRe²L's CIFAR relabelling)
+      and under the protocol of the other labels (``soft`` for a hard-label paper, ``hard`` for a
+      soft-label one), IPC 10: the soft-label gain and the method gain in one table;
+    - ``ablation``: WMDD Table 3 as its release runs it (:data:`ABLATION`), IPC 10.
 
     Every cell gets ``--runs`` evaluation runs (default 3; ``--runs-ipc1``, default 5 on mnist, at
     IPC 1) with student seeds seed .. seed + n − 1 in every cell, so runs are paired. Writes
@@ -23,19 +24,25 @@ Experiments (``--experiment``):
     the same labels; partial results say so) and ``<out>.png`` (one panel per strategy). A part's
     run re-renders the others' cells from the JSON. On mnist the cells get
     :data:`DATASET_CUTS` (teacher 4 epochs, 100 synthesis iterations, students 300 / 60 / 20
-    epochs at IPC 1 / 10 / 50, full-data model 5 epochs), measured by
-    ``benchmarks/mnist_validation.py`` on the mnist validation split.
+    epochs at IPC 1 / 10 / 50, full-data model 5 epochs; each only where the cell's configuration
+    uses it), measured by ``benchmarks/mnist_validation.py`` on the mnist validation split for the
+    pipelines before issue 24 (ConvNet teachers and students), not re-measured for the released ones.
 ``wass_vs_mmd``
     WMDD Fig. 4: ``wasserstein`` vs ``mmd`` inside WMDD, with augmentation (the preset) and
     without (``augment=None``, hard-label evaluation), IPC 1 and 10.
 ``exact_vs_sliced``
     WMDD Table 4: accuracy and time of exact (``wasserstein``) vs ``sliced`` barycenters.
 ``ablation``
-    WMDD Table 3: ``feature_loss`` {barycenter, ce} × ``reg`` {bn, pcbn}, IPC 10.
+    WMDD Table 3 as its release runs it (:data:`ABLATION`): the PCBN rows by
+    ``data_synthesis_new.py`` (the preset: barycenter term + cross-entropy; without ``--wb`` the
+    cross-entropy alone, ``feature_loss="none"``), the BN rows by ``data_synthesis.py`` (slots of one
+    image per class, the teacher's running statistics, first BN layer ×10; the barycenter term
+    alone, or the cross-entropy alone), IPC 10.
 ``lambda``
     WMDD Fig. 5a: ``reg_weight`` λ in 0.1, 1, 10, 100, 1000, IPC 10.
 ``weight_rule``
-    WMDD (the preset) with the exact barycenter's weights in closed form (``weight_update="exact"``,
+    WMDD (the preset with learned barycenter weights, ``learn_weights=True``: the release keeps
+    them uniform) with the exact barycenter's weights in closed form (``weight_update="exact"``,
     the default) and by the paper's mirror descent (``"mirror"``), paired, IPC 10 and 50 (at IPC 1
     a class has one atom, of weight 1, under both rules).
 ``moments``
@@ -45,9 +52,11 @@ Experiments (``--experiment``):
 
 Every cell distils the training split of ``--dataset`` (digits unless said) (``Distiller(...).fit``) and trains ``--runs``
 fresh students on the result, tested on the test split (``ddm.evaluate`` with
-``Distiller.config.evaluation_kwargs()``: the preset's protocol, model, epochs, learning rate
-and temperature). Settings not named by an experiment are the presets' and, for the losses,
-``presets.LOSS_SETTINGS`` (``ddmetrics/distill/presets.py``).
+``Distiller.config.evaluation_kwargs()``: the preset's named protocol and its overrides).
+Settings not named by an experiment are the presets' (``ddmetrics/distill/presets.py``: each
+method's released pipeline; a backend that is not the preset's own loss gets its defaults).
+A cut (``--quick``, :data:`DATASET_CUTS`) sets a field only in the cells whose configuration uses
+it (a teacher's epochs are not given to DM under hard labels: the preset would refuse them).
 
 This file is the plan (:data:`EXPERIMENTS`: which cells, which settings, which table) and the
 command line; the cells run through ``_runner.py`` (resumable JSON store, teacher cache, shared
@@ -59,16 +68,17 @@ the JSON are skipped; the JSON is rewritten atomically after every finished cell
 part, so an interrupted run (Ctrl-C included) resumes where it stopped. Cells whose settings
 changed (e.g. a retuned preset) are recomputed; old ones stay in the JSON but leave the tables.
 
-Shared work: the teacher is trained once per distinct (teacher, epochs, augmentation, seed)
-and handed to every barycenter cell that uses it (training is seeded, so this gives the same
+Shared work: the teacher is trained once per distinct (teacher, recipe and its epochs, seed)
+and handed to every cell that uses it (barycenter cells, and soft-label cells for their students'
+labels; training is seeded, so this gives the same
 teacher each cell would train itself; its time is reported separately, not in a cell's
 "distill" time). The random-subset and full-data baselines are computed once per (IPC,
 evaluation protocol/settings), as tasks of their own (with ``ddmetrics.evaluate``'s
 ``random_subset``, ``train_student`` and ``full_data_accuracy``, same seeds, so the numbers are
 those ``evaluate(..., train_set=...)`` reports): the random subset under the cell's
-protocol (``--runs`` seeds), for the soft protocol also with hard labels (the papers' baseline),
-and the full-data model; a part two baselines share (e.g. the full-data model, or the hard-label
-random subset of the soft and the hard protocol) is computed once.
+protocol (``--runs`` seeds), for a soft-label protocol also with hard labels (the papers' baseline:
+the same recipe, not the hard protocol's), and the full-data model; a part two baselines share
+(e.g. the full-data model of two protocols with the same student model) is computed once.
 
 Parallel runs (``--jobs N``, default 1): with N = 1 everything runs in this process, in plan
 order (each cell, then the baseline parts it is the first to need), with ``--threads`` torch
@@ -98,11 +108,12 @@ Usage::
     .venv/bin/python benchmarks/metric_vs_accuracy.py --experiment ablation --runs 5
     .venv/bin/python benchmarks/metric_vs_accuracy.py --backends wasserstein sliced --ipc 1 10
 
-``--quick`` (:data:`QUICK`): IPC 1 only, 1 run, ``iterations=20``, ``eval_epochs=50``,
-``teacher_epochs=3``, 3 full-data epochs, and one smoke-test cut of the loss settings: ``krdual``
-with ``loss_kwargs={"steps": 5}`` (over ``LOSS_SETTINGS``, so still warm-started). Accuracies are
-then only a smoke signal (a 3-epoch teacher gives poor soft labels); the default output prefix
-gets a ``_quick`` suffix so that it never mixes with the real results.
+``--quick`` (:data:`QUICK`): IPC 1 only, 1 run, ``iterations=20``, ConvNet-BN students for
+``eval_epochs=50`` (``eval_model="convnet_bn"``) and a ConvNet-BN teacher for ``teacher_epochs=3``
+(the presets' soft-label pipelines: ResNet-18s), 3 full-data epochs, and one smoke-test cut of the loss settings: ``krdual`` with
+``loss_kwargs={"steps": 5}`` (its other settings the loss's defaults). Accuracies are then only a
+smoke signal (a 3-epoch teacher gives poor soft labels); the default output prefix gets a
+``_quick`` suffix so that it never mixes with the real results.
 """
 from __future__ import annotations
 
@@ -122,6 +133,8 @@ import torch  # noqa: E402
 
 import ddmetrics as ddm  # noqa: E402
 from ddmetrics._extras import require_extra  # noqa: E402
+from ddmetrics.distill.presets import applies, preset  # noqa: E402
+from ddmetrics.protocols import get_protocol  # noqa: E402
 
 from _common import RESULTS, command_line  # noqa: E402
 from _report import write_markdown, write_plot  # noqa: E402
@@ -133,9 +146,9 @@ from _runner import Cell, ResultStore, Runner, RunSettings, cell_key  # noqa: E4
 class QuickSettings:
     """The smoke-test cut: what ``--quick`` changes, and nothing else.
 
-    ``overrides`` are DistillConfig fields applied to every cell, ``full_epochs`` the full-data
-    model's epochs, ``loss_kwargs`` explicit per-loss ``loss_kwargs`` for the cells that name that
-    loss (merged over ``presets.LOSS_SETTINGS`` by ``make_loss``; the real runs use the table as is).
+    ``overrides`` are DistillConfig fields applied to every cell that uses them, ``full_epochs`` the
+    full-data model's epochs, ``loss_kwargs`` explicit per-loss ``loss_kwargs`` for the cells that name
+    that loss (the real runs use the loss's defaults there).
     """
 
     overrides: Dict[str, Any] = field(default_factory=dict)
@@ -144,7 +157,8 @@ class QuickSettings:
 
 
 QUICK = QuickSettings(
-    overrides={"iterations": 20, "eval_epochs": 50, "teacher_epochs": 3},
+    overrides={"iterations": 20, "eval_model": "convnet_bn", "eval_epochs": 50, "teacher_arch": "convnet_bn",
+               "teacher_epochs": 3},
     full_epochs=3,
     # the KR critic's steps per call dominate everything else in a ~60 s smoke run
     loss_kwargs={"krdual": {"steps": 5}},
@@ -175,15 +189,20 @@ def _coreset_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, A
 
 def _preset_label(method: str, protocol: str, paper_protocol: str) -> str:
     name = method.upper().replace("SRE2L", "SRe²L").replace("KRDUAL", "KR-dual")
-    return f"{name} ({protocol} labels{' = paper' if protocol == paper_protocol else ''})"
+    return f"{name} ({protocol} protocol{' = paper' if protocol == paper_protocol else ''})"
+
+
+#: the protocol of the other labels a preset is also evaluated with: DM's code for a soft-label paper,
+#: train_FKD's soft labels for a hard-label one
+OTHER_LABELS = {"soft": "hard", "hard": "soft"}
 
 
 def _preset_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
-    # each preset under the other protocol is compared with itself under its paper's: the gain of the labels
+    # each preset under the other labels' protocol is compared with itself under its paper's: the gain of the labels
     for method in PRESET_METHODS:
-        own = ddm.Distiller(method=method, ipc=1, seed=0).config
+        own = preset(method)
         paper = _preset_label(method, own.eval_protocol, own.eval_protocol)
-        for protocol in ("hard", "soft"):
+        for protocol in (own.eval_protocol, OTHER_LABELS[get_protocol(own.eval_protocol).labels]):
             label = _preset_label(method, protocol, own.eval_protocol)
             add(label, own.loss, own.strategy, method, {"eval_protocol": protocol}, loss=None,
                 compare="" if label == paper else paper)
@@ -201,21 +220,30 @@ def _exact_vs_sliced_cells(add: AddCell, backends: Sequence[str], overrides: Dic
         add(backend, backend, "barycenter", "wmdd")
 
 
+#: WMDD's ablation script (recover/data_synthesis.py, run.sh without -n): slots of one image per class
+#: against the teacher's running BatchNorm statistics, the first BN layer x10
+_BN_SCRIPT = {"reg": "bn", "bn_stats": "running", "synthesis_batch": "slot", "first_bn_weight": 10.0}
+#: WMDD Table 3 as released (label, overrides of the wmdd preset): "Wass." is the barycenter term, with the
+#: cross-entropy in the PCBN script (the preset) and without it in the BN script; "CE" is the cross-entropy alone
+ABLATION = (("Wass. + PCBN (preset)", {}),
+            ("CE + PCBN", {"feature_loss": "none", "ce_weight": 1.0}),
+            ("Wass. + BN", {**_BN_SCRIPT, "ce_weight": 0.0}),
+            ("CE + BN", {**_BN_SCRIPT, "feature_loss": "none", "ce_weight": 1.0}))
+
+
 def _ablation_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
-    # every row against the preset's recipe (barycenter + PCBN), paired
-    preset = "feature=barycenter, reg=pcbn"
-    for feature in ("barycenter", "ce"):
-        for reg in ("pcbn", "bn"):
-            label = f"feature={feature}, reg={reg}"
-            add(label, "wasserstein", "barycenter", "wmdd", {"feature_loss": feature, "reg": reg},
-                compare="" if label == preset else preset)
+    # every row against the preset's (barycenter + CE + PCBN), paired
+    reference = ABLATION[0][0]
+    for label, extra in ABLATION:
+        add(label, "wasserstein", "barycenter", "wmdd", extra, compare="" if label == reference else reference)
 
 
 def _weight_rule_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
     # the exact barycenter's weights: closed form (the default) against the paper's mirror descent, paired
     closed = "closed-form weights (default)"
     for label, rule in ((closed, "exact"), ("mirror-descent weights (the paper's)", "mirror")):
-        add(label, "wasserstein", "barycenter", "wmdd", {"loss_kwargs": {"weight_update": rule}},
+        # the rules differ only where the weights are learned (the preset, as released, keeps them uniform)
+        add(label, "wasserstein", "barycenter", "wmdd", {"learn_weights": True, "loss_kwargs": {"weight_update": rule}},
             compare="" if label == closed else closed)
 
 
@@ -226,7 +254,7 @@ def _lambda_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, An
 
 def _moments_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:
     for method in ("dm", "m3d", "wmdd"):
-        cfg = ddm.Distiller(method=method, ipc=1, seed=0, **overrides).config  # the preset's loss and strategy
+        cfg = preset(method)  # the preset's loss and strategy
         add(method.upper(), cfg.loss, cfg.strategy, method, loss=None, diagnose=True)
 
 
@@ -257,10 +285,10 @@ class DatasetCut:
         return {**self.overrides, **({"eval_epochs": self.eval_epochs[ipc]} if ipc in self.eval_epochs else {})}
 
 
-#: ``--dataset`` -> its cut (``benchmarks/mnist_validation.py``, ``results/mnist_validation.md``):
-#: mnist's 3,600 28×28 training images cost ~50× digits' per step; the presets' teacher (30 epochs),
-#: synthesis (300 iterations) and students (1000 / 300 / 150 epochs at IPC 1 / 10 / 50) would not
-#: fit ≈ 2 h per part on 2 cores
+#: ``--dataset`` -> its cut (``benchmarks/mnist_validation.py``, ``results/mnist_validation.md``, measured for
+#: the pipelines before issue 24): mnist's 3,600 28×28 training images cost ~50× digits' per step; the
+#: presets' teachers (50 epochs of WMDD's recipe), synthesis (1000 to 20 000 iterations) and students (300 to
+#: 2000 epochs) do not fit a CPU. Each field reaches only the cells whose configuration uses it
 DATASET_CUTS: Dict[str, DatasetCut] = {
     "mnist": DatasetCut(overrides={"teacher_epochs": 4, "iterations": 100},
                         eval_epochs={1: 300, 10: 60, 50: 20}, full_epochs=5),
@@ -276,9 +304,10 @@ MAIN_PARTS: Dict[str, Part] = {
     "baselines": Part("coresets herding / k-center (WMDD teacher features) × {hard, soft} labels, IPC 1 10 50; "
                       "their random subsets and the full-data model", _coreset_cells, (1, 10, 50),
                       "Coresets (real images; random subset = the baselines below)"),
-    "presets": Part("DM / M3D / KR-dual / WMDD / SRe²L presets, each under hard and soft labels, IPC 10",
-                    _preset_cells, (10,), "Method presets under both evaluation protocols"),
-    "ablation": Part("WMDD Table 3: feature loss {barycenter, ce} × reg {pcbn, bn}, IPC 10", _ablation_cells, (10,),
+    "presets": Part("DM / M3D / KR-dual / WMDD / SRe²L presets, each under its paper's protocol and the other "
+                    "labels' (hard: DM's code, soft: train_FKD), IPC 10",
+                    _preset_cells, (10,), "Method presets under their paper's protocol and the other labels'"),
+    "ablation": Part("WMDD Table 3 as released: {Wass., CE} × {PCBN, BN}, IPC 10", _ablation_cells, (10,),
                      "WMDD ablation: feature loss × BN regulariser"),
 }
 BACKEND_PARTS = ("ipc1", "ipc10", "ipc50")
@@ -309,7 +338,8 @@ EXPERIMENTS: Dict[str, Experiment] = {
     "wass_vs_mmd": Experiment("Wasserstein vs MMD inside WMDD (WMDD paper, Fig. 4)", _wass_vs_mmd_cells, (1, 10)),
     "exact_vs_sliced": Experiment("Exact vs sliced Wasserstein barycenters (WMDD paper, Table 4)",
                                   _exact_vs_sliced_cells, (1, 10, 50)),
-    "ablation": Experiment("Feature loss × BN regulariser (WMDD paper, Table 3)", _ablation_cells, (10,)),
+    "ablation": Experiment("Feature loss × BN regulariser (WMDD paper, Table 3, as released)", _ablation_cells,
+                           (10,)),
     "lambda": Experiment("PCBN weight λ (WMDD paper, Fig. 5a)", _lambda_cells, (10,)),
     "weight_rule": Experiment("WMDD with the exact barycenter's weights in closed form vs by mirror descent",
                               _weight_rule_cells, (10, 50), table="ci"),
@@ -318,13 +348,21 @@ EXPERIMENTS: Dict[str, Experiment] = {
 }
 
 
+def applying(method: str, loss: Optional[str], cut: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings of ``cut`` that the cell ``method`` with ``loss`` and its own settings ``extra`` uses
+    (:func:`ddmetrics.distill.presets.applies`): a cut is a budget for every cell, and a field given
+    to a configuration that does not use it is refused."""
+    cfg = preset(method, loss=loss, **extra)
+    return {name: value for name, value in cut.items() if name not in extra and applies(cfg, name)}
+
+
 def plan(experiment: str, backends: Sequence[str], ipcs: Optional[Sequence[int]], overrides: Dict[str, Any],
          loss_kwargs: Optional[Dict[str, Dict[str, Any]]] = None, parts: Optional[Sequence[str]] = None,
          dataset: str = "digits") -> List[Cell]:
     """The cells of ``experiment``, IPC by IPC (part by part for an experiment with parts).
 
-    ``overrides`` (e.g. the --quick settings) apply to every cell, over ``dataset``'s
-    :data:`DATASET_CUTS`; ``loss_kwargs`` maps a loss name to explicit ``loss_kwargs`` for the cells
+    ``overrides`` (e.g. the --quick settings) apply to every cell that uses them (:func:`applying`), over
+    ``dataset``'s :data:`DATASET_CUTS`; ``loss_kwargs`` maps a loss name to explicit ``loss_kwargs`` for the cells
     that name that loss. ``parts`` (default: all) picks parts of an experiment that has them;
     ``ipcs`` (default: each part's, or the experiment's) restricts the IPCs.
     """
@@ -348,7 +386,8 @@ def plan(experiment: str, backends: Sequence[str], ipcs: Optional[Sequence[int]]
             def add(label, backend, strategy, method, extra=None, loss="same", diagnose=False, kind="distill",
                     compare="", ipc=ipc, part=name, section=part.section):
                 loss = backend if loss == "same" else loss
-                settings = {**cut.settings(ipc), **overrides, **(extra or {})}
+                settings = {**applying(method, loss, {**cut.settings(ipc), **overrides}, extra or {}),
+                            **(extra or {})}
                 if loss is not None and loss in loss_kwargs:
                     settings["loss_kwargs"] = dict(loss_kwargs[loss])
                 cells.append(Cell(experiment, label, backend, strategy, method, ipc, settings, loss=loss,
@@ -378,7 +417,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="'mnist', 'digits' or a path accepted by ddm.data.load (default: mnist for main, digits for "
                         "--quick and the other experiments); mnist cells get the cuts of DATASET_CUTS")
     p.add_argument("--quick", action="store_true",
-                   help="IPC 1, 1 run, iterations=20, eval_epochs=50, teacher_epochs=3, krdual steps=5 (smoke test)")
+                   help="IPC 1, 1 run, iterations=20, convnet_bn students for 50 epochs, a convnet_bn teacher for "
+                        "3 epochs, krdual steps=5 (smoke test)")
     p.add_argument("--out", default=None, metavar="PREFIX",
                    help="output prefix for .json/.md(/.png) (default benchmarks/results/metric_vs_accuracy for "
                         "main, benchmarks/results/<experiment> otherwise; '_quick' appended with --quick)")
@@ -486,7 +526,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runner = Runner(run, command)
     runner.run(cells)
     if experiment.references:
-        runner.random_references([c.ipc for c in cells], cells[0].overrides if cells else {})
+        # the WMDD teacher of the references is the WMDD cell's (the cut's teacher fields reach only that cell)
+        runner.random_references([c.ipc for c in cells], next((c.overrides for c in cells if c.method == "wmdd"), {}))
     write_reports(experiment, args.out, runner.doc, everything, run)
     log = runner.run_log
     print(f"{args.experiment}: {log['new_cells']} new cells, {log['skipped_cells']} skipped, "

@@ -1,6 +1,6 @@
 """The ``ddmetrics`` command: ``distill``, ``evaluate``, ``diagnose``, ``losses``.
 
-    ddmetrics distill --dataset digits --method wmdd --ipc 10 --out runs/x
+    ddmetrics distill --dataset digits --method wmdd --ipc 10 --out runs/x [--budget B] [--protocol NAME]
     ddmetrics evaluate runs/x/synset.pt --dataset digits [--protocol NAME] [--budget B] [--json OUT]
     ddmetrics diagnose runs/x/synset.pt --dataset digits [--model teacher|convnet] [--json OUT]
     ddmetrics losses
@@ -86,12 +86,15 @@ def _cmd_distill(args) -> int:
     from . import distributed
     from .data import load
     from .distill import Distiller
+    from .distill.presets import applies
 
     overrides = _parse_overrides(args.set)
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
     if args.budget is not None:
         overrides["budget"] = args.budget
+    if args.protocol is not None:
+        overrides["eval_protocol"] = args.protocol
     if args.teacher_arch is not None:
         overrides["teacher_arch"] = args.teacher_arch
     if args.runs < 0:
@@ -100,8 +103,9 @@ def _cmd_distill(args) -> int:
     # everything that can fail on arguments fails here, before any data is read or any file written
     distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed,
                           device=_device(args.device), amp=args.amp, **overrides)
-    if args.teacher is not None and not distiller.config.strategy == "barycenter":
-        raise ValueError(f"--teacher: method {args.method!r} uses no teacher (it matches random embedders)")
+    if args.teacher is not None and not applies(distiller.config, "teacher_arch"):
+        raise ValueError(f"--teacher: method {args.method!r} as configured uses no teacher (it matches random "
+                         "embedders and evaluates with hard labels)")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
     checkpoint = args.checkpoint
@@ -125,6 +129,18 @@ def _cmd_distill(args) -> int:
             lock.release()
     distributed.shutdown(created)
     return code
+
+
+def _labelling_teacher_needed(distiller) -> bool:
+    """Whether the run trains a teacher for its students' soft labels alone: a soft-label protocol on a
+    method whose synthesis uses no teacher (DM, M3D, KR-dual, NCFM with ``eval_protocol="soft"``), and
+    no ``--teacher`` given. It is saved as ``teacher.pt``, so ``evaluate`` reads the run back."""
+    from .distill import STRATEGIES
+    from .protocols import get_protocol
+
+    cfg = distiller.config
+    return (distiller.teacher_ is None and not STRATEGIES[cfg.strategy].needs_teacher
+            and get_protocol(cfg.eval_protocol).labels == "soft")
 
 
 def _check_folders(args, checkpoint: Optional[str]) -> None:
@@ -175,9 +191,18 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
     from .evaluate import evaluate
 
     rank, world_size = distributed.world()
+    labelling = _labelling_teacher_needed(distiller)
+    if labelling:  # refused before any work, as the distiller refuses its own models
+        from .models import check_image_size
+
+        check_image_size(distiller.config.teacher_arch, splits.train.image_shape[0], splits.train.num_classes,
+                         splits.train.image_shape, "teacher_arch")
     start = time.perf_counter()
     syn = distiller.fit(splits.train, progress=not args.quiet and rank == 0, checkpoint=checkpoint,
                         checkpoint_every=args.checkpoint_every, resume=args.resume)
+    if labelling:  # after the distillation's own checks and work; every rank labels with rank 0's teacher
+        distiller.train_teacher(splits.train, splits.train.num_classes, progress=False)
+        distributed.broadcast_module(distiller.teacher_)
     # the normalisation lives with the splits: record it so the grid shows real pixel values
     syn.meta.update(mean=[float(v) for v in splits.mean], std=[float(v) for v in splits.std])
     distill_seconds = time.perf_counter() - start
@@ -484,16 +509,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _methods_help() -> str:
-    from .distill.presets import PRESETS
+    from .distill.presets import PRESETS, preset
 
-    return f"method preset, one of {', '.join(sorted(PRESETS))}"
+    papers = ", ".join(f"{name}: {preset(name).eval_protocol}" for name in sorted(PRESETS))
+    return (f"method preset, one of {', '.join(sorted(PRESETS))}: each its method's released pipeline and budgets "
+            f"(cut them with --budget), evaluated by its paper's protocol ({papers})")
+
+
+def _protocol_list() -> str:
+    """The protocols with what their students learn from and are: ``hard (hard labels, convnet), ...``."""
+    from .protocols import PROTOCOLS
+
+    return ", ".join(f"{name} ({p.labels} labels, {p.model})" for name, p in sorted(PROTOCOLS.items()))
 
 
 def _protocols_help() -> str:
-    from .protocols import PROTOCOLS
-
-    return (f"evaluation protocol, one of {', '.join(sorted(PROTOCOLS))} (default: the run's, with its overrides; "
+    return (f"evaluation protocol, one of {_protocol_list()} (default: the run's, with its overrides; "
             "a soft-label protocol needs the teacher.pt beside the set)")
+
+
+def _distill_protocol_help() -> str:
+    return (f"evaluation protocol of the students, one of {_protocol_list()} (default: the method's; a soft-label "
+            "protocol trains the teacher it needs and keeps it as teacher.pt)")
+
+
+def _teacher_arch_help() -> str:
+    from .distill.presets import PRESETS, preset
+
+    archs = sorted({preset(name).teacher_arch for name in PRESETS})
+    return f"the teacher's architecture, a registered model name (default: the method's, {', '.join(archs)})"
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -533,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the full-data baseline model (most of an evaluation's time on small sets)")
     d.add_argument("--iterations", type=int, default=None,
                    help="synthesis steps per optimisation batch (default: the method's)")
+    d.late_help.append((d.add_argument("--protocol", default=None, metavar="NAME", help="evaluation protocol"),
+                        _distill_protocol_help))
     d.add_argument("--budget", type=float, default=None, metavar="FRACTION",
                    help="run this fraction in (0, 1] of every iteration and epoch count of the method (synthesis, "
                         "teacher, students); recorded in report.json (default: 1, the method's own budget)")
@@ -542,8 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--teacher", default=None, metavar="PATH",
                    help="your trained teacher: a state_dict file (loaded into --teacher-arch, weights only) or a "
                         "TorchScript file; default: train one on the data")
-    d.add_argument("--teacher-arch", default=None, metavar="NAME",
-                   help="the teacher's architecture, a registered model name (default: the method's, convnet_bn)")
+    d.late_help.append((d.add_argument("--teacher-arch", default=None, metavar="NAME", help="teacher architecture"),
+                        _teacher_arch_help))
     _add_data_options(d)
     _add_device(d)
     d.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher/embedder passes on CUDA")

@@ -89,10 +89,13 @@ def test_cell_key_follows_the_loss_settings_table(monkeypatch):
     run = _runner.RunSettings("test", "unused.json")
     cell = _runner.Cell("test", "krdual", "krdual", "distribution", "krdual", 1)
     cfg = cell.distiller(0).config
-    assert _runner.resolved_config(cfg)["loss_kwargs"] == presets.LOSS_SETTINGS["krdual"]
+    # the table is empty since issue 24: the preset's own loss settings are what the distiller uses
+    assert _runner.resolved_config(cfg)["loss_kwargs"] == presets.PRESETS["krdual"]["loss_kwargs"]
     before = _runner.cell_key(cell, cfg, run)
-    monkeypatch.setitem(presets.LOSS_SETTINGS, "krdual", {**presets.LOSS_SETTINGS["krdual"], "steps": 7})
-    assert _runner.cell_key(cell, cfg, run) != before  # a retuned table recomputes the cells it affects
+    monkeypatch.setitem(presets.LOSS_SETTINGS, "krdual", {"hidden": 64})  # a setting the preset leaves to the table
+    assert cell.distiller(0).loss.hidden == 64  # the distiller uses it...
+    assert _runner.resolved_config(cfg)["loss_kwargs"] == {**presets.PRESETS["krdual"]["loss_kwargs"], "hidden": 64}
+    assert _runner.cell_key(cell, cfg, run) != before  # ...and a retuned table recomputes the cells it affects
 
 
 def test_store_refuses_another_experiment_or_schema(tmp_path):
@@ -176,10 +179,40 @@ def test_main_plan_parts_share_the_wmdd_cell_and_get_the_mnist_cut():
     cfg = backend[0].distiller(0).config
     assert (cfg.teacher_epochs, cfg.iterations, cfg.eval_epochs) == (4, 100, 60)
     assert run.runs_for(1) == 5 and run.runs_for(10) == 3
+    # each preset under its paper's protocol and the other labels'; the cut reaches only the cells that use a field
+    by_label = {c.label: c.distiller(0).config for c in presets_}
+    assert {(c.method, c.overrides["eval_protocol"]) for c in presets_} == {
+        ("dm", "hard"), ("dm", "soft"), ("m3d", "hard"), ("m3d", "soft"), ("krdual", "hard"), ("krdual", "soft"),
+        ("wmdd", "soft"), ("wmdd", "hard"), ("sre2l", "sre2l_small"), ("sre2l", "hard")}
+    assert "teacher_epochs" not in next(c for c in presets_ if c.label == "DM (hard protocol = paper)").overrides
+    assert by_label["DM (soft protocol)"].teacher_epochs == 4  # the teacher of its students' soft labels
+    assert by_label["SRe²L (sre2l_small protocol = paper)"].iterations == 100
+    quick = mva.plan("main", ["wasserstein"], [1], dict(mva.QUICK.overrides), parts=["ipc1"], dataset="digits")
+    assert {c.method: sorted(c.overrides) for c in quick} == {
+        "wmdd": ["eval_epochs", "eval_model", "iterations", "teacher_arch", "teacher_epochs"],
+        "dm": ["eval_epochs", "eval_model", "iterations"]}
     digits = mva.plan("main", ["wasserstein"], [1], {}, parts=["ipc1"], dataset="digits")
-    assert digits[0].distiller(0).config.iterations == 300  # no cut off mnist
+    assert digits[0].distiller(0).config.iterations == presets.PRESETS["wmdd"].get("iterations", 2000)  # no cut
     with pytest.raises(ValueError, match="unknown part"):
         mva.plan("main", ["wasserstein"], None, {}, parts=["nope"])
+
+
+def test_ablation_plan_is_wmdd_table_3_as_released():
+    import metric_vs_accuracy as mva
+
+    cells = mva.plan("ablation", [], None, {}, dataset="mnist")
+    rows = {c.label: c.distiller(0).config for c in cells}
+    # PCBN rows: data_synthesis_new.py (the preset), with the barycenter term or, without --wb, the CE alone;
+    # BN rows: data_synthesis.py: slots of one image per class, the teacher's running statistics, the first BN
+    # layer x10, and the barycenter term without CE or the CE alone
+    assert {label: (c.feature_loss, c.ce_weight, c.reg, c.bn_stats, c.synthesis_batch, c.first_bn_weight)
+            for label, c in rows.items()} == {
+        "Wass. + PCBN (preset)": ("barycenter", 1.0, "pcbn", "batch_mean", "classes", 1.0),
+        "CE + PCBN": ("none", 1.0, "pcbn", "batch_mean", "classes", 1.0),
+        "Wass. + BN": ("barycenter", 0.0, "bn", "running", "slot", 10.0),
+        "CE + BN": ("none", 1.0, "bn", "running", "slot", 10.0)}
+    assert all((c.teacher_epochs, c.iterations, c.eval_epochs) == (4, 100, 60) for c in rows.values())  # mnist cut
+    assert [c.compare for c in cells] == [""] + ["Wass. + PCBN (preset)"] * 3  # paired with the preset's row
 
 
 def test_weight_rule_plan_pairs_the_two_weight_rules():
@@ -190,6 +223,7 @@ def test_weight_rule_plan_pairs_the_two_weight_rules():
     assert rules == [(10, "exact"), (10, "mirror"), (50, "exact"), (50, "mirror")]
     assert [c.compare for c in cells] == ["", cells[0].label, "", cells[0].label]  # mirror vs the default, paired
     assert {(c.method, c.distiller(0).config.strategy) for c in cells} == {("wmdd", "barycenter")}
+    assert all(c.distiller(0).config.learn_weights for c in cells)  # uniform weights (the preset's) take no rule
 
 
 def test_main_defaults_to_mnist_and_quick_stays_on_digits():
@@ -252,6 +286,27 @@ def test_a_section_with_reference_rows_gets_their_paired_difference():
     assert rows["X (soft = paper)"].split(" | ")[7] == "reference"
     assert "Δ vs reference row" in next(line for line in lines if line.startswith("| IPC") and "reference" in line)
     assert len(rows["Y"].split(" | ")) == len(rows["X (hard)"].split(" | ")) - 1  # section T has no such column
+
+
+def test_baselines_are_labelled_by_their_protocol_and_soft_labels_whatever_its_name():
+    import _report
+
+    def baseline(protocol, runs, model=None, budget=1.0):
+        return {"ipc": 10, "protocol": protocol, "random_runs": runs, "random_hard_runs": [0.4], "full": 0.9,
+                "eval": {"protocol": protocol, "model": model, "epochs": None, "budget": budget, "full_epochs": None}}
+
+    doc = {"baselines": {"a": baseline("sre2l_small", [0.7]), "b": baseline("ncfm", [0.6], budget=0.5),
+                         "c": baseline("soft", [0.8], model="convnet")}}  # c: a document from before issue 24
+    rows = {(label, acc): note for _, label, acc, note in _report.baseline_rows(doc, [{"baseline_key": k}
+                                                                                      for k in "abc"])}
+    assert rows == {
+        ("random subset (sre2l_small protocol)", "70.00 ± 0.00"): "sre2l_small protocol, resnet18, 400 epochs",
+        ("random subset (sre2l_small protocol, hard labels)", "40.00 ± 0.00"): "sre2l_small protocol, resnet18, 400 epochs",
+        ("random subset (ncfm protocol)", "60.00 ± 0.00"): "ncfm protocol, convnet, 2000 epochs x budget 0.5",
+        ("random subset (soft protocol)", "80.00 ± 0.00"): "soft protocol, convnet, 300 epochs",
+        ("random subset (soft protocol, hard labels)", "40.00 ± 0.00"): "soft protocol, convnet, 300 epochs",
+        ("full data", "90.00"): "hard labels, default epochs"}
+    assert _report.soft_protocol("soft") and not _report.soft_protocol("hard") and not _report.soft_protocol(None)
 
 
 def test_barycenter_clock_counts_the_network_simplex_solves_and_restores_the_solver():

@@ -15,19 +15,38 @@ def _run(*args, cwd):
 
 def test_distill_then_evaluate_reproduces_accuracy(tmp_path):
     out = tmp_path / "run"
-    res = _run("distill", "--dataset", "digits", "--method", "wmdd", "--ipc", "1", "--runs", "1", "--quiet",
-               "--iterations", "60", "--set", "teacher_epochs=15", "--set", "eval_epochs=300", "--out", str(out),
-               cwd=tmp_path)
+    # WMDD's pipeline on cheap settings (its own: a ResNet-18 teacher for 50 epochs, 2000 iterations, a ResNet-18
+    # student for 300 epochs): 100 iterations, a 6-epoch ConvNet-BN teacher, ConvNet-BN students for 200 epochs
+    res = _run("distill", "--dataset", "digits", "--method", "wmdd", "--ipc", "1", "--runs", "1", "--quiet", "--no-full",
+               "--iterations", "100", "--set", "teacher_arch=convnet_bn", "teacher_epochs=6", "eval_model=convnet_bn",
+               "eval_epochs=200", "--out", str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert sorted(os.listdir(out)) == [".ddmetrics-run.json", "grid.png", "report.json", "synset.pt", "teacher.pt"]
     report = json.loads((out / "report.json").read_text())["evaluation"]
-    # WMDD, one image per class, teacher soft labels: far above chance (10 %)
-    assert report["mean"] >= 0.75
+    # WMDD, one image per class, teacher soft labels (the preset's protocol): far above chance (10 %)
+    assert report["protocol"] == "soft (model=convnet_bn, epochs=200)" and report["mean"] >= 0.75
     assert "accuracy (%)" in res.stdout
-    again = _run("evaluate", str(out / "synset.pt"), "--dataset", "digits", "--runs", "1", "--quiet",
+    again = _run("evaluate", str(out / "synset.pt"), "--dataset", "digits", "--runs", "1", "--quiet", "--no-full",
                  "--json", str(tmp_path / "e.json"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "e.json").read_text())["runs"] == report["runs"]  # same seed, same result
+
+
+def test_a_method_without_a_teacher_evaluated_with_soft_labels_trains_and_keeps_one(tmp_path):
+    # DM's synthesis uses no teacher, its students under a soft-label protocol learn from one: the run trains it
+    # (by the config's teacher recipe) and saves it, so that evaluate reads the run back to the same numbers
+    from ddmetrics.cli import main
+
+    out = tmp_path / "run"
+    assert main(["distill", "--method", "dm", "--ipc", "1", "--runs", "1", "--no-full", "--quiet", "--iterations", "2",
+                 "--protocol", "soft", "--set", "teacher_arch=convnet_bn", "teacher_epochs=1", "eval_model=convnet",
+                 "eval_epochs=2", "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == [".ddmetrics-run.json", "grid.png", "report.json", "synset.pt", "teacher.pt"]
+    report = json.loads((out / "report.json").read_text())["evaluation"]
+    assert report["protocol"] == "soft (model=convnet, epochs=2)" and len(report["runs"]) == 1
+    assert main(["evaluate", str(out / "synset.pt"), "--runs", "1", "--no-full", "--quiet", "--json",
+                 str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["runs"] == report["runs"]  # the same teacher, read back
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -82,14 +101,20 @@ def test_building_the_parser_imports_no_torch(tmp_path):
     assert res.stdout.strip() == "[]"
 
 
-def test_distill_help_lists_the_method_presets(capsys):
+def test_distill_help_lists_the_method_presets_and_the_protocols(capsys):
     from ddmetrics.cli import build_parser
     from ddmetrics.distill import PRESETS
+    from ddmetrics.protocols import PROTOCOLS
 
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["distill", "--help"])
     assert exit_.value.code == 0
-    assert f"one of {', '.join(sorted(PRESETS))}" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"one of {', '.join(sorted(PRESETS))}" in text
+    assert "wmdd: soft" in text and "sre2l: sre2l_small" in text and "dm: hard" in text  # each paper's protocol
+    assert all(f"{name} ({p.labels} labels, {p.model})" in text for name, p in PROTOCOLS.items())  # --protocol
+    assert "--teacher-arch NAME the teacher's architecture, a registered model name (default: the method's, " \
+           "resnet18)" in text
 
 
 def test_package_names_resolve_lazily():
@@ -257,7 +282,7 @@ def test_poisoned_checkpoint_and_teacher_are_refused_through_the_cli(tmp_path, c
     monkeypatch.setattr(Checkpoint, "finish", interrupt_after_class_0)
     out, ckpt = tmp_path / "r", tmp_path / "ck"
     args = ["distill", "--method", "wmdd", "--ipc", "1", "--runs", "0", "--iterations", "2", "--quiet",
-            "--set", "teacher_epochs=1", "--out", str(out), "--checkpoint", str(ckpt)]
+            "--set", "teacher_epochs=1", "teacher_arch=convnet_bn", "--out", str(out), "--checkpoint", str(ckpt)]
     assert main(args) == 130 and (ckpt / "teacher.pt").exists()
     monkeypatch.setattr(Checkpoint, "finish", finish)
     torch.save({"weight": payload}, str(ckpt / "teacher.pt"))

@@ -15,7 +15,9 @@ from ddmetrics.cli import _parse_overrides, main
 from ddmetrics.distill import DistillConfig
 from ddmetrics.distill.presets import preset
 
-QUICK = ["--quiet", "--runs", "0", "--iterations", "2", "--set", "teacher_epochs=1"]
+# any method at its smallest: --budget scales every iteration and epoch count (each at least 1: DM's 20 000
+# iterations become 2, WMDD's 2000 and its teacher's 50 epochs 1)
+QUICK = ["--quiet", "--runs", "0", "--budget", "0.0001"]
 
 
 def _err(capsys):
@@ -99,6 +101,8 @@ def test_unwritable_out_is_refused_before_work(capsys):
     (["--runs", "-3"], "--runs"),
     (["--device", "gpu"], "not a device"),
     (["--teacher-arch", "nope"], "teacher_arch='nope'"),
+    (["--protocol", "sofft"], "eval_protocol='sofft'"),
+    (["--method", "dm", "--set", "teacher_epochs=3"], "teacher_epochs does not apply to method 'dm'"),
     (["--loss", "sliced", "--set", 'loss_kwargs={"bogus": 1}'], "loss_kwargs: loss 'sliced' has no setting 'bogus'"),
 ])
 def test_bad_settings_fail_in_one_line_before_data_is_read(tmp_path, capsys, monkeypatch, args, needle):
@@ -113,11 +117,21 @@ def test_bad_settings_fail_in_one_line_before_data_is_read(tmp_path, capsys, mon
 
 # one valid, non-default value per DistillConfig field
 NON_DEFAULT = {"strategy": "distribution", "loss": "sliced", "loss_kwargs": {"n_projections": 7}, "iterations": 7,
-               "lr": 0.5, "optimizer": "sgd", "init": "noise", "factor": 2, "augment": "color_crop",
-               "batch_real": 9, "teacher_arch": "resnetap10", "teacher_epochs": 2, "bary_iters": 4,
-               "learn_weights": False, "feature_loss": "ce", "reg": "bn", "reg_weight": 0.5, "embedder": "resnet18",
-               "iters_per_model": 2, "eval_protocol": "hard", "eval_model": "resnetap10", "eval_epochs": 5,
-               "eval_lr": 0.2, "temperature": 2.5}
+               "budget": 0.5, "optimizer": "sgd", "lr": 0.5, "lr_schedule": "constant", "weight_decay": 0.1,
+               "init": "real", "clamp": "none", "augment": "color_crop", "synthesis_batch": "class",
+               "batch_images": 50, "factor": 2, "batch_real": 9, "teacher_arch": "resnetap10",
+               "teacher_recipe": "sre2l", "teacher_epochs": 2, "bary_iters": 4, "learn_weights": True,
+               "bary_init": "kmeans++", "feature_loss": "none", "feature_norm": "squared", "ce_weight": 0.5,
+               "reg": "bn", "reg_weight": 0.5, "reg_norm": "squared", "bn_stats": "exact", "reg_weighted": True,
+               "first_bn_weight": 10.0, "embedder": "resnet18", "iters_per_model": 2, "embedder_pool": 3,
+               "pool_epochs": 2, "pool_interpolate": True, "calib_weight": 0.5, "normalize_features": True,
+               "eval_protocol": "hard", "eval_model": "resnetap10", "eval_epochs": 5, "eval_lr": 0.2,
+               "temperature": 2.5}
+# where a field that WMDD does not use is set (a field given where it does not apply is refused): method, settings
+WHERE = {"loss_kwargs": ("wmdd", {"loss": "sliced"}), "factor": ("dm", {}), "batch_real": ("dm", {}),
+         "embedder": ("dm", {}), "iters_per_model": ("dm", {}), "embedder_pool": ("dm", {}),
+         "normalize_features": ("dm", {}), "pool_epochs": ("dm", {"embedder_pool": 2}),
+         "pool_interpolate": ("dm", {"embedder_pool": 2}), "calib_weight": ("dm", {"embedder_pool": 2})}
 
 
 def test_every_config_field_can_be_set_through_set_and_the_api():
@@ -128,8 +142,8 @@ def test_every_config_field_can_be_set_through_set_and_the_api():
         text = json.dumps(value) if isinstance(value, (dict, bool)) else str(value)
         parsed = _parse_overrides([f"{name}={text}"])
         assert parsed == {name: value}, name
-        kwargs = {name: value, **({"loss": "sliced"} if name == "loss_kwargs" else {})}
-        assert getattr(ddm.Distiller(method="wmdd", ipc=1, **kwargs).config, name) == value, name
+        method, context = WHERE.get(name, ("wmdd", {}))
+        assert getattr(ddm.Distiller(method=method, ipc=1, **context, **{name: value}).config, name) == value, name
     assert _parse_overrides(["bary_iters=none", "augment=null"]) == {"bary_iters": None, "augment": None}
     assert preset("dm", augment=None).augment is None
 
@@ -239,6 +253,11 @@ def test_teacher_file_on_the_command_line(tmp_path, capsys):
                  *QUICK]) == 2
     _one_line(capsys, "uses no teacher")
     assert not (tmp_path / "q").exists()
+    # DM evaluated with soft labels: the teacher labels for its students, used as given and kept
+    assert main(["distill", "--method", "dm", "--ipc", "1", "--teacher", str(tmp_path / "mine.pt"), "--teacher-arch",
+                 "resnetap10", "--set", "eval_protocol=soft", "--out", str(tmp_path / "s"), *QUICK]) == 0
+    saved = torch.load(tmp_path / "s" / "teacher.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
 
 def test_object_array_npz_is_refused_in_our_words(tmp_path, capsys):

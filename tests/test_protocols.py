@@ -283,7 +283,7 @@ def test_cli_evaluate_takes_any_protocol_with_the_stored_overrides_and_a_budget(
     monkeypatch.setattr(ev, "accuracy", lambda model, test_set: 0.5)
     path = _saved_synset(tmp_path / "run", {"eval_protocol": "hard", "eval_epochs": 7, "eval_lr": 0.2, "budget": 0.5})
     out = tmp_path / "e.json"
-    args = ["evaluate", path, "--runs", "1", "--no-full", "--quiet", "--json", str(out)]
+    args = ["evaluate", path, "--runs", "1", "--no-full", "--quiet", "--json", str(out), "--overwrite"]
     assert main(args) == 0
     doc = json.loads(out.read_text())
     assert doc["protocol"] == "hard (lr=0.2, epochs=7)" and doc["budget"] == 0.5 and doc["epochs"] == 4
