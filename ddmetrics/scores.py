@@ -27,9 +27,10 @@ The four scores [1]_ compare trainings of a student (the evaluation protocol's m
 
 with :math:`w \in [0, 1]` (0.5 on DD-Ranking's leaderboard). With accuracies as fractions,
 HLR and IOR lie in [-1, 1], so :math:`\alpha, \beta \in [-1, 1]` and LRS, ARS in [0, 1]
-(:math:`1/(e + 1) \approx 0.269` when :math:`\alpha = 0`). DD-Ranking's released code applies
-the same expressions to percentages, where they leave [0, 1]; the definitions here are the
-stated ones (``/work/research/ddranking.md`` has the line-by-line reading).
+(:math:`1/(e + 1) \approx 0.269` when :math:`\alpha = 0`). DD-Ranking's released code (v0.2.0,
+``ddranking/metrics/soft_label.py``, ``aug_robust.py``) applies the same expressions to
+percentages, where they leave [0, 1]; the definitions here are the stated ones
+(``benchmarks/results/ddranking_crosscheck.md`` compares the two).
 
 References
 ----------
