@@ -115,3 +115,22 @@ def test_dd_ranking_scores_are_per_run_then_averaged():
     mean, half = t_interval(per_run_ars)
     assert out["ars"]["interval"] == pytest.approx([mean - half, mean + half], abs=TOL)
     assert out["settings"] == {"lrs_weight": 0.3, "ars_weight": 0.7, "confidence": 0.95}
+
+
+def test_scores_match_ddranking_0_2_0_on_its_recorded_outputs():
+    # benchmarks/ddranking_crosscheck.py ran ddranking's released compute_metrics on fixed accuracy lists (in
+    # its own environment: it cannot be installed beside ours); its per-run outputs, fed fractions, are the reference
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results",
+                        "ddranking_crosscheck.json")
+    with open(path, encoding="utf-8") as fh:
+        record = json.load(fh)
+    assert record["ddranking"] == "0.2.0" and len(record["cases"]) >= 5
+    for entry in record["cases"]:
+        case, theirs = entry["case"], entry["ddranking_fractions"]
+        ours = dd_ranking_scores(case["full"], case["syn_hard"], case["syn"], case["rdm"], case["syn_naug"],
+                                 case["rdm_naug"], lrs_weight=case["w"], ars_weight=case["gamma"])
+        for key in ("hlr", "ior", "lrs", "ars"):
+            assert ours[key]["runs"] == pytest.approx(theirs[key], abs=TOL), (case["name"], key)
