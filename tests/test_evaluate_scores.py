@@ -184,3 +184,24 @@ def test_bad_settings_are_refused_before_any_training(kwargs, needle, monkeypatc
     kwargs = {k: data.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
     with pytest.raises((ValueError, TypeError), match=needle):
         ddm.evaluate(_syn(), _data(), protocol="hard", runs=1, progress=False, **kwargs)
+
+
+def test_scores_and_lr_search_sharded_over_two_gloo_ranks_equal_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_evaluate_ranks_script.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's one thread per worker, for the reference too
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    for name, launcher in (("one", [sys.executable]), ("two", torchrun)):
+        res = subprocess.run([*launcher, script, str(tmp_path / f"{name}.json")], env=env, capture_output=True,
+                             text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-2000:]
+    one, two = (json.load(open(tmp_path / f"{n}.json")) for n in ("one", "two"))
+    assert (one["world"], two["world"]) == (1, 2)
+    # the same trainings with the same seeds in the same order on each rank: bit-equal results
+    assert one["report"] == two["report"]
+    assert set(two["report"]["lr_search"]["chosen"]) == {"evaluate", "random_subset", "no_augment",
+                                                          "random_no_augment"}
+    assert len(two["report"]["scores"]["lrs"]["runs"]) == 2
