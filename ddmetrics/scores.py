@@ -46,15 +46,7 @@ import numpy as np
 from scipy import stats
 
 __all__ = ["hard_label_recovery", "improvement_over_random", "label_robust_score", "augmentation_robust_score",
-           "normalized_exp", "t_interval", "dd_ranking_scores", "SCORE_NAMES"]
-
-#: the scores, in the order they are reported: (key, what it is, unit)
-SCORE_NAMES: Tuple[Tuple[str, str, str], ...] = (
-    ("hlr", "HLR, hard-label recovery: full data - synthetic, hard labels (lower is better)", "points"),
-    ("ior", "IOR, improvement over random: synthetic - random subset, same evaluation", "points"),
-    ("lrs", "LRS, label-robust score", "%"),
-    ("ars", "ARS, augmentation-robust score", "%"),
-)
+           "normalized_exp", "t_interval", "dd_ranking_scores"]
 
 Accuracies = Union[Sequence[float], np.ndarray]
 
