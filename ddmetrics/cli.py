@@ -1,7 +1,7 @@
 """The ``ddmetrics`` command: ``distill``, ``evaluate``, ``diagnose``, ``losses``.
 
     ddmetrics distill --dataset digits --method wmdd --ipc 10 --out runs/x [--budget B] [--protocol NAME]
-    ddmetrics evaluate runs/x/synset.pt --dataset digits [--protocol NAME] [--budget B] [--json OUT]
+    ddmetrics evaluate runs/x/synset.pt --dataset digits [--protocol NAME] [--budget B] [--scores] [--json OUT]
     ddmetrics diagnose runs/x/synset.pt --dataset digits [--model teacher|convnet] [--json OUT]
     ddmetrics losses
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import pickle
 import sys
@@ -99,6 +100,8 @@ def _cmd_distill(args) -> int:
         overrides["teacher_arch"] = args.teacher_arch
     if args.runs < 0:
         raise ValueError(f"--runs must be 0 (no evaluation) or a positive number of student runs, got {args.runs}")
+    if args.scores and (args.runs == 0 or args.no_full):
+        raise ValueError("--scores needs the evaluation (--runs > 0) and the full-data model (no --no-full)")
     _check_data_options(args)
     # everything that can fail on arguments fails here, before any data is read or any file written
     distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed,
@@ -210,7 +213,7 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
     if args.runs > 0:
         report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs, teacher=distiller.teacher_,
                           seed=args.seed, progress=not args.quiet and rank == 0, full_data=not args.no_full,
-                          device=distiller.device, **distiller.config.evaluation_kwargs())
+                          scores=args.scores, device=distiller.device, **distiller.config.evaluation_kwargs())
         report.seconds = {"distill": distill_seconds, **report.seconds}
     if rank == 0:
         written = _write_run(args, syn, distiller, report, distill_seconds, world_size)
@@ -318,6 +321,18 @@ def _recorded_dataset(args) -> str:
     return recorded
 
 
+def _check_score_options(args) -> None:
+    """``evaluate``'s ``--scores``, ``--lrs-weight``, ``--ars-weight`` and ``--lr-search``, before any work."""
+    if args.scores and args.no_full:
+        raise ValueError("--scores needs the full-data model (HLR compares with it): drop --no-full")
+    for option, value in (("--lrs-weight", args.lrs_weight), ("--ars-weight", args.ars_weight)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{option} must be a number in [0, 1], got {value:g}")
+    for value in args.lr_search or ():
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--lr-search must list positive learning rates, got {value:g}")
+
+
 def _cmd_evaluate(args) -> int:
     from .data import load
     from .distill.presets import DistillConfig
@@ -330,6 +345,7 @@ def _cmd_evaluate(args) -> int:
         raise ValueError(f"--runs must be a positive number of student runs, got {args.runs}")
     if args.budget is not None and not 0 < args.budget <= 1:
         raise ValueError(f"--budget must be a number in (0, 1], got {args.budget}")
+    _check_score_options(args)
     _check_data_options(args)
     _check_json(args)
     device = _device(args.device)
@@ -347,6 +363,8 @@ def _cmd_evaluate(args) -> int:
     settings = cfg.evaluation_kwargs()
     if args.budget is not None:
         settings["budget"] = args.budget
+    if args.lr_search:  # the search chooses the learning rate: a recorded eval_lr gives way
+        settings["lr"] = None
     soft = get_protocol(settings["protocol"]).labels == "soft"
     path = _teacher_path(args.synset)
     if soft and not os.path.exists(path):
@@ -360,7 +378,9 @@ def _cmd_evaluate(args) -> int:
         teacher = load_teacher_file(path, lambda: get_model(cfg.teacher_arch, shape[0], splits.train.num_classes,
                                                             shape[-1]))
     report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs, teacher=teacher, seed=args.seed,
-                      progress=not args.quiet, full_data=not args.no_full, device=device, **settings)
+                      progress=not args.quiet, full_data=not args.no_full, device=device, scores=args.scores,
+                      lrs_weight=args.lrs_weight, ars_weight=args.ars_weight, lr_search=args.lr_search,
+                      val_set=splits.val if args.lr_search else None, **settings)
     print(report.summary())
     if args.json:
         data = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
@@ -575,6 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--runs", type=int, default=3, help="evaluation runs (0: no evaluation)")
     d.add_argument("--no-full", action="store_true",
                    help="skip the full-data baseline model (most of an evaluation's time on small sets)")
+    d.add_argument("--scores", action="store_true",
+                   help="also DD-Ranking's scores HLR, IOR, LRS, ARS in the evaluation (see 'evaluate --help')")
     d.add_argument("--iterations", type=int, default=None,
                    help="synthesis steps per optimisation batch (default: the method's)")
     d.late_help.append((d.add_argument("--protocol", default=None, metavar="NAME", help="evaluation protocol"),
@@ -621,6 +643,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--budget", type=float, default=None, metavar="B",
                    help="factor in (0, 1] on the students' and the full-data model's epochs (default: the run's)")
     e.add_argument("--no-full", action="store_true", help="skip the full-data baseline model")
+    e.add_argument("--scores", action="store_true",
+                   help="also DD-Ranking's scores with 95 %% intervals: HLR, IOR, LRS, ARS (adds per run a student on "
+                        "the set with hard labels for a soft-label protocol, and students on the set and the random "
+                        "subset without augmentation; needs the full-data model)")
+    e.add_argument("--lrs-weight", type=float, default=0.5, metavar="W",
+                   help="LRS's weight w in [0, 1] on IOR (1 - w on HLR)")
+    e.add_argument("--ars-weight", type=float, default=0.5, metavar="W",
+                   help="ARS's weight in [0, 1] on the augmented difference")
+    e.add_argument("--lr-search", type=float, nargs="+", default=None, metavar="LR",
+                   help="choose each kind of student's learning rate among these on the validation split (never the "
+                        "test split); default: the protocol's (or the run's recorded) learning rate")
     _add_data_options(e)
     _add_device(e)
     e.add_argument("--json", default=None, metavar="OUT",

@@ -19,7 +19,14 @@ learns from:
 ``ours_hard`` / ``ours_soft`` are ddmetrics' earlier protocols (SGD lr 0.05, DSA, ``default_epochs``).
 Each protocol is repeated ``runs`` times with seeds ``seed, seed+1, ...``; the same-size random
 real subset is trained under the same protocol and seeds, and the full-data model once (its
-own cheap recipe: hard labels, SGD lr 0.05, batch 64, DSA, ``full_epochs``).
+own cheap recipe: hard labels, SGD lr 0.05, batch 64, DSA, ``full_epochs``). Accuracies are
+reported with a 95 % Student-t interval over the runs.
+
+``scores=True`` adds DD-Ranking's scores [5]_ (:mod:`ddmetrics.scores`): HLR, IOR, LRS and ARS,
+per run (runs paired by seed) with their intervals, from the trainings they need under the
+chosen protocol — the synthetic set with hard labels (:func:`hard_label_variant`), and the
+synthetic set and the random subsets without augmentation (:func:`no_augment_variant`).
+``lr_search=(...)`` picks each kind of training's student learning rate on a validation split.
 
 References
 ----------
@@ -29,6 +36,8 @@ References
    scale from a new perspective. NeurIPS 2023 (SRe²L).
 .. [4] S. Wang et al. Dataset distillation with neural characteristic function: a minmax
    perspective. CVPR 2025 (NCFM).
+.. [5] Z. Li et al. DD-Ranking: Rethinking the Evaluation of Dataset Distillation. arXiv:2505.13300,
+   2025 (HLR, IOR, LRS, ARS).
 """
 from __future__ import annotations
 
@@ -51,12 +60,17 @@ from . import distributed
 from .augment import is_augment_spec, make_augment
 from .mix import Mixed
 from .protocols import PROTOCOLS, Protocol, get_protocol
+from .scores import dd_ranking_scores, t_interval
 from .utils import DeviceSpec, frozen, model_device, resolve_device, seeded
 from .models import accuracy, available_models, check_outputs, check_recipe, get_model, train_model
 from .synset import SyntheticSet
 
 __all__ = ["EvalReport", "evaluate", "full_data_accuracy", "train_student", "random_subset", "resolve_protocol",
-           "with_overrides", "protocol_name", "protocol_settings", "soft_label_loss", "student_epochs"]
+           "with_overrides", "protocol_name", "protocol_settings", "soft_label_loss", "student_epochs",
+           "hard_label_variant", "no_augment_variant", "format_interval"]
+
+#: the confidence level of every interval of a report
+CONFIDENCE = 0.95
 
 
 @dataclass
@@ -67,7 +81,12 @@ class EvalReport:
     the overridden settings in brackets, or ``"custom"``); ``protocol_settings`` holds all its
     settings (:func:`dataclasses.asdict` of the :class:`~ddmetrics.protocols.Protocol`),
     ``budget`` the factor on its epochs and ``epochs`` the epochs the synthetic set's students
-    trained for.
+    trained for. Run ``r`` of every list trained with student seed ``seed + r`` (and, for the
+    random subsets, the subset drawn with seed ``seed + r``): the lists are paired run by run.
+
+    With scores (``score_weights`` set), ``hard_runs``, ``no_aug_runs`` and ``random_no_aug_runs``
+    hold the extra trainings DD-Ranking's scores need and :meth:`scores` computes them;
+    ``lr_search`` records a student learning-rate search (``{}``: none).
     """
 
     method: str
@@ -83,6 +102,15 @@ class EvalReport:
     protocol_settings: Dict[str, Any] = field(default_factory=dict)
     budget: float = 1.0
     epochs: Optional[int] = None
+    #: the synthetic set with hard labels (:func:`hard_label_variant`; the protocol's own runs when it is hard-label)
+    hard_runs: List[float] = field(default_factory=list)
+    #: the synthetic set and the random subsets without augmentation or mixing (:func:`no_augment_variant`)
+    no_aug_runs: List[float] = field(default_factory=list)
+    random_no_aug_runs: List[float] = field(default_factory=list)
+    #: ``{"lrs": w, "ars": w}``: the weights of DD-Ranking's scores; ``None``: no scores were computed
+    score_weights: Optional[Dict[str, float]] = None
+    #: ``{"values", "split", "chosen": {kind: lr}, "val_accuracy": {kind: [...]}}``; ``{}``: no search
+    lr_search: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
@@ -92,16 +120,39 @@ class EvalReport:
     def std(self) -> float:
         return mean_std(self.runs)[1]
 
+    @property
+    def interval(self) -> Tuple[float, Optional[float]]:
+        """Mean accuracy and the half-width of its 95 % Student-t interval over the runs
+        (:func:`ddmetrics.scores.t_interval`; ``None`` for one run)."""
+        return t_interval(self.runs, CONFIDENCE)
+
+    def scores(self) -> Optional[Dict[str, Dict[str, Any]]]:
+        """DD-Ranking's HLR, IOR, LRS, ARS per run with means and 95 % intervals
+        (:func:`ddmetrics.scores.dd_ranking_scores`); ``None`` when the evaluation computed none."""
+        if self.score_weights is None:
+            return None
+        return dd_ranking_scores(self.full, self.hard_runs, self.runs, self.random_runs, self.no_aug_runs,
+                                 self.random_no_aug_runs, lrs_weight=self.score_weights["lrs"],
+                                 ars_weight=self.score_weights["ars"], confidence=CONFIDENCE)
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["mean"], out["std"] = mean_std(self.runs)
         out["random_mean"], out["random_std"] = mean_std(self.random_runs)
         out["random_hard_mean"], out["random_hard_std"] = mean_std(self.random_hard_runs)
+        out["confidence"] = CONFIDENCE
+        for key, values in (("interval", self.runs), ("random_interval", self.random_runs),
+                            ("random_hard_interval", self.random_hard_runs), ("hard_interval", self.hard_runs),
+                            ("no_aug_interval", self.no_aug_runs),
+                            ("random_no_aug_interval", self.random_no_aug_runs)):
+            out[key] = _interval_dict(values)
+        out["scores"] = self.scores()
         return out
 
     def summary(self) -> str:
-        """A small fixed-width table of the report (percentages); the protocol's settings in one line."""
-        pm = format_mean_std
+        """A small fixed-width table of the report (percentages; accuracies as mean ± the half-width
+        of the 95 % interval over the runs); the protocol's settings in one line."""
+        pm = format_interval
         labels = self.protocol_settings.get("labels", self.protocol)
         rows = [
             ("method", self.method), ("loss", self.loss), ("IPC", str(self.ipc)), ("protocol", self.protocol),
@@ -109,9 +160,51 @@ class EvalReport:
             ("accuracy (%)", pm(self.runs)), (f"random subset, {labels} labels (%)", pm(self.random_runs)),
         ] + ([("random subset, hard labels (%)", pm(self.random_hard_runs))] if self.random_hard_runs else []) + [
             ("full data (%)", "-" if self.full is None else f"{100 * self.full:.2f}"),
-        ] + [(f"time {k} (s)", f"{v:.1f}") for k, v in self.seconds.items()]
+        ]
+        scores = self.scores()
+        if scores is not None:
+            if labels == "soft":
+                rows.append(("synthetic, hard labels, no mix (%)", pm(self.hard_runs)))
+            rows += [("synthetic, no augmentation (%)", pm(self.no_aug_runs)),
+                     ("random subset, no augmentation (%)", pm(self.random_no_aug_runs))]
+            w = self.score_weights or {}
+            for key, name, unit in (("hlr", "HLR, hard-label recovery", "points"),
+                                    ("ior", "IOR, improvement over random", "points"),
+                                    ("lrs", f"LRS, label-robust score (w={w.get('lrs', 0.5):g})", "%"),
+                                    ("ars", f"ARS, augmentation-robust score (w={w.get('ars', 0.5):g})", "%")):
+                rows.append((f"{name} ({unit})", _format_estimate(scores[key]["mean"], scores[key]["half_width"],
+                                                                  len(scores[key]["runs"]))))
+        if self.lr_search:
+            chosen = ", ".join(f"{k} {v:g}" for k, v in self.lr_search["chosen"].items())
+            rows.append((f"student lr (searched on {self.lr_search['split']})", chosen))
+        rows += [(f"time {k} (s)", f"{v:.1f}") for k, v in self.seconds.items()]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _interval_dict(values: Sequence[float]) -> Optional[Dict[str, Any]]:
+    """``{"mean", "half_width", "low", "high"}`` of the 95 % interval of ``values`` (``None`` when empty)."""
+    if not values:
+        return None
+    mean, half = t_interval(values, CONFIDENCE)
+    return {"mean": mean, "half_width": half, "low": None if half is None else mean - half,
+            "high": None if half is None else mean + half}
+
+
+def _format_estimate(mean: float, half: Optional[float], n: int, scale: float = 100.0, digits: int = 2) -> str:
+    runs = f"{n} run{'s' if n != 1 else ''}"
+    if half is None:
+        return f"{scale * mean:.{digits}f} ({runs}: no interval)"
+    return f"{scale * mean:.{digits}f} ± {scale * half:.{digits}f} (95 % CI, {runs})"
+
+
+def format_interval(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``"mean ± h (95 % CI, n runs)"`` of ``values`` times ``scale``, ``h`` the half-width of the
+    Student-t interval (:func:`ddmetrics.scores.t_interval`); one run has no interval; ``"-"`` when empty."""
+    if not values:
+        return "-"
+    mean, half = t_interval(values, CONFIDENCE)
+    return _format_estimate(mean, half, len(values), scale, digits)
 
 
 def settings_line(settings: Dict[str, Any], budget: float = 1.0, epochs: Optional[int] = None) -> str:
@@ -416,11 +509,66 @@ def full_data_accuracy(train_set, test_set, model: str = "convnet", epochs: int 
     return accuracy(net, test_set)
 
 
+def hard_label_variant(protocol: Protocol) -> Protocol:
+    """The protocol that trains DD-Ranking's "syn-hard" student: ``protocol`` itself when it is
+    hard-label; else the same recipe with hard labels and no batch mixing (DD-Ranking's
+    ``use_aug_for_hard: false`` in every released config: CutMix / Mixup off, the per-image
+    augmentation kept)."""
+    if protocol.labels == "hard":
+        return protocol
+    return dataclasses.replace(protocol, labels="hard", temperature=None, t_squared=False, teacher_mode="eval",
+                               recipe=dataclasses.replace(protocol.recipe, mix="none"))
+
+
+def no_augment_variant(protocol: Protocol) -> Protocol:
+    """``protocol`` without augmentation: no per-image augmentation (``augment="none"``) and no
+    batch mixing (``mix="none"``), labels and everything else kept (DD-Ranking's ARS "naug")."""
+    return dataclasses.replace(protocol, recipe=dataclasses.replace(protocol.recipe, augment="none", mix="none"))
+
+
+def _check_weight(name: str, w: float) -> float:
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {w!r}")
+    return float(w)
+
+
+def _check_lr_search(lr_search: Optional[Sequence[float]], lr: Optional[float], val_set) -> Optional[Tuple[float, ...]]:
+    """``lr_search`` as a tuple of positive learning rates, or ``None``; its companions checked by name."""
+    if lr_search is None:
+        return None
+    if isinstance(lr_search, (str, bytes)) or not isinstance(lr_search, (list, tuple)) or not lr_search:
+        raise ValueError(f"lr_search must be a non-empty list or tuple of learning rates, got {lr_search!r}")
+    for value in lr_search:
+        if not _is_positive_number(value):
+            raise ValueError(f"lr_search must hold positive learning rates, got {value!r} in {list(lr_search)}")
+    if lr is not None:
+        raise ValueError(f"lr={lr!r} and lr_search are exclusive: the search chooses the learning rate")
+    if val_set is None:
+        raise ValueError("lr_search needs val_set: the learning rate is chosen on a validation split, never on "
+                         "test_set (ddm.data.load(...).val)")
+    return tuple(float(v) for v in lr_search)
+
+
+def _run_sharded(tasks: List[Tuple], run, progress: bool, desc: str) -> Tuple[Tensor, Tensor]:
+    """Run ``run(*task)`` for each task, the tasks spread over the ranks of a process group (every
+    rank gets every result: zeros elsewhere, summed); the values and the seconds each took."""
+    rank, world_size = distributed.world()
+    values = torch.zeros(len(tasks), dtype=torch.float64, device="cpu")
+    times = torch.zeros(len(tasks), dtype=torch.float64, device="cpu")
+    for i in tqdm(distributed.shard(len(tasks), rank, world_size), desc=desc, disable=not progress, leave=False):
+        start = time.perf_counter()
+        values[i] = run(*tasks[i])
+        times[i] = time.perf_counter() - start
+    return distributed.all_reduce_sum(values), distributed.all_reduce_sum(times)
+
+
 def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str, Protocol, None] = None,
              runs: int = 3, teacher: Optional[nn.Module] = None, model=None, epochs: Optional[int] = None,
              lr: Optional[float] = None, temperature: Optional[float] = None, augment: Optional[str] = None,
              budget: float = 1.0, full_data: bool = True, full_epochs: int = 20, seed: int = 0,
-             random_hard: bool = False, progress: bool = True, device: DeviceSpec = None) -> EvalReport:
+             random_hard: bool = False, scores: bool = False, lrs_weight: float = 0.5, ars_weight: float = 0.5,
+             lr_search: Optional[Sequence[float]] = None, val_set=None, progress: bool = True,
+             device: DeviceSpec = None) -> EvalReport:
     """Evaluate ``synset`` by training ``runs`` fresh students and testing them on ``test_set``.
 
     Parameters
@@ -446,6 +594,24 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str
         only) and augmentation spec (``None``: the protocol's).
     budget : float
         In (0, 1]: the factor on every epoch count (students and the full-data model).
+    scores : bool
+        Also compute DD-Ranking's HLR, IOR, LRS and ARS (:meth:`EvalReport.scores`; needs
+        ``train_set`` and ``full_data``). Adds ``runs`` trainings of the synthetic set with hard
+        labels (:func:`hard_label_variant`; none for a hard-label protocol) and ``runs`` of the
+        synthetic set and of the random subsets without augmentation (:func:`no_augment_variant`;
+        none when the protocol has neither augmentation nor mixing).
+    lrs_weight, ars_weight : float
+        In [0, 1]: the weight ``w`` of LRS (on IOR) and of ARS (on the augmented difference);
+        DD-Ranking's default 0.5.
+    lr_search : sequence of float, optional
+        Student learning rates to choose from, on ``val_set`` and never on the test set: for each
+        kind of training (the synthetic set, the random subsets, each score variant) one student
+        per rate with seed ``seed`` (and random subset ``seed``) is tested on ``val_set``, and
+        the rate with the best validation accuracy (the first listed among equals) trains that
+        kind's ``runs`` students. The full-data model keeps its own recipe. Exclusive with ``lr``.
+    val_set : Dataset, optional
+        The validation split of ``lr_search`` (``ddm.data.load(...).val``: held out of the
+        training split, disjoint from the test split).
     device : str or torch.device, optional
         Students, the teacher and every baseline train there (``None``/``"auto"``: CUDA when
         available); their random draws come from CPU generators, the same on every device.
@@ -459,6 +625,13 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str
         raise ValueError(f"runs must be a positive integer, got {runs!r}")
     if isinstance(full_epochs, bool) or not isinstance(full_epochs, int) or full_epochs < 1:
         raise ValueError(f"full_epochs must be a positive integer, got {full_epochs!r}")
+    if not isinstance(scores, bool):
+        raise TypeError(f"scores must be True or False, got {scores!r}")
+    lrs_weight, ars_weight = _check_weight("lrs_weight", lrs_weight), _check_weight("ars_weight", ars_weight)
+    if scores and (train_set is None or not full_data):
+        raise ValueError("scores=True needs train_set and full_data=True: HLR compares with the full-data model, "
+                         "IOR and ARS with random real subsets")
+    lr_values = _check_lr_search(lr_search, lr, val_set)
     budget = _check_budget(budget)
     meta = synset.meta or {}
     protocol = with_overrides(resolve_protocol(protocol, meta), model=model, epochs=epochs, lr=lr,
@@ -470,53 +643,82 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str
     if train_set is not None:
         train_set = as_dataset(train_set)
         check_fits(synset, train_set, "train_set")
+    if lr_values is not None:
+        val_set = as_dataset(val_set)
+        check_fits(synset, val_set, "val_set")
     if protocol.labels == "soft":  # its logits are the students' targets: one per class
         check_outputs(teacher, tuple(synset.images.shape[1:]), synset.num_classes)
     channels, size = synset.images.shape[1], synset.images.shape[-1]
     make_augment(protocol.recipe.augment, channels, size)  # an augmentation it cannot build fails here
     hard = dataclasses.replace(protocol, labels="hard", temperature=None)
-    # every training is a task (synthetic runs, random-subset runs, the full-data model); with a
-    # process group the tasks are sharded over ranks and their results summed (zeros elsewhere)
-    ipc = int(meta.get("ipc", 0)) or int(torch.bincount(synset.labels).max())
-    tasks = [("evaluate", r) for r in range(runs)]
+    no_aug = no_augment_variant(protocol)
+    # each kind of student training: (its protocol, whether it trains on the random subset of its run)
+    kinds: Dict[str, Tuple[Protocol, bool]] = {"evaluate": (protocol, False)}
     if train_set is not None:
-        tasks += [("random_subset", r) for r in range(runs)]
+        kinds["random_subset"] = (protocol, True)
         if protocol.labels == "soft" and random_hard:
-            tasks += [("random_hard", r) for r in range(runs)]
-        if full_data:
-            tasks.append(("full_data", 0))
+            kinds["random_hard"] = (hard, True)
+    if scores:
+        if protocol.labels == "soft":
+            kinds["hard_labels"] = (hard_label_variant(protocol), False)
+        if no_aug != protocol:
+            kinds["no_augment"], kinds["random_no_augment"] = (no_aug, False), (no_aug, True)
+    ipc = int(meta.get("ipc", 0)) or int(torch.bincount(synset.labels).max())
     kw = dict(teacher=teacher, budget=budget, device=device)
+    chosen: Dict[str, float] = {}
+
+    def train(kind: str, r: int, on, lr_value: Optional[float] = None) -> float:
+        variant, on_random = kinds[kind]
+        lr_value = chosen.get(kind) if lr_value is None else lr_value
+        if lr_value is not None:
+            variant = dataclasses.replace(variant, recipe=dataclasses.replace(variant.recipe, lr=lr_value))
+        data = random_subset(train_set, ipc, seed + r) if on_random else synset
+        return accuracy(train_student(data, variant, seed=seed + r, **kw), on)
 
     def run(kind: str, r: int) -> float:
-        if kind == "evaluate":
-            return accuracy(train_student(synset, protocol, seed=seed + r, **kw), test_set)
         if kind == "full_data":
             return full_data_accuracy(train_set, test_set, model=protocol.model,
                                       epochs=max(1, round(full_epochs * budget)), seed=seed, device=device)
-        subset = random_subset(train_set, ipc, seed + r)
-        return accuracy(train_student(subset, hard if kind == "random_hard" else protocol, seed=seed + r, **kw),
-                        test_set)
+        return train(kind, r, test_set)
 
-    rank, world_size = distributed.world()
-    values = torch.zeros(len(tasks), dtype=torch.float64, device="cpu")
-    times = torch.zeros(len(tasks), dtype=torch.float64, device="cpu")
+    search: Dict[str, Any] = {}
+    search_seconds = 0.0
     with frozen(teacher):  # the caller's teacher is borrowed: its modes and requires_grad come back as they were
-        for i in tqdm(distributed.shard(len(tasks), rank, world_size), desc="evaluate", disable=not progress,
-                      leave=False):
-            start = time.perf_counter()
-            values[i] = run(*tasks[i])
-            times[i] = time.perf_counter() - start
-    values, times = distributed.all_reduce_sum(values), distributed.all_reduce_sum(times)
+        if lr_values is not None:  # every kind's rate is chosen on val_set before any test-set training
+            candidates = [(kind, i) for kind in kinds for i in range(len(lr_values))]
+            val_acc, times = _run_sharded(candidates, lambda kind, i: train(kind, 0, val_set, lr_values[i]),
+                                          progress, "lr search")
+            table = {kind: [float(val_acc[j]) for j, (k, _) in enumerate(candidates) if k == kind] for kind in kinds}
+            chosen.update({kind: lr_values[max(range(len(accs)), key=lambda i: (accs[i], -i))]
+                           for kind, accs in table.items()})
+            search = {"values": list(lr_values), "split": "val_set", "chosen": dict(chosen), "val_accuracy": table}
+            search_seconds = float(times.sum())
+        tasks = [(kind, r) for kind in kinds for r in range(runs)]
+        if train_set is not None and full_data:
+            tasks.append(("full_data", 0))
+        values, times = _run_sharded(tasks, run, progress, "evaluate")
     result = {kind: [float(values[i]) for i, (k, _) in enumerate(tasks) if k == kind]
-              for kind in ("evaluate", "random_subset", "random_hard", "full_data")}
+              for kind in (*kinds, "full_data")}
+    spent = {kind: float(sum(float(times[i]) for i, (k, _) in enumerate(tasks) if k == kind))
+             for kind in (*kinds, "full_data")}
     # seconds of training per kind, summed over ranks (= wall time in a single process)
-    seconds = {kind: float(sum(float(times[i]) for i, (k, _) in enumerate(tasks) if k == kind))
-               for kind in ("evaluate", "random_subset", "full_data") if result[kind]}
-    if result["random_hard"]:
-        seconds["random_subset"] += float(sum(float(times[i]) for i, (k, _) in enumerate(tasks) if k == "random_hard"))
+    seconds = {kind: spent[kind] for kind in ("evaluate", "random_subset", "full_data") if result.get(kind)}
+    if result.get("random_hard"):
+        seconds["random_subset"] += spent["random_hard"]
+    if scores:
+        seconds["scores"] = sum(spent.get(k, 0.0) for k in ("hard_labels", "no_augment", "random_no_augment"))
+    if search:
+        seconds["lr_search"] = search_seconds
+    own_runs = protocol.labels == "hard"  # the protocol's runs are the hard-label ones
     return EvalReport(method=meta.get("method", "?"), loss=meta.get("loss", "?"), ipc=int(meta.get("ipc", 0)),
-                      protocol=protocol_name(protocol), runs=result["evaluate"], random_runs=result["random_subset"],
-                      random_hard_runs=result["random_hard"],
+                      protocol=protocol_name(protocol), runs=result["evaluate"],
+                      random_runs=result.get("random_subset", []), random_hard_runs=result.get("random_hard", []),
                       full=result["full_data"][0] if result["full_data"] else None, seconds=seconds,
                       protocol_settings=protocol_settings(protocol), budget=budget,
-                      epochs=student_epochs(protocol, len(synset.labels) * synset.factor ** 2, budget))
+                      epochs=student_epochs(protocol, len(synset.labels) * synset.factor ** 2, budget),
+                      hard_runs=(result["evaluate"] if own_runs else result["hard_labels"]) if scores else [],
+                      no_aug_runs=result.get("no_augment", result["evaluate"]) if scores else [],
+                      random_no_aug_runs=result.get("random_no_augment", result.get("random_subset", []))
+                      if scores else [],
+                      score_weights={"lrs": lrs_weight, "ars": ars_weight} if scores else None,
+                      lr_search=search)
