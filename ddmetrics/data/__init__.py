@@ -14,7 +14,8 @@ from ._array import ArrayDataset, as_array_dataset, as_dataset, from_arrays, fro
 from ._cifar import cifar_batches
 from ._images import ImageFolder, image_folder
 from ._load import Splits, check_source, load
+from ._streamed import StreamedDataset
 
-__all__ = ["ArrayDataset", "ImageDataset", "ImageFolder", "Splits", "as_array_dataset", "as_dataset",
-           "check_source", "cifar_batches", "from_arrays", "from_npz", "image_folder", "iterate_on_cpu", "load",
+__all__ = ["ArrayDataset", "ImageDataset", "ImageFolder", "Splits", "StreamedDataset", "as_array_dataset",
+           "as_dataset", "check_source", "cifar_batches", "from_arrays", "from_npz", "image_folder", "iterate_on_cpu", "load",
            "pixel_bounds", "read_batches", "stratified_split"]
