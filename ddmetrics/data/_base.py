@@ -156,14 +156,20 @@ def pixel_bounds(dataset: ImageDataset) -> Tuple[Tensor, Tensor]:
     ``std`` in [0, 1] pixel units) gives ``((0 - mean) / std, (1 - mean) / std)`` — the range
     the released methods clamp synthetic images to. An in-memory dataset gives its images'
     per-channel minimum and maximum, which is the same range when each channel takes the values
-    0 and 1 somewhere (MNIST, CIFAR and the digits do).
+    0 and 1 somewhere (MNIST, CIFAR and the digits do); a streamed Dataset
+    (:class:`~ddmetrics.data.StreamedDataset`) the same, found by one pass over its images.
     """
     mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
     if isinstance(mean, Tensor) and isinstance(std, Tensor):
         return ((0 - mean) / std).float(), ((1 - mean) / std).float()
+    pixel_range = getattr(dataset, "pixel_range", None)
+    if callable(pixel_range):  # a streamed Dataset: its images' range, found by one pass
+        low, high = pixel_range()
+        return low.float(), high.float()
     images = getattr(dataset, "images", None)
     if not isinstance(images, Tensor):
-        raise ValueError("clamp='pixel' needs the data's pixel range: give an ArrayDataset, an ImageFolder, or "
-                         "a dataset with mean/std attributes (per channel, in [0, 1] pixel units)")
+        raise ValueError("clamp='pixel' needs the data's pixel range: give an ArrayDataset, an ImageFolder, a "
+                         "Dataset of (image, label) pairs, or a dataset with mean/std attributes (per channel, in "
+                         "[0, 1] pixel units)")
     flat = images.transpose(0, 1).reshape(images.shape[1], -1)
     return flat.min(dim=1).values.float(), flat.max(dim=1).values.float()

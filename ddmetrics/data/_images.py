@@ -1,5 +1,6 @@
 """Image-folder datasets read with Pillow (no torchvision): :class:`ImageFolder` streams them,
-:func:`image_folder` decodes a small folder into memory."""
+:class:`AnnotatedImageFolder` streams a folder of images labelled by an annotations file
+(Tiny-ImageNet's ``val/``), :func:`image_folder` decodes a small folder into memory."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ from torch.utils.data import get_worker_info
 from ._array import ArrayDataset
 from ._base import ImageDataset, Indices, as_index, parallel_map, read_batches
 
-__all__ = ["ImageFolder", "image_folder", "IMAGE_EXTENSIONS"]
+__all__ = ["AnnotatedImageFolder", "ImageFolder", "image_folder", "IMAGE_EXTENSIONS", "class_differences"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -25,6 +26,11 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 _LIST_CHUNK = 512
 #: images per batch of the passes this module makes itself (statistics, materialise)
 _BATCH = 256
+#: a class folder's sub-folder searched for images too (Tiny-ImageNet: ``train/<wnid>/images/``)
+IMAGES_SUBFOLDER = "images"
+#: the file that labels a Tiny-ImageNet validation folder's images (file name, class, box per line)
+ANNOTATIONS_FILE = "val_annotations.txt"
+_MODES = ("RGB", "L")
 
 Stat = Union[float, Sequence[float], Tensor, None]
 
@@ -122,6 +128,38 @@ def _check_stat_type(value: Stat, name: str) -> None:
                         f"got {type(value).__name__}") from None
 
 
+def _image_names(folder: str) -> List[str]:
+    """The image files directly in ``folder`` (sorted; hidden entries skipped)."""
+    return sorted(f for f in os.listdir(folder)
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+                  and os.path.isfile(os.path.join(folder, f)))
+
+
+def _class_files(root: str, name: str) -> List[str]:
+    """Class ``name``'s images, as paths relative to ``root``: the image files of ``root/name``, then
+    those of its ``images/`` sub-folder when it has one (Tiny-ImageNet's ``train/<wnid>/images/``)."""
+    folder = os.path.join(root, name)
+    files = [os.path.join(name, f) for f in _image_names(folder)]
+    inner = os.path.join(folder, IMAGES_SUBFOLDER)
+    if os.path.isdir(inner):
+        files += [os.path.join(name, IMAGES_SUBFOLDER, f) for f in _image_names(inner)]
+    return files
+
+
+def class_differences(expected: Sequence[str], found: Sequence[str], limit: int = 5) -> str:
+    """What differs between two sets of class names, in words ("" when they are the same set)."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+
+    def shown(names: List[str]) -> str:
+        more = f" and {len(names) - limit} more" if len(names) > limit else ""
+        return ", ".join(repr(n) for n in names[:limit]) + more
+
+    parts = ([f"missing {len(missing)}: {shown(missing)}"] if missing else []) + \
+            ([f"{len(extra)} not in the training classes: {shown(extra)}"] if extra else [])
+    return "; ".join(parts)
+
+
 def _positive_int(value: Any, name: str, allow_none: bool = False, minimum: int = 1) -> None:
     if allow_none and value is None:
         return
@@ -133,13 +171,15 @@ def _positive_int(value: Any, name: str, allow_none: bool = False, minimum: int 
 class ImageFolder(ImageDataset):
     """An image folder with one sub-folder per class, decoded on access (nothing is held decoded).
 
-    The files are listed once: class ``k`` is the ``k``-th sub-folder in sorted name order, its
-    images the files with an image extension (:data:`IMAGE_EXTENSIONS`) in sorted name order;
-    hidden entries are skipped. Only labels and file names are kept in memory. Each image is
-    decoded with Pillow when read: converted to ``RGB``, or to ``L`` when the first image of
-    *every* class is grayscale (later images are then converted to ``L`` too), resized so that
-    its shorter side is ``image_size`` (bilinear), centre-cropped to ``image_size x image_size``,
-    scaled to [0, 1] and normalised per channel, ``(x - mean) / std``.
+    The files are listed once: class ``k`` is the ``k``-th sub-folder in sorted name order (or
+    ``classes[k]``), its images the files with an image extension (:data:`IMAGE_EXTENSIONS`) in
+    sorted name order, then those of its ``images/`` sub-folder when it has one (the layout of
+    Tiny-ImageNet's ``train/<wnid>/images/*.JPEG``); hidden entries are skipped. Only labels and
+    file names are kept in memory. Each image is decoded with Pillow when read: converted to
+    ``RGB``, or to ``L`` when the first image of *every* class is grayscale (later images are then
+    converted to ``L`` too), resized so that its shorter side is ``image_size`` (bilinear),
+    centre-cropped to ``image_size x image_size``, scaled to [0, 1] and normalised per channel,
+    ``(x - mean) / std``.
 
     Parameters
     ----------
@@ -161,6 +201,13 @@ class ImageFolder(ImageDataset):
         that many images the statistics are exact).
     seed : int
         Seed of that sample.
+    classes : sequence of str, optional
+        The class folders, in label order (a validation folder read with its training folder's
+        classes). The sub-folders must be exactly these: otherwise ``ValueError`` naming the
+        missing and the extra ones. ``None``: every sub-folder, sorted.
+    mode : {"RGB", "L"}, optional
+        The images' mode (a validation folder read in its training folder's mode); ``None``:
+        chosen from the first image of each class as above.
     check_files : bool
         Parse every file's header when listing: a file Pillow cannot identify is skipped with a
         :class:`UserWarning` naming it. A file whose header parses but whose pixels cannot be
@@ -185,6 +232,7 @@ class ImageFolder(ImageDataset):
 
     def __init__(self, root: Union[str, os.PathLike], image_size: Optional[int] = 32, mean: Stat = None,
                  std: Stat = None, *, workers: int = 0, stats_images: int = 1000, seed: int = 0,
+                 classes: Optional[Sequence[str]] = None, mode: Optional[str] = None,
                  check_files: bool = True) -> None:
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"root must be a path, got {type(root).__name__}")
@@ -202,7 +250,15 @@ class ImageFolder(ImageDataset):
         _check_stat_type(std, "std")
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither (to estimate both)")
+        if classes is not None:
+            if isinstance(classes, str) or not all(isinstance(c, str) for c in classes) or not classes:
+                raise TypeError(f"classes must be a non-empty sequence of folder names, got {classes!r}")
+            if len(set(classes)) != len(classes):
+                raise ValueError("classes must not repeat a name")
+        if mode is not None and mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES} or None, got {mode!r}")
         self.root: str = root
+        self._given_classes: Optional[List[str]] = None if classes is None else [str(c) for c in classes]
         self.workers: int = int(workers)
         self._pool: Optional[Tuple[int, ThreadPoolExecutor]] = None
         self._pool_lock = threading.Lock()
@@ -213,9 +269,11 @@ class ImageFolder(ImageDataset):
         # per-item refcounts for forked DataLoader workers to copy-on-write
         self._files: np.ndarray = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)
         self.labels: Tensor = torch.tensor(labels, dtype=torch.int64, device="cpu")
-        firsts = [int(i) for i in np.searchsorted(np.asarray(labels), np.arange(self.num_classes))]
-        modes = [_first_mode(self._path(i)) for i in firsts]
-        self.mode: str = "L" if all(m in _GRAY_MODES for m in modes) else "RGB"
+        firsts = [int(i) for i in np.unique(np.asarray(labels), return_index=True)[1]]  # each class's first image
+        if mode is None:
+            modes = [_first_mode(self._path(i)) for i in firsts]
+            mode = "L" if all(m in _GRAY_MODES for m in modes) else "RGB"
+        self.mode: str = mode
         if image_size is None:
             sizes = [s for _, s, _ in headers] if headers is not None else [self._size(i) for i in firsts]
             square = all(s == sizes[0] and s[0] == s[1] for s in sizes)
@@ -230,22 +288,38 @@ class ImageFolder(ImageDataset):
         self.std: Tensor = _channel_values(std, channels, "std", positive=True)
 
     # ----------------------------------------------------------------- listing
-    def _list(self, check: bool):
+    def _class_folders(self) -> List[str]:
+        """The class sub-folders, in label order: the given ``classes`` (which must be exactly the
+        sub-folders there) or every sub-folder, sorted."""
         root = self.root
-        classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
-        if not classes:
-            raise ValueError(f"root {root!r} has no class sub-folders")
+        found = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+        if self._given_classes is None:
+            if not found:
+                raise ValueError(f"root {root!r} has no class sub-folders")
+            return found
+        differ = class_differences(self._given_classes, found)
+        if differ:
+            raise ValueError(f"root {root!r}: its class folders are not the training folder's classes ({differ}); "
+                             "a validation folder needs one sub-folder per training class, with the same names")
+        return list(self._given_classes)
+
+    def _listing(self) -> Tuple[List[str], List[str], List[int]]:
+        """``(classes, files, labels)``: class names, image paths relative to ``root`` and their labels."""
+        root = self.root
+        classes = self._class_folders()
         per_class = []
         for name in classes:
-            folder = os.path.join(root, name)
-            names = sorted(f for f in os.listdir(folder)
-                           if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-                           and os.path.isfile(os.path.join(folder, f)))
+            names = _class_files(root, name)
             if not names:
                 raise ValueError(f"root {root!r}: class folder {name!r} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-            per_class.append([os.path.join(name, f) for f in names])
+            per_class.append(names)
         files = [f for names in per_class for f in names]
         labels = [k for k, names in enumerate(per_class) for _ in names]
+        return classes, files, labels
+
+    def _list(self, check: bool):
+        root = self.root
+        classes, files, labels = self._listing()
         if not check:
             return classes, files, labels, None
         paths = [os.path.join(root, f) for f in files]
@@ -253,16 +327,17 @@ class ImageFolder(ImageDataset):
         headers = [h for part in parallel_map(_headers, chunks, self.workers) for h in part]
         bad = [i for i, (_, _, err) in enumerate(headers) if err is not None]
         for i in bad:
-            warnings.warn(f"ImageFolder: skipping unreadable image {paths[i]!r} ({headers[i][2]})", UserWarning,
-                          stacklevel=3)
+            warnings.warn(f"{type(self).__name__}: skipping unreadable image {paths[i]!r} ({headers[i][2]})",
+                          UserWarning, stacklevel=3)
         if bad:
+            before = np.bincount(np.asarray(labels), minlength=len(classes))
             keep = sorted(set(range(len(files))) - set(bad))
             files, labels, headers = [files[i] for i in keep], [labels[i] for i in keep], [headers[i] for i in keep]
             present = set(labels)
             for k, name in enumerate(classes):
                 if k not in present:
                     raise ValueError(f"root {root!r}: class folder {name!r} has no readable images "
-                                     f"(all {len(per_class[k])} files failed to open)")
+                                     f"(all {int(before[k])} files failed to open)")
         return classes, files, labels, headers
 
     def _path(self, i: int) -> str:
@@ -404,6 +479,97 @@ class ImageFolder(ImageDataset):
     def __repr__(self) -> str:
         return (f"ImageFolder({self.root!r}, n={len(self)}, image_shape={self.image_shape}, "
                 f"num_classes={self.num_classes}, workers={self.workers})")
+
+
+class AnnotatedImageFolder(ImageFolder):
+    """A folder of images labelled by an annotations file, decoded on access: Tiny-ImageNet's
+    ``val/``, whose ``images/*.JPEG`` are labelled by ``val_annotations.txt`` (one line per image,
+    tab-separated: the file name, its class — a WordNet id —, then a bounding box, ignored).
+
+    Read with the training folder's classes: label ``k`` is ``classes[k]``. Everything else (mode,
+    resizing, normalisation, ``workers``) is as :class:`ImageFolder`; files are in the order of
+    the annotations file.
+
+    Parameters
+    ----------
+    root : str or PathLike
+        The folder holding ``images`` and ``annotations``.
+    classes : sequence of str
+        The class names in label order (the training folder's ``class_names``). The annotations
+        must name exactly these classes, each for one image at least.
+    image_size, mean, std, workers, stats_images, seed, mode, check_files
+        As :class:`ImageFolder`.
+    annotations : str
+        The annotations file's name inside ``root``.
+    images : str
+        The sub-folder of ``root`` that holds the images.
+
+    Raises
+    ------
+    ValueError
+        The annotations file or the images folder is missing (the message names it), a line has
+        fewer than two fields, a file is listed twice or is not in the images folder, or the
+        annotated classes are not ``classes`` (the message names the differences).
+    """
+
+    def __init__(self, root: Union[str, os.PathLike], classes: Sequence[str], image_size: Optional[int] = 32,
+                 mean: Stat = None, std: Stat = None, *, annotations: str = ANNOTATIONS_FILE,
+                 images: str = IMAGES_SUBFOLDER, **kwargs: Any) -> None:
+        if classes is None:
+            raise TypeError("classes must be given: the training folder's class names, in label order")
+        self._annotations, self._images = str(annotations), str(images)
+        super().__init__(root, image_size, mean, std, classes=classes, **kwargs)
+
+    @property
+    def annotations_path(self) -> str:
+        """The annotations file."""
+        return os.path.join(self.root, self._annotations)
+
+    def _listing(self) -> Tuple[List[str], List[str], List[int]]:
+        root, path = self.root, self.annotations_path
+        if not os.path.isfile(path):
+            raise ValueError(f"the Tiny-ImageNet val folder {root!r} has no annotations file {path!r} (one line per "
+                             f"image: file name, class); without it its {self._images}/ images have no labels")
+        folder = os.path.join(root, self._images)
+        if not os.path.isdir(folder):
+            raise ValueError(f"{root!r} has no {self._images}/ sub-folder (the images that {path!r} labels)")
+        on_disk = set(_image_names(folder))
+        classes = list(self._given_classes or [])
+        index = {c: k for k, c in enumerate(classes)}
+        files: List[str] = []
+        labels: List[int] = []
+        named, seen, absent = set(), set(), []
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) < 2:
+                    raise ValueError(f"{path}, line {line_no}: expected a file name and a class name, got "
+                                     f"{line.strip()!r}")
+                name, cls = fields[0], fields[1]
+                named.add(cls)
+                if name in seen:
+                    raise ValueError(f"{path}, line {line_no}: {name!r} is listed twice")
+                seen.add(name)
+                if name not in on_disk:
+                    absent.append(name)
+                elif cls in index:
+                    files.append(os.path.join(self._images, name))
+                    labels.append(index[cls])
+        differ = class_differences(classes, sorted(named))
+        if differ:
+            raise ValueError(f"{path}: its classes are not the training folder's ({differ}); the validation "
+                             "images must be labelled with the training classes, each class at least once")
+        if absent:
+            more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+            raise ValueError(f"{path} lists {len(absent)} file(s) that are not images in {folder!r}: "
+                             f"{', '.join(map(repr, absent[:3]))}{more}")
+        unlisted = len(on_disk - seen)
+        if unlisted:
+            warnings.warn(f"AnnotatedImageFolder: {unlisted} image(s) in {folder!r} are not in {path!r} and are "
+                          "skipped (no label)", UserWarning, stacklevel=4)
+        return classes, files, labels
 
 
 def image_folder(root: Union[str, os.PathLike], size: Optional[int] = 32) -> ArrayDataset:
