@@ -86,6 +86,7 @@ def _cmd_distill(args) -> int:
     from . import distributed
     from .data import load
     from .distill import Distiller
+    from .distill.presets import uses_teacher
 
     overrides = _parse_overrides(args.set)
     if args.iterations is not None:
@@ -100,8 +101,9 @@ def _cmd_distill(args) -> int:
     # everything that can fail on arguments fails here, before any data is read or any file written
     distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed,
                           device=_device(args.device), amp=args.amp, **overrides)
-    if args.teacher is not None and not distiller.config.strategy == "barycenter":
-        raise ValueError(f"--teacher: method {args.method!r} uses no teacher (it matches random embedders)")
+    if args.teacher is not None and not uses_teacher(distiller.config):
+        raise ValueError(f"--teacher: method {args.method!r} as configured uses no teacher (neither to make the set "
+                         "nor to evaluate it)")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
     checkpoint = args.checkpoint

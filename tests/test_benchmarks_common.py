@@ -15,7 +15,9 @@ if BENCH not in sys.path:  # the scripts import their helpers as top-level modul
 import _common  # noqa: E402
 import _runner  # noqa: E402
 import methods  # noqa: E402
+import ddmetrics as ddm  # noqa: E402
 from ddmetrics.distill import presets  # noqa: E402
+from ddmetrics.utils import seeded as ddm_seeded  # noqa: E402
 
 
 def test_markdown_table_layout_and_checks():
@@ -150,17 +152,26 @@ def test_paired_difference_by_hand_and_against_ttest_rel():
         paired_difference([0.1, 0.2], [0.1])
 
 
-def test_herding_and_kcenter_selection():
-    feats = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [10.0, 0.0], [0.2, 0.0]])
-    mean = feats.mean(0)  # (2.04, 0)
-    # by hand: mean x = 2.04; t=1 nearest is 1.0 (#1); t=2 (1 + x)/2 nearest 2.04 is x = 0.2 (#4, 0.6);
-    # t=3 (1.2 + x)/3: x = 0 gives 0.40 (1.64 away), x = 10 gives 3.73 (1.69 away) -> #0
-    assert _runner.herding_indices(feats, 3) == [1, 4, 0] and float(mean[0]) == pytest.approx(2.04)
-    k = _runner.kcenter_indices(feats, 3, seed=0)
-    assert len(set(k)) == 3 and k == _runner.kcenter_indices(feats, 3, seed=0)
-    first = k[0]
-    assert k[1] == int(torch.cdist(feats, feats[first:first + 1]).squeeze(1).argmax())  # the farthest point
-    assert 3 in k  # the outlier is always covered
+def test_the_coreset_cells_are_the_packages_coreset_methods(tiny_digits):
+    # a cell's coreset is Distiller(method=kind) on the cell's own (WMDD) teacher: one implementation
+    with ddm_seeded(0):
+        teacher = ddm.models.get_model("convnet_bn", 1, 3, 8).eval()
+    for kind in ("herding", "kcenter"):
+        cell = ddm.Distiller(method="wmdd", ipc=2, seed=1)
+        cell.teacher_ = teacher
+        made = _runner.SYNSET_MAKERS[kind](cell, tiny_digits)
+        own = ddm.Distiller(method=kind, ipc=2, seed=1, teacher=teacher).fit(tiny_digits, progress=False)
+        assert torch.equal(made.images, own.images) and made.meta["method"] == kind and made.meta["loss"] is None
+    with pytest.raises(ValueError, match="needs the distiller's teacher"):
+        _runner.SYNSET_MAKERS["herding"](ddm.Distiller(method="wmdd", ipc=2), tiny_digits)
+
+
+def test_a_cells_key_leaves_out_the_coreset_field_of_other_strategies():
+    cfg = ddm.Distiller(method="wmdd", ipc=1).config
+    # the keys the cells had before the field existed: a synthesis does not use it
+    assert "coreset" not in _runner.resolved_config(cfg)
+    assert _runner.resolved_config(cfg) == _runner.resolved_config(cfg.replace(coreset="kmeans"))
+    assert _runner.resolved_config(ddm.Distiller(method="herding", ipc=1).config)["coreset"] == "herding"
 
 
 def test_main_plan_parts_share_the_wmdd_cell_and_get_the_mnist_cut():

@@ -31,7 +31,7 @@ def test_distill_then_evaluate_reproduces_accuracy(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--method", "nope"], "dm, krdual, m3d, ncfm, sre2l, wmdd"),
+    (["--method", "nope"], "dm, herding, kcenter, kmeans, krdual, m3d, ncfm, random, sre2l, wmdd"),
     (["--loss", "nope"], "known losses"),
     (["--ipc", "500"], "ipc"),
 ])
