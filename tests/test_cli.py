@@ -19,7 +19,8 @@ def test_distill_then_evaluate_reproduces_accuracy(tmp_path):
                "--iterations", "60", "--set", "teacher_epochs=15", "--set", "eval_epochs=300", "--out", str(out),
                cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert sorted(os.listdir(out)) == [".ddmetrics-run.json", "grid.png", "report.json", "synset.pt", "teacher.pt"]
+    assert sorted(os.listdir(out)) == [".ddmetrics-run.json", "config.yaml", "grid.png", "report.json", "synset.pt",
+                                   "teacher.pt"]
     report = json.loads((out / "report.json").read_text())["evaluation"]
     # WMDD, one image per class, teacher soft labels: far above chance (10 %)
     assert report["mean"] >= 0.75
