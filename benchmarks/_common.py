@@ -34,7 +34,10 @@ __all__ = ["HERE", "RESULTS", "GIB", "cpu_model", "meminfo_gib", "machine_info",
 
 # --------------------------------------------------------------------------- machine
 def cpu_model() -> str:
-    """CPU model name from ``/proc/cpuinfo`` (falls back to :func:`platform.processor`)."""
+    """CPU model name from ``/proc/cpuinfo`` (falls back to :func:`platform.processor`).
+
+    Kept by hand: neither psutil nor the standard library names the CPU model on Linux
+    (``platform.processor()`` is empty there); elsewhere the fallback is what there is."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -45,16 +48,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _psutil():
+    """:mod:`psutil`, imported on first use (without it: an error naming the ``bench`` extra)."""
+    from ddmetrics._extras import require_extra
+
+    require_extra("bench", "the benchmarks' memory and CPU records")
+    import psutil
+
+    return psutil
+
+
+#: the /proc/meminfo names the benchmarks record -> psutil's ``virtual_memory()`` field (the same
+#: kernel numbers on Linux: MemTotal and MemAvailable)
+_MEMORY = {"MemTotal": "total", "MemAvailable": "available"}
+
+
 def meminfo_gib(key: str) -> float:
-    """A ``/proc/meminfo`` entry (e.g. ``MemTotal``) in GiB; NaN when unavailable."""
+    """The machine's ``"MemTotal"`` or ``"MemAvailable"`` in GiB (psutil, on any OS); NaN when unavailable."""
+    if key not in _MEMORY:
+        raise ValueError(f"key must be one of {', '.join(_MEMORY)}, got {key!r}")
     try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024 / GIB
-    except OSError:
-        pass
-    return float("nan")
+        return getattr(_psutil().virtual_memory(), _MEMORY[key]) / GIB
+    except (OSError, AttributeError):
+        return float("nan")
 
 
 def machine_info() -> Dict[str, Any]:
@@ -82,22 +98,24 @@ def command_line() -> str:
 
 
 def rss_bytes() -> int:
-    """Current resident set size of this process (``VmRSS`` of ``/proc/self/status``), bytes; -1 if unknown."""
+    """Current resident set size of this process (psutil, on any OS), bytes; -1 if unknown."""
     try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return -1
+        return int(_psutil().Process().memory_info().rss)
+    except (OSError, AttributeError):
+        return -1
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (``getrusage(RUSAGE_SELF).ru_maxrss``, KiB on Linux), bytes."""
-    import resource  # POSIX only: imported where a memory benchmark asks for it
+    """Peak resident set size of this process so far, bytes; -1 where unknown (Windows).
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Kept on the standard library: psutil has no peak RSS on Linux or macOS, and
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` is it (KiB on Linux, bytes on macOS)."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return -1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
 def elapsed_log() -> Tuple[Callable[[str], None], Callable[[], float]]:
@@ -125,18 +143,24 @@ def local_date() -> str:
 
 
 # --------------------------------------------------------------------------- machine load
-def cpu_times() -> Optional[Dict[str, int]]:
-    """Aggregate CPU jiffies from /proc/stat (Linux): dict user/system/idle/steal/total, or None."""
+def cpu_times() -> Optional[Dict[str, float]]:
+    """Machine-wide CPU seconds (psutil, on any OS): dict user/system/idle/steal/total, or None.
+
+    The states are /proc/stat's grouped as before (user + nice; system + irq + softirq; idle +
+    iowait; steal), in seconds rather than jiffies: :func:`cpu_share`'s percentages are the same."""
     try:
-        with open("/proc/stat") as fh:
-            f = [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
+        t = _psutil().cpu_times()
+    except (OSError, AttributeError):
         return None
-    f += [0] * (8 - len(f))
-    return {"user": f[0] + f[1], "system": f[2] + f[5] + f[6], "idle": f[3] + f[4], "steal": f[7], "total": sum(f[:8])}
+    part = {name: getattr(t, name, 0.0) for name in ("user", "nice", "system", "idle", "iowait", "irq", "softirq",
+                                                      "steal")}
+    out = {"user": part["user"] + part["nice"], "system": part["system"] + part["irq"] + part["softirq"],
+           "idle": part["idle"] + part["iowait"], "steal": part["steal"]}
+    out["total"] = sum(out.values())
+    return out
 
 
-def cpu_share(before: Optional[Dict[str, int]], after: Optional[Dict[str, int]]) -> Dict[str, float]:
+def cpu_share(before: Optional[Dict[str, float]], after: Optional[Dict[str, float]]) -> Dict[str, float]:
     """Percent of machine CPU time spent in each state between two :func:`cpu_times` snapshots."""
     if not before or not after or after["total"] <= before["total"]:
         return {}
@@ -146,10 +170,11 @@ def cpu_share(before: Optional[Dict[str, int]], after: Optional[Dict[str, int]])
 
 def loadavg_1min() -> float:
     """The machine's 1-minute load average (NaN where unknown): on a shared machine it tells
-    whether a wall time includes waiting for a core."""
+    whether a wall time includes waiting for a core. Kept on the standard library
+    (``os.getloadavg``, POSIX): psutil's Windows emulation needs a warm-up thread."""
     try:
         return os.getloadavg()[0]
-    except OSError:
+    except (OSError, AttributeError):  # AttributeError: Windows has no getloadavg
         return float("nan")
 
 
@@ -282,22 +307,12 @@ def percent(value: Optional[float], digits: int = 2, missing: str = "-") -> str:
 
 
 # --------------------------------------------------------------------------- paired differences
-#: two-sided 95 % quantiles t_{0.975, dof} of Student's t, used when scipy is absent
-T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060, 9: 2.2622,
-        10: 2.2281, 12: 2.1788, 15: 2.1314, 20: 2.0860, 30: 2.0423}
-
-
 def t_quantile(dof: int, level: float = 0.95) -> float:
     """The two-sided ``level`` quantile of Student's t with ``dof`` degrees of freedom
-    (scipy.stats.t when installed, else :data:`T975` for 95 %, a conservative neighbour in between)."""
-    try:
-        from scipy.stats import t
+    (``scipy.stats.t.ppf(0.5 + level / 2, dof)``)."""
+    from scipy import stats  # a dependency of POT, so always installed with ddmetrics
 
-        return float(t.ppf(0.5 + level / 2, dof))
-    except ImportError:
-        if level != 0.95:
-            raise
-        return T975[max(k for k in T975 if k <= dof)] if dof <= 30 else 1.96
+    return float(stats.t.ppf(0.5 + level / 2, dof))
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Dict[str, Any]:
@@ -307,7 +322,9 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
 
     Returns ``{"n", "mean", "low", "high", "excludes_zero"}``; with n < 2 there is no interval
     (``low``/``high`` ``None``, ``excludes_zero`` False). The interval excludes 0 exactly when the
-    two-sided paired t-test (``scipy.stats.ttest_rel``) has p < 1 - ``level``.
+    two-sided paired t-test (``scipy.stats.ttest_rel``) has p < 1 - ``level``. The arithmetic is
+    kept by hand around :func:`t_quantile` (``scipy.stats.t.interval`` adds the two quantiles
+    separately): the committed tables' numbers stay exactly those recorded.
     """
     if len(a) != len(b) or not a:
         raise ValueError(f"paired_difference needs two equally long non-empty lists, got {len(a)} and {len(b)}")

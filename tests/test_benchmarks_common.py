@@ -1,6 +1,7 @@
 """The benchmarks' shared helpers (benchmarks/_common.py, _runner.py, _report.py): table and
 number formatting, interleaved timing, atomic writing, and the resumable store's skipping."""
 import json
+import math
 import os
 import sys
 
@@ -15,7 +16,9 @@ if BENCH not in sys.path:  # the scripts import their helpers as top-level modul
 import _common  # noqa: E402
 import _runner  # noqa: E402
 import methods  # noqa: E402
+import ddmetrics as ddm  # noqa: E402
 from ddmetrics.distill import presets  # noqa: E402
+from ddmetrics.utils import seeded as ddm_seeded  # noqa: E402
 
 
 def test_markdown_table_layout_and_checks():
@@ -126,7 +129,7 @@ def test_legacy_methods_document_is_converted_and_rendered(tmp_path):
 
 
 def test_paired_difference_by_hand_and_against_ttest_rel():
-    from _common import T975, format_difference, paired_difference, t_quantile
+    from _common import format_difference, paired_difference, t_quantile
 
     a, b = [0.90, 0.80, 0.85], [0.80, 0.80, 0.70]
     d = paired_difference(a, b)
@@ -136,7 +139,12 @@ def test_paired_difference_by_hand_and_against_ttest_rel():
     assert abs(d["low"] - (0.0833333 - half)) < 1e-4 and abs(d["high"] - (0.0833333 + half)) < 1e-4
     assert not d["excludes_zero"] and format_difference(d) == "+8.33 [-10.64, +27.31]"
     assert paired_difference([0.5], [0.4])["low"] is None
-    assert abs(t_quantile(4) - T975[4]) < 1e-3
+    # closed forms of Student's t quantile: 1 dof tan(pi (p - 1/2)), 2 dof (2p - 1) / sqrt(2 p (1 - p))
+    assert t_quantile(1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-12)
+    assert t_quantile(2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), rel=1e-12)
+    assert t_quantile(2, level=0.9) == pytest.approx(0.9 / math.sqrt(2 * 0.95 * 0.05), rel=1e-12)
+    # (the hand-kept table's entries had four decimals, and any dof above 30 was 1.96)
+    assert t_quantile(40) == pytest.approx(2.021075, abs=1e-6) and t_quantile(25) == pytest.approx(2.059539, abs=1e-6)
     stats = pytest.importorskip("scipy.stats")
     g = __import__("random").Random(0)
     for n in (3, 5, 8):
@@ -153,17 +161,76 @@ def test_paired_difference_by_hand_and_against_ttest_rel():
         paired_difference([0.1, 0.2], [0.1])
 
 
-def test_herding_and_kcenter_selection():
-    feats = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [10.0, 0.0], [0.2, 0.0]])
-    mean = feats.mean(0)  # (2.04, 0)
-    # by hand: mean x = 2.04; t=1 nearest is 1.0 (#1); t=2 (1 + x)/2 nearest 2.04 is x = 0.2 (#4, 0.6);
-    # t=3 (1.2 + x)/3: x = 0 gives 0.40 (1.64 away), x = 10 gives 3.73 (1.69 away) -> #0
-    assert _runner.herding_indices(feats, 3) == [1, 4, 0] and float(mean[0]) == pytest.approx(2.04)
-    k = _runner.kcenter_indices(feats, 3, seed=0)
-    assert len(set(k)) == 3 and k == _runner.kcenter_indices(feats, 3, seed=0)
-    first = k[0]
-    assert k[1] == int(torch.cdist(feats, feats[first:first + 1]).squeeze(1).argmax())  # the farthest point
-    assert 3 in k  # the outlier is always covered
+def test_the_coreset_cells_are_the_packages_coreset_methods(tiny_digits):
+    # a cell's coreset is Distiller(method=kind) on the cell's own (WMDD) teacher: one implementation
+    with ddm_seeded(0):
+        teacher = ddm.models.get_model("convnet_bn", 1, 3, 8).eval()
+    for kind in ("herding", "kcenter"):
+        cell = ddm.Distiller(method="wmdd", ipc=2, seed=1)
+        cell.teacher_ = teacher
+        made = _runner.SYNSET_MAKERS[kind](cell, tiny_digits)
+        own = ddm.Distiller(method=kind, ipc=2, seed=1, teacher=teacher).fit(tiny_digits, progress=False)
+        assert torch.equal(made.images, own.images) and made.meta["method"] == kind and made.meta["loss"] is None
+    with pytest.raises(ValueError, match="needs the distiller's teacher"):
+        _runner.SYNSET_MAKERS["herding"](ddm.Distiller(method="wmdd", ipc=2), tiny_digits)
+
+
+def test_a_cells_key_leaves_out_the_coreset_field_of_other_strategies():
+    cfg = ddm.Distiller(method="wmdd", ipc=1).config
+    # the keys the cells had before the field existed: a synthesis does not use it
+    assert "coreset" not in _runner.resolved_config(cfg)
+    assert _runner.resolved_config(cfg) == _runner.resolved_config(cfg.replace(coreset="kmeans"))
+    assert _runner.resolved_config(ddm.Distiller(method="herding", ipc=1).config)["coreset"] == "herding"
+
+
+def _no_proc(monkeypatch):
+    """_common's own reads as on a machine without /proc (macOS, Windows): opening anything under it
+    fails (psutil, which reads /proc on Linux and the OS's own interfaces elsewhere, is left alone)."""
+    def fake_open(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(path)
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(_common, "open", fake_open, raising=False)
+
+
+def test_memory_and_cpu_records_need_no_proc(monkeypatch):
+    _no_proc(monkeypatch)  # the records came from /proc parsing before: NaN / -1 / None off Linux
+    assert _common.meminfo_gib("MemTotal") > 0 and _common.meminfo_gib("MemAvailable") > 0
+    assert _common.rss_bytes() > 0
+    before = _common.cpu_times()
+    assert before is not None and before["total"] == pytest.approx(
+        before["user"] + before["system"] + before["idle"] + before["steal"])
+    monkeypatch.delattr(os, "getloadavg")  # Windows has none
+    assert math.isnan(_common.loadavg_1min())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="compares with Linux's /proc")
+def test_memory_records_are_the_numbers_proc_gives():
+    with open("/proc/meminfo") as fh:
+        total = next(int(line.split()[1]) for line in fh if line.startswith("MemTotal:"))
+    assert _common.meminfo_gib("MemTotal") == total * 1024 / _common.GIB  # the same kernel number, exactly
+    with open("/proc/self/status") as fh:
+        rss = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+    # read a moment apart by two routes: the process may map a few pages in between
+    assert abs(_common.rss_bytes() - rss) < 16 * 2 ** 20
+
+
+def test_peak_rss_is_in_bytes_on_every_os(monkeypatch):
+    import resource
+
+    monkeypatch.setattr(resource, "getrusage", lambda who: type("R", (), {"ru_maxrss": 5000})())
+    monkeypatch.setattr(_common.sys, "platform", "linux")
+    assert _common.peak_rss_bytes() == 5000 * 1024  # KiB on Linux
+    monkeypatch.setattr(_common.sys, "platform", "darwin")
+    assert _common.peak_rss_bytes() == 5000  # bytes on macOS
+
+
+def test_cpu_share_of_two_snapshots():
+    a = {"user": 10.0, "system": 5.0, "idle": 80.0, "steal": 5.0, "total": 100.0}
+    b = {"user": 40.0, "system": 10.0, "idle": 140.0, "steal": 10.0, "total": 200.0}
+    assert _common.cpu_share(a, b) == {"user": 30.0, "system": 5.0, "idle": 60.0, "steal": 5.0}
+    assert _common.cpu_share(None, b) == {} and _common.cpu_share(b, a) == {}
 
 
 def test_main_plan_parts_share_the_wmdd_cell_and_get_the_mnist_cut():

@@ -21,7 +21,8 @@ def test_distill_then_evaluate_reproduces_accuracy(tmp_path):
                "--iterations", "100", "--set", "teacher_arch=convnet_bn", "teacher_epochs=6", "eval_model=convnet_bn",
                "eval_epochs=200", "--out", str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert sorted(os.listdir(out)) == [".ddmetrics-run.json", "grid.png", "report.json", "synset.pt", "teacher.pt"]
+    assert sorted(os.listdir(out)) == [".ddmetrics-run.json", "config.yaml", "grid.png", "report.json", "synset.pt",
+                                   "teacher.pt"]
     report = json.loads((out / "report.json").read_text())["evaluation"]
     # WMDD, one image per class, teacher soft labels (the preset's protocol): far above chance (10 %)
     assert report["protocol"] == "soft (model=convnet_bn, epochs=200)" and report["mean"] >= 0.75
@@ -50,7 +51,7 @@ def test_a_method_without_a_teacher_evaluated_with_soft_labels_trains_and_keeps_
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--method", "nope"], "dm, krdual, m3d, ncfm, sre2l, wmdd"),
+    (["--method", "nope"], "dm, herding, kcenter, kmeans, krdual, m3d, ncfm, random, sre2l, wmdd"),
     (["--loss", "nope"], "known losses"),
     (["--ipc", "500"], "ipc"),
 ])

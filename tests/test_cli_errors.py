@@ -75,7 +75,7 @@ def test_overwrite_replaces_a_previous_run_and_only_its_files(project, capsys):
     _one_line(capsys, "--overwrite")
     assert main(args + ["--overwrite"]) == 0
     names = sorted(os.listdir(project / "runs" / "a"))
-    assert names == [".ddmetrics-run.json", "grid.png", "report.json", "synset.pt"]   # dm: no teacher.pt
+    assert names == [".ddmetrics-run.json", "config.yaml", "grid.png", "report.json", "synset.pt"]   # dm: no teacher.pt
     assert (project / "runs" / "a" / "synset.pt").stat().st_mtime_ns >= first
     assert (project / "runs" / "keep.txt").read_text() == "sibling"
     (project / "runs" / "a" / "analysis.ipynb").write_text("mine")
@@ -328,7 +328,7 @@ def test_two_runs_started_together_into_one_out(tmp_path):
     assert code == 2 and len(err.splitlines()) == 1, err
     assert f"{out} is being written by another ddmetrics run (pid {procs[winner].pid} " in err, err
     names = sorted(os.listdir(out))
-    assert names == [".ddmetrics-run.json", "grid.png", "report.json", "synset.pt"]
+    assert names == [".ddmetrics-run.json", "config.yaml", "grid.png", "report.json", "synset.pt"]
     assert sorted(json.loads((out / ".ddmetrics-run.json").read_text())["files"]) == names[1:]
     assert ddm.SyntheticSet.load(out / "synset.pt").meta["seed"] == winner
     assert json.loads((out / "report.json").read_text())["seed"] == winner

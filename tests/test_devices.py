@@ -12,7 +12,7 @@ import torch
 import ddmetrics as ddm
 from ddmetrics.diagnose import diagnose
 from ddmetrics.distill.presets import PRESETS as METHODS
-from ddmetrics.distill.presets import preset
+from ddmetrics.distill.presets import applies, preset
 
 #: losses whose preset settings are slow for a 3-step audit: smaller, same code paths
 _FASTER_LOSS = {"krdual": {"steps": 2, "warm_start": True}, "ncfd": {"n_frequencies": 256}}
@@ -21,8 +21,10 @@ _FASTER_LOSS = {"krdual": {"steps": 2, "warm_start": True}, "ncfd": {"n_frequenc
 def _audit_run(method: str, **overrides) -> dict:
     """A few steps of ``method`` (one teacher epoch; factor 2 where the preset chooses it)."""
     cfg = preset(method, **overrides)
-    kw = dict(method=method, iterations=3, **overrides)
-    if cfg.strategy == "barycenter":
+    kw = dict(method=method, **overrides)
+    if applies(cfg, "iterations"):  # a coreset optimises nothing
+        kw["iterations"] = 3
+    if applies(cfg, "teacher_epochs"):  # a teacher is trained (for the set or the soft labels)
         kw.setdefault("teacher_epochs", 1)
     if cfg.factor == "auto":  # "auto" is 1 on 8-px digits: force the sub-image path
         kw["factor"] = 2

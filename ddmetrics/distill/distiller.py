@@ -18,14 +18,17 @@ from ..utils import DeviceSpec, frozen, resolve_device, seeded
 from .barycenter_matching import BarycenterMatching
 from ._loop import Strategy, synthesis_units
 from .checkpoint import Checkpoint, data_fingerprint
+from .coresets import CoresetSelection
 from .distribution_matching import DistributionMatching
-from .presets import DistillConfig, make_loss, preset
+from .presets import DistillConfig, make_loss, needs_teacher, preset, uses_teacher
 
 LossSpec = Union[str, DistributionLoss, None]
 
 
-#: matching strategy name -> its class (a :class:`~ddmetrics.distill._loop.Strategy`)
-STRATEGIES: Dict[str, Type[Strategy]] = {"barycenter": BarycenterMatching, "distribution": DistributionMatching}
+#: strategy name -> its class (a :class:`~ddmetrics.distill._loop.Strategy`): the two matching
+#: strategies, and the coreset baselines' selection of real images
+STRATEGIES: Dict[str, Type[Strategy]] = {"barycenter": BarycenterMatching, "distribution": DistributionMatching,
+                                         "coreset": CoresetSelection}
 
 
 class Distiller:
@@ -43,10 +46,13 @@ class Distiller:
     method : str
         A preset, its method's released pipeline: ``"wmdd"``, ``"dm"``, ``"m3d"``, ``"krdual"``,
         ``"ncfm"``, ``"sre2l"`` (see :data:`ddmetrics.distill.presets.PRESETS` and
-        ``docs/fidelity.md``). Its budgets are the method's own; ``budget=0.1`` runs a tenth of
-        every iteration and epoch count.
+        ``docs/fidelity.md``), or a coreset baseline of real images: ``"random"``,
+        ``"herding"``, ``"kcenter"``, ``"kmeans"`` (:mod:`ddmetrics.distill.coresets`; all but
+        ``"random"`` select in the teacher's feature space). Its budgets are the method's own;
+        ``budget=0.1`` runs a tenth of every iteration and epoch count.
     loss : str or DistributionLoss, optional
-        Overrides the preset's loss (``method="wmdd", loss="sliced"`` is WMDD's sliced ablation).
+        Overrides the preset's loss (``method="wmdd", loss="sliced"`` is WMDD's sliced ablation);
+        refused by the coresets, which compare no distributions (their ``loss`` is ``None``).
     ipc : int
         Images per class.
     seed : int
@@ -57,7 +63,8 @@ class Distiller:
         gradients and then restores every module's mode and parameter's ``requires_grad``
         (it is moved to ``device``, though); when omitted a ``teacher_arch`` model is trained on
         the real data (kept as
-        ``teacher_``). A string is read as ``teacher_arch``.
+        ``teacher_``) when the method or a soft-label evaluation protocol needs one. A string is
+        read as ``teacher_arch``.
     device : str or torch.device, optional
         Where the run's tensors live: ``None``/``"auto"``: CUDA when available (``cuda:LOCAL_RANK``
         under ``torchrun``), else the CPU; or any device string (``"cuda:1"``). Random draws come
@@ -104,11 +111,12 @@ class Distiller:
             settings = {k: v for k, v in loss.config().items() if k not in ("name", "class")}
             self.config: DistillConfig = preset(method, loss=loss.name or type(loss).__qualname__,
                                                 loss_kwargs=settings, **overrides)
-            self.loss: DistributionLoss = loss
+            self.loss: Optional[DistributionLoss] = loss
         else:
             self.config = preset(method, loss=loss, **overrides)
-            # built once, now, so an unknown name fails before any work
-            self.loss = make_loss(self.config.loss, **self.config.loss_kwargs)
+            # built once, now, so an unknown name fails before any work; a coreset has none
+            self.loss = None if self.config.strategy == "coreset" else \
+                make_loss(self.config.loss, **self.config.loss_kwargs)
         if self.config.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.config.strategy!r}")
         self.teacher_ = teacher
@@ -175,12 +183,12 @@ class Distiller:
         cannot take (the teacher to train or the embedders, and the evaluation model: each tried on
         the smallest batch the run gives it) and a given teacher without one output per class."""
         cfg, channels = self.config, image_shape[0]
-        if STRATEGIES[cfg.strategy].needs_teacher and self.teacher_ is not None:
+        if uses_teacher(cfg) and self.teacher_ is not None:
             inner = getattr(self.teacher_, "model", self.teacher_)  # the classifier inside as_teacher's wrapper
             check_outputs(self.teacher_, image_shape, num_classes, f"the teacher ({type(inner).__name__})")
-        elif STRATEGIES[cfg.strategy].needs_teacher:  # trained on batches of two images or more
+        elif uses_teacher(cfg):  # trained on batches of two images or more
             check_image_size(cfg.teacher_arch, channels, num_classes, image_shape, "teacher_arch", batch_size=2)
-        else:  # a class's synthetic images (ipc of them) go through the embedder at once
+        if cfg.strategy == "distribution":  # a class's synthetic images (ipc of them) go through the embedder at once
             check_image_size(cfg.embedder, channels, num_classes, image_shape, "embedder",
                              batch_size=min(self.ipc, cfg.batch_real))
         check_image_size(cfg.protocol().model, channels, num_classes, image_shape, "eval_model", batch_size=2)
@@ -189,7 +197,7 @@ class Distiller:
         """What a checkpoint of this run must match to be resumed."""
         # a streaming set hashes its file list (decoding it would be a pass over the data)
         data = train.fingerprint() if hasattr(train, "fingerprint") else data_fingerprint(train.images, train.labels)
-        return {"method": self.method, "loss": self.loss.name or type(self.loss).__name__,
+        return {"method": self.method, "loss": self._loss_name(),
                 "loss_repr": repr(self.loss), "ipc": self.ipc, "seed": self.seed, "config": self.config.to_dict(),
                 "data": data, "given_teacher": self.teacher_ is not None}
 
@@ -245,7 +253,10 @@ class Distiller:
             distributed.barrier()
         start = time.perf_counter()
         strategy_cls = STRATEGIES[self.config.strategy]
-        teacher = self._teacher(train, num_classes, ckpt) if strategy_cls.needs_teacher else None
+        # trained for the synthesis, or for the soft-label protocol that evaluates the set
+        teacher = self._teacher(train, num_classes, ckpt) if uses_teacher(self.config) else None
+        if not needs_teacher(self.config):
+            teacher = None  # the strategy does not use it
         runner = strategy_cls(train, num_classes, self.ipc, self.loss, self.config, self.seed, teacher=teacher,
                               device=self.device, amp=self.amp)
         units = synthesis_units(num_classes, self.ipc, self.config.synthesis_batch, self.config.batch_images)
@@ -262,8 +273,8 @@ class Distiller:
         info["world_size"] = world_size
         meta = {
             "method": self.method,
-            "loss": self.loss.name or type(self.loss).__name__,
-            "loss_config": self.loss.config(),
+            "loss": self._loss_name(),
+            "loss_config": self.loss.config() if self.loss is not None else None,
             "ipc": self.ipc,
             "seed": self.seed,
             "factor": runner.factor,
@@ -279,6 +290,9 @@ class Distiller:
         }
         labels = torch.arange(num_classes, device="cpu").repeat_interleave(self.ipc)
         return SyntheticSet(images=images, labels=labels, weights=weights, meta=meta, num_classes=num_classes)
+
+    def _loss_name(self) -> Optional[str]:
+        return None if self.loss is None else (self.loss.name or type(self.loss).__name__)
 
     def _combine(self, results: Dict[int, Dict[str, Any]], units, num_classes: int, image_shape,
                  summed: Sequence[str]):

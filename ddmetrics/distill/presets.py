@@ -1,4 +1,5 @@
-"""Method presets: WMDD, DM, M3D, KR-dual, NCFM and SRe²L are configuration data, not code paths.
+"""Method presets: WMDD, DM, M3D, KR-dual, NCFM, SRe²L and the coreset baselines (random, herding,
+k-center, k-means) are configuration data, not code paths.
 
 A preset fills a :class:`DistillConfig` with its method's released pipeline (its paper where no
 code was released: M3D, KR-dual); ``docs/fidelity.md`` gives every value's source. Any field can
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from ..losses import DistributionLoss, UnknownSettingError, get_loss
 
@@ -45,7 +46,7 @@ def _is_number(v: Any) -> bool:
 
 #: field -> (test of a value, what is allowed); names with a fixed set of choices use a tuple
 _CHOICES: Dict[str, tuple] = {
-    "strategy": ("barycenter", "distribution"),
+    "strategy": ("barycenter", "distribution", "coreset"),
     "optimizer": ("adam", "sgd", "adamw"),
     "lr_schedule": ("cosine", "constant", "plateau"),
     "init": ("real", "noise", "nearest"),
@@ -57,6 +58,7 @@ _CHOICES: Dict[str, tuple] = {
     "reg": ("pcbn", "bn", "none"),
     "reg_norm": ("squared", "l2"),
     "bn_stats": ("exact", "batch_mean", "running"),
+    "coreset": ("random", "herding", "kcenter", "kmeans"),
 }
 
 
@@ -143,8 +145,8 @@ class DistillConfig:
 
     Matching
         ``strategy``: ``"barycenter"`` (a trained teacher's features, ``loss.barycenter``
-        targets, WMDD / SRe²L) or ``"distribution"`` (``loss(f(real), f(syn))`` per class in
-        embedders, DM / M3D / KR-dual / NCFM). ``loss`` / ``loss_kwargs``: the
+        targets, WMDD / SRe²L), ``"distribution"`` (``loss(f(real), f(syn))`` per class in
+        embedders, DM / M3D / KR-dual / NCFM) or ``"coreset"`` (real images, below). ``loss`` / ``loss_kwargs``: the
         :class:`~ddmetrics.losses.DistributionLoss`.
     Budget
         ``iterations`` (the method's), ``budget``: one factor in (0, 1] on every iteration and
@@ -186,6 +188,13 @@ class DistillConfig:
         with its initialisation, NCFM); ``calib_weight`` (NCFM's extra cross-entropy step
         through the drawn network's trained end); ``normalize_features`` (features on the unit
         sphere before the loss, NCFM).
+    Coreset selection
+        ``strategy="coreset"`` synthesises nothing: the set is ``ipc`` real images per class with
+        uniform weights, chosen by ``coreset`` (:mod:`ddmetrics.distill.coresets`): ``"random"``
+        (seeded, the draw of :func:`ddmetrics.evaluate.random_subset`), or in the teacher's
+        feature space (``teacher_arch``, ``teacher_recipe``: WMDD's teacher by default)
+        ``"herding"`` (running mean closest to the class mean), ``"kcenter"`` (greedy k-center)
+        or ``"kmeans"`` (the real image nearest each k-means centroid).
     Evaluation
         ``eval_protocol`` (:data:`ddmetrics.protocols.PROTOCOLS`); ``eval_model``,
         ``eval_epochs``, ``eval_lr``, ``temperature`` override the protocol's (``None``: its own).
@@ -233,6 +242,8 @@ class DistillConfig:
     pool_interpolate: bool = False
     calib_weight: float = 0.0
     normalize_features: bool = False
+    # coreset selection
+    coreset: str = "random"
     # evaluation
     eval_protocol: str = "soft"
     eval_model: Optional[str] = None
@@ -315,8 +326,21 @@ def _soft(cfg: DistillConfig) -> bool:
     return get_protocol(cfg.eval_protocol).labels == "soft"
 
 
-def _uses_teacher(cfg: DistillConfig) -> bool:
-    return cfg.strategy == "barycenter" or _soft(cfg)
+def needs_teacher(cfg: DistillConfig) -> bool:
+    """Whether making the set needs a trained teacher: teacher matching, and a coreset chosen in the
+    teacher's feature space (every rule but ``"random"``)."""
+    return cfg.strategy == "barycenter" or (cfg.strategy == "coreset" and cfg.coreset != "random")
+
+
+def uses_teacher(cfg: DistillConfig) -> bool:
+    """Whether the run trains (or takes) a teacher: to make the set (:func:`needs_teacher`) or to
+    label the students' views under a soft-label evaluation protocol."""
+    return needs_teacher(cfg) or _soft(cfg)
+
+
+def _synthesises(cfg: DistillConfig) -> bool:
+    """Whether images are optimised (every strategy but ``"coreset"``, which selects real ones)."""
+    return cfg.strategy != "coreset"
 
 
 def _barycenter(cfg: DistillConfig) -> bool:
@@ -333,9 +357,9 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "factor": lambda c: c.strategy == "distribution",
     "batch_real": lambda c: c.strategy == "distribution",
     "batch_images": lambda c: c.synthesis_batch != "class",
-    "teacher_arch": _uses_teacher,
-    "teacher_recipe": _uses_teacher,
-    "teacher_epochs": _uses_teacher,
+    "teacher_arch": uses_teacher,
+    "teacher_recipe": uses_teacher,
+    "teacher_epochs": uses_teacher,
     "bary_iters": _barycenter,
     "learn_weights": _barycenter,
     "bary_init": _barycenter,
@@ -357,7 +381,12 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "calib_weight": lambda c: c.strategy == "distribution",
     "normalize_features": lambda c: c.strategy == "distribution",
     "temperature": _soft,
+    "coreset": lambda c: c.strategy == "coreset",
 }
+#: what only a synthesis uses: a coreset (real images) optimises nothing
+for _field in ("iterations", "optimizer", "lr", "lr_schedule", "weight_decay", "init", "clamp", "augment",
+               "synthesis_batch"):
+    APPLIES[_field] = _synthesises
 
 
 #: why a field is unused when :data:`APPLIES` says so (the refusal's reason)
@@ -366,7 +395,7 @@ _UNUSED_BECAUSE: Dict[str, str] = {
     "factor": "only distribution matching stores factor sub-images",
     "batch_real": "only distribution matching draws real batches",
     "batch_images": "synthesis_batch='class' puts one class in a batch",
-    "teacher_arch": "it uses no teacher (distribution matching with a hard-label protocol)",
+    "teacher_arch": "it uses no teacher (distribution matching or a random coreset, with a hard-label protocol)",
     "bary_iters": "it computes no barycenter",
     "feature_loss": "distribution matching has no teacher feature loss",
     "feature_norm": "feature_loss is not 'barycenter'",
@@ -377,7 +406,11 @@ _UNUSED_BECAUSE: Dict[str, str] = {
     "embedder": "teacher matching uses the teacher, not random embedders",
     "pool_epochs": "embedder_pool is 0",
     "temperature": "its evaluation protocol uses hard labels",
+    "coreset": "only strategy='coreset' selects real images",
 }
+#: why a field of the synthesis is unused by a coreset (every field but the teacher's and the evaluation's)
+_CORESET_UNUSED = "a coreset selects real images (strategy='coreset'): nothing is synthesised"
+_CORESET_USES = ("teacher_arch", "teacher_recipe", "teacher_epochs", "temperature")
 for _field, _same in (("loss_kwargs", "loss"), ("teacher_recipe", "teacher_arch"), ("teacher_epochs", "teacher_arch"),
                       ("learn_weights", "bary_iters"), ("bary_init", "bary_iters"), ("reg_norm", "reg_weight"),
                       ("bn_stats", "reg_weight"), ("first_bn_weight", "reg_weight"), ("iters_per_model", "embedder"),
@@ -392,20 +425,31 @@ def applies(cfg: DistillConfig, name: str) -> bool:
     return True if test is None else bool(test(cfg))
 
 
+class SettingError(ValueError):
+    """A ``ValueError`` about settings of a :class:`DistillConfig`; ``fields`` names them (so that
+    a caller reading the settings from a file can point at their lines)."""
+
+    def __init__(self, message: str, fields: Sequence[str] = ()):
+        super().__init__(message)
+        self.fields: Tuple[str, ...] = tuple(fields)
+
+
 def _check_combination(cfg: DistillConfig) -> None:
     """Refuse settings that cannot work together (each error names the fields)."""
     if cfg.bn_stats == "running" and cfg.reg == "pcbn":
-        raise ValueError("bn_stats='running' needs reg='bn': a teacher's running statistics are all-class "
-                         "statistics, PCBN needs per-class ones ('exact' or 'batch_mean')")
+        raise SettingError("bn_stats='running' needs reg='bn': a teacher's running statistics are all-class "
+                         "statistics, PCBN needs per-class ones ('exact' or 'batch_mean')", ("bn_stats", "reg"))
     if cfg.init == "nearest" and cfg.strategy != "barycenter":
-        raise ValueError("init='nearest' starts from the real image nearest each barycenter atom of the teacher's "
-                         "features: it needs strategy='barycenter'")
+        raise SettingError("init='nearest' starts from the real image nearest each barycenter atom of the teacher's "
+                           "features: it needs strategy='barycenter'", ("init", "strategy"))
     if cfg.strategy == "barycenter" and cfg.feature_loss == "none" and cfg.ce_weight == 0 and (
             cfg.reg == "none" or cfg.reg_weight == 0):
-        raise ValueError("feature_loss='none', ce_weight=0 and no regulariser leave nothing to minimise")
+        raise SettingError("feature_loss='none', ce_weight=0 and no regulariser leave nothing to minimise",
+                           ("feature_loss", "ce_weight", "reg", "reg_weight"))
     if cfg.calib_weight > 0 and cfg.embedder_pool == 0:
-        raise ValueError(f"calib_weight={cfg.calib_weight} needs embedder_pool > 0: the calibration step uses a pool "
-                         "network's trained weights (with embedder_pool=0, pass calib_weight=0)")
+        raise SettingError(f"calib_weight={cfg.calib_weight} needs embedder_pool > 0: the calibration step uses a "
+                           "pool network's trained weights (with embedder_pool=0, pass calib_weight=0)",
+                           ("calib_weight", "embedder_pool"))
 
 
 #: method name -> the settings that differ from :class:`DistillConfig`'s defaults (WMDD's release).
@@ -450,6 +494,17 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                   reg_norm="l2", bn_stats="running", first_bn_weight=10.0, synthesis_batch="slot",
                   iterations=1000, lr=0.25, init="noise", clamp="pixel", augment="roll",
                   teacher_recipe="sre2l", eval_protocol="sre2l_small"),
+    # Coreset baselines (in the package, beside the distiller): ipc real images per class, uniform weights, nothing
+    # synthesised (ddmetrics/distill/coresets.py). herding, kcenter and kmeans select in the feature space of the
+    # teacher above (WMDD's: resnet18 by the "wmdd" recipe, as the benchmarks' coresets always did); random needs
+    # none. Evaluated by WMDD's protocol ("soft": the teacher labels the views); eval_protocol="hard" for DM's
+    "random": dict(strategy="coreset", coreset="random", synthesis_batch="class"),
+    # herding (Welling, ICML 2009; iCaRL's exemplars, Rebuffi et al. 2017)
+    "herding": dict(strategy="coreset", coreset="herding", synthesis_batch="class"),
+    # greedy k-center (Sener & Savarese, ICLR 2018)
+    "kcenter": dict(strategy="coreset", coreset="kcenter", synthesis_batch="class"),
+    # the real image nearest each of ipc k-means centroids (k-means++ start, Lloyd's iterations)
+    "kmeans": dict(strategy="coreset", coreset="kmeans", synthesis_batch="class"),
 }
 
 #: The one table of loss settings used when a distiller builds a loss from its name — by the
@@ -487,7 +542,10 @@ def preset(method: str, **overrides) -> DistillConfig:
     unused = [name for name in overrides if not applies(cfg, name)]
     if unused:
         name = unused[0]
-        raise ValueError(f"{name} does not apply to method {method!r} as configured: "
-                         f"{_UNUSED_BECAUSE.get(name, 'this configuration does not use it')}; it would be ignored, "
-                         "leave it out" + (f" (also unused: {', '.join(unused[1:])})" if len(unused) > 1 else ""))
+        reason = _UNUSED_BECAUSE.get(name, "this configuration does not use it")
+        if cfg.strategy == "coreset" and name not in _CORESET_USES:
+            reason = _CORESET_UNUSED
+        raise SettingError(f"{name} does not apply to method {method!r} as configured: {reason}; it would be "
+                           "ignored, leave it out" + (f" (also unused: {', '.join(unused[1:])})" if len(unused) > 1
+                                                      else ""), unused)
     return cfg

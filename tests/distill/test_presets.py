@@ -41,7 +41,7 @@ def _opt(test):
 
 # an independent statement of what each field allows (the oracle of the property test)
 VALID = {
-    "strategy": lambda v: v in ("barycenter", "distribution"),
+    "strategy": lambda v: v in ("barycenter", "distribution", "coreset"),
     "loss": lambda v: isinstance(v, str) and v != "",
     "loss_kwargs": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
     "iterations": lambda v: _int(v) and v > 0,
@@ -79,6 +79,7 @@ VALID = {
     "pool_interpolate": lambda v: isinstance(v, bool),
     "calib_weight": lambda v: _num(v) and v >= 0,
     "normalize_features": lambda v: isinstance(v, bool),
+    "coreset": lambda v: v in ("random", "herding", "kcenter", "kmeans"),
     "eval_protocol": lambda v: isinstance(v, str) and v in PROTOCOLS,
     "eval_model": _opt(_model),
     "eval_epochs": _opt(lambda v: _int(v) and v > 0),
@@ -88,7 +89,8 @@ VALID = {
 
 WORDS = ["barycenter", "distribution", "adam", "sgd", "adamw", "real", "noise", "nearest", "auto", "none", "ce",
          "pcbn", "bn", "soft", "hard", "ncfm", "convnet", "ConvNet_BN", "resnet18", "color_crop", "idc:color_crop",
-         "roll", "flip_bogus", "", "x", "class", "slot", "l2", "squared", "running", "gaussian", "plateau", "pixel"]
+         "roll", "flip_bogus", "", "x", "class", "slot", "l2", "squared", "running", "gaussian", "plateau", "pixel",
+         "coreset", "herding", "kcenter", "kmeans", "random"]
 VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 5), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from(WORDS), st.text(max_size=5), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
@@ -103,8 +105,8 @@ def test_oracle_covers_every_field():
 @given(name=st.sampled_from(FIELDS), value=VALUES)
 def test_nothing_invalid_is_built_and_nothing_valid_is_refused(name, value):
     # values allowed for the field but not with the other defaults (WMDD's): refused, naming the field
-    combination = {("bn_stats", "running"), ("calib_weight", "positive")}
-    key = (name, "positive" if name == "calib_weight" and _num(value) and value > 0 else value)
+    combination = {("bn_stats", repr("running")), ("calib_weight", "positive")}  # repr: a dict is unhashable
+    key = (name, "positive" if name == "calib_weight" and _num(value) and value > 0 else repr(value))
     if VALID[name](value) and key in combination:
         with pytest.raises(ValueError, match=name):
             DistillConfig(**{name: value})
@@ -133,7 +135,7 @@ def test_float_fields_given_ints_become_floats():
 def test_every_preset_is_a_valid_config_and_names_a_strategy():
     for method in PRESETS:
         assert preset(method).strategy in STRATEGIES
-    assert sorted(STRATEGIES) == sorted(("barycenter", "distribution"))
+    assert sorted(STRATEGIES) == sorted(("barycenter", "distribution", "coreset"))
 
 
 def test_a_presets_loss_settings_reach_its_loss_and_explicit_kwargs_override_them():
