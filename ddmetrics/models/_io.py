@@ -127,7 +127,9 @@ def load_teacher_file(path: PathLike, build: Callable[[], nn.Module]) -> nn.Modu
     a final linear layer such as ``fc`` is refused: :func:`as_teacher` reads the features with a
     forward pre-hook on that layer, and TorchScript modules take no Python hooks; save its
     ``state_dict`` and name the architecture instead. Any other file is read as a ``state_dict``
-    (weights only) into ``build()`` and wrapped by :func:`as_teacher`.
+    (weights only) into ``build()`` and wrapped by :func:`as_teacher`; when ``build()`` gives a
+    :class:`~ddmetrics.models.Teacher` (a torchvision or timm model), into the model it wraps,
+    so the file holds the library's own keys.
 
     Parameters
     ----------
@@ -149,7 +151,7 @@ def load_teacher_file(path: PathLike, build: Callable[[], nn.Module]) -> nn.Modu
         The file is missing, not a state dict / TorchScript file, a TorchScript module without
         ``embed`` and ``classifier``, or a state dict that does not fit the model.
     """
-    from ._teacher import as_teacher
+    from ._teacher import Teacher, as_teacher
 
     path = os.fspath(path)
     if os.path.isfile(path) and _is_torchscript(path):
@@ -160,4 +162,6 @@ def load_teacher_file(path: PathLike, build: Callable[[], nn.Module]) -> nn.Modu
         raise ValueError(f"--teacher {path}: a TorchScript teacher must export embed(x) and classifier "
                          "(a scripted model's fc cannot be hooked); or save its state_dict and name the "
                          "architecture with --teacher-arch")
-    return as_teacher(load_state_dict_file(build(), path)).eval()
+    model = build()
+    load_state_dict_file(model.model if isinstance(model, Teacher) else model, path)
+    return as_teacher(model).eval()

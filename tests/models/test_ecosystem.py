@@ -1,11 +1,17 @@
 """Teachers and students from the ecosystem (issue 25, item 2): torchvision's ResNet-18 state
-dicts load into ``resnet18`` as they are.
+dicts load into ``resnet18`` as they are, and ``torchvision:NAME`` / ``timm:NAME`` build that
+library's model, or are refused at construction naming the extra.
 
-torchvision cannot be installed here: a torchvision ResNet-18 is written below from its
-published layout (module names, shapes, strides).
+torchvision and timm cannot be installed here: a torchvision ResNet-18 is written below from its
+published layout (module names, shapes, strides), and the libraries are fake modules put in
+``sys.modules``; a missing library is ``sys.modules[name] = None``.
 """
 import importlib
+import importlib.machinery
+import json
 import re
+import sys
+import types
 
 import pytest
 import torch
@@ -13,7 +19,11 @@ from torch import nn
 
 import ddmetrics as ddm
 from ddmetrics.cli import main
-from ddmetrics.models import ResNet18, ResNetAP10, get_model, load_state_dict_file, load_teacher_file
+from ddmetrics.models import (ResNet18, ResNetAP10, Teacher, get_model, load_state_dict_file, load_teacher_file,
+                              register_model)
+
+TORCHVISION = "pip install 'ddmetrics[torchvision]'"
+TIMM = "pip install 'ddmetrics[timm]'"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -190,6 +200,173 @@ def test_a_torchvision_state_dict_as_the_teacher_on_the_command_line(tmp_path):
     x = ddm.data.load("digits", seed=0).test.images[:8]
     with torch.no_grad():
         assert torch.allclose(teacher(x), ref.eval()(x), **TOL)
+
+
+# --------------------------------------------------------------------------- library models
+def _fake_module(name):
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)  # find_spec finds it, as installed
+    return module
+
+
+class TimmTiny(nn.Module):
+    """timm's model API: forward_features (an unpooled map), forward_head(pre_logits), get_classifier."""
+
+    def __init__(self, num_classes, in_chans):
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.head_fc = nn.Linear(6, num_classes)
+
+    def forward_features(self, x):
+        return torch.relu(self.bn(self.stem(x)))
+
+    def forward_head(self, x, pre_logits=False):
+        x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.head_fc(x)
+
+    def get_classifier(self):
+        return self.head_fc
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+@pytest.fixture
+def fake_timm(monkeypatch):
+    timm = _fake_module("timm")
+    timm.calls = []
+
+    def create_model(name, pretrained=False, num_classes=1000, in_chans=3, **kw):
+        timm.calls.append(dict(name=name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kw))
+        return TimmTiny(num_classes, in_chans)
+
+    timm.create_model = create_model
+    timm.is_model = lambda name: name == "tiny"
+    monkeypatch.setitem(sys.modules, "timm", timm)
+    return timm
+
+
+@pytest.fixture
+def fake_torchvision(monkeypatch):
+    tv = _fake_module("torchvision")
+    tv.models = _fake_module("torchvision.models")
+    tv.models.get_model = lambda name, num_classes=1000, **kw: {"resnet18": TvResNet18}[name.lower()](
+        num_classes=num_classes, **kw)
+    tv.models.list_models = lambda: ["resnet18"]
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.models", tv.models)
+    return tv
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was read before the model name was refused")
+
+    monkeypatch.setattr(ddm.data, "load", refuse)
+
+
+def test_timm_name_builds_timm_s_model_with_its_feature_api(fake_timm):
+    net = get_model("TIMM:tiny", 1, 10, 8)  # the prefix is case-insensitive, like registered names
+    assert fake_timm.calls == [dict(name="tiny", pretrained=False, num_classes=10, in_chans=1)]
+    assert isinstance(net, Teacher) and isinstance(net.model, TimmTiny)
+    x = torch.randn(3, 1, 8, 8)
+    feats = net.embed(x)
+    assert torch.equal(feats, net.model.forward_features(x).mean(dim=(2, 3)))  # pooled, before the classifier
+    assert torch.equal(net.classifier(feats), net(x))
+    # a deep copy (evaluate copies a teacher to another device) keeps the copy's own weights in use
+    twin = __import__("copy").deepcopy(net)
+    with torch.no_grad():
+        twin.model.head_fc.weight.add_(1.0)
+    assert not torch.equal(twin.classifier(twin.embed(x)), net(x))
+    assert torch.equal(twin.classifier(twin.embed(x)), twin(x))
+
+
+def test_timm_teacher_embedder_and_student_end_to_end_on_the_command_line(fake_timm, tmp_path):
+    out = tmp_path / "r"
+    assert main(["distill", "--method", "wmdd", "--ipc", "1", "--teacher-arch", "timm:tiny", "--set",
+                 "eval_model=timm:tiny", "--set", "teacher_epochs=1", "--set", "eval_epochs=1", "--set", "reg=bn",
+                 "--out", str(out), "--quiet", "--runs", "1", "--no-full", "--iterations", "1"]) == 0
+    assert {c["in_chans"] for c in fake_timm.calls} == {1} and {c["num_classes"] for c in fake_timm.calls} == {10}
+    saved = torch.load(out / "teacher.pt", weights_only=True)
+    assert set(saved) == set(TimmTiny(10, 1).state_dict())  # timm's own keys, not the wrapper's
+    report = json.loads((out / "report.json").read_text())
+    assert report["evaluation"]["protocol_settings"]["model"] == "timm:tiny"
+    # evaluate reads the teacher back into timm's model for the soft labels
+    assert main(["evaluate", str(out / "synset.pt"), "--protocol", "soft", "--runs", "1", "--no-full", "--quiet",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    teacher = load_teacher_file(out / "teacher.pt", lambda: get_model("timm:tiny", 1, 10, 8))
+    assert all(torch.equal(teacher.model.state_dict()[k], v) for k, v in saved.items())
+    # and as a DM embedder, redrawn at each step
+    syn = ddm.Distiller(method="dm", embedder="timm:tiny", ipc=1, iterations=2).fit(
+        ddm.data.load("digits", seed=0).train, progress=False)
+    assert syn.images.shape[1:] == (1, 8, 8)
+
+
+def test_torchvision_name_builds_torchvision_s_model_and_shares_its_state_dicts(fake_torchvision):
+    net = get_model("torchvision:resnet18", 1, 10, 32)  # one channel: repeated into RGB
+    assert isinstance(net, Teacher) and isinstance(net.model, TvResNet18) and net.head_name == "fc"
+    _trained_looking(net.model)
+    x = torch.randn(2, 1, 32, 32)
+    ours = ResNet18(3, 10, 32)
+    ours.load_state_dict(net.model.state_dict())  # torchvision's 7x7 stem, into ours
+    with torch.no_grad():
+        assert torch.equal(net(x), net.model(x.expand(-1, 3, -1, -1)))
+        assert torch.allclose(net.classifier(net.embed(x)), net(x), **TOL)
+        assert torch.allclose(ours.eval()(x.expand(-1, 3, -1, -1)), net(x), **TOL)
+    with pytest.raises(ValueError, match="'torchvision:resnet18' takes images of 1 or 3 channels, not 4"):
+        get_model("torchvision:resnet18", 4, 10, 32)
+    with pytest.raises(ValueError, match="takes images of 1 or 3 channels, not 2"):
+        ddm.models.check_image_size("torchvision:resnet18", 2, 10, (2, 32, 32), role="teacher_arch")
+
+
+def test_unknown_library_models_are_refused_at_construction(fake_timm, fake_torchvision):
+    with pytest.raises(ValueError, match="teacher_arch='timm:vit_nope': timm has no model 'vit_nope'"):
+        ddm.Distiller(method="wmdd", teacher_arch="timm:vit_nope")
+    with pytest.raises(ValueError, match="torchvision has no model 'resnet19'"):
+        ddm.Distiller(method="dm", eval_model="torchvision:resnet19")
+    with pytest.raises(ValueError, match="give the model after the prefix"):
+        ddm.Distiller(method="dm", embedder="timm:")
+    with pytest.raises(ValueError, match="keras:x.*torchvision:NAME / timm:NAME"):
+        ddm.Distiller(method="dm", embedder="keras:x")
+    with pytest.raises(ValueError, match="that library's"):
+        register_model("timm:mine", lambda c, k, s: nn.Linear(c, k))
+
+
+@pytest.mark.parametrize("library, field", [("torchvision", "teacher_arch"), ("timm", "eval_model"),
+                                            ("timm", "embedder")])
+def test_a_library_model_without_the_library_is_refused_naming_the_extra(monkeypatch, library, field):
+    monkeypatch.setitem(sys.modules, library, None)  # import fails and find_spec says None: not installed
+    command = TORCHVISION if library == "torchvision" else TIMM
+    method = "wmdd" if field == "teacher_arch" else "dm"
+    with pytest.raises(ModuleNotFoundError, match=rf"{field}='{library}:resnet18' needs {library}, which is not "
+                                                  rf"installed: {re.escape(command)}"):
+        ddm.Distiller(method=method, **{field: f"{library}:resnet18"})
+    syn = ddm.SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), torch.ones(2), num_classes=2)
+    with pytest.raises(ModuleNotFoundError, match=re.escape(command)):
+        ddm.evaluate(syn, syn.to_dataset(), model=f"{library}:resnet18", runs=1, progress=False)
+
+
+def test_the_command_line_names_the_extra_before_any_data(monkeypatch, capsys, no_data, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    for args in (["--teacher-arch", "torchvision:resnet18"], ["--set", "eval_model=torchvision:resnet18"]):
+        assert main(["distill", "--method", "wmdd", "--out", str(tmp_path / "r"), "--quiet", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert err.endswith(f"needs torchvision, which is not installed: {TORCHVISION}"), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_installed_but_broken_library_is_one_clear_error(monkeypatch):
+    # torchvision built for another torch fails at import (its compiled ops): said, with the extra
+    finder = _fake_module("torchvision")
+    monkeypatch.setitem(sys.modules, "torchvision", finder)
+    monkeypatch.setattr("importlib.import_module", lambda name, *a: (_ for _ in ()).throw(
+        RuntimeError("operator torchvision::nms does not exist")))
+    with pytest.raises(ModuleNotFoundError, match=r"installed but cannot be imported \(operator torchvision::nms "
+                                                  r"does not exist\).*" + re.escape(TORCHVISION)):
+        ddm.Distiller(method="wmdd", teacher_arch="torchvision:resnet18")
 
 
 # --------------------------------------------------------------------------- a ResNet-18 student
