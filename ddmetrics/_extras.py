@@ -21,6 +21,8 @@ EXTRAS: Dict[str, Tuple[str, ...]] = {
     "svhn": ("scipy",),
     "plots": ("matplotlib",),
     "bench": ("psutil",),
+    "torchvision": ("torchvision",),
+    "timm": ("timm",),
 }
 
 

@@ -584,7 +584,8 @@ def _teacher_arch_help() -> str:
     from .distill.presets import PRESETS, preset
 
     archs = sorted({preset(name).teacher_arch for name in PRESETS})
-    return f"the teacher's architecture, a registered model name (default: the method's, {', '.join(archs)})"
+    return (f"the teacher's architecture: a registered model name (resnet18 takes torchvision's ResNet-18 state "
+            f"dicts) or torchvision:NAME / timm:NAME (default: the method's, {', '.join(archs)})")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:

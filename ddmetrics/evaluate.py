@@ -62,7 +62,8 @@ from .mix import Mixed
 from .protocols import PROTOCOLS, Protocol, get_protocol
 from .scores import dd_ranking_scores, t_interval
 from .utils import DeviceSpec, frozen, model_device, resolve_device, seeded
-from .models import accuracy, available_models, check_outputs, check_recipe, get_model, train_model
+from .models import (accuracy, available_models, check_model_name, check_outputs, check_recipe, get_model,
+                     is_model_name, train_model)
 from .synset import SyntheticSet
 
 __all__ = ["EvalReport", "evaluate", "full_data_accuracy", "train_student", "random_subset", "resolve_protocol",
@@ -301,10 +302,12 @@ def _is_positive_number(v: Any) -> bool:
 def with_overrides(protocol: Protocol, model=None, epochs: Optional[int] = None, lr: Optional[float] = None,
                    temperature: Optional[float] = None, augment: Optional[str] = None) -> Protocol:
     """``protocol`` with the given settings replaced (``None``: its own); each checked by name."""
-    if model is not None and not ((isinstance(model, str) and model.lower() in available_models())
-                                  or (callable(model) and not isinstance(model, str))):
+    if model is not None and not (is_model_name(model) or (callable(model) and not isinstance(model, str))):
         raise ValueError(f"model={model!r} is not allowed: it must be a registered model name "
-                         f"({', '.join(available_models())}) or a builder fn(channels, num_classes, image_size)")
+                         f"({', '.join(available_models())}), torchvision:NAME / timm:NAME, or a builder "
+                         "fn(channels, num_classes, image_size)")
+    if model is not None:
+        check_model_name(model, f"model={model!r}")  # a library model without its library: the extra to install
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise ValueError(f"epochs must be None (the protocol's) or a positive int, got {epochs!r}")
     if lr is not None and not _is_positive_number(lr):
@@ -433,10 +436,10 @@ def _check_protocol(protocol: Protocol, teacher: Optional[nn.Module]) -> None:
     """Refuse a protocol that cannot be trained (each field by name), before any training."""
     check_recipe(protocol.recipe, "protocol.recipe")
     model = protocol.model
-    if not ((isinstance(model, str) and model.lower() in available_models()) or
-            (callable(model) and not isinstance(model, str))):
+    if not (is_model_name(model) or (callable(model) and not isinstance(model, str))):
         raise ValueError(f"protocol.model={model!r} is not a registered model ({', '.join(available_models())}) "
                          "or a builder fn(channels, num_classes, image_size)")
+    check_model_name(model, "protocol.model")
     if protocol.labels not in ("hard", "soft"):
         raise ValueError(f"protocol.labels must be 'hard' or 'soft', got {protocol.labels!r}")
     if protocol.weights not in WEIGHTINGS:

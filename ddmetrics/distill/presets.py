@@ -27,7 +27,13 @@ def _model_names() -> list:
 
 
 def _model_ok(v: Any) -> bool:
-    return (isinstance(v, str) and v.lower() in _model_names()) or (callable(v) and not isinstance(v, (str, type(None))))
+    from ..models import is_model_name
+
+    return is_model_name(v) or (callable(v) and not isinstance(v, (str, type(None))))
+
+
+#: the fields that name a model: a library model ("timm:NAME") is also checked for its library
+_MODEL_FIELDS = ("teacher_arch", "embedder", "eval_model")
 
 
 def _augment_ok(v: Any) -> bool:
@@ -127,8 +133,12 @@ def check_field(name: str, value: Any) -> Any:
     test, allowed = _RULES[name]
     if not test(value):
         if "model name" in allowed:
-            allowed += " (" + ", ".join(_model_names()) + ")"
+            allowed += " (" + ", ".join(_model_names()) + ", or torchvision:NAME / timm:NAME)"
         raise ValueError(f"{name}={value!r} is not allowed: {name} must be {allowed}")
+    if name in _MODEL_FIELDS and value is not None:
+        from ..models import check_model_name
+
+        check_model_name(value, f"{name}={value!r}")  # a library that is not installed, naming its extra
     if isinstance(value, int) and not isinstance(value, bool) and _FLOAT_FIELDS.get(name):
         return float(value)
     return value

@@ -1,7 +1,10 @@
-"""Models (ConvNet-3, ResNetAP-10, ResNet-18; no torchvision) and seeded training by a recipe.
+"""Models (ConvNet-3, ResNetAP-10, ResNet-18 under torchvision's names; torchvision's and timm's
+models by name) and seeded training by a recipe.
 
-Every model has ``forward(x) -> logits``, ``embed(x) -> (N, feature_dim)`` features and a
-``feature_dim`` attribute, for any channel count, class count and image size.
+Every built-in model has ``forward(x) -> logits``, ``embed(x) -> (N, feature_dim)`` features and a
+``feature_dim`` attribute, for any channel count, class count and image size. ``"torchvision:NAME"``
+and ``"timm:NAME"`` build that library's model when it is installed (``embed`` / ``classifier``
+through :class:`Teacher`); see :mod:`ddmetrics.models._library`.
 
 >>> from ddmetrics.models import get_model
 >>> net = get_model("convnet", channels=1, num_classes=10, image_size=8)
@@ -18,15 +21,16 @@ from torch import nn
 from ..utils import Plugins
 from ._convnet import ConvNet
 from ._io import load_state_dict_file, load_teacher_file
+from ._library import LIBRARIES, build_library_model, check_library_input, library_of, require_library
 from ._resnet import ResNet, ResNet18, ResNetAP10
 from ._teacher import Teacher, as_teacher, check_outputs
 from ._train import (WEIGHT_NORMS, accuracy, check_recipe, lr_factor, make_optimizer, optimizer_rebuilds,
                      parameter_groups, train_model)
 
-__all__ = ["ConvNet", "ResNet", "ResNet18", "ResNetAP10", "MODELS", "Teacher", "as_teacher", "available_models",
-           "check_image_size", "check_outputs", "get_model", "load_state_dict_file", "load_teacher_file",
-           "register_model", "train_model", "accuracy", "lr_factor", "optimizer_rebuilds", "parameter_groups",
-           "make_optimizer", "check_recipe", "WEIGHT_NORMS"]
+__all__ = ["ConvNet", "ResNet", "ResNet18", "ResNetAP10", "MODELS", "LIBRARIES", "Teacher", "as_teacher",
+           "available_models", "check_image_size", "check_model_name", "check_outputs", "get_model",
+           "is_model_name", "load_state_dict_file", "load_teacher_file", "register_model", "train_model", "accuracy",
+           "lr_factor", "optimizer_rebuilds", "parameter_groups", "make_optimizer", "check_recipe", "WEIGHT_NORMS"]
 
 #: A model builder: ``builder(channels, num_classes, image_size, **kw) -> nn.Module``.
 ModelBuilder = Callable[..., nn.Module]
@@ -52,12 +56,16 @@ def register_model(name: str, builder: Optional[ModelBuilder] = None, override: 
     Raises
     ------
     ValueError
-        ``name`` is empty, or already registered and ``override`` is False.
+        ``name`` is empty, has a library's prefix (``"timm:..."``: those names are the
+        library's), or is already registered and ``override`` is False.
     TypeError
         ``builder`` is not callable.
     """
     if not isinstance(name, str) or not name:
         raise ValueError("name must be a non-empty string")
+    if library_of(name) is not None:
+        raise ValueError(f"model names {name.partition(':')[0]}:NAME are that library's; register {name!r} under "
+                         "another name")
     key = name.lower()
 
     def add(fn: ModelBuilder) -> ModelBuilder:
@@ -97,9 +105,48 @@ def _load_entry_points() -> None:
 
 
 def available_models() -> list:
-    """Names accepted by :func:`get_model` (built-in, registered and from entry points)."""
+    """Names accepted by :func:`get_model` (built-in, registered and from entry points), besides
+    the library names ``"torchvision:NAME"`` and ``"timm:NAME"``."""
     _load_entry_points()
     return sorted(MODELS)
+
+
+def _known_names() -> str:
+    return ", ".join(available_models()) + ", or " + " / ".join(f"{p}:NAME" for p in LIBRARIES)
+
+
+def is_model_name(name: Any) -> bool:
+    """Whether ``name`` is a model name :func:`get_model` takes: a registered one (case-insensitive)
+    or ``"PREFIX:NAME"`` with a prefix of :data:`LIBRARIES` (installed or not: see
+    :func:`check_model_name`)."""
+    return isinstance(name, str) and (name.lower() in available_models() or library_of(name) is not None)
+
+
+def check_model_name(name: Any, what: str = "model") -> None:
+    """Refuse, before any work, a model name :func:`get_model` cannot build.
+
+    Parameters
+    ----------
+    name : str or callable
+        A model name or builder (a builder is not checked here).
+    what : str
+        What the name is given as, for the message (``"teacher_arch='timm:vit'"``).
+
+    Raises
+    ------
+    ValueError
+        An unknown name (the message lists the names), or a library model the installed library
+        does not have.
+    ddmetrics._extras.MissingExtraError
+        ``"torchvision:NAME"`` / ``"timm:NAME"`` without that library; the message has the
+        ``pip install 'ddmetrics[...]'`` line.
+    """
+    if callable(name) and not isinstance(name, str):
+        return
+    if not is_model_name(name):
+        raise ValueError(f"{what}: unknown model {name!r}; available: {_known_names()}")
+    if library_of(name) is not None:
+        require_library(name, what)
 
 
 def get_model(name: Union[str, ModelBuilder], channels: int, num_classes: int, image_size: int,
@@ -114,12 +161,15 @@ def get_model(name: Union[str, ModelBuilder], channels: int, num_classes: int, i
     channels, num_classes, image_size : int
         Input channels, number of classes, image side length.
     **kw
-        Extra constructor arguments (e.g. ``width``, ``depth``, ``norm``).
+        Extra constructor arguments (e.g. ``width``, ``depth``, ``norm``; a library model's go
+        to its constructor: ``img_size=32`` for a timm ViT).
 
     Raises
     ------
     KeyError
         If ``name`` is unknown (the message lists the known names).
+    ddmetrics._extras.MissingExtraError
+        A library model without its library.
     """
     if callable(name) and not isinstance(name, str):
         model = name(channels, num_classes, image_size, **kw)
@@ -127,9 +177,11 @@ def get_model(name: Union[str, ModelBuilder], channels: int, num_classes: int, i
             raise TypeError(f"the model builder {name!r} returned {type(model).__name__}, not an nn.Module")
         return model
     key = name.lower() if isinstance(name, str) else name
-    if key not in available_models():
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-    return MODELS[key](channels, num_classes, image_size, **kw)
+    if key in available_models():
+        return MODELS[key](channels, num_classes, image_size, **kw)
+    if library_of(name) is not None:
+        return build_library_model(name, channels, num_classes, image_size, **kw)
+    raise KeyError(f"unknown model {name!r}; available: {_known_names()}")
 
 
 #: the largest image side :func:`check_image_size` tries when it looks for the smallest that works
@@ -192,9 +244,11 @@ def check_image_size(name: Union[str, ModelBuilder], channels: int, num_classes:
     ------
     ValueError
         The model cannot run on such images; the message names the image size, the model and
-        the smallest square size on which it runs (when one up to 4096 pixels is found).
+        the smallest square size on which it runs (when one up to 4096 pixels is found). A
+        library model that does not take ``channels`` channels is refused as such.
     """
     _, height, width = (int(v) for v in image_shape)
+    check_library_input(name, channels)
     why = _fails(name, channels, num_classes, height, width, batch_size, training, "empty")
     if why is None or _fails(name, channels, num_classes, height, width, batch_size, training, "cpu") is None:
         return  # runs (a builder that cannot be built on meta is judged by a real build)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .._io import load_tensors
+from ._resnet import ResNet, renamed_legacy_keys
 
 __all__ = ["load_state_dict_file", "load_teacher_file"]
 
@@ -26,7 +27,10 @@ def load_state_dict_file(model: nn.Module, path: PathLike) -> nn.Module:
     Parameters
     ----------
     model : nn.Module
-        The model to fill; its architecture must match the file's (strict loading).
+        The model to fill; its architecture must match the file's (strict loading). A
+        :class:`~ddmetrics.models.ResNet` takes torchvision's keys, the keys ddmetrics wrote
+        before it used them (``stem.0``, ``stages.0.0.norm1``, ``classifier``...), and a ``conv1``
+        of either stem (its stem is rebuilt to fit: see :class:`~ddmetrics.models.ResNet`).
     path : str or PathLike
         The file.
 
@@ -45,13 +49,22 @@ def load_state_dict_file(model: nn.Module, path: PathLike) -> nn.Module:
     """
     path = os.fspath(path)
     state = load_tensors(path, "a state_dict file")
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]  # the common {"state_dict": ..., "epoch": ...} training checkpoint
+    # the common training checkpoints: {"state_dict": ..., "epoch": ...}, and torchvision's reference
+    # scripts' {"model": ..., "epoch": ...} (SRe²L's CIFAR / Tiny-ImageNet teachers)
+    if isinstance(state, Mapping):
+        key = next((k for k in ("state_dict", "model") if isinstance(state.get(k), Mapping)), None)
+        state = state if key is None else state[key]
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise ValueError(f"{path} is not a state_dict (a mapping of parameter names to tensors) "
                          f"but a {type(state).__name__}")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if isinstance(model, ResNet):
+        state = renamed_legacy_keys(state)
+        stem = ResNet.stem_of(state)
+        if stem is not None and "conv1.weight" in expected:  # loading rebuilds the stem this conv1 is for
+            expected["conv1.weight"] = model.stem_weight_shape(stem)
     # checked before loading: a strict load that fails has already copied the entries that fit
-    mismatch = _mismatch(model.state_dict(), state)
+    mismatch = _mismatch(expected, state)
     if mismatch:
         raise ValueError(f"{path} does not fit a {type(model).__name__}: {mismatch}; save the state_dict of this "
                          "architecture built for the same channels, classes and image size (or a TorchScript "
@@ -78,21 +91,21 @@ def _examples(keys) -> str:
 
 
 def _mismatch(expected: Mapping, state: Mapping) -> str:
-    """What keeps ``state`` from loading into a model whose ``state_dict`` is ``expected``, in a
-    few words: how many entries are missing, unexpected or of another shape, three of each
-    (empty when it fits)."""
+    """What keeps ``state`` from loading into a model whose ``state_dict`` has the entries and
+    shapes ``expected`` (name -> shape), in a few words: how many entries are missing,
+    unexpected or of another shape, three of each (empty when it fits)."""
     # BatchNorm fills in a missing num_batches_tracked itself (state dicts of older PyTorch)
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     shapes = [k for k in expected if k in state and isinstance(state[k], torch.Tensor)
-              and tuple(state[k].shape) != tuple(expected[k].shape)]
+              and tuple(state[k].shape) != expected[k]]
     parts = []
     if missing:
         parts.append(f"{len(missing)} entries of the model missing from the file ({_examples(missing)})")
     if unexpected:
         parts.append(f"{len(unexpected)} entries of the file unknown to the model ({_examples(unexpected)})")
     if shapes:
-        shown = "; ".join(f"{k}: {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
+        shown = "; ".join(f"{k}: {tuple(state[k].shape)} in the file, {expected[k]} in the model"
                           for k in shapes[:_EXAMPLES])
         parts.append(f"{len(shapes)} of another shape ({shown}{'; ...' if len(shapes) > _EXAMPLES else ''})")
     return ", ".join(parts)
@@ -114,7 +127,9 @@ def load_teacher_file(path: PathLike, build: Callable[[], nn.Module]) -> nn.Modu
     a final linear layer such as ``fc`` is refused: :func:`as_teacher` reads the features with a
     forward pre-hook on that layer, and TorchScript modules take no Python hooks; save its
     ``state_dict`` and name the architecture instead. Any other file is read as a ``state_dict``
-    (weights only) into ``build()`` and wrapped by :func:`as_teacher`.
+    (weights only) into ``build()`` and wrapped by :func:`as_teacher`; when ``build()`` gives a
+    :class:`~ddmetrics.models.Teacher` (a torchvision or timm model), into the model it wraps,
+    so the file holds the library's own keys.
 
     Parameters
     ----------
@@ -136,7 +151,7 @@ def load_teacher_file(path: PathLike, build: Callable[[], nn.Module]) -> nn.Modu
         The file is missing, not a state dict / TorchScript file, a TorchScript module without
         ``embed`` and ``classifier``, or a state dict that does not fit the model.
     """
-    from ._teacher import as_teacher
+    from ._teacher import Teacher, as_teacher
 
     path = os.fspath(path)
     if os.path.isfile(path) and _is_torchscript(path):
@@ -147,4 +162,6 @@ def load_teacher_file(path: PathLike, build: Callable[[], nn.Module]) -> nn.Modu
         raise ValueError(f"--teacher {path}: a TorchScript teacher must export embed(x) and classifier "
                          "(a scripted model's fc cannot be hooked); or save its state_dict and name the "
                          "architecture with --teacher-arch")
-    return as_teacher(load_state_dict_file(build(), path)).eval()
+    model = build()
+    load_state_dict_file(model.model if isinstance(model, Teacher) else model, path)
+    return as_teacher(model).eval()
