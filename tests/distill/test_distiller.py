@@ -10,11 +10,15 @@ from ddmetrics.models import get_model
 
 
 def test_barycenter_matching_drives_features_to_targets(small):
-    d = ddm.Distiller(method="wmdd", ipc=2, seed=0, iterations=150, teacher_epochs=5, augment=None, reg="none",
-                      init="noise", lr=0.1)
+    # the preset's released objective (Frobenius feature term + cross-entropy) on a small ConvNet
+    # teacher (the preset's ResNet-18 by WMDD's recipe is the cost, not the point)
+    d = ddm.Distiller(method="wmdd", ipc=2, seed=0, iterations=150, teacher_arch="convnet_bn", teacher_recipe="ours",
+                      teacher_epochs=5, augment=None, reg="none", init="noise", lr=0.1)
     syn = d.fit(small, progress=False)
     info = syn.meta["info"]
-    assert info["feature_loss_last"] <= 0.1 * info["feature_loss_first"]
+    # the tracked value is ||F - B|| (feature_norm="frobenius"), whose square is the summed squared
+    # distance: 0.3 here is 0.09 of that sum, the 10-fold drop asked of it before (measured: 0.096)
+    assert info["feature_loss_last"] <= 0.3 * info["feature_loss_first"]
     # the weights are the barycenter's: per class on the simplex
     assert torch.allclose(syn.weights.view(3, 2).sum(1), torch.ones(3), atol=1e-5)
     assert syn.images.shape == (6, 1, 8, 8) and syn.labels.tolist() == [0, 0, 1, 1, 2, 2]
