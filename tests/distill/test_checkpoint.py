@@ -111,7 +111,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     """A real process killed with SIGKILL mid-class, resumed from the command line."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # 32 real images a step (the preset's 256 take all ~130 of a class: 1.7 times the CPU time, nothing more tested)
-    common = ["--method", "krdual", "--ipc", "1", "--iterations", "60",
+    common = ["--method", "krdual", "--ipc", "1", "--iterations", "30",
               "--set", 'loss_kwargs={"steps": 5, "warm_start": true}', "--set", "batch_real=32"]
     subprocess.run(_cli(*common, "--out", str(tmp_path / "plain")), env=env, check=True, capture_output=True)
     out, ckpt = tmp_path / "killed", tmp_path / "killed.ckpt"
