@@ -1,13 +1,17 @@
 """Where a synthesis iteration's time goes: the embedder's forward + backward (the floor) vs the rest.
 
-One class of a ``Distiller`` run is set up exactly as ``fit`` sets it up (the strategy's
-``start`` / ``context`` and the loop's optimiser), then ``iterations`` iterations of the loop's
-body (``strategy.step``, ``zero_grad``, ``backward``, ``opt.step``) run under
-``torch.profiler``. The floor is the same embedder's forward and backward on the same inputs,
+One synthesis unit of a ``Distiller`` run (:func:`ddmetrics.distill._loop.synthesis_units`: a
+class for DM / M3D, WMDD's batch of ``batch_images // ipc`` classes, ...) is set up exactly as
+``fit`` sets it up (the unit's random stream, the strategy's ``start`` / ``context``, the loop's
+optimiser and schedule), then iterations of the loop's body (``strategy.step``, ``zero_grad``,
+``backward``, ``opt.step``, the strategy's extra steps, the schedule, the pixel clamp) run under
+``torch.profiler``: the same operations in the same order as the loop, so the unit ends with the
+images the loop gives. The floor is the same embedder's forward and backward on the same inputs,
 also under the profiler, with nothing else: for WMDD ``teacher.embed`` of the augmented
-synthetic batch (no PCBN hooks, no loss); for DM / M3D the random embedder's forward on the
-augmented real batch and its forward + backward on the augmented synthetic one. Iterations and
-floors alternate (one of each, in turn), so both see the same machine.
+synthetic batch (no PCBN hooks, no loss); for DM / M3D the random embedder's forward on each
+class's augmented real batch and its forward + backward on the augmented synthetic images. The
+floor's inputs are drawn from a generator of their own, so the unit's stream is the loop's.
+Iterations and floors alternate (one of each, in turn), so both see the same machine.
 Times are means over the profiled iterations. ``share outside`` = 1 − floor / iteration: the augmentation, the loss, the BatchNorm
 regulariser, the data loading, the embedder redraw, the optimiser and the framework overhead.
 The same share is also timed without the profiler (``share_outside_wall``: as many iterations
@@ -34,7 +38,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import ddmetrics as ddm
-from ddmetrics.distill._loop import make_optimizer
+from ddmetrics.distill._loop import make_optimizer, synthesis_units
 from ddmetrics.distill.distribution_matching import embedder_at
 from ddmetrics.distill.distiller import STRATEGIES
 from ddmetrics.models import get_model
@@ -47,11 +51,14 @@ def _ranges_ms(events, name: str):
 
 
 #: the profiler ranges of an iteration's parts and of the floor's
-_PARTS = ("step", "augment", "backward", "optimizer", "floor forward", "floor backward")
+_PARTS = ("step", "augment", "backward", "extra", "optimizer", "floor forward", "floor backward")
+#: the optimiser's part of the breakdown (the last key: ``metric_speed.py`` reads it so)
+OPTIMISER = "optimiser (zero_grad, step, schedule, clamp, reading the loss)"
 
 
 class _Ranged:
-    """A strategy's augmentation whose calls go through ``ranged("augment")``."""
+    """A strategy's augmentation whose calls go through ``ranged("augment")`` (those of a step;
+    ``sample`` / ``apply``, NCFM's calibration, stay in the extra steps' range)."""
 
     def __init__(self, augment, ranged: Callable) -> None:
         self.augment, self.ranged = augment, ranged
@@ -64,12 +71,25 @@ class _Ranged:
         with self.ranged("augment"):
             return self.augment.pair(*args)
 
+    def sample(self, *args):
+        return self.augment.sample(*args)
+
+    def apply(self, *args):
+        return self.augment.apply(*args)
+
 
 def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup: int = 3, seed: int = 0,
-                      klass: int = 0) -> Dict[str, Any]:
+                      unit: int = 0, return_images: bool = False, **overrides) -> Dict[str, Any]:
     """Mean per-iteration time of ``method``'s loop and of its embedder floor (ms), on the CPU, and
-    where the time outside the floor goes."""
-    distiller = ddm.Distiller(method=method, ipc=ipc, seed=seed, iterations=warmup + iterations)
+    where the time outside the floor goes.
+
+    ``unit``: the index of the profiled unit among the run's units; ``overrides``: settings of
+    the ``Distiller`` (the preset's by default). The run is ``warmup + 2 * iterations`` steps
+    long (warm-up, profiled, wall-clock timed); ``return_images``: also return the unit's images
+    after them under ``"images"`` (the loop's own, step for step).
+    """
+    total = warmup + 2 * iterations
+    distiller = ddm.Distiller(method=method, ipc=ipc, seed=seed, iterations=total, **overrides)
     cfg = distiller.config
     strategy_cls = STRATEGIES[cfg.strategy]
     num_classes = train.num_classes
@@ -78,11 +98,15 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
         with seeded(seed):
             teacher = get_model(cfg.teacher_arch, train.image_shape[0], num_classes, train.image_shape[-1])
     strategy = strategy_cls(train, num_classes, ipc, distiller.loss, cfg, seed, teacher=teacher)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    images, fixed = strategy.start(klass, gen)
-    ctx = strategy.context(klass, fixed)
+    the_unit = synthesis_units(num_classes, ipc, cfg.synthesis_batch, cfg.batch_images)[unit]
+    gen = torch.Generator(device="cpu").manual_seed(the_unit.seed(seed))  # the unit's stream, as the loop's
+    images, fixed = strategy.start(the_unit, gen)
+    ctx = strategy.context(the_unit, fixed)
     syn = images.clone().requires_grad_(True)
-    opt, _ = make_optimizer([syn], cfg.optimizer, cfg.lr, cfg.iterations)
+    opt, sched = make_optimizer([syn], cfg.optimizer, cfg.lr, cfg.effective_iterations, cfg.lr_schedule,
+                                cfg.weight_decay)
+    plateau = isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    bounds = strategy.bounds
 
     ranges_on = [False]  # the parts are profiler ranges while profiling, not in the wall-clock timing
 
@@ -90,38 +114,66 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
         return record_function(name) if ranges_on[0] else contextlib.nullcontext()
 
     def iteration(it: int) -> None:
+        # the loop's body (ddmetrics.distill._loop.synthesize_unit), op for op
         with _ranged("step"):
             objective, tracked = strategy.step(ctx, syn, it, gen)
+        with _ranged("optimizer"):
+            opt.zero_grad(set_to_none=True)
         with _ranged("backward"):
             objective.backward()
         with _ranged("optimizer"):
-            opt.zero_grad(set_to_none=True)
             opt.step()
-            float(tracked.detach())  # the loop reads the tracked value every iteration
+            watched = float(tracked.detach())  # the loop reads the tracked value every iteration
+        with _ranged("extra"):
+            for extra in strategy.extra_steps(ctx, syn, it, gen):
+                opt.zero_grad(set_to_none=True)
+                extra.backward()
+                opt.step()
+                watched += float(extra.detach())
+        with _ranged("optimizer"):
+            if plateau:
+                sched.step(watched)
+            elif sched is not None:
+                sched.step()
+            if bounds is not None:
+                with torch.no_grad():
+                    torch.maximum(syn, bounds[0].view(1, -1, 1, 1), out=syn)
+                    torch.minimum(syn, bounds[1].view(1, -1, 1, 1), out=syn)
 
-    # the floor's inputs, built before the timed ranges exactly as a step builds them
+    # the floor's inputs, built before the timed ranges as a step builds them, from a stream of
+    # their own (the unit's stays the loop's)
+    floor_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     if strategy_cls.needs_teacher:
-        view = strategy.augment(syn.detach(), gen) if strategy.augment is not None else syn.detach()
-        embed, real = teacher.embed, None
+        view = strategy.augment(syn.detach(), floor_gen) if strategy.augment is not None else syn.detach()
+        embed, reals, views = teacher.embed, [], [view]
     else:
-        net = embedder_at(cfg, seed, warmup, train.image_shape[0], num_classes, train.image_shape[-1])
-        indices = train.class_indices(klass)
-        real = train.load(indices[torch.randperm(len(indices), generator=gen)[:min(cfg.batch_real, len(indices))]])
-        imgs = syn.detach()
-        if strategy.factor > 1:
-            from ddmetrics import factor as factor_mod
+        if strategy.pool is not None:
+            net = strategy.pool.draw(warmup - warmup % cfg.iters_per_model, interpolate=cfg.pool_interpolate)[0]
+        else:
+            net = embedder_at(cfg, seed, warmup, train.image_shape[0], num_classes, train.image_shape[-1])
+        reals, views, per = [], [], len(the_unit.slots)
+        for c, k in enumerate(the_unit.classes):
+            indices = train.class_indices(k)
+            take = min(cfg.batch_real, len(indices))
+            real = train.load(indices[torch.randperm(len(indices), generator=floor_gen)[:take]])
+            imgs = syn.detach()[c * per:(c + 1) * per]
+            if strategy.factor > 1:
+                from ddmetrics import factor as factor_mod
 
-            imgs = factor_mod.decode(imgs, ctx["labels"], None, strategy.factor)[0]
-        if strategy.augment is not None:
-            real, imgs = strategy.augment.pair(real, imgs, gen)
-        view, embed = imgs, net.embed
+                imgs = factor_mod.decode(imgs, the_unit.labels(imgs.device)[c * per:(c + 1) * per], None,
+                                         strategy.factor)[0]
+            if strategy.augment is not None:
+                real, imgs = strategy.augment.pair(real, imgs, floor_gen)
+            reals.append(real)
+            views.append(imgs)
+        embed = net.embed
 
     def floor() -> None:
         with _ranged("floor forward"):
-            leaf = view.detach().clone().requires_grad_(True)
-            if real is not None:
+            for real in reals:
                 embed(real)
-            out = embed(leaf).sum()
+            outs = [embed(v.detach().clone().requires_grad_(True)).sum() for v in views]
+            out = outs[0] if len(outs) == 1 else torch.stack(outs).sum()
         with _ranged("floor backward"):
             out.backward()
 
@@ -163,8 +215,10 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
     part = {name: sum(_ranges_ms(events, name)) / iterations for name in _PARTS}
     breakdown = {"augmentation": part["augment"],
                  "forward beyond the floor's": part["step"] - part["augment"] - part["floor forward"],
-                 "backward beyond the floor's": part["backward"] - part["floor backward"],
-                 "optimiser (zero_grad, step, reading the loss)": part["optimizer"]}
+                 "backward beyond the floor's": part["backward"] - part["floor backward"]}
+    if cfg.calib_weight > 0:  # NCFM's calibration: its own forward, backward and optimiser step
+        breakdown["extra steps (calibration)"] = part["extra"]
+    breakdown[OPTIMISER] = part["optimizer"]
     starts = {name: [start for start, _ in r] for name, r in ranges.items()}
 
     def inside(e, name: str) -> bool:
@@ -187,14 +241,18 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
     top = [{"op": op, "self_ms_per_iteration": us / 1000 / iterations, "calls_per_iteration": calls[op] / iterations}
            for op, us in sorted(self_us.items(), key=lambda kv: kv[1], reverse=True)[:8]]
     aten_calls, floor_calls = aten["iteration"] / iterations, aten["floor"] / iterations
-    return {"method": method, "ipc": ipc, "iterations": iterations, "iteration_ms": it_ms, "floor_ms": floor_ms,
-            "share_outside": 1.0 - floor_ms / it_ms, "batch_real": None if real is None else int(real.shape[0]),
-            "outside_ms": breakdown,
-            "aten_calls_per_iteration": aten_calls, "floor_aten_calls": floor_calls, "top_ops": top,
-            "iteration_wall_ms": it_wall_ms, "floor_wall_ms": floor_wall_ms,
-            "share_outside_wall": 1.0 - floor_wall_ms / it_wall_ms,
-            # what the time outside costs per aten call it adds (calls nested in others included)
-            "outside_us_per_extra_call": 1000 * (it_ms - floor_ms) / max(aten_calls - floor_calls, 1)}
+    record = {"method": method, "ipc": ipc, "iterations": iterations, "unit_images": len(the_unit),
+              "iteration_ms": it_ms, "floor_ms": floor_ms,
+              "share_outside": 1.0 - floor_ms / it_ms, "batch_real": int(reals[0].shape[0]) if reals else None,
+              "outside_ms": breakdown,
+              "aten_calls_per_iteration": aten_calls, "floor_aten_calls": floor_calls, "top_ops": top,
+              "iteration_wall_ms": it_wall_ms, "floor_wall_ms": floor_wall_ms,
+              "share_outside_wall": 1.0 - floor_wall_ms / it_wall_ms,
+              # what the time outside costs per aten call it adds (calls nested in others included)
+              "outside_us_per_extra_call": 1000 * (it_ms - floor_ms) / max(aten_calls - floor_calls, 1)}
+    if return_images:
+        record["images"] = syn.detach().clone()
+    return record
 
 
 def bare_op_us(calls: int = 20000) -> float:

@@ -760,11 +760,13 @@ def markdown(meta, recs, bary, ref=None, prof=None):
                   ""])
     if prof:
         L.extend(["## Synthesis iteration profile (torch.profiler)", "",
-                  "One class, IPC 10, the preset's settings, an untrained teacher (a trained one costs the same, "
+                  "One synthesis unit (DM: a class; WMDD: its batch of batch_images // IPC classes), IPC 10, "
+                  "the preset's settings, an untrained teacher (a trained one costs the same, "
                   "but that PCBN's moments of a BatchNorm input with a channel whose μ²/σ² exceeds "
                   "`UNCENTRED_MAX_RATIO` take one more pass over it), each case in a fresh interpreter "
                   "(`benchmarks/_synthesis_profile.py`). "
-                  "iteration = the loop's body (`strategy.step`, `zero_grad`, `backward`, `opt.step`); floor = the "
+                  "iteration = the loop's body (`strategy.step`, `zero_grad`, `backward`, `opt.step`, the schedule, the "
+                  "pixel clamp); floor = the "
                   "embedder's forward + backward on the same inputs and nothing else (WMDD: `teacher.embed` of the "
                   "augmented synthetic batch; DM: the random embedder on the augmented real batch, and forward + "
                   "backward on the synthetic one). Outside = 1 − floor / iteration: augmentation, the loss, PCBN, "

@@ -65,10 +65,10 @@ def test_fit_gives_the_teacher_back_when_it_fails_midway(small, monkeypatch, kin
     _set_state(model, state)
     before = _state(model)
 
-    def fail(self, k, ckpt=None, progress=False):
-        raise RuntimeError("interrupted in class 0")
+    def fail(self, unit, ckpt=None, progress=False):
+        raise RuntimeError("interrupted in unit 0")
 
-    monkeypatch.setattr(barycenter_matching.BarycenterMatching, "run_class", fail)
+    monkeypatch.setattr(barycenter_matching.BarycenterMatching, "run_unit", fail)
     with pytest.raises(RuntimeError, match="interrupted"):
         ddm.Distiller(method="wmdd", ipc=1, iterations=2, teacher=model).fit(small, progress=False)
     assert _state(model) == before

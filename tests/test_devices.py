@@ -11,6 +11,7 @@ import torch
 
 import ddmetrics as ddm
 from ddmetrics.diagnose import diagnose
+from ddmetrics.distill._loop import synthesis_units
 from ddmetrics.distill.presets import PRESETS as METHODS
 from ddmetrics.distill.presets import applies, preset
 
@@ -19,13 +20,16 @@ _FASTER_LOSS = {"krdual": {"steps": 2, "warm_start": True}, "ncfd": {"n_frequenc
 
 
 def _audit_run(method: str, **overrides) -> dict:
-    """A few steps of ``method`` (one teacher epoch; factor 2 where the preset chooses it)."""
+    """A few steps of ``method`` (one teacher epoch; a pool of two networks trained one epoch;
+    factor 2 where the preset chooses it)."""
     cfg = preset(method, **overrides)
     kw = dict(method=method, **overrides)
     if applies(cfg, "iterations"):  # a coreset optimises nothing
         kw["iterations"] = 3
     if applies(cfg, "teacher_epochs"):  # a teacher is trained (for the set or the soft labels)
         kw.setdefault("teacher_epochs", 1)
+    if cfg.embedder_pool > 0:  # two members: the per-step draw between them is still exercised
+        kw.update(embedder_pool=2, pool_epochs=1)
     if cfg.factor == "auto":  # "auto" is 1 on 8-px digits: force the sub-image path
         kw["factor"] = 2
     if cfg.loss in _FASTER_LOSS:
@@ -123,7 +127,9 @@ def test_amp_is_a_no_op_off_cuda_and_keeps_losses_in_float32(tiny_digits, device
     mixed = ddm.Distiller(ipc=1, seed=0, device=device, amp=True, **kw).fit(tiny_digits, progress=False)
     assert mixed.meta["amp"] is True and mixed.images.dtype == torch.float32
     assert torch.isfinite(mixed.images).all() and torch.isfinite(mixed.weights).all()
-    assert len(objectives) == 3 * kw["iterations"]  # every synthesis step of every class was seen
+    cfg = preset(**kw)
+    units = synthesis_units(3, 1, cfg.synthesis_batch, cfg.batch_images)
+    assert len(objectives) == len(units) * kw["iterations"]  # every synthesis step of every unit was seen
     assert all(v.dtype == torch.float32 and bool(torch.isfinite(v)) for v in objectives)
     if device == "cpu":  # autocast is off off CUDA: the very same computation
         assert torch.equal(mixed.images, plain.images) and torch.equal(mixed.weights, plain.weights)

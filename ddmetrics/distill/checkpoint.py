@@ -1,4 +1,8 @@
-"""Checkpoints of a distillation run: per finished class, and every ``every`` steps within a class.
+"""Checkpoints of a distillation run: per finished synthesis unit, and every ``every`` steps within a unit.
+
+Units (:func:`ddmetrics.distill._loop.synthesis_units`) are numbered in a fixed order that depends
+only on the run's settings (recorded in ``run.json``); a file ``class_NNNN`` holds unit ``NNNN``
+(class ``NNNN`` when units are classes, as for DM, M3D, KR-dual and NCFM).
 
 A checkpoint folder holds
 
@@ -8,9 +12,9 @@ A checkpoint folder holds
 ``teacher.pt``
     the trained teacher's ``state_dict`` (barycenter matching).
 ``class_0003.pt``
-    a finished class: its synthetic images, weights and numeric info.
+    a finished unit: its synthetic images, weights and numeric info.
 ``class_0003.progress.pt``
-    a class in progress: everything its loop needs to continue exactly (images, optimiser,
+    a unit in progress: everything its loop needs to continue exactly (images, optimiser,
     scheduler, random generators, the loss's state, the iteration).
 
 ``.ddmetrics-checkpoint.json``
@@ -31,7 +35,7 @@ shows which files ddmetrics wrote.
 Every file is written to a temporary name and renamed (:mod:`ddmetrics._io`), so a process
 killed at any moment leaves either the previous complete file or the new one, never a part.
 Files are read with ``torch.load(..., weights_only=True)``: a checkpoint cannot run code.
-Class files are keyed by class, so a run may resume with another number of ranks.
+Class files are keyed by unit, not by rank, so a run may resume with another number of ranks.
 """
 from __future__ import annotations
 
@@ -188,7 +192,7 @@ class Checkpoint:
     run : dict
         JSON-able description of the run; must equal the stored one on resume.
     every : int, optional
-        Save a class's progress every ``every`` iterations (``None``: only finished classes).
+        Save a unit's progress every ``every`` iterations (``None``: only finished units).
     resume : bool
         ``True``: continue from the folder's files (the folder may also be new). ``False``: the
         folder must not hold a previous run's files.
@@ -283,14 +287,14 @@ class Checkpoint:
         self._add(TEACHER_FILE)
         _save(self._path(TEACHER_FILE), model.state_dict())
 
-    # -- classes
+    # -- units (the files keep their class_NNNN names: module docstring)
     def finished(self, k: int) -> Optional[Dict[str, Any]]:
-        """Class ``k``'s result (``images``, ``weights``, ``info``) or ``None``."""
+        """Unit ``k``'s result (``images``, ``weights``, ``info``) or ``None``."""
         path = self._path(f"class_{k:04d}.pt")
         return _load(path) if os.path.exists(path) else None
 
     def finish(self, k: int, result: Dict[str, Any]) -> None:
-        """Store class ``k``'s result and drop its progress file."""
+        """Store unit ``k``'s result and drop its progress file."""
         self._add(f"class_{k:04d}.pt")
         _save(self._path(f"class_{k:04d}.pt"), result)
         try:
@@ -299,7 +303,7 @@ class Checkpoint:
             pass
 
     def progress(self, k: int) -> Optional[Dict[str, Any]]:
-        """Class ``k``'s in-progress state or ``None``."""
+        """Unit ``k``'s in-progress state or ``None``."""
         path = self._path(f"class_{k:04d}.progress.pt")
         return _load(path) if os.path.exists(path) else None
 

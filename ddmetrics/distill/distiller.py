@@ -34,12 +34,13 @@ STRATEGIES: Dict[str, Type[Strategy]] = {"barycenter": BarycenterMatching, "dist
 class Distiller:
     """Distil a labelled image set into ``ipc`` synthetic images per class.
 
-    Classes are synthesised independently (each with its own random stream, loss copy and
-    optimiser), which gives three things for free: with a ``torch.distributed`` process group
-    initialised, each rank distils its share of the classes and every rank returns the same
-    :class:`SyntheticSet`, equal to the single-process one; a run can checkpoint per class and
-    every ``checkpoint_every`` steps and resume exactly; real features are computed one class
-    at a time.
+    The synthetic set is synthesised one *unit* at a time (a class, or the batch of classes or
+    image slots the method's released code optimises together: ``synthesis_batch``), each
+    independently (its own random stream, loss copy and optimiser), which gives three things for
+    free: with a ``torch.distributed`` process group initialised, each rank distils its share of
+    the units and every rank returns the same :class:`SyntheticSet`, equal to the single-process
+    one; a run can checkpoint per unit and every ``checkpoint_every`` steps and resume exactly;
+    real features are computed one class at a time.
 
     Parameters
     ----------
@@ -211,21 +212,21 @@ class Distiller:
         train : Dataset
             The real training set.
         progress : bool
-            Progress bars (per class).
+            Progress bars (per unit).
         checkpoint : str, optional
             A folder for checkpoints (see :mod:`ddmetrics.distill.checkpoint`): every finished
-            class, plus the class in progress every ``checkpoint_every`` steps. It must be new,
+            unit, plus the unit in progress every ``checkpoint_every`` steps. It must be new,
             empty, or a ddmetrics checkpoint folder; its files are listed in its manifest, and
             :func:`~ddmetrics.distill.checkpoint.remove_checkpoint` removes those alone.
         checkpoint_every : int, optional
-            Steps between in-class checkpoints (``None``: finished classes only).
+            Steps between in-unit checkpoints (``None``: finished units only).
         resume : bool
             Continue from ``checkpoint``'s files (which must describe this same run).
 
         Returns
         -------
         SyntheticSet
-            On every rank when a process group is initialised (classes sharded over ranks).
+            On every rank when a process group is initialised (units sharded over ranks).
 
         Raises
         ------

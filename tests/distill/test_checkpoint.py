@@ -11,29 +11,51 @@ import torch
 import ddmetrics as ddm
 
 
+#: a small ConvNet teacher trained one epoch (the presets' ResNet-18 by its method's recipe is the cost, not the point)
+CHEAP_TEACHER = dict(teacher_arch="convnet_bn", teacher_recipe="ours", teacher_epochs=1)
+
 CASES = {
     # stateful losses are the point: a direction generator (sliced), a warm-started critic (krdual)
     "dm-sliced": dict(method="dm", loss="sliced", ipc=2, iterations=12),
     "krdual": dict(method="krdual", ipc=1, iterations=12, loss_kwargs={"steps": 3, "warm_start": True}),
     "m3d": dict(method="m3d", ipc=1, iterations=12, factor=2),
-    "wmdd-sliced": dict(method="wmdd", loss="sliced", ipc=2, iterations=12, teacher_epochs=1, bary_iters=5),
+    # WMDD's units of several classes: batch_images // ipc = 2 classes a unit, units (0, 1) and (2,)
+    "wmdd-sliced": dict(method="wmdd", loss="sliced", ipc=2, iterations=12, batch_images=4, bary_iters=5,
+                        **CHEAP_TEACHER),
+    # SRe²L's slot units in chunks of two classes: (classes 0-1, slot 0), (2, 0), (0-1, 1), (2, 1)
+    "sre2l": dict(method="sre2l", ipc=2, iterations=12, batch_images=2, **CHEAP_TEACHER),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_interrupted_run_resumes_exactly(small, tmp_path, interrupt_at_save, case):
+def test_interrupted_run_resumes_exactly(small, tmp_path, interrupt_at_save, monkeypatch, case):
+    from ddmetrics.distill._loop import synthesis_units
+    from ddmetrics.distill.barycenter_matching import BarycenterMatching
+    from ddmetrics.distill.distribution_matching import DistributionMatching
+
     kw = CASES[case]
     reference = ddm.Distiller(seed=4, **kw).fit(small, progress=False)
     folder = tmp_path / "ckpt"
-    with pytest.raises(interrupt_at_save(4)):  # class 1, mid-way (every 5 of 12 steps: 2 saves per class)
+    with pytest.raises(interrupt_at_save(4)):  # unit 1, mid-way (every 5 of 12 steps: 2 saves per unit)
         ddm.Distiller(seed=4, **kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=5)
     interrupt_at_save(None)
     names = sorted(os.listdir(folder))
     assert "class_0000.pt" in names and "class_0001.progress.pt" in names and "class_0002.pt" not in names
+    steps = []
+    for cls in (BarycenterMatching, DistributionMatching):
+        def counting(self, ctx, *args, _step=cls.step, **kwargs):
+            steps.append(ctx["unit"].index)
+            return _step(self, ctx, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "step", counting)
     resumed = ddm.Distiller(seed=4, **kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=5, resume=True)
     assert torch.equal(resumed.images, reference.images)
     assert torch.equal(resumed.weights, reference.weights)
     assert not [n for n in os.listdir(folder) if n.endswith(".tmp") or n.endswith(".progress.pt")]
+    # resumed, not redone: unit 0 is read back, unit 1 takes its last 2 steps, the others all 12
+    units = synthesis_units(3, kw["ipc"], resumed.meta["config"]["synthesis_batch"],
+                            resumed.meta["config"]["batch_images"])
+    assert steps == [1] * 2 + [i for i in range(2, len(units)) for _ in range(12)]
 
 
 def _tensors(obj):
@@ -50,8 +72,9 @@ def _tensors(obj):
 def test_a_checkpoint_written_on_any_device_holds_cpu_tensors_and_resumes_on_the_cpu(small, tmp_path, interrupt_at_save,
                                                                                       device):
     # a teacher, an optimiser, a scheduler and a stateful loss (sliced: its direction generator)
-    kw = dict(method="wmdd", loss="sliced", ipc=1, iterations=6, teacher_epochs=1, bary_iters=3, seed=2)
-    with pytest.raises(interrupt_at_save(3)):  # class 1, mid-way (a save every 2 of 6 steps: 2 per class)
+    # (units of two classes: (0, 1) and (2,))
+    kw = dict(method="wmdd", loss="sliced", ipc=1, iterations=6, batch_images=2, bary_iters=3, seed=2, **CHEAP_TEACHER)
+    with pytest.raises(interrupt_at_save(3)):  # unit 1, mid-way (a save every 2 of 6 steps: 2 per unit)
         ddm.Distiller(device=device, **kw).fit(small, progress=False, checkpoint=tmp_path, checkpoint_every=2)
     interrupt_at_save(None)
     files = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pt"))
@@ -63,7 +86,7 @@ def test_a_checkpoint_written_on_any_device_holds_cpu_tensors_and_resumes_on_the
     finished = torch.load(tmp_path / "class_0000.pt", weights_only=True)
     resumed = ddm.Distiller(device="cpu", **kw).fit(small, progress=False, checkpoint=tmp_path, checkpoint_every=2,
                                                     resume=True)
-    assert torch.equal(resumed.images[:1], finished["images"])  # the finished class is taken as it was saved
+    assert torch.equal(resumed.images[:2], finished["images"])  # the finished unit is taken as it was saved
     assert resumed.images.shape == (3, 1, 8, 8) and torch.isfinite(resumed.images).all()
 
 
@@ -87,7 +110,9 @@ def _cli(*args):
 def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     """A real process killed with SIGKILL mid-class, resumed from the command line."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["--method", "krdual", "--ipc", "1", "--iterations", "60", "--set", 'loss_kwargs={"steps": 5, "warm_start": true}']
+    # 32 real images a step (the preset's 256 take all ~130 of a class: 1.7 times the CPU time, nothing more tested)
+    common = ["--method", "krdual", "--ipc", "1", "--iterations", "30",
+              "--set", 'loss_kwargs={"steps": 5, "warm_start": true}', "--set", "batch_real=32"]
     subprocess.run(_cli(*common, "--out", str(tmp_path / "plain")), env=env, check=True, capture_output=True)
     out, ckpt = tmp_path / "killed", tmp_path / "killed.ckpt"
     proc = subprocess.Popen(_cli(*common, "--out", str(out), "--checkpoint-every", "7"), env=env,
@@ -157,7 +182,8 @@ def test_every_file_is_listed_before_it_is_created(tmp_path, small, monkeypatch,
         return real(path, write, **kwargs)
 
     monkeypatch.setattr(io_module, "atomic_write", spy)
-    kw = dict(method="wmdd", loss="sliced", ipc=1, iterations=4, teacher_epochs=1, bary_iters=2, seed=0)
+    # one class a unit (batch_images // ipc = 1): three units
+    kw = dict(method="wmdd", loss="sliced", ipc=1, iterations=4, batch_images=1, bary_iters=2, seed=0, **CHEAP_TEACHER)
     with pytest.raises(interrupt_at_save(2)):
         ddm.Distiller(**kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=2)
     interrupt_at_save(None)

@@ -225,14 +225,14 @@ def _release_cf_loss(t, feat_real, feat_syn, alpha=0.5, beta=0.5):
 
 
 def test_ncfm_release_loss_at_the_preset_settings_redraws_gaussian_frequencies():
-    """The ncfm preset's loss_kwargs plus scale=300 give NCFM's match_loss (NCFM.py:67-79): 300 x
+    """The ncfm preset's loss_kwargs (scale=300 among them) give NCFM's match_loss (NCFM.py:67-79): 300 x
     CFLossFunc at t ~ N(0, I) (4096 x d, no sampler), on unit-norm features, the frequencies
     redrawn at every call: call k uses the k-th standard normal block of the seeded stream."""
     from ddmetrics.distill.presets import PRESETS
 
     kwargs = dict(PRESETS["ncfm"]["loss_kwargs"])
-    assert kwargs == {"n_frequencies": 4096, "alpha": 0.5, "steps": 0, "bandwidth": 1.0}
-    loss = ddm.get_loss("ncfd", **kwargs, scale=300.0, seed=11)
+    assert kwargs == {"n_frequencies": 4096, "alpha": 0.5, "steps": 0, "bandwidth": 1.0, "scale": 300.0}
+    loss = ddm.get_loss("ncfd", **kwargs, seed=11)
     stream = torch.Generator().manual_seed(11)
     d = 6
     for call in range(3):
@@ -245,6 +245,7 @@ def test_ncfm_release_loss_at_the_preset_settings_redraws_gaussian_frequencies()
         assert float(loss(real, syn)) == pytest.approx(ref, rel=1e-9)
     assert loss.sampler is None  # steps=0: nothing trained, nothing built
     # unscaled it is 1/300 of that, and the default scale is 1
+    del kwargs["scale"]
     again = ddm.get_loss("ncfd", **kwargs, seed=11)
     first_t = torch.randn(4096, d, generator=torch.Generator().manual_seed(11), dtype=torch.float64).numpy()
     real = torch.nn.functional.normalize(_cloud(90, n=64, d=d), dim=1)
@@ -279,10 +280,12 @@ def test_ncfm_preset_builds_the_release_loss():
 
 
 def test_interrupted_ncfm_run_resumes_exactly(tiny_digits, tmp_path, interrupt_at_save):
-    # the warm sampler, its Adam moments and the frequency stream go through the run's checkpoints
-    kw = dict(method="ncfm", ipc=1, iterations=12, seed=4, loss_kwargs={"n_frequencies": 64, "hidden": 16})
+    # the warm sampler, its Adam moments and the frequency stream go through the run's checkpoints;
+    # a pool of one network trained one epoch (the preset's 20 x 60 epochs are the cost, not the point)
+    kw = dict(method="ncfm", ipc=1, iterations=12, seed=4, loss_kwargs={"n_frequencies": 64, "hidden": 16},
+              embedder_pool=1, pool_epochs=1)
     reference = ddm.Distiller(**kw).fit(tiny_digits, progress=False)
-    with pytest.raises(interrupt_at_save(4)):  # class 1, mid-way (a save every 5 of 12 steps: 2 per class)
+    with pytest.raises(interrupt_at_save(4)):  # unit 1 (class 1), mid-way (a save every 5 of 12 steps: 2 per unit)
         ddm.Distiller(**kw).fit(tiny_digits, progress=False, checkpoint=tmp_path, checkpoint_every=5)
     interrupt_at_save(None)
     resumed = ddm.Distiller(**kw).fit(tiny_digits, progress=False, checkpoint=tmp_path, checkpoint_every=5, resume=True)
