@@ -78,6 +78,8 @@ class RunSettings:
     progress: bool = True
     #: evaluation runs at IPC 1 (``None``: ``runs``); the single-image sets vary most between seeds
     runs_ipc1: Optional[int] = None
+    #: whether each cell's baselines (random real subset, full data) run too
+    baselines: bool = True
 
     def runs_for(self, ipc: Optional[int]) -> int:
         """Evaluation runs (student seeds ``seed .. seed + n - 1``, the same in every cell) at ``ipc``."""
@@ -482,7 +484,7 @@ class Runner:
             key = self.cell_key(cell, distiller)
             keys.append(key)
             bkey = self.baseline_key(cell.ipc, cfg)
-            baseline = [] if bkey in self.doc["baselines"] or bkey in self._baselines else \
+            baseline = [] if not run.baselines or bkey in self.doc["baselines"] or bkey in self._baselines else \
                 self._plan_baseline(bkey, cell.ipc, distiller, parts)  # also for a finished cell
             if key in self.doc["cells"] or key in seen:
                 self.run_log["skipped_cells"] += 1

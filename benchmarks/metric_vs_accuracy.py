@@ -235,7 +235,10 @@ def _ablation_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, 
     # every row against the preset's (barycenter + CE + PCBN), paired
     reference = ABLATION[0][0]
     for label, extra in ABLATION:
-        add(label, "wasserstein", "barycenter", "wmdd", extra, compare="" if label == reference else reference)
+        # the CE rows compare no distributions: a loss given to them is refused (it would be ignored)
+        loss = None if extra.get("feature_loss") == "none" else "wasserstein"
+        add(label, "wasserstein", "barycenter", "wmdd", extra, loss=loss,
+            compare="" if label == reference else reference)
 
 
 def _weight_rule_cells(add: AddCell, backends: Sequence[str], overrides: Dict[str, Any]) -> None:

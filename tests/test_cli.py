@@ -42,7 +42,7 @@ def test_a_method_without_a_teacher_evaluated_with_soft_labels_trains_and_keeps_
     assert main(["distill", "--method", "dm", "--ipc", "1", "--runs", "1", "--no-full", "--quiet", "--iterations", "2",
                  "--protocol", "soft", "--set", "teacher_arch=convnet_bn", "teacher_epochs=1", "eval_model=convnet",
                  "eval_epochs=2", "--out", str(out)]) == 0
-    assert sorted(os.listdir(out)) == [".ddmetrics-run.json", "grid.png", "report.json", "synset.pt", "teacher.pt"]
+    assert sorted(os.listdir(out)) == [".ddmetrics-run.json", "config.yaml", "grid.png", "report.json", "synset.pt", "teacher.pt"]
     report = json.loads((out / "report.json").read_text())["evaluation"]
     assert report["protocol"] == "soft (model=convnet, epochs=2)" and len(report["runs"]) == 1
     assert main(["evaluate", str(out / "synset.pt"), "--runs", "1", "--no-full", "--quiet", "--json",
@@ -114,8 +114,8 @@ def test_distill_help_lists_the_method_presets_and_the_protocols(capsys):
     assert f"one of {', '.join(sorted(PRESETS))}" in text
     assert "wmdd: soft" in text and "sre2l: sre2l_small" in text and "dm: hard" in text  # each paper's protocol
     assert all(f"{name} ({p.labels} labels, {p.model})" in text for name, p in PROTOCOLS.items())  # --protocol
-    assert "--teacher-arch NAME the teacher's architecture, a registered model name (default: the method's, " \
-           "resnet18)" in text
+    assert "--teacher-arch NAME the teacher's architecture: a registered model name (resnet18 takes torchvision's " \
+           "ResNet-18 state dicts) or torchvision:NAME / timm:NAME (default: the method's, resnet18)" in text
 
 
 def test_package_names_resolve_lazily():

@@ -126,12 +126,13 @@ NON_DEFAULT = {"strategy": "distribution", "loss": "sliced", "loss_kwargs": {"n_
                "first_bn_weight": 10.0, "embedder": "resnet18", "iters_per_model": 2, "embedder_pool": 3,
                "pool_epochs": 2, "pool_interpolate": True, "calib_weight": 0.5, "normalize_features": True,
                "eval_protocol": "hard", "eval_model": "resnetap10", "eval_epochs": 5, "eval_lr": 0.2,
-               "temperature": 2.5}
+               "temperature": 2.5, "coreset": "kcenter"}
 # where a field that WMDD does not use is set (a field given where it does not apply is refused): method, settings
 WHERE = {"loss_kwargs": ("wmdd", {"loss": "sliced"}), "factor": ("dm", {}), "batch_real": ("dm", {}),
          "embedder": ("dm", {}), "iters_per_model": ("dm", {}), "embedder_pool": ("dm", {}),
          "normalize_features": ("dm", {}), "pool_epochs": ("dm", {"embedder_pool": 2}),
-         "pool_interpolate": ("dm", {"embedder_pool": 2}), "calib_weight": ("dm", {"embedder_pool": 2})}
+         "pool_interpolate": ("dm", {"embedder_pool": 2}), "calib_weight": ("dm", {"embedder_pool": 2}),
+         "coreset": ("random", {})}
 
 
 def test_every_config_field_can_be_set_through_set_and_the_api():

@@ -128,8 +128,11 @@ def assert_images_match(images: torch.Tensor, pinned, rtol: float):
 
 
 def test_every_preset_is_pinned():
+    # the coreset presets optimise nothing: their selections are checked exactly against reference
+    # computations in tests/distill/test_coresets.py
+    synthesising = {name for name, settings in PRESETS.items() if settings.get("strategy") != "coreset"}
     pinned = [kwargs["method"] for kwargs, _, _ in PINNED.values()] + [kwargs["method"] for kwargs, _ in MOVES.values()]
-    assert set(pinned) == set(PRESETS)
+    assert set(pinned) == synthesising
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
