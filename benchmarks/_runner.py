@@ -86,9 +86,22 @@ class RunSettings:
         return self.runs_ipc1 if ipc == 1 and self.runs_ipc1 is not None else self.runs
 
 
+def named(obj: Any) -> Any:
+    """``obj`` with every function in it (a model builder given as ``teacher_arch``, ``embedder`` or
+    ``eval_model``, as fidelity.py's pre-issue-24 ConvNet) replaced by ``"module:qualname"``: JSON-able,
+    and the same in every process (``str()`` of a function holds its address)."""
+    if isinstance(obj, dict):
+        return {k: named(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [named(v) for v in obj]
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"{obj.__module__}:{obj.__qualname__}"
+    return obj
+
+
 def settings_key(settings: Dict[str, Any]) -> str:
-    """A short stable hash of a JSON-able settings dict."""
-    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    """A short stable hash of a JSON-able settings dict (functions in it by :func:`named`)."""
+    blob = json.dumps(named(settings), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -265,8 +278,9 @@ def run_cell(task: Task, ctx: Context) -> Dict[str, Any]:
     entry = {
         "key": task.key, "experiment": cell.experiment, "label": cell.label, "backend": cell.backend,
         "strategy": cell.strategy, "method": cell.method, "loss": syn.meta.get("loss"), "ipc": cell.ipc,
-        "seed": run.seed, "runs": run.runs_for(cell.ipc), "overrides": cell.overrides, "config": resolved_config(cfg),
-        "eval": eval_settings(cfg, run, cell.ipc), "baseline_key": task.baseline_key,
+        "seed": run.seed, "runs": run.runs_for(cell.ipc), "overrides": named(cell.overrides),
+        "config": named(resolved_config(cfg)), "eval": named(eval_settings(cfg, run, cell.ipc)),
+        "baseline_key": task.baseline_key,
         "accuracies": rep["runs"], "mean": rep["mean"], "std": rep["std"],
         "distill_seconds": distill_seconds, "barycenter_seconds": bary,
         "barycenter_share": (bary / distill_seconds) if bary is not None and distill_seconds > 0 else None,
