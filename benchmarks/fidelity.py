@@ -10,6 +10,8 @@ Parts (``--part``, default all):
 ``budget``
     The budget curve at IPC 10: the preset with ``iterations`` ∈ :data:`CURVE`; the teacher and the
     students keep the counts of :data:`MEASURED`.
+``teachers``
+    The test accuracy of every teacher the rows above use (trained again, seeded as they are).
 ``options``
     Our improvements, each as a named option on top of the preset, IPC 10 (:data:`OPTIONS`): the
     effect of each departure from the release, paired with the preset's row.
@@ -49,11 +51,11 @@ from ddmetrics.distill.presets import PRESETS, preset  # noqa: E402
 from ddmetrics.models import ConvNet  # noqa: E402
 
 from _common import command_line, format_difference, markdown_table, paired_difference, pm, write_lines  # noqa: E402
-from _runner import Cell, Runner, RunSettings  # noqa: E402
+from _runner import Cell, Runner, RunSettings, settings_key  # noqa: E402
 
 EXPERIMENT = "fidelity"
 METHODS = ("wmdd", "dm", "m3d", "krdual", "ncfm", "sre2l")
-PARTS = ("presets", "budget", "options")
+PARTS = ("presets", "budget", "options", "teachers")
 #: method -> the explicit counts the released rows run with on the 2-core CPU (the methods' own
 #: counts: WMDD 2000 iterations / teacher 50 / students 300; DM, KR-dual, NCFM 20 000 / 1000 (NCFM
 #: 2000); M3D 10 000 / 1000; SRe²L 1000 / 200 / 400; NCFM's pool 20 networks x 60 epochs)
@@ -157,6 +159,35 @@ def plan(parts: Sequence[str], methods: Sequence[str]) -> List[Cell]:
     return cells
 
 
+def teacher_accuracies(cells: Sequence[Cell], dataset: str, seed: int, doc: Dict[str, Any]) -> None:
+    """Train each distinct teacher of ``cells`` as the runner does (``Distiller.train_teacher``, seeded)
+    and record its test accuracy in ``doc["teachers"]`` (what the soft labels and the barycenters
+    rest on; a cell's JSON entry names its teacher by ``teacher_key``)."""
+    import time
+
+    from ddmetrics.models import accuracy
+    from _runner import load_splits, named, soft_labels, teacher_settings
+
+    splits = load_splits(dataset, seed)
+    teachers = doc.setdefault("teachers", {})
+    run = RunSettings(EXPERIMENT, "", dataset=dataset, seed=seed)
+    for cell in cells:
+        distiller = cell.distiller(seed)
+        cfg = distiller.config
+        if not (cfg.strategy == "barycenter" or soft_labels(cfg)):
+            continue
+        settings = teacher_settings(cfg, run)
+        key = settings_key(settings)
+        if key in teachers:
+            teachers[key]["rows"] = sorted(set(teachers[key]["rows"]) | {cell.label})
+            continue
+        start = time.perf_counter()
+        model = distiller.train_teacher(splits.train, splits.train.num_classes, progress=False)
+        teachers[key] = {"arch": named(settings["teacher"]), "recipe": cfg.teacher_recipe,
+                         "epochs": settings["recipe"]["epochs"], "test_accuracy": accuracy(model, splits.test),
+                         "seconds": time.perf_counter() - start, "rows": [cell.label]}
+
+
 def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str) -> None:
     """The Markdown report: each row with mean ± std and, where it has one, the paired difference
     to the row it is compared with (same method, IPC and student seeds)."""
@@ -191,6 +222,14 @@ def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str
             lines += markdown_table(["method", "row", "IPC", "accuracy (%)", "Δ (paired)", "iterations run",
                                      "distill s"], rows)
             lines.append("")
+    teachers = doc.get("teachers") or {}
+    if teachers:
+        lines += ["## teachers", "",
+                  "Each teacher the rows use, trained as the rows train it (`--part teachers`), on the test split:", ""]
+        rows = [(t["arch"], t["recipe"], t["epochs"], f"{100 * t['test_accuracy']:.2f}", f"{t['seconds']:.0f}",
+                 "; ".join(t["rows"])) for t in teachers.values()]
+        lines += markdown_table(["architecture", "recipe", "epochs", "test accuracy (%)", "train s", "rows"], rows)
+        lines.append("")
     write_lines(path, lines)
 
 
@@ -219,7 +258,9 @@ def main(argv=None) -> int:
                       jobs=args.jobs, threads=threads * max(1, args.jobs), progress=not args.quiet,
                       baselines=not args.no_baselines)
     runner = Runner(run, command_line())
-    runner.run(plan(args.part, args.methods))
+    runner.run(plan([p for p in args.part if p != "teachers"], args.methods))
+    if "teachers" in args.part:
+        teacher_accuracies(plan(PARTS, args.methods), args.dataset, args.seed, runner.doc)
     runner.save()
     # the report shows every part's finished cells, whichever part this invocation ran
     everything = plan(PARTS, METHODS)

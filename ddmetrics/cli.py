@@ -666,11 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "and only the files listed in it; anything else is refused")
     d.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="checkpoint folder (default with --checkpoint-every/--resume: OUT.ckpt): new, empty or one "
-                        "ddmetrics wrote; a finished class is always checkpointed; after a successful run the files "
+                        "ddmetrics wrote; a finished synthesis unit (a class, or a batch of classes or slots) is always "
+                        "checkpointed; after a successful run the files "
                         "ddmetrics wrote there are removed, and the folder if ddmetrics created it")
     d.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
-                   help="also checkpoint the class in progress every STEPS synthesis steps (default: finished "
-                        "classes only)")
+                   help="also checkpoint the unit in progress every STEPS synthesis steps (default: finished "
+                        "units only)")
     d.add_argument("--resume", action="store_true", help="continue the run saved in the checkpoint folder")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_debug(d)

@@ -390,3 +390,25 @@ def test_barycenter_clock_counts_the_network_simplex_solves_and_restores_the_sol
     assert mirror["calls"] == len(paper.history) and closed["calls"] == 2
     assert mirror["seconds"] > 0 and closed["init"] > 0
     assert bary_mod.emd_arcs is solver
+
+
+def test_a_function_in_a_cells_settings_is_keyed_by_its_name_in_every_process(tmp_path):
+    # fidelity.py's pre-issue-24 rows pass ConvNet builders as functions; str() of a function holds its
+    # address, so a key made from it would differ in the next invocation and nothing would resume
+    import subprocess
+
+    import fidelity
+
+    cell = _runner.Cell("fidelity", "dm (before issue 24)", "mmd", "distribution", "dm", 1,
+                        overrides=fidelity.BEFORE["dm"](1))
+    run = _runner.RunSettings("fidelity", str(tmp_path / "doc.json"))
+    key = _runner.cell_key(cell, cell.distiller(0).config, run)
+    named = _runner.named(fidelity.BEFORE["dm"](1))
+    assert named["embedder"] == named["eval_model"] == "fidelity:convnet_plain"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import _runner, fidelity; "
+            "c = _runner.Cell('fidelity', 'dm (before issue 24)', 'mmd', 'distribution', 'dm', 1, "
+            "overrides=fidelity.BEFORE['dm'](1)); "
+            "print(_runner.cell_key(c, c.distiller(0).config, _runner.RunSettings('fidelity', sys.argv[2])))")
+    other = subprocess.run([sys.executable, "-c", code, BENCH, str(tmp_path / "doc.json")], capture_output=True,
+                           text=True, check=True).stdout.split()[-1]
+    assert other == key
