@@ -10,6 +10,10 @@ Parts (``--part``, default all):
 ``budget``
     The budget curve at IPC 10: the preset with ``iterations`` ∈ :data:`CURVE`; the teacher and the
     students keep the counts of :data:`MEASURED`.
+``counts``
+    The preset at IPC 10 with more of its own counts (:data:`FULLER`: its protocol's student epochs, a
+    50-epoch teacher, NCFM's pool at 10 epochs), paired with its ``presets`` row: how much of the gap
+    to the rows before issue 24 is the cut teacher and students.
 ``teachers``
     The test accuracy of every teacher the rows above use (trained again, seeded as they are).
 ``options``
@@ -55,7 +59,7 @@ from _runner import Cell, Runner, RunSettings, settings_key  # noqa: E402
 
 EXPERIMENT = "fidelity"
 METHODS = ("wmdd", "dm", "m3d", "krdual", "ncfm", "sre2l")
-PARTS = ("presets", "budget", "options", "teachers")
+PARTS = ("presets", "budget", "options", "counts", "teachers")
 #: method -> the explicit counts the released rows run with on the 2-core CPU (the methods' own
 #: counts: WMDD 2000 iterations / teacher 50 / students 300; DM, KR-dual, NCFM 20 000 / 1000 (NCFM
 #: 2000); M3D 10 000 / 1000; SRe²L 1000 / 200 / 400; NCFM's pool 20 networks x 60 epochs)
@@ -66,6 +70,17 @@ MEASURED: Dict[str, Dict[str, Any]] = {
     "m3d": dict(iterations=200, eval_epochs=300),
     "krdual": dict(iterations=100, eval_epochs=300),
     "ncfm": dict(iterations=100, pool_epochs=2, eval_epochs=300),
+}
+#: method -> the counts of the ``counts`` part: the students' epochs of the method's own protocol (no
+#: ``eval_epochs``), its teacher at WMDD's 50 epochs (SRe²L's own 200 cut to 50), NCFM's pool at 10 of its 60
+#: epochs; the synthesis iterations of :data:`MEASURED`
+FULLER: Dict[str, Dict[str, Any]] = {
+    "wmdd": dict(iterations=200, teacher_epochs=50),
+    "sre2l": dict(iterations=200, teacher_epochs=50),
+    "dm": dict(iterations=200),
+    "m3d": dict(iterations=200),
+    "krdual": dict(iterations=100),
+    "ncfm": dict(iterations=100, pool_epochs=10),
 }
 #: the budget curve's synthesis iterations at IPC 10, the other counts as in :data:`MEASURED`
 CURVE: Dict[str, tuple] = {"wmdd": (50, 100, 200, 400), "sre2l": (50, 100, 200, 400), "dm": (50, 100, 200, 400),
@@ -119,7 +134,12 @@ OPTIONS: Dict[str, List[tuple]] = {
              ("exact weighted PCBN statistics", dict(bn_stats="exact", reg_weighted=True)),
              ("DSA instead of crop/flip/roll", dict(augment="auto")),
              ("one class per batch", dict(synthesis_batch="class")),
-             ("no pixel clamp", dict(clamp="none"))],
+             ("no pixel clamp", dict(clamp="none")),
+             # not improvements but the decomposition of the gap to the rows before issue 24: the teacher, then
+             # the students' protocol, each swapped alone
+             ("ConvNet-BN teacher, 'ours' recipe, 30 epochs", dict(teacher_arch="convnet_bn", teacher_recipe="ours",
+                                                                  teacher_epochs=30)),
+             ("students by 'ours_soft'", dict(eval_protocol="ours_soft"))],
     "dm": [("embedder every 5 steps, 64 real", dict(iters_per_model=5, batch_real=64)),
            ("DSA without flip on one channel", dict(augment="auto"))],
     "krdual": [("warm critic, 20 Adam steps", dict(loss_kwargs={"steps": 20, "warm_start": True})),
@@ -127,7 +147,9 @@ OPTIONS: Dict[str, List[tuple]] = {
     "ncfm": [("learned sampler (1 ascent step)", dict(loss_kwargs={"n_frequencies": 4096, "alpha": 0.5, "steps": 1,
                                                                    "warm_start": True, "lr": 1e-3, "scale": 300.0}))],
     "sre2l": [("exact all-class statistics", dict(bn_stats="exact")),
-              ("one class per batch", dict(synthesis_batch="class"))],
+              ("one class per batch", dict(synthesis_batch="class")),
+              ("ConvNet-BN teacher, 'ours' recipe, 30 epochs", dict(teacher_arch="convnet_bn", teacher_recipe="ours",
+                                                                   teacher_epochs=30))],
 }
 
 
@@ -152,6 +174,10 @@ def plan(parts: Sequence[str], methods: Sequence[str]) -> List[Cell]:
             for its in CURVE[method]:
                 label = official if its == counts["iterations"] else f"{method} (released, {its} iterations)"
                 cells.append(_method_cell("budget", label, method, 10, {**counts, "iterations": its}))
+        if "counts" in parts:
+            fuller = FULLER[method]
+            cells.append(_method_cell("counts", f"{method} (released, {fuller['iterations']} iterations, fuller "
+                                      "teacher / students)", method, 10, dict(fuller), compare=official))
         if "options" in parts:
             for label, extra in OPTIONS.get(method, []):
                 cells.append(_method_cell("options", f"{method} + {label}", method, 10, {**counts, **extra},

@@ -825,6 +825,11 @@ def _axis_matrix(size: int, start: Optional[Tensor], length: Optional[Tensor], l
     return matrix[:, :, :size].to(like.dtype)
 
 
+def _scaled_padding(fraction: float, size: Optional[int]) -> int:
+    """``fraction`` of the side in whole pixels, rounded half up (at least 1; 4 px without a size)."""
+    return 4 if size is None else max(1, int(fraction * size + 0.5))
+
+
 #: named augmentations besides DSA strategies -> builder(size) (see :func:`make_augment`)
 _NAMED_BUILDERS: Dict[str, Callable[[Optional[int]], Augmentation]] = {
     # WMDD's synthesis (recover/data_synthesis_new.py:139-149): one RandomResizedCrop (0.08-1, 3/4-4/3)
@@ -836,8 +841,10 @@ _NAMED_BUILDERS: Dict[str, Callable[[Optional[int]], Augmentation]] = {
     "roll": lambda size: CropFlipRoll(roll=4 / 32, size=size, shared=True),
     # FKD students (train_FKD.py) and WMDD's teacher: RandomResizedCrop + flip per image
     "rrc_flip": lambda size: CropFlipRoll(crop="resized", flip=0.5),
-    # SRe²L's CIFAR teacher and relabelling: RandomCrop(size, padding=4) + flip per image
-    "crop_pad_flip": lambda size: CropFlipRoll(crop="padded", padding=4, flip=0.5),
+    # SRe²L's CIFAR teacher and relabelling: RandomCrop(size, padding=4) + flip per image, the padding
+    # 4 px at 32 scaled to the image as the rolls are: int(4/32 * side + 0.5) (4 at 28 and 32 px, 1 at 8;
+    # 4 unscaled would shift 8-px digits by up to half their side)
+    "crop_pad_flip": lambda size: CropFlipRoll(crop="padded", padding=_scaled_padding(4 / 32, size), flip=0.5),
 }
 
 #: named augmentations besides DSA strategies (see :func:`make_augment`)

@@ -361,6 +361,16 @@ def test_crop_pad_flip_per_image_is_a_zero_padded_crop_and_an_exact_flip():
     assert set(shifts.tolist()) == set(range(-4, 5))
 
 
+@pytest.mark.parametrize("size, padding", [(8, 1), (12, 2), (28, 4), (32, 4), (64, 8)])
+def test_crop_pad_flip_padding_is_4_px_at_32_scaled_to_the_side(size, padding):
+    """SRe²L's RandomCrop(32, padding=4) as a fraction of the side, as the synthesis rolls are: 4 px
+    unscaled would shift 8-px digits by up to half their side."""
+    aug = make_augment("crop_pad_flip", 1, size)
+    assert aug.padding == padding
+    shifts = aug.sample(2000, (1, size, size), _gen(6)).window[:, :2].flatten()
+    assert set(shifts.tolist()) == set(range(-padding, padding + 1))
+
+
 @pytest.mark.parametrize("spec", SPECS)
 def test_every_spec_is_differentiable_and_a_function_of_the_generator_state(spec):
     """gradcheck (float64) of aug(x, generator) and of pair's synthetic batch, the generator
