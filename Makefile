@@ -11,7 +11,8 @@ export MPLBACKEND := Agg
 # One stamp per set of extras (setup.cfg): each target installs what it runs, into the same
 # .venv, and reinstalls when setup.cfg, constraints.txt or pyproject.toml change.
 #   test  -> .[dev]       everything tests/ imports
-#   demo  -> .  (core)    WMDD as released at a tenth of its budget (--budget 0.1); the grid PNG by Pillow
+#   demo  -> .  (core)    WMDD as released but for its budget (200 iterations, 100 student epochs) and
+#                         its teacher (ConvNet-BN by our recipe; docs/fidelity.md); the grid PNG by Pillow
 #   bench -> .[sinkhorn]  benchmarks/metric_speed.py compares against GeomLoss
 # Every pip install goes through constraints.txt (torch pinned to a CPU build).
 $(VENV)/.installed-%: setup.cfg constraints.txt pyproject.toml
@@ -34,7 +35,8 @@ test-kernels: $(VENV)/.installed-dev
 	done
 
 demo: $(VENV)/.installed-core
-	$(BIN)/ddmetrics distill --dataset digits --method wmdd --ipc 10 --budget 0.1 --out runs/demo --overwrite
+	$(BIN)/ddmetrics distill --dataset digits --method wmdd --ipc 10 --iterations 200 --no-full --out runs/demo --overwrite \
+		--set teacher_arch=convnet_bn teacher_recipe=ours teacher_epochs=30 eval_epochs=100
 
 bench: $(VENV)/.installed-sinkhorn
 	$(BIN)/python benchmarks/metric_speed.py
