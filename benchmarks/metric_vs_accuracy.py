@@ -503,6 +503,10 @@ def write_reports(experiment: Experiment, prefix: str, doc: Dict[str, Any], cell
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:2] == ["--experiment", "study"] or given[:1] == ["--experiment=study"]:
+        import _study  # the headline study keeps its own phases and JSON (see its docstring)
+        return _study.main(given[2:] if given[0] == "--experiment" else given[1:])
     args = parse_args(argv)
     # relative to the repo root, as every benchmark records it (no machine folders in committed results)
     command = command_line() if argv is None else shlex.join(["python", "benchmarks/metric_vs_accuracy.py", *argv])

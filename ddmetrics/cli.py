@@ -1,8 +1,9 @@
-"""The ``ddmetrics`` command: ``distill``, ``evaluate``, ``diagnose``, ``losses``.
+"""The ``ddmetrics`` command: ``distill``, ``evaluate``, ``diagnose``, ``score``, ``losses``.
 
     ddmetrics distill --dataset digits --method wmdd --ipc 10 --out runs/x [--budget B] [--protocol NAME]
     ddmetrics evaluate runs/x/synset.pt --dataset digits [--protocol NAME] [--budget B] [--scores] [--json OUT]
     ddmetrics diagnose runs/x/synset.pt --dataset digits [--model teacher|convnet] [--json OUT]
+    ddmetrics score runs/x/synset.pt --dataset digits [--space teacher convnet pixels] [--json OUT]
     ddmetrics losses
 
 ``distill`` runs under ``torchrun --nproc-per-node N -m ddmetrics distill ...`` as well: classes
@@ -459,6 +460,50 @@ def _feature_model(synset, synset_path: str, dataset, which: Optional[str]) -> T
     return model.eval(), "randomly initialised convnet (seed 0)"
 
 
+def _cmd_score(args) -> int:
+    from .data import load
+    from .evaluate import check_fits
+    from .losses import loss_class
+    from .score import RECOMMENDED, SPACES, reference_models, score_set
+    from .synset import SyntheticSet
+
+    _check_data_options(args)
+    _check_json(args)
+    for name in args.losses or []:  # an unknown or uninstalled loss, before anything is read
+        loss_class(name)
+    device = _device(args.device)
+    spaces = args.space
+    if spaces is None:
+        spaces = [s for s in SPACES if s != "teacher" or os.path.exists(_teacher_path(args.synset))]
+    elif "teacher" in spaces and not os.path.exists(_teacher_path(args.synset)):
+        raise ValueError(f"--space teacher needs {_teacher_path(args.synset)} (written by 'ddmetrics distill' for "
+                         "methods with a teacher)")
+    syn = SyntheticSet.load(args.synset)
+    seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
+    dataset = _recorded_dataset(args)
+    splits = load(dataset, seed=seed, image_size=args.image_size, workers=args.workers, **_data_source(args))
+    check_fits(syn, splits.train, f"--dataset {dataset}")
+    shape = splits.train.image_shape
+    teacher = _feature_model(syn, args.synset, splits.train, "teacher")[0] if "teacher" in spaces else None
+    models = reference_models(shape[0], splits.train.num_classes, shape[-1], teacher=teacher, spaces=spaces)
+    report = score_set(syn, splits.train, models, losses=args.losses, seed=seed, batch_size=args.batch_size,
+                       device=device)
+    print(f"synthetic set: {args.synset} ({len(syn.labels)} stored images); real data: {dataset} train split "
+          f"(seed {seed}), {len(splits.train)} images; mean over classes of each distance, per feature space "
+          "(lower: nearer the real data)")
+    print(report.table())
+    for space, failed in report.failed.items():
+        for name, where in failed.items():
+            print(f"{name} @ {space} failed on {len(where)} comparison(s): {next(iter(where.values()))}")
+    print(f"recommended proxy: {RECOMMENDED[0]} @ {RECOMMENDED[1]} (benchmarks/results/metric_vs_accuracy_study.md)")
+    if args.json:
+        out = {"synset": os.path.abspath(args.synset), "dataset": dataset, "seed": seed, **report.to_dict()}
+        data = (json.dumps(out, indent=2) + "\n").encode()
+        atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_diagnose(args) -> int:
     from .data import load
     from .diagnose import diagnose
@@ -734,6 +779,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
     _add_debug(g)
     g.set_defaults(func=_cmd_diagnose)
+
+    sc = sub.add_parser(
+        "score", help="one number per distance: how near a synthetic set is to the real training data",
+        description="Mean over classes of every installed registered distance between the synthetic set and the "
+                    "real training split, in fixed feature spaces (the teacher next to the set, a random ConvNet "
+                    "seeded with 0, the pixels): a proxy for the set's quality that trains no student (see "
+                    "benchmarks/results/metric_vs_accuracy_study.md for how well each one predicts accuracy).")
+    sc.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
+    sc.add_argument("--dataset", default=None,
+                    help="a dataset name or a path accepted by ddmetrics.data.load (default: the one recorded in the "
+                         "report.json beside the set, else digits)")
+    sc.add_argument("--space", nargs="+", choices=["teacher", "convnet", "pixels"], default=None,
+                    help="feature spaces (default: all three, the teacher only when teacher.pt is beside the set)")
+    sc.add_argument("--losses", nargs="+", default=None, metavar="NAME",
+                    help="registered losses to compute (default: every one whose extra is installed)")
+    sc.add_argument("--seed", type=int, default=None, help="split seed (default: the synthetic set's meta['seed'])")
+    sc.add_argument("--batch-size", type=int, default=512, help="images per embedding batch")
+    _add_data_options(sc)
+    _add_device(sc)
+    sc.add_argument("--json", default=None, metavar="OUT",
+                    help="also write the scores as JSON here (default: not written; an existing file is refused)")
+    sc.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
+    _add_debug(sc)
+    sc.set_defaults(func=_cmd_score)
 
     ls = sub.add_parser("losses", help="list the registered losses")
     _add_debug(ls)

@@ -227,7 +227,8 @@ def _subsample(z: Tensor, limit: Optional[int], seed: int) -> Tensor:
 
 
 def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec = None, batch_size: int = 512,
-             max_real: Optional[int] = 4096, seed: int = 0, device: DeviceSpec = None) -> DiagnosisReport:
+             max_real: Optional[int] = 4096, seed: int = 0, device: DeviceSpec = None, on_error: str = "raise",
+             overall: bool = True) -> DiagnosisReport:
     """Distances between a synthetic set and real data in ``model``'s feature space.
 
     Parameters
@@ -262,6 +263,14 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
     device : str or torch.device, optional
         Where the model runs and the distances are computed (``None``/``"auto"``: CUDA when
         available); the model is moved there.
+    on_error : {"raise", "skip"}
+        What a loss that raises on one comparison does: stop the diagnosis (default), or leave
+        ``None`` in that cell and name the loss, the comparison and the error in
+        ``meta["failed_losses"]`` (a study scoring many sets goes on; the means then cover the
+        classes that have the value).
+    overall : bool
+        Also compare the pooled clouds (default). ``False`` leaves ``overall`` ``None``: the
+        pooled comparison is the costliest one and a per-class study does not use it.
 
     Returns
     -------
@@ -283,6 +292,8 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         raise TypeError(f"model must have an embed(x) method, got {type(model).__name__}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     run = run_loss_settings(synset.meta or {})
     try:  # an unknown or uninstalled loss fails here
         factories, skipped = _loss_factories(losses, seed, run)
@@ -307,15 +318,22 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         f_syn = embed_batched(model, images, batch_size).double()
 
     seconds = {name: 0.0 for name in list(factories) + ["moments"]}
+    failed: Dict[str, Dict[str, str]] = {}
 
     def compare(x: Tensor, y: Tensor, b: Tensor, key: int) -> Dict[str, Optional[float]]:
         x = _subsample(x, max_real, seed + key)
         row: Dict[str, Optional[float]] = {}
         for name, make in factories.items():
             start = time.perf_counter()
-            with torch.no_grad():
-                value = make()(x, y, b=b)
-            row[name] = float(value)
+            try:
+                with torch.no_grad():
+                    row[name] = float(make()(x, y, b=b))
+            except Exception as err:  # noqa: BLE001 - any backend's failure, reported by name
+                if on_error == "raise":
+                    raise
+                row[name] = None
+                where = "overall" if key == 0 else f"class {key - 1}"
+                failed.setdefault(name, {})[where] = f"{type(err).__name__}: {err}"
             seconds[name] += time.perf_counter() - start
         start = time.perf_counter()
         row.update(moment_distances(x, y, None, b))
@@ -337,14 +355,19 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1.0 / len(w))
         per_class[k] = compare(xr, f_syn[mask], w, key=k + 1)
         pooled_w[mask] = w * (len(xr) / n_real)
-    present = [k for k, row in per_class.items() if row[metrics[0]] is not None]
-    if present:
+    present = [k for k, row in per_class.items() if row["moment1"] is not None]
+    if present and overall:
         pooled_w = pooled_w / pooled_w.sum()
         keep = pooled_w > 0
-        overall = compare(f_real, f_syn[keep], pooled_w[keep], key=0)
+        pooled = compare(f_real, f_syn[keep], pooled_w[keep], key=0)
     else:
-        overall = {m: None for m in metrics}
-    mean = {m: (sum(per_class[k][m] for k in present) / len(present) if present else None) for m in metrics}
+        pooled = {m: None for m in metrics}
+
+    def mean_of(m: str) -> Optional[float]:
+        values = [per_class[k][m] for k in present if per_class[k][m] is not None]
+        return sum(values) / len(values) if values else None
+
+    mean = {m: mean_of(m) for m in metrics}
     meta = {
         "feature_dim": int(f_real.shape[1]),
         "n_real": int(n_real),
@@ -359,5 +382,6 @@ def diagnose(synset: SyntheticSet, real_set, model: nn.Module, losses: LossSpec 
         "weights": "synthetic: synset weights renormalised per class; real: uniform",
         "max_real": max_real,
         "seconds": seconds,
+        "failed_losses": failed,
     }
-    return DiagnosisReport(metrics=metrics, per_class=per_class, overall=overall, mean_over_classes=mean, meta=meta)
+    return DiagnosisReport(metrics=metrics, per_class=per_class, overall=pooled, mean_over_classes=mean, meta=meta)
