@@ -26,12 +26,7 @@ TORCHVISION = "pip install 'ddmetrics[torchvision]'"
 TIMM = "pip install 'ddmetrics[timm]'"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py
 
 
 # --------------------------------------------------------------------------- torchvision's layout

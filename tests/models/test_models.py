@@ -9,13 +9,7 @@ from ddmetrics.models import ConvNet, ResNet18, ResNetAP10, accuracy, available_
 NAMES = ["convnet", "convnet_bn", "resnetap10", "resnet18"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny CPU workloads are much faster (and immune to contention) on a single intra-op thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py
 
 
 @pytest.mark.parametrize("name", NAMES)
