@@ -76,6 +76,12 @@ class Sinkhorn(DistributionLoss):
         1 or 2 (default 2).
     debias : bool
         Debiased divergence (default) or plain entropic OT.
+    reach : float, optional
+        Unbalanced OT (GeomLoss ``reach``): the marginal constraints are relaxed into
+        :math:`\rho\,\mathrm{KL}` penalties with :math:`\rho = \text{reach}^p`, so mass farther
+        than about ``reach`` from the other cloud is destroyed rather than transported (outliers
+        and class-proportion mismatch cost at most :math:`\rho` per unit of mass). ``None``
+        (default): balanced OT.
     backend : str
         ``"auto"`` (by size, as GeomLoss chooses: see :func:`resolve_backend`),
         ``"tensorized"``, ``"online"`` or ``"multiscale"``.
@@ -86,13 +92,17 @@ class Sinkhorn(DistributionLoss):
        between optimal transport and MMD using Sinkhorn divergences. AISTATS 2019.
     .. [2] B. Charlier, J. Feydy, J. Glaunès, F.-D. Collin, G. Durif. Kernel operations on the
        GPU, with autodiff, without memory overflows. JMLR 2021.
+    .. [3] T. Séjourné, J. Feydy, F.-X. Vialard, A. Trouvé, G. Peyré. Sinkhorn divergences for
+       unbalanced optimal transport. arXiv:1910.12958, 2019.
     """
 
     extra = "sinkhorn"  # GeomLoss: refused at construction without it
 
     def __init__(self, blur: float = 0.05, scaling: float = 0.5, p: int = 2, debias: bool = True,
-                 backend: str = "auto"):
+                 backend: str = "auto", reach: Optional[float] = None):
         super().__init__()
+        if reach is not None and (isinstance(reach, bool) or not isinstance(reach, (int, float)) or not reach > 0):
+            raise ValueError(f"reach must be a positive number or None (balanced OT), got {reach!r}")
         if not blur > 0:
             raise ValueError(f"blur must be positive, got {blur!r}")
         if not 0 < scaling < 1:
@@ -102,10 +112,13 @@ class Sinkhorn(DistributionLoss):
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         self.blur, self.scaling, self.p, self.debias, self.backend = blur, scaling, p, debias, backend
+        self.reach = None if reach is None else float(reach)
 
     def _config(self):
-        return {"blur": self.blur, "scaling": self.scaling, "p": self.p, "debias": self.debias,
-                "backend": self.backend}
+        out = {"blur": self.blur, "scaling": self.scaling, "p": self.p, "debias": self.debias, "backend": self.backend}
+        if self.reach is not None:  # recorded when set: a balanced run's record (and checkpoint) stays as it was
+            out["reach"] = self.reach
+        return out
 
     def samples_loss(self, backend: str, diameter: Optional[float] = None):
         """The GeomLoss ``SamplesLoss`` for a resolved ``backend`` (one of the three GeomLoss names).
@@ -119,7 +132,7 @@ class Sinkhorn(DistributionLoss):
         if backend != "tensorized":
             print_keops_notice()
         return SamplesLoss("sinkhorn", p=self.p, blur=self.blur, scaling=self.scaling, debias=self.debias,
-                           backend=backend, diameter=diameter)
+                           backend=backend, diameter=diameter, reach=self.reach)
 
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
         # GeomLoss's own estimate of the diameter (the bounding box's diagonal), computed once

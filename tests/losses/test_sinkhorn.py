@@ -92,3 +92,30 @@ def test_keops_online_equals_tensorized_on_cpu():
     online.backward()
     dense.backward()
     assert torch.allclose(y1.grad, y2.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("reach", [0.5, 3.0])
+def test_unbalanced_equals_geomloss_reach(reach, device):
+    x, y, a, b = _data(11)
+    ours = Sinkhorn(blur=0.1, scaling=0.7, backend="tensorized", reach=reach)(*(t.to(device) for t in (x, y, a, b)))
+    ref = SamplesLoss("sinkhorn", p=2, blur=0.1, scaling=0.7, backend="tensorized", reach=reach)(a, x, b, y)
+    assert abs(float(ours.cpu()) - float(ref)) < 1e-10
+    assert Sinkhorn(reach=reach).config()["reach"] == reach and "reach" not in Sinkhorn().config()
+
+
+def test_unbalanced_caps_what_a_far_outlier_costs():
+    # 5 % of y's mass moved 100 units away: balanced OT must carry it there (cost ~ 0.05 * 100^2 / 2 = 250);
+    # with reach 1 the mass is destroyed instead, at a cost bounded by rho = reach^2 per unit (KL penalties)
+    x, y, a, b = _data(5, n=40, m=40)
+    y_out = y.clone()
+    y_out[:2] += 100.0
+    u = torch.full((40,), 1 / 40, dtype=torch.float64)
+    balanced = float(Sinkhorn(blur=0.1, backend="tensorized")(x, y_out, u, u))
+    unbalanced = float(Sinkhorn(blur=0.1, backend="tensorized", reach=1.0)(x, y_out, u, u))
+    assert balanced > 200.0 and unbalanced < 5.0
+
+
+def test_bad_reach_is_refused_by_name():
+    for bad in (0, -1.0, "far", True):
+        with pytest.raises(ValueError, match="reach must be a positive number or None"):
+            Sinkhorn(reach=bad)
