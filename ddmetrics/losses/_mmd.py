@@ -6,6 +6,7 @@ from typing import Callable, Dict, Sequence, Union
 import torch
 from torch import Tensor
 
+from . import _online
 from ._cost import safe_sqrt, squared_distances
 from .base import DistributionLoss, register_loss
 
@@ -103,6 +104,11 @@ class MMD(DistributionLoss):
     ``bandwidth="median"`` (default) uses the median pooled pairwise distance times 0.5, 1 and 2,
     recomputed (without gradient) at each call. Differentiable in ``x``, ``y``, ``a``, ``b``.
 
+    ``backend``: ``"tensorized"`` builds the kernel matrices (memory :math:`O((n+m)^2)`),
+    ``"online"`` sums them through KeOps without storing them (memory :math:`O((n+m)d)`, the
+    ``[sinkhorn]`` extra; ``gaussian`` and ``laplacian``), ``"auto"`` (default) picks
+    ``"online"`` above :math:`5000^2` entries (:func:`ddmetrics.losses._online.resolve_kernel_backend`).
+
     References
     ----------
     .. [1] A. Gretton, K. Borgwardt, M. Rasch, B. Schölkopf, A. Smola. A kernel two-sample test.
@@ -111,8 +117,12 @@ class MMD(DistributionLoss):
     """
 
     def __init__(self, kernel: str = "gaussian", bandwidth: Bandwidth = "median", unbiased: bool = False,
-                 degree: int = 3, coef0: float = 1.0):
+                 degree: int = 3, coef0: float = 1.0, backend: str = "auto"):
         super().__init__()
+        _online.check_kernel_backend(backend)
+        if backend == "online" and kernel not in _TRANSLATION_INVARIANT:
+            raise ValueError(f"backend='online' needs a kernel in {_TRANSLATION_INVARIANT} (the linear kernel's "
+                             f"biased MMD needs no matrix at all), got kernel={kernel!r}")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
         if isinstance(bandwidth, str):
@@ -123,10 +133,13 @@ class MMD(DistributionLoss):
             if not bws or any(not float(s) > 0 for s in bws):
                 raise ValueError(f"bandwidth values must be positive, got {bandwidth!r}")
         self.kernel, self.bandwidth, self.unbiased = kernel, bandwidth, unbiased
-        self.degree, self.coef0 = degree, coef0
+        self.degree, self.coef0, self.backend = degree, coef0, backend
 
     def _config(self):
-        return {"kernel": self.kernel, "bandwidth": self.bandwidth, "unbiased": self.unbiased}
+        out = {"kernel": self.kernel, "bandwidth": self.bandwidth, "unbiased": self.unbiased}
+        if self.backend != "auto":  # recorded when set: earlier runs' records (and checkpoints) stay as they were
+            out["backend"] = self.backend
+        return out
 
     def _bandwidths(self, x: Tensor, y: Tensor) -> list:
         if self.bandwidth == "median":
@@ -149,11 +162,32 @@ class MMD(DistributionLoss):
             center = torch.cat([x, y]).detach().mean(0)
             unit = max(bw)
             x, y, bw = (x - center) / unit, (y - center) / unit, [s / unit for s in bw]
+        if self.kernel in _TRANSLATION_INVARIANT and \
+                _online.resolve_kernel_backend(self.backend, x.shape[0], y.shape[0], "mmd") == "online":
+            return _online_mmd(x, y, a, b, self.kernel, bw, self.unbiased)
         params = {"degree": self.degree, "coef0": self.coef0}
         kxx, kyy, kxy = k(x, x, bw, **params), k(y, y, bw, **params), k(x, y, bw, **params)
         if not self.unbiased:
             return a @ kxx @ a + b @ kyy @ b - 2.0 * (a @ kxy @ b)
         return _offdiag(kxx, a) + _offdiag(kyy, b) - 2.0 * (a @ kxy @ b)
+
+
+def _online_mmd(x: Tensor, y: Tensor, a: Tensor, b: Tensor, kernel: str, bw: list, unbiased: bool) -> Tensor:
+    """The MMD² of :meth:`MMD._loss` through KeOps; a translation-invariant kernel's diagonal is
+    ``len(bw)`` (``k(x, x) = 1`` per bandwidth), which gives the U-statistic without a matrix."""
+    kxx = _online.quadratic(x, x, a, a, kernel, bw)
+    kyy = _online.quadratic(y, y, b, b, kernel, bw)
+    kxy = _online.quadratic(x, y, a, b, kernel, bw)
+    if not unbiased:
+        return kxx + kyy - 2.0 * kxy
+
+    def offdiag(total: Tensor, w: Tensor) -> Tensor:
+        norm = 1.0 - (w * w).sum()
+        if float(norm.detach()) <= 0:
+            return total.new_zeros(())
+        return (total - len(bw) * (w * w).sum()) / norm
+
+    return offdiag(kxx, a) + offdiag(kyy, b) - 2.0 * kxy
 
 
 def _offdiag(k: Tensor, w: Tensor) -> Tensor:
