@@ -7,7 +7,7 @@ simplex weights of the losses (:func:`check_weights`), per-sample training weigh
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -158,3 +158,31 @@ def check_inputs(
     a = check_weights(a, x.shape[0], x, "a")
     b = check_weights(b, y.shape[0], y, "b")
     return x, y, a, b
+
+
+def check_batched(x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None
+                  ) -> List[Tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """:func:`check_inputs` for ``B`` problems: ``x`` ``(B, n, ...)``, ``y`` ``(B, m, ...)``,
+    ``a`` ``(B, n)``, ``b`` ``(B, m)``; every problem checked (the message names the argument and,
+    for a problem's own fault, its index) before any is computed. Returns the checked problems."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 3:
+            raise ValueError(f"{name} must be batched as (B, points, features...), got shape {tuple(t.shape)}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same number of problems B, got x: {x.shape[0]}, y: {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise ValueError("x and y must hold at least one problem (B >= 1)")
+    for name, w, t in (("a", a, x), ("b", b, y)):
+        if w is not None and (not isinstance(w, Tensor) or tuple(w.shape) != tuple(t.shape[:2])):
+            shape = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
+            raise ValueError(f"{name} must have shape (B, {'n' if name == 'a' else 'm'}) = {tuple(t.shape[:2])}, "
+                             f"got {shape}")
+    problems = []
+    for i in range(x.shape[0]):
+        try:
+            problems.append(check_inputs(x[i], y[i], None if a is None else a[i], None if b is None else b[i]))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"problem {i}: {err}") from None
+    return problems

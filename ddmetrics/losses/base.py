@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .._extras import install_command, missing_modules, require_extra
 from ..utils import Plugins
 from ._barycenter import Barycenter, gradient_flow_barycenter
-from ._validate import check_inputs, check_weights
+from ._validate import check_batched, check_inputs, check_weights
 
 logger = logging.getLogger("ddmetrics")
 
@@ -65,6 +65,18 @@ class DistributionLoss(nn.Module):
 
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def batched(self, x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None) -> Tensor:
+        """The loss of ``B`` independent problems: ``x`` ``(B, n, d)``, ``y`` ``(B, m, d)``, weights
+        ``a`` ``(B, n)`` and ``b`` ``(B, m)`` (uniform when omitted); returns ``(B,)``, entry ``i``
+        equal to ``self(x[i], y[i], a[i], b[i])``.
+
+        Every problem is validated as a plain call validates it, all before the first is computed.
+        This default computes the problems one after another; a backend may override it with a
+        vectorised computation that gives the same values.
+        """
+        problems = check_batched(x, y, a, b)
+        return torch.stack([self._loss(*p) for p in problems])
 
     def barycenter(
         self,
