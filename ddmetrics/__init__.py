@@ -28,11 +28,13 @@ _EXPORTS: dict[str, str] = {
     "get_loss": "losses",
     "register_loss": "losses",
     "SyntheticSet": "synset",
+    "two_sample_test": "two_sample",
+    "score_set": "score",
 }
 _SUBMODULES = ["data", "losses", "models"]
 
 __all__ = [*_SUBMODULES, "Barycenter", "Distiller", "EvalReport", "evaluate", "DistributionLoss",
-           "available_losses", "get_loss", "register_loss", "SyntheticSet"]
+           "available_losses", "get_loss", "register_loss", "SyntheticSet", "two_sample_test", "score_set"]
 
 if _typing.TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from . import data, losses, models
@@ -41,6 +43,8 @@ if _typing.TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .evaluate import EvalReport, evaluate
     from .losses import DistributionLoss, available_losses, get_loss, register_loss
     from .synset import SyntheticSet
+    from .two_sample import two_sample_test
+    from .score import score_set
 
 
 def __getattr__(name: str) -> _typing.Any:
