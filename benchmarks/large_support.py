@@ -49,8 +49,16 @@ from _common import (GIB as _GIB, barycenter_clock, command_line, elapsed_log, l
                      machine_info, markdown_table, peak_rss_bytes, rss_bytes, write_json, write_text)
 
 # Measurement kinds, in the order they are run and reported.
-KINDS = ("barycenter", "wasserstein", "sinkhorn", "sliced")
+KINDS = ("barycenter", "wasserstein", "sinkhorn", "sliced", "mmd_tensorized", "mmd_online", "energy_tensorized",
+         "energy_online")
+#: the kernel losses' measurements: kind -> (loss, backend)
+KERNEL_KINDS = {"mmd_tensorized": ("mmd", "tensorized"), "mmd_online": ("mmd", "online"),
+                "energy_tensorized": ("energy", "tensorized"), "energy_online": ("energy", "online")}
 LABELS = {
+    "mmd_tensorized": "`mmd` (gaussian, median bandwidths) tensorized, value + backward",
+    "mmd_online": "`mmd` (gaussian, median bandwidths) online (KeOps), value + backward",
+    "energy_tensorized": "`energy` tensorized, value + backward",
+    "energy_online": "`energy` online (KeOps), value + backward",
     "barycenter": "exact barycenter (`wasserstein`.barycenter, learn_weights)",
     "wasserstein": "`wasserstein` value + backward",
     "sinkhorn": "`sinkhorn` (tensorized, CPU) value + backward",
@@ -159,6 +167,11 @@ def measure(spec: dict) -> dict:
             loss = ddm.get_loss("wasserstein")
         elif kind == "sinkhorn":
             loss = ddm.get_loss("sinkhorn", backend="tensorized")
+        elif kind in KERNEL_KINDS:
+            name, backend = KERNEL_KINDS[kind]
+            loss = ddm.get_loss(name, backend=backend)
+            if backend == "online":  # KeOps compiles a formula once per machine: not part of the measurement
+                loss(x[:8], y0[:4].clone().requires_grad_(True)).backward()
         else:
             loss = ddm.get_loss("sliced", n_projections=256, seed=seed)
         y = y0.clone().requires_grad_(True)
