@@ -123,7 +123,7 @@ def _cmd_distill(args) -> int:
     # everything that can fail on arguments fails here, before any data is read or any file written
     try:
         distiller = Distiller(method=args.method, loss=loss, ipc=args.ipc, seed=args.seed,
-                              device=_device(args.device), amp=args.amp, **overrides)
+                              device=_device(args.device), amp=args.amp, class_batch=args.class_batch, **overrides)
     except SettingError as err:  # a setting from the file: say where
         if conf is None:
             raise
@@ -257,7 +257,7 @@ def _write_run(args, syn, distiller, report, distill_seconds: float, world_size:
                "world_size": world_size, "evaluation": report.to_dict() if report is not None else None}
     command = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "seed": args.seed, "runs": args.runs,
                "no_full": args.no_full, "teacher": args.teacher, "image_size": args.image_size,
-               "workers": args.workers, "device": args.device, "amp": args.amp}
+               "workers": args.workers, "device": args.device, "amp": args.amp, "class_batch": args.class_batch}
     writers = {"synset.pt": syn.save, "grid.png": syn.save_grid,
                "report.json": lambda path: atomic_write_json(path, summary),
                "config.yaml": lambda path: write_config(path, command, distiller.config.to_dict())}
@@ -458,6 +458,19 @@ def _feature_model(synset, synset_path: str, dataset, which: Optional[str]) -> T
     with seeded(0):
         model = get_model("convnet", channels, dataset.num_classes, size)
     return model.eval(), "randomly initialised convnet (seed 0)"
+
+
+def _class_batch(text: str):
+    """``--class-batch``: 'auto', 'all' or a positive integer."""
+    if text in ("auto", "all"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, 'all' or 'auto', got {text!r}")
+    return value
 
 
 def _cmd_score(args) -> int:
@@ -705,6 +718,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(d)
     _add_device(d)
     d.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher/embedder passes on CUDA")
+    d.add_argument("--class-batch", type=_class_batch, default="auto", metavar="B",
+                   help="classes advanced together per step by methods that synthesise one class at a time (DM, "
+                        "M3D, KR-dual): a positive integer, 'all' or 'auto' (default: about 4096 images per step)")
     d.add_argument("--out", default=None, help="the run folder to write (required: here or as out: in --config)")
     d.add_argument("--overwrite", action="store_true",
                    help="replace a previous run folder at --out: only a folder ddmetrics wrote (it holds a manifest) "

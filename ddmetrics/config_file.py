@@ -66,6 +66,7 @@ COMMAND_KEYS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "workers": (lambda v: _is_int(v) and v >= 0, "0 or a positive integer"),
     "device": (_text, "auto, cpu, cuda or cuda:N"),
     "amp": (lambda v: isinstance(v, bool), "true or false"),
+    "class_batch": (lambda v: v in ("auto", "all") or (_is_int(v) and v >= 1), "auto, all or a positive integer"),
     "out": (_text, "a folder"),
     "checkpoint": (_optional(_text), "null or a folder"),
     "checkpoint_every": (_optional(lambda v: _is_int(v) and v >= 1), "null or a positive number of steps"),
@@ -76,7 +77,7 @@ COMMAND_ONLY = ("overwrite", "resume", "quiet", "debug", "config", "set")
 
 #: the command's options a run folder's ``config.yaml`` records (where the run was written is not recorded)
 RECORDED = ("dataset", "method", "ipc", "seed", "runs", "no_full", "teacher", "image_size", "workers", "device",
-            "amp")
+            "amp", "class_batch")
 
 
 def _fields() -> Dict[str, str]:

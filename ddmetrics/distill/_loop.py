@@ -5,6 +5,9 @@ optimised together, by one optimiser, for the whole schedule. :func:`synthesis_u
 ``num_classes × ipc`` cells the way a method's released code does (``DistillConfig.synthesis_batch``):
 
 - ``"class"``: one unit per class, all its images (DM, M3D, KR-dual, NCFM: classes are independent);
+  with ``class_batch`` B > 1 (``Distiller(class_batch=...)``), B consecutive classes per unit,
+  each class keeping its own random stream and loss, so that the unit computes what B one-class
+  units compute, in one embedder pass per step;
 - ``"classes"``: all images of ``batch_images // ipc`` consecutive classes (WMDD's
   ``data_synthesis_new.py``: 100 images per batch);
 - ``"slot"``: image j of up to ``batch_images`` consecutive classes, one unit per slot and chunk
@@ -73,8 +76,16 @@ class Unit:
             return class_seed(seed, self.classes[0])
         return class_seed(seed, self.index, stream={"classes": 1, "slot": 2}[self.kind])
 
+    def seeds(self, seed: int) -> List[int]:
+        """The seeds of the unit's random streams: one per class for ``"class"`` units (a batch of
+        classes draws what the classes draw one at a time), else the unit's one stream."""
+        if self.kind == "class":
+            return [class_seed(seed, k) for k in self.classes]
+        return [self.seed(seed)]
 
-def synthesis_units(num_classes: int, ipc: int, kind: str = "class", batch_images: int = 100) -> List[Unit]:
+
+def synthesis_units(num_classes: int, ipc: int, kind: str = "class", batch_images: int = 100,
+                    class_batch: int = 1) -> List[Unit]:
     """The units of a run (see the module docstring), in a fixed order.
 
     Parameters
@@ -86,9 +97,12 @@ def synthesis_units(num_classes: int, ipc: int, kind: str = "class", batch_image
     batch_images : int
         Images per unit for ``"classes"`` (``max(1, batch_images // ipc)`` classes per unit) and
         classes per unit for ``"slot"``.
+    class_batch : int
+        Classes per ``"class"`` unit (each with its own stream: see :meth:`Unit.seeds`).
     """
     if kind == "class":
-        return [Unit(k, (k,), tuple(range(ipc)), kind) for k in range(num_classes)]
+        groups = [tuple(range(s, min(s + class_batch, num_classes))) for s in range(0, num_classes, class_batch)]
+        return [Unit(i, g, tuple(range(ipc)), kind) for i, g in enumerate(groups)]
     if kind == "classes":
         per = max(1, min(num_classes, batch_images // ipc))
         groups = [tuple(range(s, min(s + per, num_classes))) for s in range(0, num_classes, per)]
@@ -219,7 +233,9 @@ def synthesize_unit(strategy: Strategy, unit: Unit, ckpt: Optional[Checkpoint] =
     """
     cfg = strategy.cfg
     iterations = cfg.effective_iterations
-    gen = torch.Generator(device="cpu").manual_seed(unit.seed(strategy.seed))
+    # one stream per class of a batch of classes (a list), else the unit's one generator
+    gens = [torch.Generator(device="cpu").manual_seed(s) for s in unit.seeds(strategy.seed)]
+    gen: Any = gens[0] if len(gens) == 1 else gens
     state = ckpt.progress(unit.index) if ckpt is not None else None
     if state is None:
         images, fixed = strategy.start(unit, gen)

@@ -336,15 +336,21 @@ def remove_checkpoint(folder: str) -> None:
         os.rmdir(folder)
 
 
-def loop_state(opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> Dict[str, Any]:
-    """The optimiser, scheduler and generator state a synthesis loop needs to continue exactly."""
+def loop_state(opt: torch.optim.Optimizer, sched, gen) -> Dict[str, Any]:
+    """The optimiser, scheduler and generator state a synthesis loop needs to continue exactly
+    (``gen``: a generator, or a batch of classes' list of them)."""
+    states = [g.get_state() for g in gen] if isinstance(gen, list) else gen.get_state()
     return {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
-            "generator": gen.get_state()}
+            "generator": states}
 
 
-def restore_loop(state: Dict[str, Any], opt: torch.optim.Optimizer, sched, gen: torch.Generator) -> None:
+def restore_loop(state: Dict[str, Any], opt: torch.optim.Optimizer, sched, gen) -> None:
     """Inverse of :func:`loop_state`, in place."""
     opt.load_state_dict(state["optimizer"])
     if sched is not None:
         sched.load_state_dict(state["scheduler"])
-    gen.set_state(state["generator"])
+    if isinstance(gen, list):
+        for g, st in zip(gen, state["generator"]):
+            g.set_state(st)
+    else:
+        gen.set_state(state["generator"])

@@ -14,6 +14,7 @@ from ..models import as_teacher, check_image_size, check_outputs, get_model, tra
 from ..synset import SyntheticSet
 from .. import distributed
 from ..augment import make_augment
+from ..losses.base import logger
 from ..utils import DeviceSpec, frozen, resolve_device, seeded
 from .barycenter_matching import BarycenterMatching
 from ._loop import Strategy, synthesis_units
@@ -23,6 +24,9 @@ from .distribution_matching import DistributionMatching
 from .presets import DistillConfig, make_loss, needs_teacher, preset, uses_teacher
 
 LossSpec = Union[str, DistributionLoss, None]
+
+#: ``class_batch="auto"``: images (real and synthetic) per step through the embedder a batch of classes aims at
+AUTO_STEP_IMAGES = 4096
 
 
 #: strategy name -> its class (a :class:`~ddmetrics.distill._loop.Strategy`): the two matching
@@ -73,6 +77,18 @@ class Distiller:
     amp : bool
         bf16 autocast for the teacher/embedder passes on CUDA (off by default; losses compute in
         float32).
+    class_batch : int, "all" or "auto"
+        Classes advanced together by one step of a method that synthesises one class at a time
+        (``synthesis_batch="class"``: DM, M3D, KR-dual, NCFM with a loss-free schedule): one
+        embedder pass over the B classes' real images and one over their synthetic images per
+        step, each class keeping its own random stream, loss copy and loss, so the result is
+        the class-at-a-time one up to float rounding (the batched convolutions sum in another
+        order). ``"auto"`` (default): as many classes as put about :data:`AUTO_STEP_IMAGES` real and
+        synthetic images through the embedder per step (16 classes of DM's 256 real images), on every
+        device (``benchmarks/batched_synthesis.py`` measures the gain); more than the classes is
+        clamped to them (logged). Refused for methods whose batches are their own (WMDD's ``"classes"``, SRe²L's
+        slots), for the plateau schedule (it follows the unit's summed loss) and for an embedder
+        with BatchNorm (its batch statistics would mix the classes). Recorded in the set's meta.
     **overrides
         Any :class:`~ddmetrics.distill.presets.DistillConfig` field.
 
@@ -85,7 +101,7 @@ class Distiller:
 
     def __init__(self, method: str = "wmdd", loss: LossSpec = None, ipc: int = 10, seed: int = 0,
                  teacher: Union[nn.Module, str, None] = None, device: DeviceSpec = None, amp: bool = False,
-                 **overrides):
+                 class_batch: Union[int, str] = "auto", **overrides):
         if isinstance(teacher, str):  # an architecture name: the teacher to train
             if overrides.get("teacher_arch", teacher) != teacher:
                 raise ValueError(f"teacher={teacher!r} and teacher_arch={overrides['teacher_arch']!r} disagree; "
@@ -102,6 +118,10 @@ class Distiller:
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if not isinstance(amp, bool):
             raise TypeError(f"amp must be True or False, got {amp!r}")
+        if class_batch not in ("auto", "all") and (not isinstance(class_batch, int) or isinstance(class_batch, bool)
+                                                   or class_batch < 1):
+            raise ValueError(f"class_batch must be a positive integer, 'all' or 'auto', got {class_batch!r}")
+        self.class_batch = class_batch
         self.device: torch.device = resolve_device(device)
         self.amp = amp
         self.method = method
@@ -122,6 +142,42 @@ class Distiller:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.config.strategy!r}")
         self.teacher_ = teacher
         self.timings_: Dict[str, float] = {}
+        if class_batch not in ("auto", 1):
+            why = self._unbatchable()
+            if why:
+                raise ValueError(f"class_batch={class_batch!r} does not apply: {why}")
+
+    def _unbatchable(self) -> Optional[str]:
+        """Why this configuration keeps one class a unit (``None``: it can batch classes)."""
+        cfg = self.config
+        if cfg.strategy != "distribution":
+            return f"method {self.method!r} ({cfg.strategy} strategy) has its own batches (synthesis_batch)"
+        if cfg.synthesis_batch != "class":
+            return f"synthesis_batch={cfg.synthesis_batch!r} already sets what a batch holds"
+        if cfg.lr_schedule == "plateau":
+            return "the plateau schedule follows the unit's summed loss (lr_schedule='plateau')"
+        return None
+
+    def resolved_class_batch(self, channels: int, num_classes: int, image_size: int) -> int:
+        """The classes per unit this run uses (see ``class_batch``)."""
+        if self.class_batch == 1 or self._unbatchable() is not None:
+            return 1
+        embedder = get_model(self.config.embedder, channels, num_classes, image_size)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in embedder.modules())
+        if has_bn:
+            if self.class_batch != "auto":
+                raise ValueError(f"class_batch={self.class_batch!r} does not apply: the embedder "
+                                 f"{self.config.embedder!r} has BatchNorm, whose batch statistics would mix the classes")
+            return 1
+        if self.class_batch == "auto":  # by memory: about AUTO_STEP_IMAGES images through the embedder a step
+            per_class = self.config.batch_real + self.ipc * self.config.resolved_factor(image_size) ** 2
+            return max(1, min(num_classes, AUTO_STEP_IMAGES // per_class))
+        if self.class_batch == "all":
+            return num_classes
+        if self.class_batch > num_classes:
+            logger.warning("ddmetrics: class_batch=%d is more than the %d classes: clamped to %d",
+                           self.class_batch, num_classes, num_classes)
+        return min(self.class_batch, num_classes)
 
     def train_teacher(self, train, num_classes: int, progress: bool = True) -> nn.Module:
         """Train the preset's teacher on the real training set (seeded) by its teacher recipe
@@ -198,9 +254,13 @@ class Distiller:
         """What a checkpoint of this run must match to be resumed."""
         # a streaming set hashes its file list (decoding it would be a pass over the data)
         data = train.fingerprint() if hasattr(train, "fingerprint") else data_fingerprint(train.images, train.labels)
+        shape = train.image_shape
+        batch = self.resolved_class_batch(shape[0], train.num_classes, shape[-1])
         return {"method": self.method, "loss": self._loss_name(),
                 "loss_repr": repr(self.loss), "ipc": self.ipc, "seed": self.seed, "config": self.config.to_dict(),
-                "data": data, "given_teacher": self.teacher_ is not None}
+                "data": data, "given_teacher": self.teacher_ is not None,
+                # recorded when batched: a class-at-a-time checkpoint's record stays as it was
+                **({"class_batch": batch} if batch > 1 else {})}
 
     def fit(self, train, progress: bool = True, checkpoint: Optional[Union[str, "os.PathLike[str]"]] = None,
             checkpoint_every: Optional[int] = None, resume: bool = False) -> SyntheticSet:
@@ -260,7 +320,9 @@ class Distiller:
             teacher = None  # the strategy does not use it
         runner = strategy_cls(train, num_classes, self.ipc, self.loss, self.config, self.seed, teacher=teacher,
                               device=self.device, amp=self.amp)
-        units = synthesis_units(num_classes, self.ipc, self.config.synthesis_batch, self.config.batch_images)
+        shape = train.image_shape
+        batch = self.resolved_class_batch(shape[0], num_classes, shape[-1])
+        units = synthesis_units(num_classes, self.ipc, self.config.synthesis_batch, self.config.batch_images, batch)
         results: Dict[int, Dict[str, Any]] = {}
         for i in distributed.shard(len(units), rank, world_size):
             done = ckpt.finished(i) if ckpt is not None else None
@@ -284,6 +346,7 @@ class Distiller:
             "budget": self.config.budget,
             "iterations": self.config.effective_iterations,
             "units": len(units),
+            "class_batch": batch,
             "device": str(self.device),
             "amp": self.amp,
             "timings": dict(self.timings_),

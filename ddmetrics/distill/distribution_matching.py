@@ -68,6 +68,12 @@ def initial_class_images(train, k: int, ipc: int, factor: int, init: str, gen: t
     return factor_mod.encode(images, factor) if factor > 1 else images
 
 
+def _per_class(gen, classes: int) -> list:
+    """The generator of each of a unit's classes: a batch of classes has one each (a list); any
+    other unit draws every class from its one stream, in class order."""
+    return gen if isinstance(gen, list) else [gen] * classes
+
+
 def embedder_at(cfg: DistillConfig, seed: int, iteration: int, channels: int, num_classes: int, size: int,
                 device: torch.device = torch.device("cpu"), reuse: Optional[nn.Module] = None) -> nn.Module:
     """The frozen random embedder used at ``iteration`` (redrawn every ``iters_per_model`` steps),
@@ -145,9 +151,10 @@ class DistributionMatching(Strategy):
             self.pool = EmbedderPool(cfg.embedder_pool, cfg.embedder, recipe, epochs, seed, self.device)
             self.pool.fit(train, num_classes)
 
-    def start(self, unit: Unit, gen: torch.Generator) -> Tuple[Tensor, Dict[str, Any]]:
-        parts = [initial_class_images(self.train, k, len(unit.slots), self.factor, self.cfg.init, gen)
-                 for k in unit.classes]
+    def start(self, unit: Unit, gen) -> Tuple[Tensor, Dict[str, Any]]:
+        gens = _per_class(gen, len(unit.classes))
+        parts = [initial_class_images(self.train, k, len(unit.slots), self.factor, self.cfg.init, g)
+                 for k, g in zip(unit.classes, gens)]
         return torch.cat(parts).to(self.device), {}
 
     def context(self, unit: Unit, fixed: Dict[str, Any]) -> Dict[str, Any]:
@@ -158,40 +165,52 @@ class DistributionMatching(Strategy):
                 "labels": [torch.full((per,), k, dtype=torch.long, device=self.device) for k in unit.classes],
                 "embedder": None, "trained": None}
 
-    def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
+    def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen) -> Tuple[Tensor, Tensor]:
         cfg, train = self.cfg, self.train
         if ctx["embedder"] is None or it % cfg.iters_per_model == 0:
             ctx["embedder"], ctx["trained"] = self._draw(it, ctx["embedder"])
-        total = None
-        for c, (indices, loss) in enumerate(zip(ctx["indices"], ctx["losses"])):
+        gens = _per_class(gen, len(ctx["indices"]))
+        reals, views = [], []
+        for c, indices in enumerate(ctx["indices"]):  # each class's draws, in the order of one class at a time
             take = min(cfg.batch_real, len(indices))
             # the batch is drawn on the CPU (the same draw on every device), then moved
-            real = train.load(indices[torch.randperm(len(indices), generator=gen, device="cpu")[:take]]).to(self.device)
+            real = train.load(indices[torch.randperm(len(indices), generator=gens[c], device="cpu")[:take]])
+            real = real.to(self.device)
             imgs, _ = self._class_images(ctx, syn, c)
-            if self.augment is not None:
-                real, imgs = self.augment.pair(real, imgs, gen)
-            with autocast(self.device, self.amp):
-                f_real, f_syn = ctx["embedder"].embed(real), ctx["embedder"].embed(imgs)
-            f_real, f_syn = f_real.float(), f_syn.float()  # losses compute in float32 at least
-            if cfg.normalize_features:  # NCFM/NCFM.py:72-73: per-sample unit vectors
-                f_real, f_syn = F.normalize(f_real.flatten(1), dim=1), F.normalize(f_syn.flatten(1), dim=1)
-            value = loss(f_real, f_syn)
+            if self.augment is not None:  # siamese: one draw per class, shared by its real and synthetic images
+                real, imgs = self.augment.pair(real, imgs, gens[c])
+            reals.append(real)
+            views.append(imgs)
+        # one embedder pass over the unit's real images and one over its synthetic ones (the embedder
+        # is per sample: instance norm, or no norm; a BatchNorm embedder keeps one class a unit)
+        with autocast(self.device, self.amp):
+            f_real = ctx["embedder"].embed(torch.cat(reals) if len(reals) > 1 else reals[0])
+            f_syn = ctx["embedder"].embed(torch.cat(views) if len(views) > 1 else views[0])
+        f_real, f_syn = f_real.float(), f_syn.float()  # losses compute in float32 at least
+        if cfg.normalize_features:  # NCFM/NCFM.py:72-73: per-sample unit vectors
+            f_real, f_syn = F.normalize(f_real.flatten(1), dim=1), F.normalize(f_syn.flatten(1), dim=1)
+        f_reals = f_real.split([len(r) for r in reals])
+        f_syns = f_syn.split([len(v) for v in views])
+        total = None
+        for loss, fr, fs in zip(ctx["losses"], f_reals, f_syns):
+            value = loss(fr, fs)
             total = value if total is None else total + value
         return total, total
 
-    def extra_steps(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator):
+    def extra_steps(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen):
         if self.cfg.calib_weight > 0:
             yield self.cfg.calib_weight * self.calibration_loss(ctx, syn, gen)
 
-    def calibration_loss(self, ctx: Dict[str, Any], syn: Tensor, gen: torch.Generator) -> Tensor:
+    def calibration_loss(self, ctx: Dict[str, Any], syn: Tensor, gen) -> Tensor:
         """NCFM's calibration objective (without ``calib_weight``): the sum over the unit's classes
         of the mean cross-entropy of the step's trained network on the class's (decoded) images,
         augmented by one draw shared by the class's images (NCFM's batch-mode augmentation)."""
         total = None
+        gens = _per_class(gen, len(ctx["indices"]))
         for c in range(len(ctx["indices"])):
             imgs, labels = self._class_images(ctx, syn, c)
             if self.augment is not None:
-                imgs = self.augment.apply(imgs, self.augment.sample(1, imgs.shape, gen, self.device))
+                imgs = self.augment.apply(imgs, self.augment.sample(1, imgs.shape, gens[c], self.device))
             with autocast(self.device, self.amp):
                 logits = ctx["trained"](imgs)
             value = F.cross_entropy(logits.float(), labels)

@@ -16,9 +16,14 @@ CHEAP_TEACHER = dict(teacher_arch="convnet_bn", teacher_recipe="ours", teacher_e
 
 CASES = {
     # stateful losses are the point: a direction generator (sliced), a warm-started critic (krdual)
-    "dm-sliced": dict(method="dm", loss="sliced", ipc=2, iterations=12),
-    "krdual": dict(method="krdual", ipc=1, iterations=12, loss_kwargs={"steps": 3, "warm_start": True}),
-    "m3d": dict(method="m3d", ipc=1, iterations=12, factor=2),
+    # one class a unit (class_batch=1), and two classes a unit with a stream each: units (0, 1) and (2,)
+    "dm-sliced": dict(method="dm", loss="sliced", ipc=2, iterations=12, class_batch=1),
+    "dm-batched": dict(method="dm", loss="sliced", ipc=2, iterations=12, class_batch=2),
+    "krdual": dict(method="krdual", ipc=1, iterations=12, loss_kwargs={"steps": 3, "warm_start": True},
+                   class_batch=1),
+    "krdual-batched": dict(method="krdual", ipc=1, iterations=12, loss_kwargs={"steps": 3, "warm_start": True},
+                           class_batch=2),
+    "m3d": dict(method="m3d", ipc=1, iterations=12, factor=2, class_batch=1),
     # WMDD's units of several classes: batch_images // ipc = 2 classes a unit, units (0, 1) and (2,)
     "wmdd-sliced": dict(method="wmdd", loss="sliced", ipc=2, iterations=12, batch_images=4, bary_iters=5,
                         **CHEAP_TEACHER),
@@ -54,7 +59,7 @@ def test_interrupted_run_resumes_exactly(small, tmp_path, interrupt_at_save, mon
     assert not [n for n in os.listdir(folder) if n.endswith(".tmp") or n.endswith(".progress.pt")]
     # resumed, not redone: unit 0 is read back, unit 1 takes its last 2 steps, the others all 12
     units = synthesis_units(3, kw["ipc"], resumed.meta["config"]["synthesis_batch"],
-                            resumed.meta["config"]["batch_images"])
+                            resumed.meta["config"]["batch_images"], resumed.meta["class_batch"])
     assert steps == [1] * 2 + [i for i in range(2, len(units)) for _ in range(12)]
 
 
@@ -111,7 +116,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     """A real process killed with SIGKILL mid-class, resumed from the command line."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # 32 real images a step (the preset's 256 take all ~130 of a class: 1.7 times the CPU time, nothing more tested)
-    common = ["--method", "krdual", "--ipc", "1", "--iterations", "30",
+    common = ["--method", "krdual", "--ipc", "1", "--iterations", "30", "--class-batch", "1",
               "--set", 'loss_kwargs={"steps": 5, "warm_start": true}', "--set", "batch_real=32"]
     subprocess.run(_cli(*common, "--out", str(tmp_path / "plain")), env=env, check=True, capture_output=True)
     out, ckpt = tmp_path / "killed", tmp_path / "killed.ckpt"
@@ -141,17 +146,18 @@ def test_remove_checkpoint_deletes_only_listed_files_and_only_a_folder_it_create
     from ddmetrics.distill.checkpoint import MANIFEST, remove_checkpoint
 
     folder = tmp_path / "ckpt"
-    ddm.Distiller(method="dm", ipc=1, iterations=4).fit(small, progress=False, checkpoint=folder, checkpoint_every=2)
+    ddm.Distiller(method="dm", ipc=1, iterations=4, class_batch=1).fit(small, progress=False, checkpoint=folder,
+                                                                       checkpoint_every=2)
     (folder / "mine.txt").write_text("keep")
     assert {"run.json", "class_0000.pt", "class_0002.pt", MANIFEST} <= set(os.listdir(folder))
     remove_checkpoint(str(folder))
     assert os.listdir(folder) == ["mine.txt"]  # ddmetrics created the folder, but it is not empty: it stays
     os.remove(folder / "mine.txt")
-    ddm.Distiller(method="dm", ipc=1, iterations=4).fit(small, progress=False, checkpoint=folder)
+    ddm.Distiller(method="dm", ipc=1, iterations=4, class_batch=1).fit(small, progress=False, checkpoint=folder)
     remove_checkpoint(str(folder))
     assert os.listdir(folder) == []  # the folder was there (empty) when the run started: not ddmetrics' to remove
     os.rmdir(folder)
-    ddm.Distiller(method="dm", ipc=1, iterations=4).fit(small, progress=False, checkpoint=folder)
+    ddm.Distiller(method="dm", ipc=1, iterations=4, class_batch=1).fit(small, progress=False, checkpoint=folder)
     remove_checkpoint(str(folder))
     assert not folder.exists()  # created by the run, emptied by it
     (tmp_path / "other").mkdir()

@@ -1,0 +1,68 @@
+"""A batch of classes in one step (class_batch) computes what one class at a time computes: the
+same streams, losses and optimiser updates, one embedder pass; under torchrun too."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ddmetrics as ddm
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+@pytest.mark.parametrize("kw", [dict(method="dm", ipc=2), dict(method="m3d", ipc=1, factor=2),
+                                dict(method="krdual", ipc=1, loss_kwargs={"steps": 3, "warm_start": True}),
+                                dict(method="dm", loss="sliced", ipc=2)], ids=["dm", "m3d", "krdual", "dm-sliced"])
+def test_batched_classes_equal_one_class_at_a_time(small, kw):
+    one = ddm.Distiller(seed=3, iterations=6, class_batch=1, **kw).fit(small, progress=False)
+    batched = ddm.Distiller(seed=3, iterations=6, class_batch="all", **kw).fit(small, progress=False)
+    assert (one.meta["units"], batched.meta["units"], batched.meta["class_batch"]) == (3, 1, 3)
+    # the same draws and elementwise optimiser updates; the embedder's convolutions over a batch of
+    # 3 classes may sum in another order than over one: float32 round-off (~1e-7 relative a pass),
+    # carried through 6 steps at DM's lr 1, stays far below 1e-4 of the images' scale
+    scale = float(one.images.abs().max())
+    assert torch.allclose(batched.images, one.images, rtol=0, atol=1e-4 * scale)
+    assert torch.equal(batched.weights, one.weights)
+    info_one, info_b = one.meta["info"], batched.meta["info"]
+    assert info_b["matching_loss_first"] == pytest.approx(info_one["matching_loss_first"], rel=1e-4)
+
+
+def test_auto_batches_by_images_per_step_and_a_larger_batch_is_clamped(small, caplog):
+    from ddmetrics.distill.distiller import AUTO_STEP_IMAGES
+
+    d = ddm.Distiller(method="dm", ipc=10)
+    assert d.resolved_class_batch(1, 100, 8) == AUTO_STEP_IMAGES // (256 + 10) == 15
+    assert ddm.Distiller(method="dm", ipc=10, class_batch=4).resolved_class_batch(1, 100, 8) == 4
+    with caplog.at_level("WARNING", logger="ddmetrics"):
+        syn = ddm.Distiller(method="dm", ipc=1, iterations=1, class_batch=50).fit(small, progress=False)
+    assert syn.meta["class_batch"] == 3 and "class_batch=50 is more than the 3 classes: clamped to 3" in caplog.text
+
+
+def test_class_batch_refused_where_it_does_not_apply():
+    with pytest.raises(ValueError, match="class_batch must be a positive integer, 'all' or 'auto', got 0"):
+        ddm.Distiller(method="dm", class_batch=0)
+    with pytest.raises(ValueError, match="class_batch='all' does not apply: method 'wmdd'"):
+        ddm.Distiller(method="wmdd", class_batch="all")
+    with pytest.raises(ValueError, match="class_batch=2 does not apply: the plateau schedule"):
+        ddm.Distiller(method="ncfm", class_batch=2)
+    with pytest.raises(ValueError, match="class_batch=2 does not apply: the embedder 'convnet_bn' has BatchNorm"):
+        ddm.Distiller(method="dm", class_batch=2, embedder="convnet_bn").resolved_class_batch(1, 10, 8)
+    # "auto" keeps one class a unit wherever a batch does not apply, without a word
+    assert ddm.Distiller(method="dm", embedder="convnet_bn").resolved_class_batch(1, 10, 8) == 1
+
+
+def test_batched_units_under_two_gloo_ranks_equal_one_process(tmp_path):
+    args = ["-m", "ddmetrics", "distill", "--dataset", "digits", "--method", "dm", "--ipc", "2", "--iterations", "4",
+            "--class-batch", "3", "--runs", "0", "--quiet"]  # units of classes (0-2), (3-5), (6-8), (9,)
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=ENV, capture_output=True,
+                         text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([*TORCHRUN, *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr
+    a = ddm.SyntheticSet.load(str(tmp_path / "one" / "synset.pt"))
+    b = ddm.SyntheticSet.load(str(tmp_path / "two" / "synset.pt"))
+    # each rank runs whole units with the operations of the one process: bit-equal
+    assert torch.equal(a.images, b.images) and b.meta["class_batch"] == 3 and b.meta["units"] == 4
