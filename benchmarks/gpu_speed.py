@@ -14,9 +14,11 @@ around every timing):
   ``ddmetrics/losses/_emd.py``), Sinkhorn with KeOps ``backend="online"`` (no n × m matrix is
   stored) and ``"tensorized"`` up to ``--tensorized-max``, the MMD (it stores the n × n kernel
   matrix of the reference cloud) and the energy distance (its reference self-term is n² distances,
-  summed in blocks: O(n) memory, O(n²) time) up to ``--quadratic-max``; ``gaussian_w2`` (O(n d²))
+  summed in blocks: O(n) memory, O(n²) time) tensorized up to ``--quadratic-max`` and online (KeOps)
+  at every n; ``gaussian_w2`` (O(n d²))
   and ``ncfd`` (O(n T) for T frequencies) run at every n;
-- WMDD and DM synthesis iterations per second on the GPU against the same run on the CPU
+- WMDD and DM (one class a step, and all classes a step: ``class_batch``) synthesis iterations per
+  second on the GPU against the same run on the CPU
   (a ``--syn-classes``-class random image set, ``--syn-size`` px, ConvNet teacher/embedder), and
   WMDD at ImageNet size (3 × 224 × 224, ResNet-18) on the GPU.
 
@@ -105,13 +107,13 @@ def time_value_and_grad(loss_fn: Callable, x, y, device, repeats: int) -> Dict[s
 
 def backend_cases() -> List[Tuple[str, Dict[str, Any]]]:
     """(registered name, settings) of every backend timed: each registered loss with its
-    defaults, Sinkhorn twice (KeOps ``online`` and ``tensorized``)."""
+    defaults, Sinkhorn, the MMD and the energy distance twice (KeOps ``online`` and ``tensorized``)."""
     import ddmetrics as ddm
 
     cases: List[Tuple[str, Dict[str, Any]]] = []
     for name in ddm.available_losses():
-        if name == "sinkhorn":
-            cases += [("sinkhorn", {"backend": "online"}), ("sinkhorn", {"backend": "tensorized"})]
+        if name in ("sinkhorn", "mmd", "energy"):  # KeOps' linear-memory path and the dense one
+            cases += [(name, {"backend": "online"}), (name, {"backend": "tensorized"})]
         else:
             cases.append((name, {}))
     return cases
@@ -121,11 +123,11 @@ def _skip_reason(args, name: str, kw: Dict[str, Any], n: int) -> Optional[str]:
     """Why ``name`` is not timed at ``n`` (its cap), or None."""
     if name == "wasserstein" and n > args.exact_max:
         return f"n > --exact-max {args.exact_max} (network simplex on the CPU)"
-    if kw.get("backend") == "tensorized" and n > args.tensorized_max:
-        return f"n > --tensorized-max {args.tensorized_max} (x-x matrix)"
-    if name in QUADRATIC and n > args.quadratic_max:
+    if name in QUADRATIC and kw.get("backend") != "online" and n > args.quadratic_max:
         what = "n x n kernel matrix" if name == "mmd" else "n^2 reference distances"
         return f"n > --quadratic-max {args.quadratic_max} ({what})"
+    if kw.get("backend") == "tensorized" and n > args.tensorized_max:
+        return f"n > --tensorized-max {args.tensorized_max} (x-x matrix)"
     return None
 
 
@@ -195,11 +197,14 @@ def synthesis_rows(args, device) -> List[Dict[str, Any]]:
 
     data = _synthetic_data(args.syn_classes, args.syn_size, 3, 200)
     rows = []
-    for method in ("wmdd", "dm"):
+    # WMDD in its released batches of classes; DM one class a step and all classes a step (class_batch)
+    for method, settings in (("wmdd", {}), ("dm", {"class_batch": 1}), ("dm", {"class_batch": "all"})):
         for dev in ([device, torch.device("cpu")] if device.type == "cuda" else [device]):
-            res = synthesis_rate(method, data, dev, args.syn_iters)
-            rows.append({**res, "images": f"{args.syn_classes} x 200 of 3x{args.syn_size}x{args.syn_size}"})
-            print(f"{method} on {dev}: {res['iterations_per_second']:.1f} it/s", flush=True)
+            res = synthesis_rate(method, data, dev, args.syn_iters, **settings)
+            variant = "".join(f", class_batch={v}" for v in settings.values())
+            rows.append({**res, "method": method + variant,
+                         "images": f"{args.syn_classes} x 200 of 3x{args.syn_size}x{args.syn_size}"})
+            print(f"{method}{variant} on {dev}: {res['iterations_per_second']:.1f} it/s", flush=True)
     if args.imagenet and device.type == "cuda":
         big = _synthetic_data(args.syn_classes, 224, 3, 50)
         for amp in (False, True):

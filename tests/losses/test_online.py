@@ -7,8 +7,9 @@ from ddmetrics.losses._online import resolve_kernel_backend
 
 pytest.importorskip("pykeops")
 
-# each KeOps formula (and its gradient) is compiled once per machine, ~10 s each: the cases share
-# formulas (the unbiased MMD reuses the gaussian's) and the laplacian's gradient is left out
+# each KeOps formula (and its gradient) is compiled once per machine, ~10 s each, per dtype and dimension:
+# the cases share formulas (the unbiased MMD reuses the gaussian's), the laplacian's gradient is left out,
+# and float32 at d = 16 are the formulas tests/test_gpu_speed.py's smoke run compiles too
 CASES = [("mmd", {}, True), ("mmd", {"unbiased": True}, True), ("mmd", {"kernel": "laplacian"}, False),
          ("energy", {}, True)]
 
@@ -16,18 +17,22 @@ CASES = [("mmd", {}, True), ("mmd", {"unbiased": True}, True), ("mmd", {"kernel"
 @pytest.mark.parametrize("name,kw,grad", CASES)
 def test_online_equals_tensorized_value_and_gradient(name, kw, grad):
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(300, 5, generator=gen, dtype=torch.float64)
-    y = (torch.randn(200, 5, generator=gen, dtype=torch.float64) + 0.3).requires_grad_(grad)
-    b = torch.rand(200, generator=gen, dtype=torch.float64)
+    x = torch.randn(300, 16, generator=gen)
+    y = (torch.randn(200, 16, generator=gen) + 0.3).requires_grad_(grad)
+    b = torch.rand(200, generator=gen)
     b = b / b.sum()
     dense = ddm.get_loss(name, backend="tensorized", **kw)(x, y, b=b)
     online = ddm.get_loss(name, backend="online", **kw)(x, y, b=b)
     g_dense = torch.autograd.grad(dense, (y,)) if grad else ()
     g_online = torch.autograd.grad(online, (y,)) if grad else ()
-    # float64 sums of the same ~10^5 terms in another order (KeOps' tiles): round-off ~1e-16 * 10^5 relative
-    assert float(online.detach()) == pytest.approx(float(dense.detach()), rel=1e-10, abs=1e-14)
+    # float32 sums of the same ~10^5 terms in another order (KeOps' tiles against one matmul): the value
+    # is a difference of three such sums, so its error is ~1e-7 of the sums (~1), not of the value
+    # the size of the sums: each kernel term of the median MMD is at most 3 (three bandwidths); the
+    # energy distance's are mean distances
+    scale = 3.0 if name == "mmd" else 2.0 * float(torch.cdist(x, y.detach()).mean())
+    assert abs(float(online.detach()) - float(dense.detach())) <= 1e-5 * scale
     for gd, go in zip(g_dense, g_online):
-        assert torch.allclose(go, gd, rtol=1e-8, atol=1e-14)
+        assert torch.allclose(go, gd, rtol=1e-3, atol=1e-5 * float(gd.abs().max()))
 
 
 def test_auto_goes_online_above_5000_squared_entries_and_records_only_a_set_backend():
