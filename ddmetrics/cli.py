@@ -720,7 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher/embedder passes on CUDA")
     d.add_argument("--class-batch", type=_class_batch, default="auto", metavar="B",
                    help="classes advanced together per step by methods that synthesise one class at a time (DM, "
-                        "M3D, KR-dual): a positive integer, 'all' or 'auto' (default: about 4096 images per step)")
+                        "M3D, KR-dual): a positive integer, 'all' or 'auto' (default: about 4096 images per step on CUDA, "
+                        "one class elsewhere)")
     d.add_argument("--out", default=None, help="the run folder to write (required: here or as out: in --config)")
     d.add_argument("--overwrite", action="store_true",
                    help="replace a previous run folder at --out: only a folder ddmetrics wrote (it holds a manifest) "

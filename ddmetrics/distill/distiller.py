@@ -35,6 +35,12 @@ STRATEGIES: Dict[str, Type[Strategy]] = {"barycenter": BarycenterMatching, "dist
                                          "coreset": CoresetSelection}
 
 
+def auto_class_batch(num_classes: int, images_per_class: int) -> int:
+    """``class_batch="auto"`` on CUDA: the classes whose real and synthetic images (``images_per_class``
+    each per step) come to about :data:`AUTO_STEP_IMAGES` through the embedder, at least one."""
+    return max(1, min(num_classes, AUTO_STEP_IMAGES // images_per_class))
+
+
 class Distiller:
     """Distil a labelled image set into ``ipc`` synthetic images per class.
 
@@ -83,10 +89,11 @@ class Distiller:
         embedder pass over the B classes' real images and one over their synthetic images per
         step, each class keeping its own random stream, loss copy and loss, so the result is
         the class-at-a-time one up to float rounding (the batched convolutions sum in another
-        order). ``"auto"`` (default): as many classes as put about :data:`AUTO_STEP_IMAGES` real and
-        synthetic images through the embedder per step (16 classes of DM's 256 real images), on every
-        device (``benchmarks/batched_synthesis.py`` measures the gain); more than the classes is
-        clamped to them (logged). Refused for methods whose batches are their own (WMDD's ``"classes"``, SRe²L's
+        order). ``"auto"`` (default): on CUDA as many classes as put about :data:`AUTO_STEP_IMAGES`
+        real and synthetic images through the embedder per step (15 classes of DM's 256 real images at
+        IPC 10), elsewhere one (on the 2-core CPU a batch of 10 mnist classes ran at 0.94× (DM) and
+        0.90× (M3D) the class-at-a-time speed: ``benchmarks/batched_synthesis.py``); more than the
+        classes is clamped to them (logged). Refused for methods whose batches are their own (WMDD's ``"classes"``, SRe²L's
         slots), for the plateau schedule (it follows the unit's summed loss) and for an embedder
         with BatchNorm (its batch statistics would mix the classes). Recorded in the set's meta.
     **overrides
@@ -169,9 +176,11 @@ class Distiller:
                 raise ValueError(f"class_batch={self.class_batch!r} does not apply: the embedder "
                                  f"{self.config.embedder!r} has BatchNorm, whose batch statistics would mix the classes")
             return 1
-        if self.class_batch == "auto":  # by memory: about AUTO_STEP_IMAGES images through the embedder a step
+        if self.class_batch == "auto":
+            if self.device.type != "cuda":  # measured: no gain on a CPU at 28 px (benchmarks/batched_synthesis.py)
+                return 1
             per_class = self.config.batch_real + self.ipc * self.config.resolved_factor(image_size) ** 2
-            return max(1, min(num_classes, AUTO_STEP_IMAGES // per_class))
+            return auto_class_batch(num_classes, per_class)
         if self.class_batch == "all":
             return num_classes
         if self.class_batch > num_classes:

@@ -30,11 +30,12 @@ def test_batched_classes_equal_one_class_at_a_time(small, kw):
     assert info_b["matching_loss_first"] == pytest.approx(info_one["matching_loss_first"], rel=1e-4)
 
 
-def test_auto_batches_by_images_per_step_and_a_larger_batch_is_clamped(small, caplog):
-    from ddmetrics.distill.distiller import AUTO_STEP_IMAGES
+def test_auto_batches_by_images_per_step_on_cuda_only_and_a_larger_batch_is_clamped(small, caplog):
+    from ddmetrics.distill.distiller import AUTO_STEP_IMAGES, auto_class_batch
 
-    d = ddm.Distiller(method="dm", ipc=10)
-    assert d.resolved_class_batch(1, 100, 8) == AUTO_STEP_IMAGES // (256 + 10) == 15
+    assert auto_class_batch(100, 256 + 10) == AUTO_STEP_IMAGES // (256 + 10) == 15
+    assert auto_class_batch(10, 266) == 10 and auto_class_batch(100, 10 ** 5) == 1
+    assert ddm.Distiller(method="dm", ipc=10, device="cpu").resolved_class_batch(1, 100, 8) == 1
     assert ddm.Distiller(method="dm", ipc=10, class_batch=4).resolved_class_batch(1, 100, 8) == 4
     with caplog.at_level("WARNING", logger="ddmetrics"):
         syn = ddm.Distiller(method="dm", ipc=1, iterations=1, class_batch=50).fit(small, progress=False)
