@@ -282,6 +282,14 @@ def analyse(study: Study) -> None:
             part[f"ipc{ipc}"] = agreement_study(values(sub), [doc["sets"][n][split] for n in sub], None,
                                                 a.resamples, a.seed)
         analysis[split] = part
+    # the recommendation: the highest pooled agreement with the validation split's accuracy (never the test split's)
+    val_rho = {k: v["spearman"]["estimate"] for k, v in analysis["val"]["pooled"]["per_distance"].items()
+               if v["spearman"]["estimate"] is not None}
+    if val_rho:
+        best = max(val_rho, key=val_rho.get)
+        analysis["recommended"] = {"distance": best.split(" @ ")[0], "space": best.split(" @ ")[1],
+                                   "val_spearman": val_rho[best],
+                                   "test_spearman": analysis["test"]["pooled"]["per_distance"][best]["spearman"]}
     # the series: dose-response (accuracy and each distance against t)
     if series:
         sv = values(series)
@@ -332,6 +340,11 @@ def report_lines(doc: Dict[str, Any]) -> List[str]:
              "bootstrap difference to the distance with the highest agreement (an interval excluding 0 marks a "
              "detectably worse predictor, `*`). The recommendation is chosen on the validation split's accuracy; "
              "the tables show the test split's.", ""]
+    if "recommended" in an:
+        r = an["recommended"]
+        lines += [f"**Recommended proxy** (highest pooled ρ on the validation split): `{r['distance']}` in the "
+                  f"`{r['space']}` space — ρ = {r['val_spearman']:+.2f} on validation, "
+                  f"{_fmt_ci(r['test_spearman'])} on test (`ddmetrics.score.RECOMMENDED`).", ""]
     pooled, val = an["test"]["pooled"], an["val"]["pooled"]
     ipcs = sorted(k for k in an["test"] if k.startswith("ipc"))
     rows = []

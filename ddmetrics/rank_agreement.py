@@ -102,10 +102,13 @@ def kendall(x: ArrayLike, y: ArrayLike) -> Optional[float]:
     return stratified(x, y, None, "kendall")
 
 
-def stratified(x: ArrayLike, y: ArrayLike, strata: Optional[Sequence] = None, method: str = "spearman"
-               ) -> Optional[float]:
+def stratified(x: ArrayLike, y: ArrayLike, strata: Optional[Sequence] = None, method: str = "spearman",
+               every_stratum: bool = False) -> Optional[float]:
     """Rank correlation of ``x`` and ``y`` within ``strata`` (see the module docstring); no strata:
-    the plain correlation. ``method``: ``"spearman"`` or ``"kendall"``."""
+    the plain correlation. ``method``: ``"spearman"`` or ``"kendall"``. ``every_stratum``: ``None``
+    unless ``x`` varies within every stratum of two or more values (a distance that cannot tell the
+    sets of one stratum apart, such as a covariance gap at one image per class, is not credited with
+    the agreement of the others)."""
     x, y = _pair(x, y)
     if method not in ("spearman", "kendall"):
         raise ValueError(f"method must be 'spearman' or 'kendall', got {method!r}")
@@ -113,6 +116,8 @@ def stratified(x: ArrayLike, y: ArrayLike, strata: Optional[Sequence] = None, me
                                                                              return_inverse=True)[1].ravel()
     if len(labels) != len(x):
         raise ValueError(f"strata must have one entry per value, got {len(labels)} for {len(x)}")
+    if every_stratum and any((labels == s).sum() >= 2 and np.ptp(x[labels == s]) == 0 for s in np.unique(labels)):
+        return None
     if method == "spearman":
         total, weight = 0.0, 0
         for s in np.unique(labels):
@@ -200,7 +205,8 @@ def agreement_study(distances: Mapping[str, ArrayLike], runs: Sequence[ArrayLike
     """How well each distance ranks the sets as their accuracy does, with paired comparisons.
 
     The *agreement* of a distance is the rank correlation of its negative with accuracy (a nearer
-    set should be a better one: 1 is perfect agreement, 0 none), Spearman and Kendall, stratified.
+    set should be a better one: 1 is perfect agreement, 0 none), Spearman and Kendall, stratified;
+    undefined (``None``) for a distance constant within a stratum (``every_stratum``).
 
     Parameters
     ----------
@@ -232,7 +238,7 @@ def agreement_study(distances: Mapping[str, ArrayLike], runs: Sequence[ArrayLike
             d = values[k][index]
             ok = np.isfinite(d)
             for m in methods:
-                r = stratified(-d[ok], acc[ok], labels[index][ok], m) if ok.sum() >= 2 else None
+                r = stratified(-d[ok], acc[ok], labels[index][ok], m, every_stratum=True) if ok.sum() >= 2 else None
                 out.append(np.nan if r is None else r)
         return np.array(out)
 

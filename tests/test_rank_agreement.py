@@ -47,6 +47,10 @@ def test_strata_compare_only_within_a_stratum():
     x2 = [1, 2, 3, 1, 2, 3, 4]
     y2 = [1, 2, 3, 4, 3, 2, 1]
     assert stratified(x2, y2, [0, 0, 0, 1, 1, 1, 1], "spearman") == pytest.approx((3 - 4) / 7)
+    # constant within one stratum: the other stratum's value, or None when every stratum must vary
+    x3 = [5, 5, 5, 1, 2, 3, 4]
+    assert stratified(x3, y2, [0, 0, 0, 1, 1, 1, 1], "spearman") == pytest.approx(-1.0)
+    assert stratified(x3, y2, [0, 0, 0, 1, 1, 1, 1], "spearman", every_stratum=True) is None
 
 
 def test_bad_input_is_refused_by_name():

@@ -1,17 +1,10 @@
 """A batch of classes in one step (class_batch) computes what one class at a time computes: the
-same streams, losses and optimiser updates, one embedder pass; under torchrun too."""
-import os
-import subprocess
-import sys
-
+same streams, losses and optimiser updates, one embedder pass (under torchrun:
+test_distributed.py's API run uses batches of two classes)."""
 import pytest
 import torch
 
 import ddmetrics as ddm
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-
 
 @pytest.mark.parametrize("kw", [dict(method="dm", ipc=2), dict(method="m3d", ipc=1, factor=2),
                                 dict(method="krdual", ipc=1, loss_kwargs={"steps": 3, "warm_start": True}),
@@ -53,17 +46,3 @@ def test_class_batch_refused_where_it_does_not_apply():
         ddm.Distiller(method="dm", class_batch=2, embedder="convnet_bn").resolved_class_batch(1, 10, 8)
     # "auto" keeps one class a unit wherever a batch does not apply, without a word
     assert ddm.Distiller(method="dm", embedder="convnet_bn").resolved_class_batch(1, 10, 8) == 1
-
-
-def test_batched_units_under_two_gloo_ranks_equal_one_process(tmp_path):
-    args = ["-m", "ddmetrics", "distill", "--dataset", "digits", "--method", "dm", "--ipc", "2", "--iterations", "4",
-            "--class-batch", "3", "--runs", "0", "--quiet"]  # units of classes (0-2), (3-5), (6-8), (9,)
-    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=ENV, capture_output=True,
-                         text=True)
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run([*TORCHRUN, *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr
-    a = ddm.SyntheticSet.load(str(tmp_path / "one" / "synset.pt"))
-    b = ddm.SyntheticSet.load(str(tmp_path / "two" / "synset.pt"))
-    # each rank runs whole units with the operations of the one process: bit-equal
-    assert torch.equal(a.images, b.images) and b.meta["class_batch"] == 3 and b.meta["units"] == 4

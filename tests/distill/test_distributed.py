@@ -49,7 +49,7 @@ def test_api_and_evaluation_sharded_over_two_ranks(tmp_path):
                              text=True)
         assert res.returncode == 0, res.stderr
     one, two = (json.load(open(tmp_path / f"{n}.json")) for n in ("one", "two"))
-    assert (one["world"], two["world"]) == (1, 2)
+    assert (one["world"], two["world"]) == (1, 2) and one["units"] == two["units"] == 2  # batches of 2 classes
     for key in ("images", "runs", "random", "full"):
         assert one[key] == two[key], key
     assert len(two["runs"]) == 3 and len(two["random"]) == 3
