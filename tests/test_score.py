@@ -113,3 +113,15 @@ def test_cli_score_prints_and_writes_the_library_values(digits, tmp_path, capsys
     assert main(["score", str(path), "--dataset", "digits", "--space", "teacher"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "teacher.pt" in err
+
+
+def test_the_recommended_proxy_is_the_committed_studys_choice():
+    import os
+
+    from ddmetrics.score import RECOMMENDED
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results",
+                        "metric_vs_accuracy_study.json")
+    with open(path) as fh:
+        chosen = json.load(fh)["analysis"]["recommended"]
+    assert RECOMMENDED == (chosen["distance"], chosen["space"])
