@@ -473,69 +473,74 @@ def _class_batch(text: str):
     return value
 
 
-def _cmd_score(args) -> int:
-    from .data import load
-    from .evaluate import check_fits
+def _checked_set_command(args):
+    """``diagnose``'s and ``score``'s checks before anything is read: data options, ``--json``, the
+    named losses (unknown or uninstalled); returns the device."""
     from .losses import loss_class
-    from .score import RECOMMENDED, SPACES, reference_models, score_set
-    from .synset import SyntheticSet
 
     _check_data_options(args)
     _check_json(args)
-    for name in args.losses or []:  # an unknown or uninstalled loss, before anything is read
+    for name in args.losses or []:
         loss_class(name)
-    device = _device(args.device)
+    return _device(args.device)
+
+
+def _set_and_real(args, split: str):
+    """The synthetic set, its seed (``--seed`` or the set's), the dataset name and the real ``split``
+    it is compared with (refused when the set does not fit it)."""
+    from .data import load
+    from .evaluate import check_fits
+    from .synset import SyntheticSet
+
+    syn = SyntheticSet.load(args.synset)
+    seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
+    dataset = _recorded_dataset(args)
+    splits = load(dataset, seed=seed, image_size=args.image_size, workers=args.workers, **_data_source(args))
+    real = getattr(splits, split)
+    check_fits(syn, real, f"--dataset {dataset}")
+    return syn, seed, dataset, real
+
+
+def _write_report_json(args, out: Dict[str, Any]) -> None:
+    if args.json:
+        data = (json.dumps(out, indent=2) + "\n").encode()
+        atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
+        print(f"wrote {args.json}")
+
+
+def _cmd_score(args) -> int:
+    from .score import RECOMMENDED, SPACES, reference_models, score_set
+
+    device = _checked_set_command(args)
     spaces = args.space
     if spaces is None:
         spaces = [s for s in SPACES if s != "teacher" or os.path.exists(_teacher_path(args.synset))]
     elif "teacher" in spaces and not os.path.exists(_teacher_path(args.synset)):
         raise ValueError(f"--space teacher needs {_teacher_path(args.synset)} (written by 'ddmetrics distill' for "
                          "methods with a teacher)")
-    syn = SyntheticSet.load(args.synset)
-    seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
-    dataset = _recorded_dataset(args)
-    splits = load(dataset, seed=seed, image_size=args.image_size, workers=args.workers, **_data_source(args))
-    check_fits(syn, splits.train, f"--dataset {dataset}")
-    shape = splits.train.image_shape
-    teacher = _feature_model(syn, args.synset, splits.train, "teacher")[0] if "teacher" in spaces else None
-    models = reference_models(shape[0], splits.train.num_classes, shape[-1], teacher=teacher, spaces=spaces)
-    report = score_set(syn, splits.train, models, losses=args.losses, seed=seed, batch_size=args.batch_size,
-                       device=device)
+    syn, seed, dataset, train = _set_and_real(args, "train")
+    shape = train.image_shape
+    teacher = _feature_model(syn, args.synset, train, "teacher")[0] if "teacher" in spaces else None
+    models = reference_models(shape[0], train.num_classes, shape[-1], teacher=teacher, spaces=spaces)
+    report = score_set(syn, train, models, losses=args.losses, seed=seed, batch_size=args.batch_size, device=device)
     print(f"synthetic set: {args.synset} ({len(syn.labels)} stored images); real data: {dataset} train split "
-          f"(seed {seed}), {len(splits.train)} images; mean over classes of each distance, per feature space "
+          f"(seed {seed}), {len(train)} images; mean over classes of each distance, per feature space "
           "(lower: nearer the real data)")
     print(report.table())
     for space, failed in report.failed.items():
         for name, where in failed.items():
             print(f"{name} @ {space} failed on {len(where)} comparison(s): {next(iter(where.values()))}")
     print(f"recommended proxy: {RECOMMENDED[0]} @ {RECOMMENDED[1]} (benchmarks/results/metric_vs_accuracy_study.md)")
-    if args.json:
-        out = {"synset": os.path.abspath(args.synset), "dataset": dataset, "seed": seed, **report.to_dict()}
-        data = (json.dumps(out, indent=2) + "\n").encode()
-        atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
-        print(f"wrote {args.json}")
+    _write_report_json(args, {"synset": os.path.abspath(args.synset), "dataset": dataset, "seed": seed,
+                              **report.to_dict()})
     return 0
 
 
 def _cmd_diagnose(args) -> int:
-    from .data import load
     from .diagnose import diagnose
-    from .losses import loss_class
-    from .synset import SyntheticSet
 
-    from .evaluate import check_fits
-
-    _check_data_options(args)
-    _check_json(args)
-    for name in args.losses or []:  # an unknown or uninstalled loss, before anything is read
-        loss_class(name)
-    device = _device(args.device)
-    syn = SyntheticSet.load(args.synset)
-    seed = int(syn.meta.get("seed", 0)) if args.seed is None else args.seed
-    dataset = _recorded_dataset(args)
-    splits = load(dataset, seed=seed, image_size=args.image_size, workers=args.workers, **_data_source(args))
-    real = getattr(splits, args.split)
-    check_fits(syn, real, f"--dataset {dataset}")
+    device = _checked_set_command(args)
+    syn, seed, dataset, real = _set_and_real(args, args.split)
     model, description = _feature_model(syn, args.synset, real, args.model)
     report = diagnose(syn, real, model, losses=args.losses, batch_size=args.batch_size, device=device)
     print(f"synthetic set: {args.synset} ({len(syn.labels)} stored images, method {syn.meta.get('method', '?')}, "
@@ -547,12 +552,8 @@ def _cmd_diagnose(args) -> int:
         print("not computed, extra not installed: " + "; ".join(f"{name} ({command})"
                                                                for name, command in skipped.items()))
     print(report.table())
-    if args.json:
-        out: Any = {"synset": os.path.abspath(args.synset), "dataset": dataset, "split": args.split,
-                    "seed": seed, "model": description, **report.to_dict()}
-        data = (json.dumps(out, indent=2) + "\n").encode()
-        atomic_write(args.json, lambda fh: fh.write(data), replace=args.overwrite)
-        print(f"wrote {args.json}")
+    _write_report_json(args, {"synset": os.path.abspath(args.synset), "dataset": dataset, "split": args.split,
+                              "seed": seed, "model": description, **report.to_dict()})
     return 0
 
 
@@ -776,25 +777,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed the real data and the synthetic set with a model and print, per class and overall, "
                     "the distance between the two feature clouds under every installed registered loss and the moment "
                     "distances ||mean||, ||cov||_F and ||3rd central moment (diagonal)||.")
-    g.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
-    g.add_argument("--dataset", default=None,
-                   help="a dataset name or a path accepted by ddmetrics.data.load (default: the one recorded in the "
-                        "report.json beside the set, else digits)")
+    _add_set_source(g)
     g.add_argument("--split", choices=["train", "val", "test"], default="train",
                    help="real split to compare with (train is the data that was distilled)")
     g.add_argument("--model", choices=["teacher", "convnet"], default=None,
                    help="feature extractor: the teacher.pt next to the set (default when present) or a random "
                         "ConvNet seeded with 0 (default otherwise)")
-    g.add_argument("--losses", nargs="+", default=None, metavar="NAME",
-                   help="registered losses to compute (default: every one whose extra is installed)")
-    g.add_argument("--seed", type=int, default=None, help="split seed (default: the synthetic set's meta['seed'])")
-    g.add_argument("--batch-size", type=int, default=512, help="images per embedding batch")
-    _add_data_options(g)
-    _add_device(g)
-    g.add_argument("--json", default=None, metavar="OUT",
-                   help="also write the report as JSON here (default: not written; an existing file is refused)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
-    _add_debug(g)
+    _add_set_options(g, "the report")
     g.set_defaults(func=_cmd_diagnose)
 
     sc = sub.add_parser(
@@ -803,28 +792,38 @@ def build_parser() -> argparse.ArgumentParser:
                     "real training split, in fixed feature spaces (the teacher next to the set, a random ConvNet "
                     "seeded with 0, the pixels): a proxy for the set's quality that trains no student (see "
                     "benchmarks/results/metric_vs_accuracy_study.md for how well each one predicts accuracy).")
-    sc.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
-    sc.add_argument("--dataset", default=None,
-                    help="a dataset name or a path accepted by ddmetrics.data.load (default: the one recorded in the "
-                         "report.json beside the set, else digits)")
+    _add_set_source(sc)
     sc.add_argument("--space", nargs="+", choices=["teacher", "convnet", "pixels"], default=None,
                     help="feature spaces (default: all three, the teacher only when teacher.pt is beside the set)")
-    sc.add_argument("--losses", nargs="+", default=None, metavar="NAME",
-                    help="registered losses to compute (default: every one whose extra is installed)")
-    sc.add_argument("--seed", type=int, default=None, help="split seed (default: the synthetic set's meta['seed'])")
-    sc.add_argument("--batch-size", type=int, default=512, help="images per embedding batch")
-    _add_data_options(sc)
-    _add_device(sc)
-    sc.add_argument("--json", default=None, metavar="OUT",
-                    help="also write the scores as JSON here (default: not written; an existing file is refused)")
-    sc.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
-    _add_debug(sc)
+    _add_set_options(sc, "the scores")
     sc.set_defaults(func=_cmd_score)
 
     ls = sub.add_parser("losses", help="list the registered losses")
     _add_debug(ls)
     ls.set_defaults(func=_cmd_losses)
     return parser
+
+
+def _add_set_source(p: argparse.ArgumentParser) -> None:
+    """``diagnose``'s and ``score``'s synthetic set and dataset."""
+    p.add_argument("synset", help="a synset.pt written by 'ddmetrics distill' or SyntheticSet.save")
+    p.add_argument("--dataset", default=None,
+                   help="a dataset name or a path accepted by ddmetrics.data.load (default: the one recorded in the "
+                        "report.json beside the set, else digits)")
+
+
+def _add_set_options(p: argparse.ArgumentParser, what: str) -> None:
+    """``diagnose``'s and ``score``'s losses, seed, batch, data, device and JSON options."""
+    p.add_argument("--losses", nargs="+", default=None, metavar="NAME",
+                   help="registered losses to compute (default: every one whose extra is installed)")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the synthetic set's meta['seed'])")
+    p.add_argument("--batch-size", type=int, default=512, help="images per embedding batch")
+    _add_data_options(p)
+    _add_device(p)
+    p.add_argument("--json", default=None, metavar="OUT",
+                   help=f"also write {what} as JSON here (default: not written; an existing file is refused)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (only that file)")
+    _add_debug(p)
 
 
 def _with_config_file(parser: argparse.ArgumentParser, argv: Optional[List[str]], args) -> argparse.Namespace:
