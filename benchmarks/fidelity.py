@@ -272,6 +272,9 @@ def parse_args(argv=None):
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the random-subset and full-data baselines (the report does not show them)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--render-only", action="store_true",
+                   help="write the Markdown report from the JSON's finished cells; run nothing (run as a script: the "
+                        "cells' keys name this file's builders as __main__)")
     return p.parse_args(argv)
 
 
@@ -284,6 +287,11 @@ def main(argv=None) -> int:
                       jobs=args.jobs, threads=threads * max(1, args.jobs), progress=not args.quiet,
                       baselines=not args.no_baselines)
     runner = Runner(run, command_line())
+    if args.render_only:
+        everything = plan(PARTS, METHODS)
+        report(runner, everything, [runner.cell_key(c, c.distiller(args.seed)) for c in everything], args.out + ".md")
+        print(f"wrote {args.out}.md from {args.out}.json")
+        return 0
     runner.run(plan([p for p in args.part if p != "teachers"], args.methods))
     if "teachers" in args.part:
         teacher_accuracies(plan(PARTS, args.methods), args.dataset, args.seed, runner.doc)
