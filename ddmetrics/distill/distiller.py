@@ -169,24 +169,27 @@ class Distiller:
         """The classes per unit this run uses (see ``class_batch``)."""
         if self.class_batch == 1 or self._unbatchable() is not None:
             return 1
-        embedder = get_model(self.config.embedder, channels, num_classes, image_size)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in embedder.modules())
-        if has_bn:
-            if self.class_batch != "auto":
-                raise ValueError(f"class_batch={self.class_batch!r} does not apply: the embedder "
-                                 f"{self.config.embedder!r} has BatchNorm, whose batch statistics would mix the classes")
-            return 1
         if self.class_batch == "auto":
             if self.device.type != "cuda":  # measured: no gain on a CPU at 28 px (benchmarks/batched_synthesis.py)
                 return 1
             per_class = self.config.batch_real + self.ipc * self.config.resolved_factor(image_size) ** 2
-            return auto_class_batch(num_classes, per_class)
-        if self.class_batch == "all":
-            return num_classes
-        if self.class_batch > num_classes:
-            logger.warning("ddmetrics: class_batch=%d is more than the %d classes: clamped to %d",
-                           self.class_batch, num_classes, num_classes)
-        return min(self.class_batch, num_classes)
+            batch = auto_class_batch(num_classes, per_class)
+        elif self.class_batch == "all":
+            batch = num_classes
+        else:
+            if self.class_batch > num_classes:
+                logger.warning("ddmetrics: class_batch=%d is more than the %d classes: clamped to %d",
+                               self.class_batch, num_classes, num_classes)
+            batch = min(self.class_batch, num_classes)
+        if batch > 1:  # one build of the embedder, only when classes would share its batches
+            embedder = get_model(self.config.embedder, channels, num_classes, image_size)
+            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in embedder.modules()):
+                if self.class_batch != "auto":
+                    raise ValueError(f"class_batch={self.class_batch!r} does not apply: the embedder "
+                                     f"{self.config.embedder!r} has BatchNorm, whose batch statistics would mix the "
+                                     "classes")
+                return 1
+        return batch
 
     def train_teacher(self, train, num_classes: int, progress: bool = True) -> nn.Module:
         """Train the preset's teacher on the real training set (seeded) by its teacher recipe
