@@ -45,6 +45,10 @@ Experiments (``--experiment``):
     them uniform) with the exact barycenter's weights in closed form (``weight_update="exact"``,
     the default) and by the paper's mirror descent (``"mirror"``), paired, IPC 10 and 50 (at IPC 1
     a class has one atom, of weight 1, under both rules).
+``study``
+    The headline question: which distance between a synthetic set and the real data predicts the
+    accuracy the set buys (``benchmarks/_study.py``: its own phases, options and JSON;
+    ``--experiment study --help``).
 ``moments``
     M3D Table 1: DM, M3D and WMDD sets (their presets) at IPC 10; distances between the
     synthetic and real *training* features of the trained WMDD teacher (1st, 2nd, 3rd moments
