@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 import ddmetrics as ddm  # noqa: E402
 from ddmetrics.evaluate import random_subset, train_student, with_overrides  # noqa: E402
-from ddmetrics.models import accuracy  # noqa: E402
+from ddmetrics.models import accuracy, get_model  # noqa: E402
 from ddmetrics.protocols import PROTOCOLS  # noqa: E402
 from ddmetrics.rank_agreement import agreement_study  # noqa: E402
 from ddmetrics.score import SPACES, reference_models, score_set  # noqa: E402
@@ -71,7 +71,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--random", type=int, default=4, help="random real subsets per IPC")
     p.add_argument("--skip-barycenter", nargs="*", default=["krdual", "ncfd"], metavar="LOSS",
                    help="backends left out of the barycenter strategy (default: krdual ncfd, whose barycenter solves "
-                        "take ~250 s per set even at IPC 1 on a 2-core CPU); they are still scored as distances")
+                        "are by far the slowest on a 2-core CPU); they are still scored as distances")
     p.add_argument("--runs", type=int, default=3, help="students per set")
     p.add_argument("--epochs", type=int, default=300, help="epochs of every student")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
@@ -109,7 +109,7 @@ class Study:
             train = self.splits.train
             d = ddm.Distiller(method="wmdd", ipc=1, seed=seed, **TEACHER)
             path = os.path.join(self.teachers, f"convnet_bn_ours{TEACHER['teacher_epochs']}_seed{seed}.pt")
-            model = d._new_teacher(train, train.num_classes)
+            model = get_model(TEACHER["teacher_arch"], train.image_shape[0], train.num_classes, train.image_shape[-1])
             if os.path.exists(path):
                 model.load_state_dict(torch.load(path, weights_only=True))
             else:
