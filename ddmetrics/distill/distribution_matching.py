@@ -189,10 +189,15 @@ class DistributionMatching(Strategy):
         f_real, f_syn = f_real.float(), f_syn.float()  # losses compute in float32 at least
         if cfg.normalize_features:  # NCFM/NCFM.py:72-73: per-sample unit vectors
             f_real, f_syn = F.normalize(f_real.flatten(1), dim=1), F.normalize(f_syn.flatten(1), dim=1)
-        f_reals = f_real.split([len(r) for r in reals])
-        f_syns = f_syn.split([len(v) for v in views])
+        n_real, n_syn = {len(r) for r in reals}, {len(v) for v in views}
+        if len(reals) > 1 and self.loss.stateless and len(n_real) == 1 and len(n_syn) == 1:
+            # one call for the unit's classes: a stateless loss gives each problem what its own copy would
+            total = self.loss.batched(f_real.reshape(len(reals), n_real.pop(), -1),
+                                      f_syn.reshape(len(views), n_syn.pop(), -1)).sum()
+            return total, total
         total = None
-        for loss, fr, fs in zip(ctx["losses"], f_reals, f_syns):
+        for loss, fr, fs in zip(ctx["losses"], f_real.split([len(r) for r in reals]),
+                                f_syn.split([len(v) for v in views])):
             value = loss(fr, fs)
             total = value if total is None else total + value
         return total, total

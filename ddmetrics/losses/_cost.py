@@ -8,12 +8,13 @@ from torch import Tensor
 
 
 def squared_distances(x: Tensor, y: Tensor) -> Tensor:
-    r"""Matrix of :math:`\|x_i - y_j\|^2`, shape ``(n, m)``, clamped at zero.
+    r"""Matrix of :math:`\|x_i - y_j\|^2`, shape ``(n, m)``, clamped at zero; for batched
+    ``(B, n, d)`` / ``(B, m, d)`` clouds one matrix per problem, ``(B, n, m)``.
 
     Uses the expansion :math:`\|x\|^2 + \|y\|^2 - 2 x^\top y` (one matmul, O(nm) memory),
     the same formula as ``ot.dist``.
     """
-    d2 = (x * x).sum(1, keepdim=True) + (y * y).sum(1).unsqueeze(0) - 2.0 * (x @ y.T)
+    d2 = (x * x).sum(-1, keepdim=True) + (y * y).sum(-1).unsqueeze(-2) - 2.0 * (x @ y.mT)
     return d2.clamp_min(0.0)
 
 
@@ -34,6 +35,16 @@ def ground_cost(x: Tensor, y: Tensor, p: int) -> Tensor:
     return squared_distances(x, y) if p == 2 else distances(x, y)
 
 
+def weighted_mean(x: Tensor, w: Tensor) -> Tensor:
+    """``sum_i w_i x_i``: ``(d,)`` for ``x`` ``(n, d)``, ``w`` ``(n,)``; ``(B, d)`` for a batch."""
+    return (w.unsqueeze(-2) @ x).squeeze(-2)
+
+
+def quadratic_form(a: Tensor, k: Tensor, b: Tensor) -> Tensor:
+    """``a^T K b``: a scalar for ``K`` ``(n, m)``; ``(B,)`` for a batch ``(B, n, m)``, ``(B, n)``, ``(B, m)``."""
+    return ((a.unsqueeze(-2) @ k) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+
+
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a backend computes in: the input's, at least float32 (half precision loses the
     small differences that divergences are made of)."""
@@ -45,9 +56,10 @@ def centered_working_inputs(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tuple
 
     For losses invariant to a common shift (distances, covariances): the shift changes nothing but
     the rounding, which shrinks from the scale of :math:`\|x\|^2` to that of the spread. The
-    mean is taken outside autograd (a constant shift).
+    mean is taken outside autograd (a constant shift). Batched ``(B, n, d)`` clouds are shifted
+    per problem.
     """
     work = working_dtype(x.dtype)
     x, y, a, b = (t.to(work) for t in (x, y, a, b))
-    center = torch.cat([x, y]).detach().mean(0)
+    center = torch.cat([x, y], dim=-2).detach().mean(-2, keepdim=True)  # per problem when batched
     return x - center, y - center, a, b

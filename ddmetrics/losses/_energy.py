@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from . import _online
-from ._cost import centered_working_inputs
+from ._cost import centered_working_inputs, quadratic_form
 from ._mmd import _NOISE_EPS, _clean_distances
 from .base import DistributionLoss, register_loss
 
@@ -59,18 +59,25 @@ class EnergyDistance(DistributionLoss):
         # recorded when set: earlier runs' records (and checkpoints) stay as they were
         return {} if self.backend == "auto" else {"backend": self.backend}
 
+    stateless = True
+
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        # written for leading batch dimensions: the same code serves one problem and a batch
         out_dtype = x.dtype
         x, y, a, b = centered_working_inputs(x, y, a, b)  # distances do not change under a shift
-        if _online.resolve_kernel_backend(self.backend, x.shape[0], y.shape[0], "energy") == "online":
+        if _online.resolve_kernel_backend(self.backend, x.shape[-2], y.shape[-2], "energy") == "online":
+            if x.dim() == 3:  # one problem at a time: each one's KeOps reduction already fills the device
+                return torch.stack([self._loss(*p) for p in zip(x, y, a, b)]).to(out_dtype)
             cross = _online.quadratic(x, y, a, b, "distance")
             self_x = _online.quadratic(x, x, a, a, "distance")
             self_y = _online.quadratic(y, y, b, b, "distance")
             return (2.0 * cross - self_x - self_y).to(out_dtype)
-        cross = a @ _clean_distances(x, y) @ b
+        cross = quadratic_form(a, _clean_distances(x, y), b)
         self_x = _self_term(x, a)
         self_y = _self_term(y, b)
         return (2.0 * cross - self_x - self_y).to(out_dtype)
+
+    _batched_loss = _loss
 
 
 # rows per block of a self term outside autograd: 1024 × n distances at a time
@@ -86,7 +93,9 @@ def _self_term(x: Tensor, a: Tensor) -> Tensor:
     in autograd goes through :func:`_clean_distances` (the gradient needs the whole matrix).
     """
     if x.requires_grad or a.requires_grad:
-        return a @ _clean_distances(x, x) @ a
+        return quadratic_form(a, _clean_distances(x, x), a)
+    if x.dim() == 3:  # a batch: each problem's blocks in turn
+        return torch.stack([_self_term(xi, ai) for xi, ai in zip(x, a)])
     with torch.no_grad():
         sq = (x * x).sum(1)
         tol = _NOISE_EPS * torch.finfo(x.dtype).eps

@@ -6,7 +6,7 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from ._cost import centered_working_inputs, safe_sqrt
+from ._cost import centered_working_inputs, safe_sqrt, weighted_mean
 from .base import DistributionLoss, register_loss
 
 
@@ -29,25 +29,25 @@ class _PSDSqrt(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, sigma: Tensor) -> Tensor:
-        lam, vec = torch.linalg.eigh(sigma)
-        noise = lam.shape[-1] * torch.finfo(lam.dtype).eps * lam.abs().max()
+        lam, vec = torch.linalg.eigh(sigma)  # a batch of matrices: one threshold per matrix
+        noise = lam.shape[-1] * torch.finfo(lam.dtype).eps * lam.abs().amax(-1, keepdim=True)
         s = torch.where(lam > noise, lam, torch.zeros_like(lam)).sqrt()
         ctx.save_for_backward(s, vec)
-        return (vec * s) @ vec.T
+        return (vec * s.unsqueeze(-2)) @ vec.mT
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         s, vec = ctx.saved_tensors
-        g = vec.T @ (0.5 * (grad + grad.T)) @ vec
-        den = s.unsqueeze(1) + s.unsqueeze(0)
+        g = vec.mT @ (0.5 * (grad + grad.mT)) @ vec
+        den = s.unsqueeze(-1) + s.unsqueeze(-2)
         positive = den > 0
         g = torch.where(positive, g / den.where(positive, torch.ones_like(den)), torch.zeros_like(g))
-        return vec @ g @ vec.T
+        return vec @ g @ vec.mT
 
 
 def psd_sqrt(sigma: Tensor) -> Tensor:
-    """Symmetric PSD square root of ``sigma`` with a backward that is finite for singular and
-    repeated spectra (see :class:`_PSDSqrt`)."""
+    """Symmetric PSD square root of ``sigma`` (or of each matrix of a ``(..., d, d)`` batch) with a
+    backward that is finite for singular and repeated spectra (see :class:`_PSDSqrt`)."""
     return _PSDSqrt.apply(sigma)
 
 
@@ -56,12 +56,13 @@ def covariance_factor(z: Tensor, w: Tensor) -> Tensor:
 
     With ``k <= d`` points it is :math:`\mathrm{diag}(\sqrt{w}) z` itself (``(k, d)``: no
     matrix function at all); with more points than dimensions the ``(d, d)`` symmetric root
-    :math:`\Sigma^{1/2}` (:func:`psd_sqrt`), which is smaller.
+    :math:`\Sigma^{1/2}` (:func:`psd_sqrt`), which is smaller. Batched ``(B, k, d)`` / ``(B, k)`` inputs give one
+    factor per problem.
     """
-    p = safe_sqrt(w).unsqueeze(1) * z  # safe: a zero weight has a zero (not infinite) gradient
-    if z.shape[0] <= z.shape[1]:
+    p = safe_sqrt(w).unsqueeze(-1) * z  # safe: a zero weight has a zero (not infinite) gradient
+    if z.shape[-2] <= z.shape[-1]:
         return p
-    return psd_sqrt(p.T @ p)
+    return psd_sqrt(p.mT @ p)
 
 
 @register_loss("gaussian_w2")
@@ -109,13 +110,18 @@ class GaussianW2(DistributionLoss):
     def _config(self) -> Dict[str, object]:
         return {}
 
+    stateless = True
+
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        # written for leading batch dimensions: the same code serves one problem and a batch
         out_dtype = x.dtype
         x, y, a, b = centered_working_inputs(x, y, a, b)  # a shift changes nothing but the rounding
-        mx, my = a @ x, b @ y
-        zx, zy = x - mx, y - my
-        trace_x = a @ (zx * zx).sum(1)
-        trace_y = b @ (zy * zy).sum(1)
-        cross = torch.linalg.svdvals(covariance_factor(zx, a) @ covariance_factor(zy, b).T).sum()
+        mx, my = weighted_mean(x, a), weighted_mean(y, b)
+        zx, zy = x - mx.unsqueeze(-2), y - my.unsqueeze(-2)
+        trace_x = (a * (zx * zx).sum(-1)).sum(-1)
+        trace_y = (b * (zy * zy).sum(-1)).sum(-1)
+        cross = torch.linalg.svdvals(covariance_factor(zx, a) @ covariance_factor(zy, b).mT).sum(-1)
         diff = mx - my
-        return ((diff * diff).sum() + trace_x + trace_y - 2.0 * cross).to(out_dtype)
+        return ((diff * diff).sum(-1) + trace_x + trace_y - 2.0 * cross).to(out_dtype)
+
+    _batched_loss = _loss

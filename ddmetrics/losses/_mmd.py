@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from . import _online
-from ._cost import safe_sqrt, squared_distances
+from ._cost import quadratic_form, safe_sqrt, squared_distances, weighted_mean
 from .base import DistributionLoss, register_loss
 
 Bandwidth = Union[float, Sequence[float], str]
@@ -24,7 +24,7 @@ _NOISE_EPS = 16.0
 def _clean_sq_distances(x: Tensor, y: Tensor) -> Tensor:
     """Squared distances, set to exactly 0 (with a zero gradient) where they are rounding noise."""
     d2 = squared_distances(x, y)
-    scale = ((x * x).sum(1, keepdim=True) + (y * y).sum(1)).detach()
+    scale = ((x * x).sum(-1, keepdim=True) + (y * y).sum(-1).unsqueeze(-2)).detach()
     return torch.where(d2 > _NOISE_EPS * torch.finfo(d2.dtype).eps * scale, d2, torch.zeros_like(d2))
 
 
@@ -44,11 +44,11 @@ def _laplacian(x: Tensor, y: Tensor, bw: Tensor, **_) -> Tensor:
 
 
 def _linear(x: Tensor, y: Tensor, bw: Tensor, **_) -> Tensor:
-    return x @ y.T
+    return x @ y.mT
 
 
 def _polynomial(x: Tensor, y: Tensor, bw: Tensor, degree: int = 3, coef0: float = 1.0, **_) -> Tensor:
-    return (x @ y.T / x.shape[1] + coef0) ** degree
+    return (x @ y.mT / x.shape[-1] + coef0) ** degree
 
 
 #: kernel name -> k(x, y, bandwidths, **params), shape (n, m)
@@ -70,16 +70,33 @@ def median_bandwidths(x: Tensor, y: Tensor) -> list:
     """Median-heuristic bandwidths: the median pairwise distance of the pooled (detached)
     samples times 0.5, 1 and 2. Above 1024 pooled points the median is taken over 1024
     evenly strided ones (deterministic), which keeps it O(n) instead of O(n²). Distances below
-    the rounding noise of their computation count as 0; if the median is 0 it is replaced by 1."""
-    z = torch.cat([x, y]).detach()
-    if len(z) > _MEDIAN_POINTS:
-        z = z[torch.linspace(0, len(z) - 1, _MEDIAN_POINTS, device=z.device).long()]
-    z = z - z.mean(0)  # distances do not change; their rounding shrinks to the spread's
+    the rounding noise of their computation count as 0; if the median is 0 it is replaced by 1.
+
+    Batched ``(B, n, d)`` / ``(B, m, d)`` clouds: one median per problem, and each bandwidth a
+    ``(B, 1, 1)`` tensor (it broadcasts over the problems' kernel matrices) instead of a float."""
+    z = torch.cat([x, y], dim=-2).detach()
+    k = z.shape[-2]
+    if k > _MEDIAN_POINTS:
+        z = z[..., torch.linspace(0, k - 1, _MEDIAN_POINTS, device=z.device).long(), :]
+        k = _MEDIAN_POINTS
+    z = z - z.mean(-2, keepdim=True)  # distances do not change; their rounding shrinks to the spread's
     d = _clean_distances(z, z)
-    off = d[~torch.eye(len(z), dtype=torch.bool, device=z.device)]
-    med = float(off.median()) if off.numel() else 1.0
-    med = med if med > 0 else 1.0
-    return [s * med for s in _MEDIAN_SCALES]
+    off = d[..., ~torch.eye(k, dtype=torch.bool, device=z.device)]
+    if off.shape[-1] == 0:
+        med = d.new_ones(d.shape[:-2])
+    else:
+        med = off.median(dim=-1).values  # the lower median, as Tensor.median()
+        med = torch.where(med > 0, med, torch.ones_like(med))
+    if med.dim() == 0:
+        return [s * float(med) for s in _MEDIAN_SCALES]
+    return [s * med.view(-1, 1, 1) for s in _MEDIAN_SCALES]
+
+
+def _largest(bandwidths: list):
+    """The largest bandwidth: a float, or per problem (``(B, 1, 1)``) for batched bandwidths."""
+    if isinstance(bandwidths[0], Tensor):
+        return torch.stack(bandwidths).amax(0)
+    return max(bandwidths)
 
 
 @register_loss("mmd")
@@ -146,10 +163,13 @@ class MMD(DistributionLoss):
             return median_bandwidths(x, y) if self.kernel in ("gaussian", "laplacian") else []
         return [float(self.bandwidth)] if isinstance(self.bandwidth, (int, float)) else [float(s) for s in self.bandwidth]
 
+    stateless = True
+
     def _loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        # written for leading batch dimensions: the same code serves one problem and a batch
         if self.kernel == "linear" and not self.unbiased:  # closed form: no kernel matrix needed
-            diff = a @ x - b @ y
-            return (diff * diff).sum()
+            diff = weighted_mean(x, a) - weighted_mean(y, b)
+            return (diff * diff).sum(-1)
         k = KERNELS[self.kernel]
         bw = self._bandwidths(x, y)
         if self.kernel in _TRANSLATION_INVARIANT:
@@ -159,17 +179,22 @@ class MMD(DistributionLoss):
             # distance from the origin; measuring lengths in units of the largest bandwidth keeps
             # a tiny median (points ~1e-22 apart in float32) from making 2 s^2 underflow to 0
             # (d2 / (2 s^2) = 0/0 = NaN on the diagonal) and the gradient's 1/s^2 overflow.
-            center = torch.cat([x, y]).detach().mean(0)
-            unit = max(bw)
+            center = torch.cat([x, y], dim=-2).detach().mean(-2, keepdim=True)
+            unit = _largest(bw)
             x, y, bw = (x - center) / unit, (y - center) / unit, [s / unit for s in bw]
-        if self.kernel in _TRANSLATION_INVARIANT and \
-                _online.resolve_kernel_backend(self.backend, x.shape[0], y.shape[0], "mmd") == "online":
-            return _online_mmd(x, y, a, b, self.kernel, bw, self.unbiased)
+            if _online.resolve_kernel_backend(self.backend, x.shape[-2], y.shape[-2], "mmd") == "online":
+                if x.dim() == 3:  # one problem at a time: each one's KeOps reduction already fills the device
+                    return torch.stack([_online_mmd(x[i], y[i], a[i], b[i], self.kernel,
+                                                    [float(s.flatten()[i]) for s in bw], self.unbiased)
+                                        for i in range(x.shape[0])])
+                return _online_mmd(x, y, a, b, self.kernel, bw, self.unbiased)
         params = {"degree": self.degree, "coef0": self.coef0}
         kxx, kyy, kxy = k(x, x, bw, **params), k(y, y, bw, **params), k(x, y, bw, **params)
         if not self.unbiased:
-            return a @ kxx @ a + b @ kyy @ b - 2.0 * (a @ kxy @ b)
-        return _offdiag(kxx, a) + _offdiag(kyy, b) - 2.0 * (a @ kxy @ b)
+            return quadratic_form(a, kxx, a) + quadratic_form(b, kyy, b) - 2.0 * quadratic_form(a, kxy, b)
+        return _offdiag(kxx, a) + _offdiag(kyy, b) - 2.0 * quadratic_form(a, kxy, b)
+
+    _batched_loss = _loss
 
 
 def _online_mmd(x: Tensor, y: Tensor, a: Tensor, b: Tensor, kernel: str, bw: list, unbiased: bool) -> Tensor:
@@ -191,8 +216,9 @@ def _online_mmd(x: Tensor, y: Tensor, a: Tensor, b: Tensor, kernel: str, bw: lis
 
 
 def _offdiag(k: Tensor, w: Tensor) -> Tensor:
-    """Weighted mean of the off-diagonal kernel entries (0 for a single point)."""
-    norm = 1.0 - (w * w).sum()
-    if float(norm.detach()) <= 0:  # detached: a Python bool needs no graph (and no warning)
-        return k.new_zeros(())
-    return (w @ k @ w - (w * w * torch.diagonal(k)).sum()) / norm
+    """Weighted mean of the off-diagonal kernel entries (0 for a single point); per problem for a batch."""
+    norm = 1.0 - (w * w).sum(-1)
+    positive = norm > 0
+    value = quadratic_form(w, k, w) - (w * w * torch.diagonal(k, dim1=-2, dim2=-1)).sum(-1)
+    # a safe denominator where the norm vanishes: that entry is 0, with a zero (not NaN) gradient
+    return torch.where(positive, value / norm.where(positive, torch.ones_like(norm)), torch.zeros_like(value))

@@ -100,7 +100,8 @@ def wasserstein_1d(u: Tensor, v: Tensor, a: Optional[Tensor], b: Optional[Tensor
 
     .. math:: W_p^p = \int_0^1 |F_u^{-1}(t) - F_v^{-1}(t)|^p \, dt
 
-    ``a``/``b`` are weights, ``None`` meaning uniform (a faster path: the merged quantile
+    ``a``/``b`` are weights, ``(n,)``/``(m,)`` shared by every column or ``(L, n)``/``(L, m)`` one
+    row per column, ``None`` meaning uniform (a faster path: the merged quantile
     levels are then the same for every column, and for ``p = 2`` the cost is summed per
     y-atom, see :func:`_uniform_w2`). Returns a tensor of shape ``(L,)``.
     """
@@ -119,8 +120,9 @@ def wasserstein_1d(u: Tensor, v: Tensor, a: Optional[Tensor], b: Optional[Tensor
         b = v.new_full((m,), 1.0 / m)
     us, pu = torch.sort(u.T, dim=1)  # (L, n)
     vs, pv = torch.sort(v.T, dim=1)
-    cu = torch.cumsum(a[pu], dim=1)
-    cv = torch.cumsum(b[pv], dim=1)
+    # weights shared by every column (n,), or one row per column (L, n)
+    cu = torch.cumsum(a[pu] if a.dim() == 1 else torch.gather(a, 1, pu), dim=1)
+    cv = torch.cumsum(b[pv] if b.dim() == 1 else torch.gather(b, 1, pv), dim=1)
     cu = cu / cu[:, -1:]
     cv = cv / cv[:, -1:]
     levels, _ = torch.sort(torch.cat([cu, cv], dim=1), dim=1)
@@ -198,3 +200,19 @@ class SlicedWasserstein(DistributionLoss):
         # (L, n) products, transposed back as views: each projection's values are contiguous for the sort
         u, v = (theta.T @ x.T).T, (theta.T @ y.T).T
         return wasserstein_1d(u, v, None if uniform_a else a, None if uniform_b else b, self.p).mean()
+
+    def _batched_loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        # each problem's directions drawn as its own call would draw them, in problem order; then one
+        # projection and one sort for all problems' B * L lines
+        batch, d = x.shape[0], x.shape[2]
+        theta = torch.stack([self._directions(d, x) for _ in range(batch)])  # (B, d, L)
+        lines = theta.shape[2]
+        u = (theta.mT @ x.mT).reshape(batch * lines, -1).T  # (n, B * L): problem i's lines i*L ... (i+1)*L - 1
+        v = (theta.mT @ y.mT).reshape(batch * lines, -1).T
+
+        def per_line(w: Tensor) -> Optional[Tensor]:  # None: every problem's weights uniform
+            if bool((w == w[:, :1]).all()) and not w.requires_grad:
+                return None
+            return w.repeat_interleave(lines, dim=0)  # (B * L, n)
+
+        return wasserstein_1d(u, v, per_line(a), per_line(b), self.p).view(batch, lines).mean(1)

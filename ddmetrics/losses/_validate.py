@@ -7,7 +7,7 @@ simplex weights of the losses (:func:`check_weights`), per-sample training weigh
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -161,10 +161,17 @@ def check_inputs(
 
 
 def check_batched(x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None
-                  ) -> List[Tuple[Tensor, Tensor, Tensor, Tensor]]:
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`check_inputs` for ``B`` problems: ``x`` ``(B, n, ...)``, ``y`` ``(B, m, ...)``,
     ``a`` ``(B, n)``, ``b`` ``(B, m)``; every problem checked (the message names the argument and,
-    for a problem's own fault, its index) before any is computed. Returns the checked problems."""
+    for a problem's own fault, its index) before any is computed.
+
+    Returns
+    -------
+    x, y, a, b : Tensor
+        ``(B, n, d)``, ``(B, m, d)`` (each problem flattened as :func:`as_samples` flattens it) and
+        the weights ``(B, n)``, ``(B, m)`` (uniform where omitted).
+    """
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -185,4 +192,7 @@ def check_batched(x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[
             problems.append(check_inputs(x[i], y[i], None if a is None else a[i], None if b is None else b[i]))
         except (TypeError, ValueError) as err:
             raise type(err)(f"problem {i}: {err}") from None
-    return problems
+    # every problem passed: the stacked views (a reshape, no copy for contiguous input)
+    return (x.reshape(x.shape[0], x.shape[1], -1), y.reshape(y.shape[0], y.shape[1], -1),
+            torch.stack([p[2] for p in problems]) if a is None else a,
+            torch.stack([p[3] for p in problems]) if b is None else b)

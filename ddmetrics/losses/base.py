@@ -69,14 +69,24 @@ class DistributionLoss(nn.Module):
     def batched(self, x: Tensor, y: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None) -> Tensor:
         """The loss of ``B`` independent problems: ``x`` ``(B, n, d)``, ``y`` ``(B, m, d)``, weights
         ``a`` ``(B, n)`` and ``b`` ``(B, m)`` (uniform when omitted); returns ``(B,)``, entry ``i``
-        equal to ``self(x[i], y[i], a[i], b[i])``.
+        equal to ``self(x[i], y[i], a[i], b[i])`` (to rounding: a vectorised backend sums in
+        another order).
 
-        Every problem is validated as a plain call validates it, all before the first is computed.
-        This default computes the problems one after another; a backend may override it with a
-        vectorised computation that gives the same values.
+        Every problem is validated as a plain call validates it, all before the first is computed;
+        then :meth:`_batched_loss` computes them.
         """
-        problems = check_batched(x, y, a, b)
-        return torch.stack([self._loss(*p) for p in problems])
+        return self._batched_loss(*check_batched(x, y, a, b))
+
+    #: whether one instance gives every problem the value a fresh call would: no state that a
+    #: call advances (a direction generator, a warm-started critic). The distiller then computes
+    #: a batch of classes with one :meth:`batched` call instead of a copy of the loss per class.
+    stateless: bool = False
+
+    def _batched_loss(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        """``(B,)`` losses of validated ``(B, n, d)`` / ``(B, m, d)`` clouds and ``(B, n)`` / ``(B, m)``
+        simplex weights. This default computes the problems one after another with :meth:`_loss`;
+        backends override it with a vectorised computation of the same values."""
+        return torch.stack([self._loss(x[i], y[i], a[i], b[i]) for i in range(x.shape[0])])
 
     def barycenter(
         self,

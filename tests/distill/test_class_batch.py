@@ -8,7 +8,9 @@ import ddmetrics as ddm
 
 @pytest.mark.parametrize("kw", [dict(method="dm", ipc=2), dict(method="m3d", ipc=1, factor=2),
                                 dict(method="krdual", ipc=1, loss_kwargs={"steps": 3, "warm_start": True}),
-                                dict(method="dm", loss="sliced", ipc=2)], ids=["dm", "m3d", "krdual", "dm-sliced"])
+                                dict(method="dm", loss="sliced", ipc=2),
+                                dict(method="m3d", ipc=1, factor=2, batch_real=32)],  # one loss call a step
+                         ids=["dm", "m3d", "krdual", "dm-sliced", "m3d-one-call"])
 def test_batched_classes_equal_one_class_at_a_time(small, kw):
     one = ddm.Distiller(seed=3, iterations=6, class_batch=1, **kw).fit(small, progress=False)
     batched = ddm.Distiller(seed=3, iterations=6, class_batch="all", **kw).fit(small, progress=False)
@@ -49,3 +51,22 @@ def test_class_batch_refused_where_it_does_not_apply():
         ddm.Distiller(method="dm", class_batch=2, embedder="convnet_bn").resolved_class_batch(1, 10, 8)
     # "auto" keeps one class a unit wherever a batch does not apply, without a word
     assert ddm.Distiller(method="dm", embedder="convnet_bn").resolved_class_batch(1, 10, 8) == 1
+
+
+def test_a_stateless_loss_takes_the_batch_of_classes_in_one_call(small, monkeypatch):
+    from ddmetrics.losses._mmd import MMD
+
+    calls = []
+    original = MMD._batched_loss
+
+    def counting(self, x, y, a, b):
+        calls.append(tuple(x.shape[:2]) + tuple(y.shape[:2]))
+        return original(self, x, y, a, b)
+
+    monkeypatch.setattr(MMD, "_batched_loss", counting)
+    # 32 real images per class: every class has more (with all of a class's images, classes of
+    # different sizes are matched one at a time, each with its own copy of the loss)
+    syn = ddm.Distiller(method="m3d", ipc=2, iterations=3, class_batch="all", batch_real=32).fit(small, progress=False)
+    # one call per step: the 3 classes' 32 real images against their 2 synthetic ones
+    assert syn.meta["class_batch"] == 3
+    assert calls == [(3, 32, 3, 2)] * 3
