@@ -19,8 +19,7 @@ again, alternating with floors again), since the profiler charges every op and t
 times the floor's ops; :func:`bare_op_us` prices one aten call on a 1-element tensor.
 
 The teacher is untrained (seeded ``get_model``): an iteration costs the same whatever its
-weights, but for one thing: PCBN's moments of a BatchNorm input with a channel far off centre
-(μ²/σ² above ``pcbn.UNCENTRED_MAX_RATIO``) take one more pass over that input. Used by ``metric_speed.py`` (section "Synthesis iteration profile").
+weights. Used by ``metric_speed.py`` (section "Synthesis iteration profile").
 """
 from __future__ import annotations
 

@@ -761,9 +761,8 @@ def markdown(meta, recs, bary, ref=None, prof=None):
     if prof:
         L.extend(["## Synthesis iteration profile (torch.profiler)", "",
                   "One synthesis unit (DM: a class; WMDD: its batch of batch_images // IPC classes), IPC 10, "
-                  "the preset's settings, an untrained teacher (a trained one costs the same, "
-                  "but that PCBN's moments of a BatchNorm input with a channel whose μ²/σ² exceeds "
-                  "`UNCENTRED_MAX_RATIO` take one more pass over it), each case in a fresh interpreter "
+                  "the preset's settings, an untrained teacher (a trained one costs the same), "
+                  "each case in a fresh interpreter "
                   "(`benchmarks/_synthesis_profile.py`). "
                   "iteration = the loop's body (`strategy.step`, `zero_grad`, `backward`, `opt.step`, the schedule, the "
                   "pixel clamp); floor = the "

@@ -40,7 +40,7 @@ from .. import factor as factor_mod
 from ..augment import make_augment
 from ..data import pixel_bounds
 from ..losses import DistributionLoss
-from ..models import MODELS, get_model
+from ..models import get_model
 from ..protocols import get_teacher_recipe
 from ..utils import autocast, seeded
 from ._loop import Strategy, Unit
@@ -75,40 +75,16 @@ def _per_class(gen, classes: int) -> list:
 
 
 def embedder_at(cfg: DistillConfig, seed: int, iteration: int, channels: int, num_classes: int, size: int,
-                device: torch.device = torch.device("cpu"), reuse: Optional[nn.Module] = None) -> nn.Module:
+                device: torch.device = torch.device("cpu")) -> nn.Module:
     """The frozen random embedder used at ``iteration`` (redrawn every ``iters_per_model`` steps),
-    initialised on the CPU (the same weights on every device), then moved to ``device``.
-
-    ``reuse``: the previous draw. On the CPU, for the built-in models of :data:`_REDRAWN_IN_PLACE`,
-    it is re-initialised in place (its submodules' ``reset_parameters`` under the same seed, the
-    weights a new build would have: tested), which skips building the modules again (constructing
-    the modules, not drawing their weights, was most of a draw of the digits ConvNet); anything else
-    is built anew.
-    """
+    initialised on the CPU (the same weights on every device), then moved to ``device``."""
     drawn_at = iteration - iteration % cfg.iters_per_model
-    if reuse is not None and device.type == "cpu" and _redrawn_in_place(cfg.embedder):
-        with seeded(seed * 1_000_003 + drawn_at):
-            for module in reuse.modules():
-                if module is not reuse and hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        return reuse
     with seeded(seed * 1_000_003 + drawn_at):
         net = get_model(cfg.embedder, channels, num_classes, size)
     net.to(device).train()
     for prm in net.parameters():
         prm.requires_grad_(False)
     return net
-
-
-#: built-in models (name -> builder) whose every parameter and buffer is set, in construction
-#: order, by their submodules' ``reset_parameters`` (``tests/distill/test_distribution_matching.py``)
-_REDRAWN_IN_PLACE = {name: MODELS[name] for name in ("convnet", "convnet_bn", "resnetap10", "resnet18")}
-
-
-def _redrawn_in_place(name: str) -> bool:
-    """Whether ``name`` still means the built-in model of :data:`_REDRAWN_IN_PLACE` (not one
-    registered over it)."""
-    return name in _REDRAWN_IN_PLACE and MODELS.get(name) is _REDRAWN_IN_PLACE[name]
 
 
 class DistributionMatching(Strategy):
@@ -226,8 +202,7 @@ class DistributionMatching(Strategy):
         """The embedder of step ``it`` and the trained network it comes from (``None`` without a pool)."""
         cfg, shape = self.cfg, self.train.image_shape
         if self.pool is None:
-            return embedder_at(cfg, self.seed, it, shape[0], self.num_classes, shape[-1], self.device,
-                               reuse=previous), None
+            return embedder_at(cfg, self.seed, it, shape[0], self.num_classes, shape[-1], self.device), None
         return self.pool.draw(it - it % cfg.iters_per_model, interpolate=cfg.pool_interpolate, reuse=previous)
 
     def _class_images(self, ctx: Dict[str, Any], syn: Tensor, c: int) -> Tuple[Tensor, Tensor]:

@@ -67,30 +67,11 @@ def _group_weights(weights: Tensor, group: Tensor, num_groups: int) -> Tensor:
     return (weights / wsum[group]).unsqueeze(1)
 
 
-#: the largest :math:`\mu_c^2 / \sigma_c^2` of a channel for which :func:`_moments` keeps the
-#: variance :math:`E[f^2] - \mu^2`, whose relative error grows with that ratio (in float32, under
-#: 1e-4 at the bound: ``tests/distill/test_pcbn.py``); above it, the layer's variance is recomputed
-#: from centred values
-UNCENTRED_MAX_RATIO = 100.0
-
-
 def _moments(flat: Tensor, w: Tensor) -> Tuple[Tensor, Tensor]:
     r"""Weighted channel mean and variance ``(C,)`` of ``flat`` (m, C, S) for weights ``w`` (m,)
-    summing to 1.
-
-    On the CPU from two reads of ``flat`` and no write: the per-image channel sums and sums of
-    squares, :math:`\sigma^2 = E[f^2] - \mu^2`. That difference cancels digits where
-    :math:`\mu^2 \gg \sigma^2`; for a layer with a channel above :data:`UNCENTRED_MAX_RATIO`
-    (and on other devices, where the check would wait for the device) the variance comes from
-    the per-image norms of :math:`f - \mu` instead: one more read, and a write of ``flat``'s size."""
+    summing to 1; the variance from the centred values :math:`E[(f - \mu)^2]` (no cancellation)."""
     per_position = 1.0 / flat.shape[2]
     mean = _weighted_rows(flat.sum(2), w, per_position)
-    if flat.device.type == "cpu":
-        mean_sq = mean.square()
-        var = torch.addmv(mean_sq, torch.linalg.vector_norm(flat, dim=2).square_().t(), w,
-                          beta=-1.0, alpha=per_position)
-        if float(torch.add(mean_sq, var, alpha=-UNCENTRED_MAX_RATIO).max()) <= 0:  # False for var < 0 too
-            return mean, var
     return mean, _weighted_rows(torch.linalg.vector_norm(flat - mean.unsqueeze(1), dim=2).square_(), w, per_position)
 
 

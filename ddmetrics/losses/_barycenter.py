@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -316,8 +315,7 @@ def _assigned_sums(x: Tensor, a: Tensor, cols: Tensor, m: int, uniform: bool) ->
     """``plan.T @ x`` for the nearest-atom plan (point ``i`` sends ``a_i`` to atom ``cols[i]``), ``(m, d)``.
 
     One ``index_add_`` of the rows of ``x``: no gather (every point is an arc) and, for uniform
-    ``a``, no ``a * x`` product either (one pass over ``x``, where the CSR product of
-    :func:`_plan_t_matmul` also builds the sparse matrix and its index arrays).
+    ``a``, no ``a * x`` product either (one pass over ``x``).
     """
     if uniform:
         return torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, cols, x).mul_(a[0])
@@ -325,18 +323,7 @@ def _assigned_sums(x: Tensor, a: Tensor, cols: Tensor, m: int, uniform: bool) ->
 
 
 def _plan_t_matmul(arcs, x: Tensor, m: int) -> Tensor:
-    """``plan.T @ x`` from the plan's arcs, ``(m, d)``.
-
-    On the CPU a scipy CSR product (scipy comes with POT): the plan has at most n + m − 1 arcs,
-    and a sparse product reads each once, where torch's gather + ``index_add_`` writes a gathered
-    copy of the rows first and the dense product reads n × m entries. Elsewhere ``index_add_`` on
-    the tensors' device.
-    """
-    if x.device.type == "cpu":
-        from scipy.sparse import csr_matrix
-
-        plan_t = csr_matrix((arcs.mass.numpy(), (arcs.cols.numpy(), arcs.rows.numpy())), shape=(m, x.shape[0]))
-        return torch.from_numpy(np.asarray(plan_t @ x.numpy())).to(x.dtype)
+    """``plan.T @ x`` from the plan's arcs, ``(m, d)``: one ``index_add_`` of the arcs' weighted rows."""
     return torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device).index_add_(
         0, arcs.cols, arcs.mass.unsqueeze(1) * x[arcs.rows])
 

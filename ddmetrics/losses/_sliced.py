@@ -42,6 +42,9 @@ def _sort_rows(t: Tensor) -> Tensor:
     is several times faster than ``torch.sort`` there (0.043 s against 0.199 s for 256 × 10⁴
     float32 on the 2-core CI machine, one numpy thread against two torch threads); the values
     are the same, only their order within ties could differ, which does not change a quantile.
+    Kept as the one CPU-only path that matters where users run: on a batched DM step at 28 px
+    (10 classes × 256 directions × 256 real images) it takes 1.0 ms against torch's 25.5 ms,
+    13 % of the step (``python benchmarks/cpu_branches.py``, one thread).
     """
     if t.device.type == "cpu" and not t.requires_grad and t.dtype in (torch.float32, torch.float64):
         return torch.from_numpy(np.sort(t.contiguous().numpy(), axis=1))

@@ -295,11 +295,11 @@ def test_one_class_moments_stay_accurate_in_float32_far_from_zero():
     assert float((g32 - g64).abs().max()) < 1e-4 * float(g64.abs().max())
 
 
-@pytest.mark.parametrize("ratio", [90.0, 1e4])  # below the guard: E[f²] − μ²; above: centred values
-def test_moments_in_float32_within_1e4_of_float64_on_either_side_of_the_guard(monkeypatch, ratio):
-    """Channels with μ²/σ² = ``ratio``, on 28×28 maps: the float32 variance is within 1e-4
-    (relative) of the float64 variance of the same numbers. Below the guard that is E[f²] − μ²'s
-    (what the guard-less form gives too); above it, the guard-less form misses the bound."""
+@pytest.mark.parametrize("ratio", [90.0, 1e4])
+def test_moments_in_float32_within_1e4_of_float64_for_channels_far_from_zero(ratio):
+    """Channels with μ²/σ² = ``ratio``, on 28×28 maps: the float32 variance (from centred values)
+    is within 1e-4 (relative) of the float64 variance of the same numbers; E[f²] − μ² would lose
+    about log10(ratio) digits of float32's 7 to cancellation."""
     from ddmetrics.distill import pcbn
 
     g = torch.Generator().manual_seed(5)
@@ -310,12 +310,6 @@ def test_moments_in_float32_within_1e4_of_float64_on_either_side_of_the_guard(mo
     _, v64 = pcbn._moments(f.double(), w.double())
     _, v32 = pcbn._moments(f, w)
     assert float(((v32.double() - v64) / v64).abs().max()) < 1e-4
-    monkeypatch.setattr(pcbn, "UNCENTRED_MAX_RATIO", float("inf"))
-    _, unguarded = pcbn._moments(f, w)
-    if ratio < 100:  # the guard let it through: the cheap form is what ran
-        assert torch.equal(unguarded, v32)
-    else:
-        assert float(((unguarded.double() - v64) / v64).abs().max()) > 1e-4
 
 
 def _fusable_net(dtype=torch.float64):
