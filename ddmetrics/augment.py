@@ -18,8 +18,9 @@ batch is optimised through it), and all randomness comes from the explicit
 - ``"idc:<ops>"``: IDC's DiffAug as NCFM runs it (:class:`DiffAugment` ``mode="idc"``): colour,
   flip and cutout, where listed, at every call, plus one of the listed crop / scale / rotate.
 - The names of :data:`NAMED` (:class:`CropFlipRoll`): ``"rrc_flip_roll"`` (WMDD's synthesis),
-  ``"roll"`` (SRe²L's CIFAR synthesis), ``"rrc_flip"`` (FKD students, WMDD's teacher),
-  ``"crop_pad_flip"`` (SRe²L's CIFAR teacher and students).
+  ``"rrc_flip_roll_small"`` (CDA's Tiny-ImageNet synthesis), ``"roll"`` (SRe²L's CIFAR synthesis),
+  ``"rrc_flip"`` (FKD students, WMDD's teacher), ``"crop_pad_flip"`` (SRe²L's CIFAR teacher and students).
+- Crop curricula (:func:`crop_scale_at`, CDA): a schedule of a resized crop's area range over a run.
 
 References
 ----------
@@ -28,6 +29,7 @@ References
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, fields
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -686,6 +688,13 @@ class CropFlipRoll(Augmentation):
         return (f"CropFlipRoll(crop={self.crop!r}, flip={self.flip}, roll={self.roll}, size={self.size}, "
                 f"shared={self.shared})")
 
+    def with_scale(self, scale: Sequence[float]) -> "CropFlipRoll":
+        """A copy whose ``"resized"`` crop draws its area fraction from ``scale`` (a crop curriculum's
+        step: :func:`crop_scale_at`); everything else as this one."""
+        out = copy.copy(self)
+        out.scale = _positive_range(scale, "scale")
+        return out
+
     def roll_range(self, h: int, w: int) -> Tuple[int, int]:
         """The largest shift J of the roll along rows and columns for images of ``h`` × ``w``."""
         if self.roll is None:
@@ -839,6 +848,10 @@ _NAMED_BUILDERS: Dict[str, Callable[[Optional[int]], Augmentation]] = {
     # SRe²L's CIFAR synthesis (recover_cifar.py:79-81): a circular roll by U{0..4} at 32 px for the
     # whole batch, scaled: J = int(4/32 * side + 0.5) (4 at 28 px)
     "roll": lambda size: CropFlipRoll(roll=4 / 32, size=size, shared=True),
+    # CDA's Tiny-ImageNet recovery (CDA/recover_cda_tiny.py:57-72): one RandomResizedCrop and one flip for the
+    # whole batch, then a roll by U{0..4} per axis at 64 px (--jitter 4), scaled: J = int(4/64 * side + 0.5)
+    # (2 at 28 px); the crop's scale is what CDA's curriculum schedules (crop_scale_at)
+    "rrc_flip_roll_small": lambda size: CropFlipRoll(crop="resized", flip=0.5, roll=4 / 64, size=size, shared=True),
     # FKD students (train_FKD.py) and WMDD's teacher: RandomResizedCrop + flip per image
     "rrc_flip": lambda size: CropFlipRoll(crop="resized", flip=0.5),
     # SRe²L's CIFAR teacher and relabelling: RandomCrop(size, padding=4) + flip per image, the padding
@@ -849,6 +862,40 @@ _NAMED_BUILDERS: Dict[str, Callable[[Optional[int]], Augmentation]] = {
 
 #: named augmentations besides DSA strategies (see :func:`make_augment`)
 NAMED: Tuple[str, ...] = tuple(_NAMED_BUILDERS)
+
+#: the crop curricula of :func:`crop_scale_at`: how the smallest crop area grows harder over a run
+CROP_CURRICULA: Tuple[str, ...] = ("none", "step", "linear", "cosine")
+
+
+def crop_scale_at(curriculum: str, iteration: int, iterations: int, milestone: float = 1.0,
+                  low: float = 0.08, high: float = 1.0) -> Tuple[float, float]:
+    r"""The ``RandomResizedCrop`` area range at ``iteration`` of ``iterations`` under a crop
+    curriculum (CDA, easy to hard).
+
+    Before the milestone :math:`t < M = \text{milestone} \cdot T` the smallest area :math:`s` falls
+    from ``high`` (whole images: easy) towards ``low``; from the milestone on it is ``low``:
+
+    .. math::
+        s_{\text{step}} = \text{high}, \qquad
+        s_{\text{linear}} = \text{low} + (\text{high} - \text{low})\,(1 - t / M), \qquad
+        s_{\text{cosine}} = \text{low} + (\text{high} - \text{low})\,\tfrac12 (1 + \cos(\pi t / M))
+
+    ``"none"``: ``(low, high)`` throughout. Returns ``(s, high)``.
+
+    References
+    ----------
+    .. [1] Z. Yin, Z. Shen. Dataset distillation in large data era (CDA). arXiv:2311.18838, 2023.
+    """
+    if curriculum not in CROP_CURRICULA:
+        raise ValueError(f"curriculum must be one of {CROP_CURRICULA}, got {curriculum!r}")
+    edge = milestone * iterations
+    if curriculum == "none" or not iteration < edge:
+        return low, high
+    if curriculum == "step":
+        return high, high
+    progress = iteration / edge
+    fall = 1.0 - progress if curriculum == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return low + (high - low) * fall, high
 
 _IDC = "idc:"
 

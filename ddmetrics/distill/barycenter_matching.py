@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
-from ..augment import make_augment
+from ..augment import crop_scale_at, make_augment
 from ..data import pixel_bounds
 from ..distributed import class_seed
 from ..losses import DistributionLoss
@@ -152,7 +152,11 @@ class BarycenterMatching(Strategy):
 
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
         cfg = self.cfg
-        view = self.augment(syn, gen) if self.augment is not None else syn
+        augment = self.augment
+        if cfg.crop_curriculum != "none":  # CDA: the crop's area range at this step of the curriculum
+            augment = augment.with_scale(crop_scale_at(cfg.crop_curriculum, it, cfg.effective_iterations,
+                                                       cfg.crop_milestone))
+        view = augment(syn, gen) if augment is not None else syn
         # the classifier head runs only where its logits are used
         feats, logits, reg_value = self._forward(view, ctx["reg"], logits=cfg.ce_weight > 0)
         total = view.new_zeros(())

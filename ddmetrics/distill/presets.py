@@ -65,6 +65,7 @@ _CHOICES: Dict[str, tuple] = {
     "reg_norm": ("squared", "l2"),
     "bn_stats": ("exact", "batch_mean", "running"),
     "coreset": ("random", "herding", "kcenter", "kmeans"),
+    "crop_curriculum": ("none", "step", "linear", "cosine"),
 }
 
 
@@ -109,6 +110,7 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "reg_weight": (_non_negative, "a non-negative number"),
     "reg_weighted": (lambda v: isinstance(v, bool), "True or False"),
     "first_bn_weight": (_non_negative, "a non-negative number"),
+    "crop_milestone": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "embedder": (_model_ok, "a model name or a builder fn(channels, num_classes, image_size)"),
     "iters_per_model": (_positive_int, "a positive integer"),
     "embedder_pool": (lambda v: _is_int(v) and v >= 0, "0 (fresh random embedders) or a positive integer"),
@@ -190,7 +192,10 @@ class DistillConfig:
         ``"exact"``, ``"batch_mean"``: within-batch variances of 100-image batches averaged, as
         WMDD's code; ``"running"``: the teacher's running statistics, SRe²L, ``reg="bn"`` only),
         ``reg_weighted`` (the synthetic statistics weighted by the barycenter weights, Eq. 14)
-        and ``first_bn_weight`` (the first BatchNorm layer's factor, SRe²L's 10).
+        and ``first_bn_weight`` (the first BatchNorm layer's factor, SRe²L's 10); with a
+        RandomResizedCrop augmentation, ``crop_curriculum`` (CDA: ``"step"``, ``"linear"`` or
+        ``"cosine"`` fall of the smallest crop area from 1 to 0.08 until ``crop_milestone`` × the
+        iterations, :func:`ddmetrics.augment.crop_scale_at`; ``"none"``: 0.08 throughout).
     Distribution matching
         ``embedder``, ``iters_per_model`` (steps per embedder); ``embedder_pool`` (0: a fresh
         random network per draw, DM; P > 0: P networks trained by the ``"ncfm"`` teacher recipe
@@ -244,6 +249,8 @@ class DistillConfig:
     bn_stats: str = "batch_mean"
     reg_weighted: bool = False
     first_bn_weight: float = 1.0
+    crop_curriculum: str = "none"
+    crop_milestone: float = 1.0
     # distribution matching
     embedder: str = "convnet"
     iters_per_model: int = 1
@@ -353,6 +360,14 @@ def _synthesises(cfg: DistillConfig) -> bool:
     return cfg.strategy != "coreset"
 
 
+def _resized_crop(augment: Optional[str]) -> bool:
+    """Whether the augmentation ``augment`` draws a ``RandomResizedCrop`` (what a crop curriculum schedules)."""
+    from ..augment import CropFlipRoll, make_augment
+
+    aug = make_augment(augment, 1, 32)
+    return isinstance(aug, CropFlipRoll) and aug.crop == "resized"
+
+
 def _barycenter(cfg: DistillConfig) -> bool:
     """Whether ``cfg`` computes class barycenters: as targets, or for the nearest-real start."""
     return cfg.strategy == "barycenter" and (cfg.feature_loss == "barycenter" or cfg.init == "nearest")
@@ -382,6 +397,8 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "bn_stats": lambda c: c.strategy == "barycenter" and c.reg != "none",
     "reg_weighted": lambda c: c.strategy == "barycenter" and c.feature_loss == "barycenter" and c.reg != "none",
     "first_bn_weight": lambda c: c.strategy == "barycenter" and c.reg != "none",
+    "crop_curriculum": lambda c: c.strategy == "barycenter" and _resized_crop(c.augment),
+    "crop_milestone": lambda c: c.strategy == "barycenter" and _resized_crop(c.augment) and c.crop_curriculum != "none",
     "embedder": lambda c: c.strategy == "distribution",
     "iters_per_model": lambda c: c.strategy == "distribution",
     "embedder_pool": lambda c: c.strategy == "distribution",
@@ -417,6 +434,9 @@ _UNUSED_BECAUSE: Dict[str, str] = {
     "pool_epochs": "embedder_pool is 0",
     "temperature": "its evaluation protocol uses hard labels",
     "coreset": "only strategy='coreset' selects real images",
+    "crop_curriculum": "only teacher matching (strategy='barycenter') with a RandomResizedCrop augmentation "
+                       "('rrc_flip_roll', 'rrc_flip_roll_small', 'rrc_flip') has a crop scale to schedule",
+    "crop_milestone": "crop_curriculum is 'none' (or there is no crop scale to schedule)",
 }
 #: why a field of the synthesis is unused by a coreset (every field but the teacher's and the evaluation's)
 _CORESET_UNUSED = "a coreset selects real images (strategy='coreset'): nothing is synthesised"
@@ -504,6 +524,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                   reg_norm="l2", bn_stats="running", first_bn_weight=10.0, synthesis_batch="slot",
                   iterations=1000, lr=0.25, init="noise", clamp="pixel", augment="roll",
                   teacher_recipe="sre2l", eval_protocol="sre2l_small"),
+    # CDA (Yin & Shen, "Dataset distillation in large data era", 2023), the Tiny-ImageNet release, the closest to
+    # small images (VILA-Lab/SRe2L CDA/recover_cda_tiny.py, README's script): SRe²L's recovery (batches of image j
+    # of every class, CE + r_bn x unsquared distances to the running BatchNorm statistics, first layer x10, noise
+    # init, Adam (0.5, 0.9) cosine, pixel clamp) with RandomResizedCrop + flip + roll, the crop's smallest area
+    # falling from 1 to 0.08 on a cosine over the whole run (--easy2hard-mode cosine --milestone 1), lr 0.4,
+    # r_bn 0.05, 4000 iterations; teacher and relabelling as SRe²L's small-data release
+    "cda": dict(strategy="barycenter", feature_loss="none", ce_weight=1.0, reg="bn", reg_weight=0.05,
+                reg_norm="l2", bn_stats="running", first_bn_weight=10.0, synthesis_batch="slot",
+                iterations=4000, lr=0.4, init="noise", clamp="pixel", augment="rrc_flip_roll_small",
+                crop_curriculum="cosine", crop_milestone=1.0, teacher_recipe="sre2l", eval_protocol="sre2l_small"),
     # Coreset baselines (in the package, beside the distiller): ipc real images per class, uniform weights, nothing
     # synthesised (ddmetrics/distill/coresets.py). herding, kcenter and kmeans select in the feature space of the
     # teacher above (WMDD's: resnet18 by the "wmdd" recipe, as the benchmarks' coresets always did); random needs

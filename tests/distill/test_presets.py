@@ -72,6 +72,8 @@ VALID = {
     "bn_stats": lambda v: v in ("exact", "batch_mean", "running"),
     "reg_weighted": lambda v: isinstance(v, bool),
     "first_bn_weight": lambda v: _num(v) and v >= 0,
+    "crop_curriculum": lambda v: v in ("none", "step", "linear", "cosine"),
+    "crop_milestone": lambda v: _num(v) and 0 < v <= 1,
     "embedder": _model,
     "iters_per_model": lambda v: _int(v) and v > 0,
     "embedder_pool": lambda v: _int(v) and v >= 0,
