@@ -121,6 +121,12 @@ PROTOCOLS: Dict[str, Protocol] = {
                      recipe=TrainRecipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256,
                                         schedule="step_half_reset", augment="color_crop_cutout_flip_scale_rotate",
                                         epochs=1000)),
+    # DataDAM's evaluate_synset (DataDistillation/DataDAM utils.py:423-447, main_DataDAM.py:26-31): DM's, with a
+    # batch of 64 and 1800 epochs (lr x0.1 after half, the optimiser rebuilt)
+    "datadam": Protocol(labels="hard", model="convnet", source="DataDAM utils.py:423 (evaluate_synset)",
+                        recipe=TrainRecipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=64,
+                                           schedule="step_half_reset", augment="color_crop_cutout_flip_scale_rotate",
+                                           epochs=1800)),
     # SRe²L / WMDD / RDED's train_FKD: teacher soft labels of RandomResizedCrop + flip views with CutMix on
     # every batch, KL (batchmean) at T = 20 without T², AdamW lr 1e-3 wd 0.01 (not on norms and biases),
     # cosine per epoch, 300 epochs, batch 100, ResNet-18 (WMDD train/train_FKD.py, run.sh)

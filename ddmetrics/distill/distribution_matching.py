@@ -30,7 +30,7 @@ under one draw of the matching augmentation per class, against the class label.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ from .. import factor as factor_mod
 from ..augment import make_augment
 from ..data import pixel_bounds
 from ..losses import DistributionLoss
-from ..models import get_model
+from ..models import capture, get_model
 from ..protocols import get_teacher_recipe
 from ..utils import autocast, seeded
 from ._loop import Strategy, Unit
@@ -66,6 +66,26 @@ def initial_class_images(train, k: int, ipc: int, factor: int, init: str, gen: t
         pick = pick[torch.arange(per, device="cpu") % len(pick)]
     images = train.load(pick)
     return factor_mod.encode(images, factor) if factor > 1 else images
+
+
+def attention_layers(net: nn.Module) -> List[nn.Module]:
+    """The activations whose outputs DataDAM turns into attention maps: the network's ReLU modules,
+    in ``modules()`` order (the step uses every one but the last, as ``main_DataDAM.py`` does)."""
+    return [m for m in net.modules() if isinstance(m, nn.ReLU)]
+
+
+def attention_map(activation: Tensor, power: float = 1.0) -> Tensor:
+    r"""DataDAM's spatial attention of an ``(N, C, ...)`` activation, ``(N, S)`` over its ``S`` positions:
+
+    .. math:: a = \frac{\sum_c |f_c|^p}{\|\sum_c |f_c|^p\|_2}
+
+    References
+    ----------
+    .. [1] A. Sajedi, S. Khaki, E. Amjadian, L. Z. Liu, Y. A. Lawryshyn, K. N. Plataniotis. DataDAM:
+       Efficient dataset distillation with attention matching. ICCV 2023.
+    """
+    summed = activation.abs().pow(power).sum(1) if power != 1 else activation.abs().sum(1)
+    return F.normalize(summed.reshape(activation.shape[0], -1).float(), p=2.0, dim=1)
 
 
 def _per_class(gen, classes: int) -> list:
@@ -159,24 +179,37 @@ class DistributionMatching(Strategy):
             views.append(imgs)
         # one embedder pass over the unit's real images and one over its synthetic ones (the embedder
         # is per sample: instance norm, or no norm; a BatchNorm embedder keeps one class a unit)
+        layers = attention_layers(ctx["embedder"]) if cfg.attention_weight > 0 else []
         with autocast(self.device, self.amp):
-            f_real = ctx["embedder"].embed(torch.cat(reals) if len(reals) > 1 else reals[0])
-            f_syn = ctx["embedder"].embed(torch.cat(views) if len(views) > 1 else views[0])
+            with capture(layers) as acts:
+                f_real = ctx["embedder"].embed(torch.cat(reals) if len(reals) > 1 else reals[0])
+            acts_real = [a.detach() for a in acts]
+            with capture(layers) as acts_syn:
+                f_syn = ctx["embedder"].embed(torch.cat(views) if len(views) > 1 else views[0])
         f_real, f_syn = f_real.float(), f_syn.float()  # losses compute in float32 at least
         if cfg.normalize_features:  # NCFM/NCFM.py:72-73: per-sample unit vectors
             f_real, f_syn = F.normalize(f_real.flatten(1), dim=1), F.normalize(f_syn.flatten(1), dim=1)
-        n_real, n_syn = {len(r) for r in reals}, {len(v) for v in views}
-        if len(reals) > 1 and self.loss.stateless and len(n_real) == 1 and len(n_syn) == 1:
+        sizes = [len(r) for r in reals], [len(v) for v in views]
+        total = self._matched(ctx, f_real, f_syn, *sizes)
+        # DataDAM: the attention maps of every activation but the last, each layer a term of its own
+        for a_real, a_syn in list(zip(acts_real, acts_syn))[:-1]:
+            maps = attention_map(a_real, cfg.attention_power), attention_map(a_syn, cfg.attention_power)
+            total = total + cfg.attention_weight * self._matched(ctx, *maps, *sizes)
+        return total, total
+
+    def _matched(self, ctx: Dict[str, Any], f_real: Tensor, f_syn: Tensor, n_real: List[int], n_syn: List[int]
+                 ) -> Tensor:
+        """The sum over the unit's classes of the loss between each class's rows of ``f_real`` and
+        ``f_syn`` (``n_real[c]`` and ``n_syn[c]`` rows of class ``c``, in class order)."""
+        if len(n_real) > 1 and self.loss.stateless and len(set(n_real)) == 1 and len(set(n_syn)) == 1:
             # one call for the unit's classes: a stateless loss gives each problem what its own copy would
-            total = self.loss.batched(f_real.reshape(len(reals), n_real.pop(), -1),
-                                      f_syn.reshape(len(views), n_syn.pop(), -1)).sum()
-            return total, total
+            return self.loss.batched(f_real.reshape(len(n_real), n_real[0], -1),
+                                     f_syn.reshape(len(n_syn), n_syn[0], -1)).sum()
         total = None
-        for loss, fr, fs in zip(ctx["losses"], f_real.split([len(r) for r in reals]),
-                                f_syn.split([len(v) for v in views])):
+        for loss, fr, fs in zip(ctx["losses"], f_real.split(n_real), f_syn.split(n_syn)):
             value = loss(fr, fs)
             total = value if total is None else total + value
-        return total, total
+        return total
 
     def extra_steps(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen):
         if self.cfg.calib_weight > 0:

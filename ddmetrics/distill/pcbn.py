@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..losses import check_weight_vector
+from ..models._capture import capture
 from ..utils import batches, model_device
 
 __all__ = ["BNStats", "BoundPCBN", "PCBNLoss", "bn_inputs", "bn_layers", "per_class_bn_stats", "weighted_mean_var"]
@@ -356,7 +357,8 @@ def bn_inputs(model: nn.Module) -> Iterator[List[Optional[Tensor]]]:
     Parameters
     ----------
     model : nn.Module
-        The network; hooks go on every layer of :func:`bn_layers`.
+        The network; hooks go on every layer of :func:`bn_layers`
+        (:func:`ddmetrics.models.capture`, the hook mechanism every method shares).
 
     Yields
     ------
@@ -371,20 +373,8 @@ def bn_inputs(model: nn.Module) -> Iterator[List[Optional[Tensor]]]:
     ...     logits = model(x)
     >>> [f.shape for f in captured]                 # doctest: +SKIP
     """
-    layers = bn_layers(model)
-    captured: List[Optional[Tensor]] = [None] * len(layers)
-
-    def hook_for(i: int) -> Callable:
-        def hook(module: nn.Module, inputs: Tuple[Tensor, ...]) -> None:
-            captured[i] = inputs[0]
-        return hook
-
-    handles = [layer.register_forward_pre_hook(hook_for(i)) for i, layer in enumerate(layers)]
-    try:
+    with capture(bn_layers(model), "input") as captured:
         yield captured
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @dataclass

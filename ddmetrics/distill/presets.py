@@ -118,6 +118,8 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "pool_interpolate": (lambda v: isinstance(v, bool), "True or False"),
     "calib_weight": (_non_negative, "a non-negative number"),
     "normalize_features": (lambda v: isinstance(v, bool), "True or False"),
+    "attention_weight": (_non_negative, "a non-negative number"),
+    "attention_power": (_positive, "a positive number"),
     "eval_protocol": (_protocol_ok, "an evaluation protocol of ddmetrics.protocols.PROTOCOLS"),
     "eval_model": (_optional(_model_ok), "None (the protocol's) or a model name or builder"),
     "eval_epochs": (_optional(_positive_int), "None (the protocol's) or a positive integer"),
@@ -202,7 +204,10 @@ class DistillConfig:
         for ``pool_epochs`` epochs, one drawn per step and, with ``pool_interpolate``, mixed
         with its initialisation, NCFM); ``calib_weight`` (NCFM's extra cross-entropy step
         through the drawn network's trained end); ``normalize_features`` (features on the unit
-        sphere before the loss, NCFM).
+        sphere before the loss, NCFM); ``attention_weight`` (DataDAM: the loss also compares, per
+        class and weighted by it, the spatial attention maps Σ_c |f_c|^p (p =
+        ``attention_power``), L2-normalised per image, of the output of every ReLU of the embedder
+        but the last).
     Coreset selection
         ``strategy="coreset"`` synthesises nothing: the set is ``ipc`` real images per class with
         uniform weights, chosen by ``coreset`` (:mod:`ddmetrics.distill.coresets`): ``"random"``
@@ -259,6 +264,8 @@ class DistillConfig:
     pool_interpolate: bool = False
     calib_weight: float = 0.0
     normalize_features: bool = False
+    attention_weight: float = 0.0
+    attention_power: float = 1.0
     # coreset selection
     coreset: str = "random"
     # evaluation
@@ -407,6 +414,8 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     # settable with no pool, so that a run without NCFM's pool can also drop its calibration
     "calib_weight": lambda c: c.strategy == "distribution",
     "normalize_features": lambda c: c.strategy == "distribution",
+    "attention_weight": lambda c: c.strategy == "distribution",
+    "attention_power": lambda c: c.strategy == "distribution" and c.attention_weight > 0,
     "temperature": _soft,
     "coreset": lambda c: c.strategy == "coreset",
 }
@@ -437,6 +446,7 @@ _UNUSED_BECAUSE: Dict[str, str] = {
     "crop_curriculum": "only teacher matching (strategy='barycenter') with a RandomResizedCrop augmentation "
                        "('rrc_flip_roll', 'rrc_flip_roll_small', 'rrc_flip') has a crop scale to schedule",
     "crop_milestone": "crop_curriculum is 'none' (or there is no crop scale to schedule)",
+    "attention_power": "attention_weight is 0: no attention maps are matched",
 }
 #: why a field of the synthesis is unused by a coreset (every field but the teacher's and the evaluation's)
 _CORESET_UNUSED = "a coreset selects real images (strategy='coreset'): nothing is synthesised"
@@ -445,7 +455,8 @@ for _field, _same in (("loss_kwargs", "loss"), ("teacher_recipe", "teacher_arch"
                       ("learn_weights", "bary_iters"), ("bary_init", "bary_iters"), ("reg_norm", "reg_weight"),
                       ("bn_stats", "reg_weight"), ("first_bn_weight", "reg_weight"), ("iters_per_model", "embedder"),
                       ("embedder_pool", "embedder"), ("normalize_features", "embedder"),
-                      ("pool_interpolate", "pool_epochs"), ("calib_weight", "embedder")):
+                      ("pool_interpolate", "pool_epochs"), ("calib_weight", "embedder"),
+                      ("attention_weight", "embedder")):
     _UNUSED_BECAUSE[_field] = _UNUSED_BECAUSE[_same]
 
 
@@ -493,6 +504,14 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                optimizer="sgd", lr=1.0, lr_schedule="constant", init="real", clamp="none",
                augment="color_crop_cutout_flip_scale_rotate", synthesis_batch="class", batch_real=256,
                iters_per_model=1, eval_protocol="hard"),
+    # DataDAM (Sajedi et al., ICCV 2023), main_DataDAM.py and the README's hyper-parameter table: DM's step with a
+    # new random ConvNet each iteration, + 100 x the per-class mean attention maps (sum over channels of |f|, exp 1
+    # in the code, L2-normalised) of every ReLU output but the last, the final embedding's mean matching (100 x
+    # task_balance 0.01 = 1), SGD lr 1 momentum 0.5, 64 real images per class, 8000 iterations, DSA, real init
+    "datadam": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "linear"}, iterations=8000,
+                    optimizer="sgd", lr=1.0, lr_schedule="constant", init="real", clamp="none",
+                    augment="color_crop_cutout_flip_scale_rotate", synthesis_batch="class", batch_real=64,
+                    iters_per_model=1, attention_weight=100.0, attention_power=1.0, eval_protocol="datadam"),
     # M3D (Zhang et al., AAAI 2024; no released code: the paper): Gaussian-kernel MMD, factor 2, 5 steps per
     # random model, 10 000 iterations, lr 1; the rest as DM (the paper follows DM)
     "m3d": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "gaussian"}, iterations=10000,

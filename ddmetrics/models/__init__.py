@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..utils import Plugins
+from ._capture import capture
 from ._convnet import ConvNet
 from ._io import load_state_dict_file, load_teacher_file
 from ._library import LIBRARIES, build_library_model, check_library_input, library_of, require_library
@@ -27,7 +28,7 @@ from ._teacher import Teacher, as_teacher, check_outputs
 from ._train import (WEIGHT_NORMS, accuracy, check_recipe, lr_factor, make_optimizer, optimizer_rebuilds,
                      parameter_groups, train_model)
 
-__all__ = ["ConvNet", "ResNet", "ResNet18", "ResNetAP10", "MODELS", "LIBRARIES", "Teacher", "as_teacher",
+__all__ = ["capture", "ConvNet", "ResNet", "ResNet18", "ResNetAP10", "MODELS", "LIBRARIES", "Teacher", "as_teacher",
            "available_models", "check_image_size", "check_model_name", "check_outputs", "get_model",
            "is_model_name", "load_state_dict_file", "load_teacher_file", "register_model", "train_model", "accuracy",
            "lr_factor", "optimizer_rebuilds", "parameter_groups", "make_optimizer", "check_recipe", "WEIGHT_NORMS"]

@@ -81,6 +81,8 @@ VALID = {
     "pool_interpolate": lambda v: isinstance(v, bool),
     "calib_weight": lambda v: _num(v) and v >= 0,
     "normalize_features": lambda v: isinstance(v, bool),
+    "attention_weight": lambda v: _num(v) and v >= 0,
+    "attention_power": lambda v: _num(v) and v > 0,
     "coreset": lambda v: v in ("random", "herding", "kcenter", "kmeans"),
     "eval_protocol": lambda v: isinstance(v, str) and v in PROTOCOLS,
     "eval_model": _opt(_model),
