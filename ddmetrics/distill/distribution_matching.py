@@ -38,13 +38,14 @@ from torch import Tensor, nn
 
 from .. import factor as factor_mod
 from ..augment import make_augment
+from ..distributed import class_seed
 from ..data import pixel_bounds
 from ..losses import DistributionLoss
 from ..models import capture, get_model
 from ..protocols import get_teacher_recipe
 from ..utils import autocast, seeded
 from ._loop import Strategy, Unit
-from .pool import EmbedderPool
+from .pool import EmbedderPool, EmbedderQueue
 from .presets import DistillConfig
 
 #: the teacher recipe that trains NCFM's embedder pool (pretrain/pretrain_script.py)
@@ -66,6 +67,10 @@ def initial_class_images(train, k: int, ipc: int, factor: int, init: str, gen: t
         pick = pick[torch.arange(per, device="cpu") % len(pick)]
     images = train.load(pick)
     return factor_mod.encode(images, factor) if factor > 1 else images
+
+
+#: the stream of :func:`~ddmetrics.distributed.class_seed` that seeds a unit's embedder queue
+_QUEUE_STREAM = 15
 
 
 def attention_layers(net: nn.Module) -> List[nn.Module]:
@@ -159,24 +164,42 @@ class DistributionMatching(Strategy):
         return {"unit": unit, "losses": [copy.deepcopy(self.loss) for _ in unit.classes],
                 "indices": [self.train.class_indices(k) for k in unit.classes],
                 "labels": [torch.full((per,), k, dtype=torch.long, device=self.device) for k in unit.classes],
-                "embedder": None, "trained": None}
+                "embedder": None, "trained": None, "queue": self._queue(unit), "accuracy": 0.0}
+
+    def _queue(self, unit: Unit) -> Optional[EmbedderQueue]:
+        """IDM's queue of embedders trained alongside (``embedder_queue`` > 0), one per unit: seeded
+        by the unit's first class, so a class's queue does not depend on the classes run before it."""
+        cfg, shape = self.cfg, self.train.image_shape
+        if cfg.embedder_queue == 0:
+            return None
+        return EmbedderQueue(cfg.embedder, shape[0], self.num_classes, shape[-1],
+                             seed=class_seed(self.seed, unit.classes[0], _QUEUE_STREAM), device=self.device,
+                             capacity=cfg.embedder_queue, push_every=cfg.queue_push_every,
+                             train_steps=cfg.queue_train_steps)
 
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen) -> Tuple[Tensor, Tensor]:
         cfg, train = self.cfg, self.train
-        if ctx["embedder"] is None or it % cfg.iters_per_model == 0:
+        if ctx["queue"] is not None:
+            # IDM: the networks trained after step it - 1 (deferred to here, so that a checkpoint between
+            # steps holds the queue as the next step needs it), then step it's push and draw
+            if it > 0:
+                ctx["queue"].train(train)
+            ctx["embedder"], ctx["accuracy"] = ctx["queue"].draw(it)
+        elif ctx["embedder"] is None or it % cfg.iters_per_model == 0:
             ctx["embedder"], ctx["trained"] = self._draw(it, ctx["embedder"])
         gens = _per_class(gen, len(ctx["indices"]))
-        reals, views = [], []
+        reals, views, labels = [], [], []
         for c, indices in enumerate(ctx["indices"]):  # each class's draws, in the order of one class at a time
             take = min(cfg.batch_real, len(indices))
             # the batch is drawn on the CPU (the same draw on every device), then moved
             real = train.load(indices[torch.randperm(len(indices), generator=gens[c], device="cpu")[:take]])
             real = real.to(self.device)
-            imgs, _ = self._class_images(ctx, syn, c)
+            imgs, lab = self._class_images(ctx, syn, c)
             if self.augment is not None:  # siamese: one draw per class, shared by its real and synthetic images
                 real, imgs = self.augment.pair(real, imgs, gens[c])
             reals.append(real)
             views.append(imgs)
+            labels.append(lab)
         # one embedder pass over the unit's real images and one over its synthetic ones (the embedder
         # is per sample: instance norm, or no norm; a BatchNorm embedder keeps one class a unit)
         layers = attention_layers(ctx["embedder"]) if cfg.attention_weight > 0 else []
@@ -195,6 +218,13 @@ class DistributionMatching(Strategy):
         for a_real, a_syn in list(zip(acts_real, acts_syn))[:-1]:
             maps = attention_map(a_real, cfg.attention_power), attention_map(a_syn, cfg.attention_power)
             total = total + cfg.attention_weight * self._matched(ctx, *maps, *sizes)
+        if ctx["queue"] is not None and cfg.queue_ce_weight > 0:
+            # IDM's class-aware term: the drawn network's cross-entropy on the synthetic views, weighted
+            # by its running training accuracy in percent (IDM_cifar10.py:318-327)
+            with autocast(self.device, self.amp):
+                logits = ctx["embedder"](torch.cat(views) if len(views) > 1 else views[0]).float()
+            ce = sum(F.cross_entropy(lg, lab) for lg, lab in zip(logits.split(sizes[1]), labels))
+            total = total + cfg.queue_ce_weight * ctx["accuracy"] * ce
         return total, total
 
     def _matched(self, ctx: Dict[str, Any], f_real: Tensor, f_syn: Tensor, n_real: List[int], n_syn: List[int]
@@ -249,12 +279,16 @@ class DistributionMatching(Strategy):
 
     def loss_state(self, ctx: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         states = [loss.state_dict() for loss in ctx["losses"]]
+        if ctx["queue"] is not None:  # IDM's queue is state of the unit's run, as a critic is
+            return {"per_class": states, "queue": ctx["queue"].state_dict()}
         return states[0] if len(states) == 1 else {"per_class": states}
 
     def load_loss_state(self, ctx: Dict[str, Any], state: Optional[Dict[str, Any]]) -> None:
         states = state["per_class"] if isinstance(state, dict) and "per_class" in state else [state]
         for loss, st in zip(ctx["losses"], states):
             loss.load_state_dict(st)
+        if ctx["queue"] is not None:
+            ctx["queue"].load_state_dict(state["queue"])
 
     def summary(self, ctx: Dict[str, Any], first: Optional[float], last: Optional[float]) -> Dict[str, Any]:
         return {"matching_loss_first": first, "matching_loss_last": last}

@@ -35,7 +35,7 @@ from ..models import get_model, train_model
 from ..protocols import TrainRecipe
 from ..utils import seeded
 
-__all__ = ["EmbedderPool"]
+__all__ = ["EmbedderPool", "EmbedderQueue"]
 
 # the random streams of a pool (class_seed's third coordinate; units use 0-2)
 _INIT_STREAM, _TRAIN_STREAM, _DRAW_STREAM = 10, 11, 12
@@ -169,3 +169,118 @@ def _frozen(model: nn.Module) -> nn.Module:
     for prm in model.parameters():
         prm.requires_grad_(False)
     return model.eval()
+
+
+# the random streams of a queue (class_seed's third coordinate, beside the pool's)
+_QUEUE_INIT_STREAM, _QUEUE_DRAW_STREAM = 13, 14
+
+
+class EmbedderQueue:
+    r"""IDM's queue of embedders trained while the images are: a first-in first-out list of networks,
+    each trained a few SGD steps on real batches now and then, one drawn per step.
+
+    The schedule of ``IDM_cifar10.py`` (uitrbn/IDM): the queue starts with ``start`` random networks;
+    at every step :math:`t` with :math:`t \bmod \text{push\_every} = 0` a new random network joins
+    it (the oldest leaves at ``capacity``); the step's embedder is a member drawn uniformly; after the
+    step, ``train_nets`` members drawn uniformly (without replacement) each take ``train_steps``
+    SGD steps (lr 0.01, momentum 0.9, weight decay 5e-4) of cross-entropy on ``batch`` real images of
+    any class. Each member keeps its running training accuracy (percent of its training batches
+    classified right since it joined, 0 before any), which weighs IDM's cross-entropy term.
+
+    Members are built on the CPU from seeds of ``(seed, k)`` for the ``k``-th network ever made
+    (the same weights on every device) and drawn from the queue's own generator, so a run depends
+    only on its seed; :meth:`state_dict` holds everything (weights, optimiser states, accuracies,
+    the generator), for checkpoints.
+    """
+
+    def __init__(self, arch, channels: int, num_classes: int, size: int, seed: int,
+                 device: Union[str, torch.device] = "cpu", capacity: int = 100, push_every: int = 30,
+                 train_steps: int = 10, start: int = 3, train_nets: int = 2, batch: int = 256, lr: float = 0.01):
+        for name, value in (("capacity", capacity), ("push_every", push_every), ("start", start),
+                            ("train_nets", train_nets), ("batch", batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 0:
+            raise ValueError(f"train_steps must be a non-negative int, got {train_steps!r}")
+        self.arch, self.shape, self.seed, self.device = arch, (channels, num_classes, size), seed, torch.device(device)
+        self.capacity, self.push_every, self.train_steps = capacity, push_every, train_steps
+        self.train_nets, self.batch, self.lr = train_nets, batch, lr
+        self.gen = torch.Generator(device="cpu").manual_seed(class_seed(seed, 0, _QUEUE_DRAW_STREAM))
+        self.made = 0
+        self.nets: List[nn.Module] = []
+        self.optimizers: List[torch.optim.Optimizer] = []
+        self.hits: List[List[int]] = []  # per member: [right, seen] over its training batches
+        for _ in range(start):
+            self._push()
+
+    def _push(self) -> None:
+        channels, num_classes, size = self.shape
+        with seeded(class_seed(self.seed, self.made, _QUEUE_INIT_STREAM)):
+            net = get_model(self.arch, channels, num_classes, size)
+        net.to(self.device)
+        self.made += 1
+        if len(self.nets) == self.capacity:
+            del self.nets[0], self.optimizers[0], self.hits[0]
+        self.nets.append(net)
+        self.optimizers.append(torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4))
+        self.hits.append([0, 0])
+
+    def __len__(self) -> int:
+        return len(self.nets)
+
+    def accuracy(self, member: int) -> float:
+        """Member ``member``'s running training accuracy in percent (0 before any training)."""
+        right, seen = self.hits[member]
+        return 100.0 * right / seen if seen else 0.0
+
+    def draw(self, step: int) -> Tuple[nn.Module, float]:
+        """The embedder of ``step`` and its accuracy: first the step's push (when due), then a
+        member drawn uniformly. Its parameters take no gradient here (only the images do)."""
+        if step % self.push_every == 0:
+            self._push()
+        member = int(torch.randint(len(self.nets), (1,), generator=self.gen))
+        net = self.nets[member].eval()
+        for prm in net.parameters():
+            prm.requires_grad_(False)
+        return net, self.accuracy(member)
+
+    def train(self, data) -> None:
+        """``train_nets`` members, drawn without replacement, each take ``train_steps`` SGD steps on
+        ``batch`` real images of ``data`` (any class; ``load`` and ``labels``)."""
+        order = torch.randperm(len(self.nets), generator=self.gen)[:self.train_nets].tolist()
+        for member in order:
+            net, opt, hits = self.nets[member], self.optimizers[member], self.hits[member]
+            net.train()
+            for prm in net.parameters():
+                prm.requires_grad_(True)
+            for _ in range(self.train_steps):
+                idx = torch.randperm(len(data), generator=self.gen)[:self.batch]
+                images, labels = data.load(idx).to(self.device), data.labels[idx].to(self.device)
+                logits = net(images)
+                loss = nn.functional.cross_entropy(logits, labels)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                hits[0] += int((logits.argmax(1) == labels).sum())
+                hits[1] += len(labels)
+
+    def state_dict(self) -> Dict[str, object]:
+        """Everything the queue's future depends on (tensors, ints and lists: loadable weights-only), a
+        copy: training the queue afterwards does not change it (an optimiser's state_dict holds its live
+        momentum buffers, which ``load_state_dict`` would share)."""
+        return copy.deepcopy({"made": self.made, "generator": self.gen.get_state(),
+                              "hits": [list(h) for h in self.hits], "nets": [n.state_dict() for n in self.nets],
+                              "optimizers": [o.state_dict() for o in self.optimizers]})
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restore :meth:`state_dict`'s queue (members rebuilt, then their weights and optimisers loaded)."""
+        self.nets, self.optimizers, self.hits = [], [], []
+        self.made = 0
+        for _ in state["nets"]:
+            self._push()
+        for net, opt, w, o in zip(self.nets, self.optimizers, state["nets"], state["optimizers"]):
+            net.load_state_dict(w)
+            opt.load_state_dict(o)
+        self.made = int(state["made"])
+        self.hits = [list(h) for h in state["hits"]]
+        self.gen.set_state(state["generator"])

@@ -118,6 +118,10 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "pool_interpolate": (lambda v: isinstance(v, bool), "True or False"),
     "calib_weight": (_non_negative, "a non-negative number"),
     "normalize_features": (lambda v: isinstance(v, bool), "True or False"),
+    "embedder_queue": (lambda v: _is_int(v) and v >= 0, "0 (no queue) or a positive integer"),
+    "queue_push_every": (_positive_int, "a positive integer"),
+    "queue_train_steps": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "queue_ce_weight": (_non_negative, "a non-negative number"),
     "attention_weight": (_non_negative, "a non-negative number"),
     "attention_power": (_positive, "a positive number"),
     "eval_protocol": (_protocol_ok, "an evaluation protocol of ddmetrics.protocols.PROTOCOLS"),
@@ -207,7 +211,11 @@ class DistillConfig:
         sphere before the loss, NCFM); ``attention_weight`` (DataDAM: the loss also compares, per
         class and weighted by it, the spatial attention maps Σ_c |f_c|^p (p =
         ``attention_power``), L2-normalised per image, of the output of every ReLU of the embedder
-        but the last).
+        but the last); ``embedder_queue`` (IDM: > 0, the capacity of a queue of embedders trained
+        alongside the images, :class:`~ddmetrics.distill.pool.EmbedderQueue`: a new random network
+        every ``queue_push_every`` steps, two members trained ``queue_train_steps`` SGD steps on real
+        batches after each step, one drawn per step; ``queue_ce_weight`` × the drawn network's running
+        accuracy (%) × its cross-entropy on the synthetic views joins the loss).
     Coreset selection
         ``strategy="coreset"`` synthesises nothing: the set is ``ipc`` real images per class with
         uniform weights, chosen by ``coreset`` (:mod:`ddmetrics.distill.coresets`): ``"random"``
@@ -264,6 +272,10 @@ class DistillConfig:
     pool_interpolate: bool = False
     calib_weight: float = 0.0
     normalize_features: bool = False
+    embedder_queue: int = 0
+    queue_push_every: int = 30
+    queue_train_steps: int = 10
+    queue_ce_weight: float = 0.0
     attention_weight: float = 0.0
     attention_power: float = 1.0
     # coreset selection
@@ -407,13 +419,17 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "crop_curriculum": lambda c: c.strategy == "barycenter" and _resized_crop(c.augment),
     "crop_milestone": lambda c: c.strategy == "barycenter" and _resized_crop(c.augment) and c.crop_curriculum != "none",
     "embedder": lambda c: c.strategy == "distribution",
-    "iters_per_model": lambda c: c.strategy == "distribution",
+    "iters_per_model": lambda c: c.strategy == "distribution" and c.embedder_queue == 0,
     "embedder_pool": lambda c: c.strategy == "distribution",
     "pool_epochs": lambda c: c.strategy == "distribution" and c.embedder_pool > 0,
     "pool_interpolate": lambda c: c.strategy == "distribution" and c.embedder_pool > 0,
     # settable with no pool, so that a run without NCFM's pool can also drop its calibration
     "calib_weight": lambda c: c.strategy == "distribution",
     "normalize_features": lambda c: c.strategy == "distribution",
+    "embedder_queue": lambda c: c.strategy == "distribution",
+    "queue_push_every": lambda c: c.strategy == "distribution" and c.embedder_queue > 0,
+    "queue_train_steps": lambda c: c.strategy == "distribution" and c.embedder_queue > 0,
+    "queue_ce_weight": lambda c: c.strategy == "distribution" and c.embedder_queue > 0,
     "attention_weight": lambda c: c.strategy == "distribution",
     "attention_power": lambda c: c.strategy == "distribution" and c.attention_weight > 0,
     "temperature": _soft,
@@ -447,16 +463,20 @@ _UNUSED_BECAUSE: Dict[str, str] = {
                        "('rrc_flip_roll', 'rrc_flip_roll_small', 'rrc_flip') has a crop scale to schedule",
     "crop_milestone": "crop_curriculum is 'none' (or there is no crop scale to schedule)",
     "attention_power": "attention_weight is 0: no attention maps are matched",
+    "queue_push_every": "embedder_queue is 0: there is no queue of trained embedders",
+    "iters_per_model": "only distribution matching redraws random embedders, and with embedder_queue > 0 the "
+                       "queue draws one every step",
 }
 #: why a field of the synthesis is unused by a coreset (every field but the teacher's and the evaluation's)
 _CORESET_UNUSED = "a coreset selects real images (strategy='coreset'): nothing is synthesised"
 _CORESET_USES = ("teacher_arch", "teacher_recipe", "teacher_epochs", "temperature")
 for _field, _same in (("loss_kwargs", "loss"), ("teacher_recipe", "teacher_arch"), ("teacher_epochs", "teacher_arch"),
                       ("learn_weights", "bary_iters"), ("bary_init", "bary_iters"), ("reg_norm", "reg_weight"),
-                      ("bn_stats", "reg_weight"), ("first_bn_weight", "reg_weight"), ("iters_per_model", "embedder"),
+                      ("bn_stats", "reg_weight"), ("first_bn_weight", "reg_weight"),
                       ("embedder_pool", "embedder"), ("normalize_features", "embedder"),
                       ("pool_interpolate", "pool_epochs"), ("calib_weight", "embedder"),
-                      ("attention_weight", "embedder")):
+                      ("attention_weight", "embedder"), ("embedder_queue", "embedder"),
+                      ("queue_train_steps", "queue_push_every"), ("queue_ce_weight", "queue_push_every")):
     _UNUSED_BECAUSE[_field] = _UNUSED_BECAUSE[_same]
 
 
@@ -487,6 +507,10 @@ def _check_combination(cfg: DistillConfig) -> None:
             cfg.reg == "none" or cfg.reg_weight == 0):
         raise SettingError("feature_loss='none', ce_weight=0 and no regulariser leave nothing to minimise",
                            ("feature_loss", "ce_weight", "reg", "reg_weight"))
+    if cfg.embedder_queue > 0 and cfg.embedder_pool > 0:
+        raise SettingError("embedder_queue (IDM's networks trained alongside) and embedder_pool (NCFM's networks "
+                           "trained before) are two sources of embedders: choose one", ("embedder_queue",
+                                                                                       "embedder_pool"))
     if cfg.calib_weight > 0 and cfg.embedder_pool == 0:
         raise SettingError(f"calib_weight={cfg.calib_weight} needs embedder_pool > 0: the calibration step uses a "
                            "pool network's trained weights (with embedder_pool=0, pass calib_weight=0)",
@@ -504,6 +528,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                optimizer="sgd", lr=1.0, lr_schedule="constant", init="real", clamp="none",
                augment="color_crop_cutout_flip_scale_rotate", synthesis_batch="class", batch_real=256,
                iters_per_model=1, eval_protocol="hard"),
+    # IDM (Zhao et al., CVPR 2023), IDM_cifar10.py with command.txt's CIFAR-10 IPC-10 line: DM's mean matching
+    # through a queue of up to 100 ConvNets trained alongside (3 to start, one more every 30 steps, two members
+    # trained 10 SGD steps on 256 real images after each step), + 0.5 x accuracy(%) x the drawn network's
+    # cross-entropy on the synthetic views, partition-and-expand (factor 2), SGD lr 0.2, 256 real images per class,
+    # 20 000 iterations, DSA, real init; evaluation on the expanded set as DM's
+    "idm": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "linear"}, iterations=20000,
+                optimizer="sgd", lr=0.2, lr_schedule="constant", init="real", clamp="none",
+                augment="color_crop_cutout_flip_scale_rotate", synthesis_batch="class", batch_real=256, factor=2,
+                embedder_queue=100, queue_push_every=30, queue_train_steps=10, queue_ce_weight=0.5,
+                eval_protocol="hard"),
     # DataDAM (Sajedi et al., ICCV 2023), main_DataDAM.py and the README's hyper-parameter table: DM's step with a
     # new random ConvNet each iteration, + 100 x the per-class mean attention maps (sum over channels of |f|, exp 1
     # in the code, L2-normalised) of every ReLU output but the last, the final embedding's mean matching (100 x

@@ -24,6 +24,9 @@ CASES = {
     "krdual-batched": dict(method="krdual", ipc=1, iterations=12, loss_kwargs={"steps": 3, "warm_start": True},
                            class_batch=2),
     "m3d": dict(method="m3d", ipc=1, iterations=12, factor=2, class_batch=1),
+    # IDM's queue of networks trained alongside: its weights, optimisers, accuracies and generator resume too
+    "idm": dict(method="idm", ipc=1, iterations=12, queue_push_every=4, queue_train_steps=1, batch_real=32,
+                class_batch=1),
     # WMDD's units of several classes: batch_images // ipc = 2 classes a unit, units (0, 1) and (2,)
     "wmdd-sliced": dict(method="wmdd", loss="sliced", ipc=2, iterations=12, batch_images=4, bary_iters=5,
                         **CHEAP_TEACHER),
