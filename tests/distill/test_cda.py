@@ -64,3 +64,9 @@ def test_a_curriculum_where_there_is_no_crop_scale_is_refused(method, kwargs):
 
 def test_wmdd_takes_a_curriculum_as_an_option():
     assert ddm.Distiller(method="wmdd", crop_curriculum="cosine", crop_milestone=0.5).config.crop_milestone == 0.5
+
+
+def test_cda_compares_no_distributions_so_a_loss_is_refused_by_name():
+    # SRe²L's recovery has no distance in it: cross-entropy and BatchNorm statistics only
+    with pytest.raises(ValueError, match="loss does not apply to method 'cda'"):
+        ddm.Distiller(method="cda", loss="sinkhorn")

@@ -84,3 +84,11 @@ def test_queue_settings_are_refused_where_they_do_not_apply():
         ddm.Distiller(method="idm", iters_per_model=5)
     with pytest.raises(ValueError, match="choose one"):
         ddm.Distiller(method="ncfm", embedder_queue=10)
+
+
+@pytest.mark.parametrize("loss", sorted(set(ddm.available_losses()) - set(ddm.losses.base.missing_losses())))
+def test_idm_takes_any_registered_loss(small, loss):
+    kwargs = {"krdual": {"steps": 2}, "ncfd": {"n_frequencies": 16}}.get(loss, {})
+    syn = ddm.Distiller(method="idm", loss=loss, loss_kwargs=kwargs, ipc=1, iterations=1, seed=0,
+                        batch_real=8).fit(small, progress=False)
+    assert syn.meta["info"]["matching_loss_first"] is not None and torch.isfinite(syn.images).all()
