@@ -411,7 +411,8 @@ def test_make_augment_specs_and_validation():
     idc = make_augment("idc:color_crop_cutout", 3)
     assert isinstance(idc, DiffAugment) and idc.mode == "idc" and idc.drawn == ("crop",)
     shared = {name: make_augment(name, 3).shared for name in NAMED}
-    assert shared == {"rrc_flip_roll": True, "roll": True, "rrc_flip": False, "crop_pad_flip": False}
+    assert shared == {"rrc_flip_roll": True, "rrc_flip_roll_small": True, "roll": True, "rrc_flip": False,
+                      "crop_pad_flip": False}
     for bad in ["idc:", "idc:blur", "color_blur", "", 3]:
         assert not is_augment_spec(bad)
         with pytest.raises(ValueError, match="spec"):

@@ -126,13 +126,18 @@ NON_DEFAULT = {"strategy": "distribution", "loss": "sliced", "loss_kwargs": {"n_
                "first_bn_weight": 10.0, "embedder": "resnet18", "iters_per_model": 2, "embedder_pool": 3,
                "pool_epochs": 2, "pool_interpolate": True, "calib_weight": 0.5, "normalize_features": True,
                "eval_protocol": "hard", "eval_model": "resnetap10", "eval_epochs": 5, "eval_lr": 0.2,
-               "temperature": 2.5, "coreset": "kcenter"}
+               "temperature": 2.5, "coreset": "kcenter", "crop_curriculum": "cosine", "crop_milestone": 0.5,
+               "embedder_queue": 5, "queue_push_every": 3, "queue_train_steps": 2, "queue_ce_weight": 0.5,
+               "attention_weight": 10.0, "attention_power": 4.0}
 # where a field that WMDD does not use is set (a field given where it does not apply is refused): method, settings
 WHERE = {"loss_kwargs": ("wmdd", {"loss": "sliced"}), "factor": ("dm", {}), "batch_real": ("dm", {}),
          "embedder": ("dm", {}), "iters_per_model": ("dm", {}), "embedder_pool": ("dm", {}),
          "normalize_features": ("dm", {}), "pool_epochs": ("dm", {"embedder_pool": 2}),
          "pool_interpolate": ("dm", {"embedder_pool": 2}), "calib_weight": ("dm", {"embedder_pool": 2}),
-         "coreset": ("random", {})}
+         "coreset": ("random", {}), "embedder_queue": ("dm", {}), "queue_push_every": ("dm", {"embedder_queue": 2}),
+         "queue_train_steps": ("dm", {"embedder_queue": 2}), "queue_ce_weight": ("dm", {"embedder_queue": 2}),
+         "attention_weight": ("dm", {}), "attention_power": ("dm", {"attention_weight": 1.0}),
+         "crop_milestone": ("wmdd", {"crop_curriculum": "linear"})}
 
 
 def test_every_config_field_can_be_set_through_set_and_the_api():

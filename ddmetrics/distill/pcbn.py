@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..losses import check_weight_vector
-from ..models._capture import capture
+from ..models import capture
 from ..utils import batches, model_device
 
 __all__ = ["BNStats", "BoundPCBN", "PCBNLoss", "bn_inputs", "bn_layers", "per_class_bn_stats", "weighted_mean_var"]

@@ -238,7 +238,7 @@ class EmbedderQueue:
         member drawn uniformly. Its parameters take no gradient here (only the images do)."""
         if step % self.push_every == 0:
             self._push()
-        member = int(torch.randint(len(self.nets), (1,), generator=self.gen))
+        member = int(torch.randint(len(self.nets), (1,), generator=self.gen, device="cpu"))
         net = self.nets[member].eval()
         for prm in net.parameters():
             prm.requires_grad_(False)
@@ -247,14 +247,14 @@ class EmbedderQueue:
     def train(self, data) -> None:
         """``train_nets`` members, drawn without replacement, each take ``train_steps`` SGD steps on
         ``batch`` real images of ``data`` (any class; ``load`` and ``labels``)."""
-        order = torch.randperm(len(self.nets), generator=self.gen)[:self.train_nets].tolist()
+        order = torch.randperm(len(self.nets), generator=self.gen, device="cpu")[:self.train_nets].tolist()
         for member in order:
             net, opt, hits = self.nets[member], self.optimizers[member], self.hits[member]
             net.train()
             for prm in net.parameters():
                 prm.requires_grad_(True)
             for _ in range(self.train_steps):
-                idx = torch.randperm(len(data), generator=self.gen)[:self.batch]
+                idx = torch.randperm(len(data), generator=self.gen, device="cpu")[:self.batch]
                 images, labels = data.load(idx).to(self.device), data.labels[idx].to(self.device)
                 logits = net(images)
                 loss = nn.functional.cross_entropy(logits, labels)
