@@ -16,6 +16,9 @@ Parts (``--part``, default all):
     to the rows before issue 24 is the cut teacher and students.
 ``teachers``
     The test accuracy of every teacher the rows above use (trained again, seeded as they are).
+``family``
+    Issue 28's presets (IDM, DataDAM, CDA) at IPC 1 and 10, each paired with the released row of
+    the method it builds on (:data:`FAMILY`: DM, DM, SRe²L), at the same counts.
 ``options``
     Our improvements, each as a named option on top of the preset, IPC 10 (:data:`OPTIONS`): the
     effect of each departure from the release, paired with the preset's row.
@@ -58,8 +61,11 @@ from _common import command_line, format_difference, markdown_table, paired_diff
 from _runner import Cell, Runner, RunSettings, settings_key  # noqa: E402
 
 EXPERIMENT = "fidelity"
-METHODS = ("wmdd", "dm", "m3d", "krdual", "ncfm", "sre2l")
-PARTS = ("presets", "budget", "options", "counts", "teachers")
+#: issue 28's presets (no configuration before issue 24): method -> the released row each is paired with in the
+#: ``family`` part (IDM and DataDAM build on DM; CDA is SRe²L's recovery with a crop curriculum)
+FAMILY: Dict[str, str] = {"idm": "dm", "datadam": "dm", "cda": "sre2l"}
+METHODS = ("wmdd", "dm", "m3d", "krdual", "ncfm", "sre2l") + tuple(FAMILY)
+PARTS = ("presets", "budget", "options", "counts", "family", "teachers")
 #: method -> the explicit counts the released rows run with on the 2-core CPU (the methods' own
 #: counts: WMDD 2000 iterations / teacher 50 / students 300; DM, KR-dual, NCFM 20 000 / 1000 (NCFM
 #: 2000); M3D 10 000 / 1000; SRe²L 1000 / 200 / 400; NCFM's pool 20 networks x 60 epochs)
@@ -70,6 +76,10 @@ MEASURED: Dict[str, Dict[str, Any]] = {
     "m3d": dict(iterations=200, eval_epochs=300),
     "krdual": dict(iterations=100, eval_epochs=300),
     "ncfm": dict(iterations=100, pool_epochs=2, eval_epochs=300),
+    # issue 28's presets, at the counts of the released rows they are paired with
+    "idm": dict(iterations=200, eval_epochs=300),
+    "datadam": dict(iterations=200, eval_epochs=300),
+    "cda": dict(iterations=200, teacher_epochs=10, eval_epochs=100),
 }
 #: method -> the counts of the ``counts`` part: the students' epochs of the method's own protocol (no
 #: ``eval_epochs``), its teacher at WMDD's 50 epochs (SRe²L's own 200 cut to 50), NCFM's pool at 10 of its 60
@@ -165,6 +175,13 @@ def plan(parts: Sequence[str], methods: Sequence[str]) -> List[Cell]:
     for method in methods:
         counts = MEASURED[method]
         official = f"{method} (released, {counts['iterations']} iterations)"
+        if method in FAMILY:  # issue 28's presets: their released rows, paired with the method they build on
+            if "family" in parts:
+                base = FAMILY[method]
+                against = f"{base} (released, {MEASURED[base]['iterations']} iterations)"
+                cells += [_method_cell("family", official, method, ipc, dict(counts), compare=against)
+                          for ipc in (1, 10)]
+            continue
         if "presets" in parts:
             for ipc in (1, 10):
                 cells.append(_method_cell("presets", official, method, ipc, dict(counts)))
@@ -221,8 +238,10 @@ def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str
     by_label = {}
     for cell, key in zip(cells, keys):
         by_label[(cell.label, cell.ipc)] = doc["cells"].get(key)
+    commands = [entry["command"] for entry in doc.get("runs_log", []) if "--render-only" not in entry["argv"]]
     lines = [f"# Presets as released against the configuration before issue 24 ({doc.get('dataset')})", "",
-             f"Command: `{doc.get('command')}`. Machine: {doc.get('environment', {}).get('cpu_model')}, "
+             "Commands (each invocation that ran cells, in order): " + "; ".join(f"`{c}`" for c in commands) + ". "
+             f"Machine: {doc.get('environment', {}).get('cpu_model')}, "
              f"{doc.get('environment', {}).get('cpus')} CPUs, torch {doc.get('environment', {}).get('torch')}.",
              "Each row: test accuracy over the student seeds (mean ± std); Δ: the paired per-seed difference to the "
              "row named, with a 95 % t interval (`*`: the interval excludes 0).", ""]

@@ -412,3 +412,16 @@ def test_a_function_in_a_cells_settings_is_keyed_by_its_name_in_every_process(tm
     other = subprocess.run([sys.executable, "-c", code, BENCH, str(tmp_path / "doc.json")], capture_output=True,
                            text=True, check=True).stdout.split()[-1]
     assert other == key
+
+
+def test_fidelity_pairs_each_new_preset_with_the_released_row_it_builds_on():
+    import fidelity
+
+    family = fidelity.plan(["family"], list(fidelity.FAMILY))
+    assert sorted((c.method, c.ipc) for c in family) == sorted((m, ipc) for m in fidelity.FAMILY for ipc in (1, 10))
+    released = {(c.label, c.ipc) for c in fidelity.plan(["presets"], ["dm", "sre2l"]) if "released" in c.label}
+    # every pairing names a row the report holds (the DM or SRe²L preset at the same IPC)
+    assert all((c.compare, c.ipc) in released for c in family)
+    assert {c.compare.split()[0] for c in family if c.method == "cda"} == {"sre2l"}
+    # the new presets have no configuration before issue 24: the other parts plan nothing for them
+    assert fidelity.plan(["presets", "budget", "counts", "options"], list(fidelity.FAMILY)) == []
