@@ -117,7 +117,17 @@ def resolved_config(cfg: DistillConfig) -> Dict[str, Any]:
     # a field added after those results, at its default where it is unused, stays out of the key
     if cfg.strategy != "coreset":
         out.pop("coreset")
+    # so does a field added with issue 28's presets at the value that switches its part off (every
+    # cell before them ran with that value)
+    for name, off in ADDED_OFF.items():
+        if out.get(name) == off:
+            out.pop(name)
     return out
+
+
+#: fields added with issue 28's presets -> the value that switches their part off (kept out of the keys)
+ADDED_OFF = {"crop_curriculum": "none", "crop_milestone": 1.0, "embedder_queue": 0, "queue_push_every": 30,
+             "queue_train_steps": 10, "queue_ce_weight": 0.0, "attention_weight": 0.0, "attention_power": 1.0}
 
 
 def eval_settings(cfg: DistillConfig, run: RunSettings, ipc: Optional[int] = None) -> Dict[str, Any]:

@@ -425,3 +425,20 @@ def test_fidelity_pairs_each_new_preset_with_the_released_row_it_builds_on():
     assert {c.compare.split()[0] for c in family if c.method == "cda"} == {"sre2l"}
     # the new presets have no configuration before issue 24: the other parts plan nothing for them
     assert fidelity.plan(["presets", "budget", "counts", "options"], list(fidelity.FAMILY)) == []
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist"])
+def test_the_committed_fidelity_cells_keep_their_keys(dataset):
+    # a new DistillConfig field must not orphan the committed results: the released rows (no builder functions
+    # in their settings) are found under the keys this code computes
+    import json
+
+    import fidelity
+
+    path = os.path.join(BENCH, "results", f"fidelity_{dataset}.json")
+    with open(path) as fh:
+        doc = json.load(fh)
+    run = _runner.RunSettings("fidelity", path, dataset=dataset, seed=0, runs=3)
+    released = [c for c in fidelity.plan(["presets"], ["dm", "m3d"]) if "released" in c.label]
+    found = [_runner.cell_key(c, c.distiller(0).config, run) in doc["cells"] for c in released]
+    assert any(found) and all(found[:2])  # DM's released rows, IPC 1 and 10, are in both documents
