@@ -184,8 +184,10 @@ class MMD(DistributionLoss):
             x, y, bw = (x - center) / unit, (y - center) / unit, [s / unit for s in bw]
             if _online.resolve_kernel_backend(self.backend, x.shape[-2], y.shape[-2], "mmd") == "online":
                 if x.dim() == 3:  # one problem at a time: each one's KeOps reduction already fills the device
-                    return torch.stack([_online_mmd(x[i], y[i], a[i], b[i], self.kernel,
-                                                    [float(s.flatten()[i]) for s in bw], self.unbiased)
+                    # median bandwidths are (B, 1, 1) tensors, given ones the same floats for every problem
+                    per = [[float(s.flatten()[i]) if isinstance(s, Tensor) else s for s in bw]
+                           for i in range(x.shape[0])]
+                    return torch.stack([_online_mmd(x[i], y[i], a[i], b[i], self.kernel, per[i], self.unbiased)
                                         for i in range(x.shape[0])])
                 return _online_mmd(x, y, a, b, self.kernel, bw, self.unbiased)
         params = {"degree": self.degree, "coef0": self.coef0}

@@ -94,3 +94,15 @@ def test_bad_batched_input_is_refused_naming_the_argument():
         loss.batched(torch.randn(5, 3), y)
     with pytest.raises(ValueError, match="problem 1: a"):
         loss.batched(x, y, a=torch.tensor([[0.2] * 5, [0.5] * 5]))
+
+
+def test_batched_online_mmd_with_fixed_bandwidths_equals_separate_calls():
+    pytest.importorskip("pykeops")
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 30, 3, generator=gen)
+    y = torch.randn(2, 20, 3, generator=gen)
+    for bandwidth in ("median", [0.5, 2.0]):  # per-problem tensors, or the same floats for every problem
+        loss = ddm.get_loss("mmd", backend="online", bandwidth=bandwidth)
+        expected = torch.stack([loss(x[i], y[i]) for i in range(2)])
+        # the same KeOps reduction per problem: float32 round-off of sums over 50 points
+        assert torch.allclose(loss.batched(x, y), expected, rtol=1e-5, atol=1e-7)
