@@ -127,7 +127,8 @@ def resolved_config(cfg: DistillConfig) -> Dict[str, Any]:
 
 #: fields added with issue 28's presets -> the value that switches their part off (kept out of the keys)
 ADDED_OFF = {"crop_curriculum": "none", "crop_milestone": 1.0, "embedder_queue": 0, "queue_push_every": 30,
-             "queue_train_steps": 10, "queue_ce_weight": 0.0, "attention_weight": 0.0, "attention_power": 1.0}
+             "queue_train_steps": 10, "queue_ce_weight": 0.0, "attention_weight": 0.0, "attention_power": 1.0,
+             "layer_weights": [], "discrimination_weight": 0.0, "bilevel": False}
 
 
 def eval_settings(cfg: DistillConfig, run: RunSettings, ipc: Optional[int] = None) -> Dict[str, Any]:

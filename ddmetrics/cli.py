@@ -47,7 +47,7 @@ def _parse_value(kind: str, text: str) -> Any:
             return float(text)
         if base == "bool":
             return {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}[text.strip().lower()]
-        if base.startswith("Dict"):
+        if base.startswith(("Dict", "List")):
             return json.loads(text)
         if base == "Union[int, str]":
             return int(text) if text.strip().lstrip("-").isdigit() else text

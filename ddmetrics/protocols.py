@@ -127,6 +127,11 @@ PROTOCOLS: Dict[str, Protocol] = {
                         recipe=TrainRecipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=64,
                                            schedule="step_half_reset", augment="color_crop_cutout_flip_scale_rotate",
                                            epochs=1800)),
+    # CAFE's evaluate_synset (kaiwang960112/CAFE utils.py:305-329, DC's) as its CIFAR-10 command runs it (method DC,
+    # no augmentation: 600 epochs, distill.py:186-193): DM's recipe without augmentation and with 600 epochs
+    "cafe": Protocol(labels="hard", model="convnet", source="CAFE utils.py:305 (evaluate_synset), distill.py:186-193",
+                     recipe=TrainRecipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256,
+                                        schedule="step_half_reset", augment="none", epochs=600)),
     # SRe²L / WMDD / RDED's train_FKD: teacher soft labels of RandomResizedCrop + flip views with CutMix on
     # every batch, KL (batchmean) at T = 20 without T², AdamW lr 1e-3 wd 0.01 (not on norms and biases),
     # cosine per epoch, 300 epochs, batch 100, ResNet-18 (WMDD train/train_FKD.py, run.sh)

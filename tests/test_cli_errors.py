@@ -128,7 +128,8 @@ NON_DEFAULT = {"strategy": "distribution", "loss": "sliced", "loss_kwargs": {"n_
                "eval_protocol": "hard", "eval_model": "resnetap10", "eval_epochs": 5, "eval_lr": 0.2,
                "temperature": 2.5, "coreset": "kcenter", "crop_curriculum": "cosine", "crop_milestone": 0.5,
                "embedder_queue": 5, "queue_push_every": 3, "queue_train_steps": 2, "queue_ce_weight": 0.5,
-               "attention_weight": 10.0, "attention_power": 4.0}
+               "attention_weight": 10.0, "attention_power": 4.0, "layer_weights": [0.5, 1.0],
+               "discrimination_weight": 0.5, "bilevel": True}
 # where a field that WMDD does not use is set (a field given where it does not apply is refused): method, settings
 WHERE = {"loss_kwargs": ("wmdd", {"loss": "sliced"}), "factor": ("dm", {}), "batch_real": ("dm", {}),
          "embedder": ("dm", {}), "iters_per_model": ("dm", {}), "embedder_pool": ("dm", {}),
@@ -137,7 +138,8 @@ WHERE = {"loss_kwargs": ("wmdd", {"loss": "sliced"}), "factor": ("dm", {}), "bat
          "coreset": ("random", {}), "embedder_queue": ("dm", {}), "queue_push_every": ("dm", {"embedder_queue": 2}),
          "queue_train_steps": ("dm", {"embedder_queue": 2}), "queue_ce_weight": ("dm", {"embedder_queue": 2}),
          "attention_weight": ("dm", {}), "attention_power": ("dm", {"attention_weight": 1.0}),
-         "crop_milestone": ("wmdd", {"crop_curriculum": "linear"})}
+         "crop_milestone": ("wmdd", {"crop_curriculum": "linear"}), "layer_weights": ("dm", {}),
+         "discrimination_weight": ("dm", {"synthesis_batch": "all"}), "bilevel": ("dm", {})}
 
 
 def test_every_config_field_can_be_set_through_set_and_the_api():

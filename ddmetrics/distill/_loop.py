@@ -11,7 +11,8 @@ optimised together, by one optimiser, for the whole schedule. :func:`synthesis_u
 - ``"classes"``: all images of ``batch_images // ipc`` consecutive classes (WMDD's
   ``data_synthesis_new.py``: 100 images per batch);
 - ``"slot"``: image j of up to ``batch_images`` consecutive classes, one unit per slot and chunk
-  (SRe²L's ``ipc_id`` loop: one image of every class per batch).
+  (SRe²L's ``ipc_id`` loop: one image of every class per batch);
+- ``"all"``: one unit, every image of every class (CAFE: one loss over all classes).
 
 A strategy supplies what differs — the starting images and the tensors that stay fixed for
 the unit (:meth:`Strategy.start`), the per-unit working objects (:meth:`Strategy.context`),
@@ -74,7 +75,8 @@ class Unit:
         sharding, as before units existed), else one per unit of this kind."""
         if self.kind == "class":
             return class_seed(seed, self.classes[0])
-        return class_seed(seed, self.index, stream={"classes": 1, "slot": 2}[self.kind])
+        # stream 3 is the barycenter's start (barycenter_matching.py): "all" takes 4
+        return class_seed(seed, self.index, stream={"classes": 1, "slot": 2, "all": 4}[self.kind])
 
     def seeds(self, seed: int) -> List[int]:
         """The seeds of the unit's random streams: one per class for ``"class"`` units (a batch of
@@ -92,7 +94,7 @@ def synthesis_units(num_classes: int, ipc: int, kind: str = "class", batch_image
     ----------
     num_classes, ipc : int
         Classes and stored images per class.
-    kind : {"class", "classes", "slot"}
+    kind : {"class", "classes", "slot", "all"}
         ``DistillConfig.synthesis_batch``.
     batch_images : int
         Images per unit for ``"classes"`` (``max(1, batch_images // ipc)`` classes per unit) and
@@ -112,13 +114,23 @@ def synthesis_units(num_classes: int, ipc: int, kind: str = "class", batch_image
         chunks = [tuple(range(s, min(s + per, num_classes))) for s in range(0, num_classes, per)]
         cells = [(chunk, (j,)) for j in range(ipc) for chunk in chunks]
         return [Unit(i, c, s, kind) for i, (c, s) in enumerate(cells)]
-    raise ValueError(f"synthesis_batch must be 'class', 'classes' or 'slot', got {kind!r}")
+    if kind == "all":
+        return [Unit(0, tuple(range(num_classes)), tuple(range(ipc)), kind)]
+    raise ValueError(f"synthesis_batch must be 'class', 'classes', 'slot' or 'all', got {kind!r}")
 
 
 #: Adam's betas for synthetic images (WMDD, SRe²L: (0.5, 0.9)); AdamW keeps torch's (NCFM)
 _ADAM_BETAS = (0.5, 0.9)
 #: the plateau schedule of NCFM's condenser (Condenser.py:212-214): x0.5 after 500 steps without improvement
 _PLATEAU = dict(mode="min", factor=0.5, patience=500)
+#: CAFE's image schedule (distill.py:39-45): x0.5 from iterations 1200, 1600 and 1800 of 2000
+_STEP_MILESTONES = (0.6, 0.8, 0.9)
+
+
+def step_factor(t: int, iterations: int) -> float:
+    """The ``"step"`` schedule's learning-rate factor at step ``t`` of ``iterations``: ×0.5 from each
+    milestone (60 %, 80 %, 90 % of the iterations) on."""
+    return 0.5 ** sum(t >= round(m * iterations) for m in _STEP_MILESTONES)
 
 
 def make_optimizer(params, name: str, lr: float, iterations: int, schedule: Optional[str] = None,
@@ -128,8 +140,8 @@ def make_optimizer(params, name: str, lr: float, iterations: int, schedule: Opti
     ``name``: ``"adam"`` (betas (0.5, 0.9), WMDD / SRe²L), ``"sgd"`` (momentum 0.5, DM) or
     ``"adamw"`` (torch's betas, NCFM). ``schedule``: ``"cosine"`` (to 0 over ``iterations``,
     stepped after every step), ``"constant"``, ``"plateau"`` (×0.5 after 500 steps without a
-    relative improvement of 1e-4, stepped with the step's loss) or ``None``: the optimiser's
-    former pairing (cosine for Adam, constant otherwise).
+    relative improvement of 1e-4, stepped with the step's loss), ``"step"`` (:func:`step_factor`)
+    or ``None``: the optimiser's former pairing (cosine for Adam, constant otherwise).
 
     Returns
     -------
@@ -147,11 +159,13 @@ def make_optimizer(params, name: str, lr: float, iterations: int, schedule: Opti
     if schedule == "cosine":
         total = max(iterations, 1)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
+    if schedule == "step":
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: step_factor(t, iterations))
     if schedule == "plateau":
         return opt, torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **_PLATEAU)
     if schedule == "constant":
         return opt, None
-    raise ValueError(f"lr_schedule must be 'cosine', 'constant' or 'plateau', got {schedule!r}")
+    raise ValueError(f"lr_schedule must be 'cosine', 'constant', 'plateau' or 'step', got {schedule!r}")
 
 
 class Strategy:

@@ -26,6 +26,27 @@ pool (the same weights on one machine). With ``calib_weight`` > 0, each step is 
 NCFM's calibration step (``condenser/compute_loss.py:56-92``): ``calib_weight`` × the
 cross-entropy of the drawn member's trained end on each class's (decoded) synthetic images,
 under one draw of the matching augmentation per class, against the class label.
+
+CAFE (``layer_weights``, ``discrimination_weight``, ``bilevel``; kaiwang960112/CAFE ``distill.py``):
+the loss also compares each class's real and synthetic outputs of every ReLU of the embedder and
+the embedding itself, weighted by ``layer_weights`` (with the linear-kernel MMD: the squared
+distances of the class means, the release's summed MSE), and adds
+
+.. math::
+    \lambda \sum_i \mathrm{CE}\big(\psi(x_i)^\top [\bar s_1, \dots, \bar s_K],\ y_i\big),
+    \qquad \bar s_k = \tfrac{1}{|S_k|} \textstyle\sum_{s \in S_k} \psi(s)
+
+over the unit's real images :math:`x_i` (``discrimination_weight`` λ: the real images classified
+by their inner products with the synthetic class centres). With ``bilevel`` every iteration is
+one of CAFE's rounds on the step's new random network: after each image step the network's
+accuracy on 128 real training images per class is probed and the round ends once the last 10
+values span less than 0.04; otherwise the network is trained on the synthetic set (SGD lr 0.01,
+batches of 256), one epoch at a time, until 10 consecutive probes span more than 0.03, and the
+next image step follows. The watched value is the release's running one (each probe's mean
+accuracy plus the previous value divided by the number of classes, ``distill.py:300-312``).
+The release has no bound on either loop; here a round takes at most :data:`MAX_ROUND_STEPS`
+image steps and a training phase at most :data:`MAX_INNER_EPOCHS` epochs (the run's info counts
+the bounds reached).
 """
 from __future__ import annotations
 
@@ -72,6 +93,13 @@ def initial_class_images(train, k: int, ipc: int, factor: int, init: str, gen: t
 #: the stream of :func:`~ddmetrics.distributed.class_seed` that seeds a unit's embedder queue
 _QUEUE_STREAM = 15
 
+# CAFE's watchers (distill.py:61-87, 300-350): probe size per class, window, the ranges that end a round
+# (less than) and a training phase (more than), and the network's training on the synthetic set
+PROBE_PER_CLASS, WATCH_WINDOW, ROUND_RANGE, INNER_RANGE = 128, 10, 0.04, 0.03
+INNER_LR, INNER_BATCH = 0.01, 256
+#: bounds of ours on CAFE's open loops: image steps per round, epochs per training phase
+MAX_ROUND_STEPS, MAX_INNER_EPOCHS = 100, 100
+
 
 def attention_layers(net: nn.Module) -> List[nn.Module]:
     """The activations whose outputs DataDAM turns into attention maps: the network's ReLU modules,
@@ -91,6 +119,24 @@ def attention_map(activation: Tensor, power: float = 1.0) -> Tensor:
     """
     summed = activation.abs().pow(power).sum(1) if power != 1 else activation.abs().sum(1)
     return F.normalize(summed.reshape(activation.shape[0], -1).float(), p=2.0, dim=1)
+
+
+def discrimination_loss(f_real: Tensor, f_syn: Tensor, n_real: List[int], n_syn: List[int]) -> Tensor:
+    r"""CAFE's discrimination term: the summed cross-entropy of the real embeddings classified by their
+    inner products with the synthetic class centres (``distill.py:283-289``, no temperature),
+
+    .. math:: \sum_i -\log \frac{\exp(f_i^\top \bar s_{y_i})}{\sum_k \exp(f_i^\top \bar s_k)}
+
+    ``f_real`` holds ``n_real[k]`` rows of the ``k``-th class in class order, ``f_syn`` ``n_syn[k]``.
+
+    References
+    ----------
+    .. [1] K. Wang, B. Zhao, X. Peng, Z. Zhu, S. Yang, S. Wang, G. Huang, H. Bilen, X. Wang, Y. You.
+       CAFE: Learning to condense dataset by aligning features. CVPR 2022.
+    """
+    centres = torch.stack([part.mean(0) for part in f_syn.split(n_syn)])
+    targets = torch.cat([torch.full((n,), k, dtype=torch.long, device=f_real.device) for k, n in enumerate(n_real)])
+    return F.cross_entropy(f_real @ centres.T, targets, reduction="sum")
 
 
 def _per_class(gen, classes: int) -> list:
@@ -135,7 +181,7 @@ class DistributionMatching(Strategy):
         recipe for ``pool_epochs`` epochs (``None``: the recipe's) under ``budget``.
     """
 
-    summed_info = ("matching_loss_first", "matching_loss_last")
+    summed_info = ("matching_loss_first", "matching_loss_last", "image_steps", "inner_epochs", "bounds_reached")
 
     def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig, seed: int,
                  teacher: Optional[nn.Module] = None, device: torch.device = torch.device("cpu"), amp: bool = False):
@@ -145,6 +191,13 @@ class DistributionMatching(Strategy):
         self.factor = cfg.resolved_factor(train.image_shape[-1])
         self.augment = make_augment(cfg.augment, train.image_shape[0], train.image_shape[-1])
         self.bounds = pixel_bounds(train) if cfg.clamp == "pixel" else None
+        if cfg.layer_weights:  # one weight per activation and one for the embedding, checked before any step
+            shape = train.image_shape
+            acts = len(attention_layers(embedder_at(cfg, seed, 0, shape[0], num_classes, shape[-1])))
+            if len(cfg.layer_weights) != acts + 1:
+                raise ValueError(f"layer_weights has {len(cfg.layer_weights)} entries; the embedder "
+                                 f"{cfg.embedder!r} has {acts} activations (ReLU), which with the embedding make "
+                                 f"{acts + 1}")
         self.pool: Optional[EmbedderPool] = None
         if cfg.embedder_pool > 0:
             recipe = get_teacher_recipe(POOL_RECIPE)
@@ -164,7 +217,8 @@ class DistributionMatching(Strategy):
         return {"unit": unit, "losses": [copy.deepcopy(self.loss) for _ in unit.classes],
                 "indices": [self.train.class_indices(k) for k in unit.classes],
                 "labels": [torch.full((per,), k, dtype=torch.long, device=self.device) for k in unit.classes],
-                "embedder": None, "trained": None, "queue": self._queue(unit), "accuracy": 0.0}
+                "embedder": None, "trained": None, "queue": self._queue(unit), "accuracy": 0.0,
+                "counts": {"image_steps": 0, "inner_epochs": 0, "bounds_reached": 0}}
 
     def _queue(self, unit: Unit) -> Optional[EmbedderQueue]:
         """IDM's queue of embedders trained alongside (``embedder_queue`` > 0), one per unit: seeded
@@ -187,6 +241,12 @@ class DistributionMatching(Strategy):
             ctx["embedder"], ctx["accuracy"] = ctx["queue"].draw(it)
         elif ctx["embedder"] is None or it % cfg.iters_per_model == 0:
             ctx["embedder"], ctx["trained"] = self._draw(it, ctx["embedder"])
+        total = self._objective(ctx, syn, gen)
+        return total, total
+
+    def _objective(self, ctx: Dict[str, Any], syn: Tensor, gen) -> Tensor:
+        """One image step's objective through the step's embedder ``ctx["embedder"]``."""
+        cfg, train = self.cfg, self.train
         gens = _per_class(gen, len(ctx["indices"]))
         reals, views, labels = [], [], []
         for c, indices in enumerate(ctx["indices"]):  # each class's draws, in the order of one class at a time
@@ -202,7 +262,7 @@ class DistributionMatching(Strategy):
             labels.append(lab)
         # one embedder pass over the unit's real images and one over its synthetic ones (the embedder
         # is per sample: instance norm, or no norm; a BatchNorm embedder keeps one class a unit)
-        layers = attention_layers(ctx["embedder"]) if cfg.attention_weight > 0 else []
+        layers = attention_layers(ctx["embedder"]) if cfg.attention_weight > 0 or cfg.layer_weights else []
         with autocast(self.device, self.amp):
             with capture(layers) as acts:
                 f_real = ctx["embedder"].embed(torch.cat(reals) if len(reals) > 1 else reals[0])
@@ -215,9 +275,19 @@ class DistributionMatching(Strategy):
         sizes = [len(r) for r in reals], [len(v) for v in views]
         total = self._matched(ctx, f_real, f_syn, *sizes)
         # DataDAM: the attention maps of every activation but the last, each layer a term of its own
-        for a_real, a_syn in list(zip(acts_real, acts_syn))[:-1]:
-            maps = attention_map(a_real, cfg.attention_power), attention_map(a_syn, cfg.attention_power)
-            total = total + cfg.attention_weight * self._matched(ctx, *maps, *sizes)
+        if cfg.attention_weight > 0:
+            for a_real, a_syn in list(zip(acts_real, acts_syn))[:-1]:
+                maps = attention_map(a_real, cfg.attention_power), attention_map(a_syn, cfg.attention_power)
+                total = total + cfg.attention_weight * self._matched(ctx, *maps, *sizes)
+        if cfg.layer_weights:
+            # CAFE: every activation's output, then the embedding (beside its own term above)
+            pairs = [(a.flatten(1).float(), b.flatten(1).float()) for a, b in zip(acts_real, acts_syn)]
+            pairs.append((f_real, f_syn))
+            for weight, (a_real, a_syn) in zip(cfg.layer_weights, pairs):
+                if weight > 0:
+                    total = total + weight * self._matched(ctx, a_real, a_syn, *sizes)
+        if cfg.discrimination_weight > 0:
+            total = total + cfg.discrimination_weight * discrimination_loss(f_real, f_syn, *sizes)
         if ctx["queue"] is not None and cfg.queue_ce_weight > 0:
             # IDM's class-aware term: the drawn network's cross-entropy on the synthetic views, weighted
             # by its running training accuracy in percent (IDM_cifar10.py:318-327)
@@ -225,7 +295,7 @@ class DistributionMatching(Strategy):
                 logits = ctx["embedder"](torch.cat(views) if len(views) > 1 else views[0]).float()
             ce = sum(F.cross_entropy(lg, lab) for lg, lab in zip(logits.split(sizes[1]), labels))
             total = total + cfg.queue_ce_weight * ctx["accuracy"] * ce
-        return total, total
+        return total
 
     def _matched(self, ctx: Dict[str, Any], f_real: Tensor, f_syn: Tensor, n_real: List[int], n_syn: List[int]
                  ) -> Tensor:
@@ -244,6 +314,80 @@ class DistributionMatching(Strategy):
     def extra_steps(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen):
         if self.cfg.calib_weight > 0:
             yield self.cfg.calib_weight * self.calibration_loss(ctx, syn, gen)
+        if self.cfg.bilevel:
+            yield from self._round(ctx, syn, gen)
+
+    def _round(self, ctx: Dict[str, Any], syn: Tensor, gen):
+        """The rest of CAFE's round after its first image step (see the module docstring): the
+        objectives of its further image steps, each after a training phase of the round's network."""
+        net, counts = ctx["embedder"], ctx["counts"]
+        opt = torch.optim.SGD(net.parameters(), lr=INNER_LR)  # distill.py:229: no momentum, a new one per round
+        watched: List[float] = []
+        value, steps = 0.0, 1
+        while True:
+            value = value / len(ctx["indices"]) + self._real_accuracy(ctx, net, gen)
+            watched.append(value)
+            if len(watched) == WATCH_WINDOW:
+                if max(watched) - min(watched) < ROUND_RANGE:
+                    break
+                watched.pop(0)
+            if steps >= MAX_ROUND_STEPS:
+                counts["bounds_reached"] += 1
+                break
+            self._train_on_synthetic(ctx, net, opt, syn, gen)
+            steps += 1
+            yield self._objective(ctx, syn, gen)
+        counts["image_steps"] += steps
+
+    def _train_on_synthetic(self, ctx: Dict[str, Any], net: nn.Module, opt: torch.optim.Optimizer, syn: Tensor,
+                            gen) -> None:
+        """CAFE's inner loop: epochs of cross-entropy on the (decoded, detached) synthetic set until the
+        network's real accuracy moves by more than :data:`INNER_RANGE` within :data:`WATCH_WINDOW` epochs."""
+        gens = _per_class(gen, len(ctx["indices"]))
+        with torch.no_grad():
+            parts = [self._class_images(ctx, syn.detach(), c) for c in range(len(ctx["indices"]))]
+        images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        watched: List[float] = []
+        value = 0.0
+        for _ in range(MAX_INNER_EPOCHS):
+            for prm in net.parameters():
+                prm.requires_grad_(True)
+            order = torch.randperm(len(images), generator=gens[0], device="cpu").to(images.device)
+            for batch in order.split(INNER_BATCH):
+                x = images[batch]
+                if self.augment is not None:  # DC's epoch(): an augmentation draw per image (method DSA)
+                    x = self.augment.apply(x, self.augment.sample(len(x), x.shape, gens[0], x.device))
+                with autocast(self.device, self.amp):
+                    logits = net(x)
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(logits.float(), labels[batch]).backward()
+                opt.step()
+            for prm in net.parameters():
+                prm.requires_grad_(False)
+            ctx["counts"]["inner_epochs"] += 1
+            value = value / len(ctx["indices"]) + self._real_accuracy(ctx, net, gen)
+            watched.append(value)
+            if len(watched) == WATCH_WINDOW:
+                if max(watched) - min(watched) > INNER_RANGE:
+                    return
+                watched.pop(0)
+        ctx["counts"]["bounds_reached"] += 1
+
+    def _real_accuracy(self, ctx: Dict[str, Any], net: nn.Module, gen) -> float:
+        """The mean over the unit's classes of ``net``'s accuracy on :data:`PROBE_PER_CLASS` real
+        training images of each (drawn anew on the CPU; eval mode, no gradient)."""
+        gens = _per_class(gen, len(ctx["indices"]))
+        was_training = net.training
+        net.eval()
+        total = 0.0
+        with torch.no_grad():
+            for c, (indices, labels) in enumerate(zip(ctx["indices"], ctx["labels"])):
+                pick = indices[torch.randperm(len(indices), generator=gens[c], device="cpu")[:PROBE_PER_CLASS]]
+                with autocast(self.device, self.amp):
+                    logits = net(self.train.load(pick).to(self.device))
+                total += float((logits.argmax(1) == labels[0]).float().mean())
+        net.train(was_training)
+        return total / len(ctx["indices"])
 
     def calibration_loss(self, ctx: Dict[str, Any], syn: Tensor, gen) -> Tensor:
         """NCFM's calibration objective (without ``calib_weight``): the sum over the unit's classes
@@ -279,9 +423,12 @@ class DistributionMatching(Strategy):
 
     def loss_state(self, ctx: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         states = [loss.state_dict() for loss in ctx["losses"]]
+        out: Dict[str, Any] = {"per_class": states}
         if ctx["queue"] is not None:  # IDM's queue is state of the unit's run, as a critic is
-            return {"per_class": states, "queue": ctx["queue"].state_dict()}
-        return states[0] if len(states) == 1 else {"per_class": states}
+            out["queue"] = ctx["queue"].state_dict()
+        if self.cfg.bilevel:  # CAFE's counts of steps, epochs and bounds so far
+            out["counts"] = dict(ctx["counts"])
+        return states[0] if len(out) == 1 and len(states) == 1 else out
 
     def load_loss_state(self, ctx: Dict[str, Any], state: Optional[Dict[str, Any]]) -> None:
         states = state["per_class"] if isinstance(state, dict) and "per_class" in state else [state]
@@ -289,6 +436,11 @@ class DistributionMatching(Strategy):
             loss.load_state_dict(st)
         if ctx["queue"] is not None:
             ctx["queue"].load_state_dict(state["queue"])
+        if self.cfg.bilevel:
+            ctx["counts"] = {key: int(v) for key, v in state["counts"].items()}
 
     def summary(self, ctx: Dict[str, Any], first: Optional[float], last: Optional[float]) -> Dict[str, Any]:
-        return {"matching_loss_first": first, "matching_loss_last": last}
+        out = {"matching_loss_first": first, "matching_loss_last": last}
+        if self.cfg.bilevel:
+            out.update(ctx["counts"])
+        return out

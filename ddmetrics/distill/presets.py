@@ -1,5 +1,5 @@
-"""Method presets: WMDD, DM, M3D, KR-dual, NCFM, SRe²L and the coreset baselines (random, herding,
-k-center, k-means) are configuration data, not code paths.
+"""Method presets: WMDD, DM, IDM, DataDAM, CAFE, M3D, KR-dual, NCFM, SRe²L, CDA and the coreset
+baselines (random, herding, k-center, k-means) are configuration data, not code paths.
 
 A preset fills a :class:`DistillConfig` with its method's released pipeline (its paper where no
 code was released: M3D, KR-dual); ``docs/fidelity.md`` gives every value's source. Any field can
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..losses import DistributionLoss, UnknownSettingError, get_loss
 
@@ -54,10 +54,10 @@ def _is_number(v: Any) -> bool:
 _CHOICES: Dict[str, tuple] = {
     "strategy": ("barycenter", "distribution", "coreset"),
     "optimizer": ("adam", "sgd", "adamw"),
-    "lr_schedule": ("cosine", "constant", "plateau"),
+    "lr_schedule": ("cosine", "constant", "plateau", "step"),
     "init": ("real", "noise", "nearest"),
     "clamp": ("none", "pixel"),
-    "synthesis_batch": ("class", "classes", "slot"),
+    "synthesis_batch": ("class", "classes", "slot", "all"),
     "bary_init": ("kmeans++", "gaussian"),
     "feature_loss": ("barycenter", "none"),
     "feature_norm": ("squared", "frobenius"),
@@ -124,6 +124,10 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "queue_ce_weight": (_non_negative, "a non-negative number"),
     "attention_weight": (_non_negative, "a non-negative number"),
     "attention_power": (_positive, "a positive number"),
+    "layer_weights": (lambda v: isinstance(v, (list, tuple)) and all(_is_number(w) and w >= 0 for w in v),
+                      "a list of non-negative numbers (one per activation of the embedder, then the embedding)"),
+    "discrimination_weight": (_non_negative, "a non-negative number"),
+    "bilevel": (lambda v: isinstance(v, bool), "True or False"),
     "eval_protocol": (_protocol_ok, "an evaluation protocol of ddmetrics.protocols.PROTOCOLS"),
     "eval_model": (_optional(_model_ok), "None (the protocol's) or a model name or builder"),
     "eval_epochs": (_optional(_positive_int), "None (the protocol's) or a positive integer"),
@@ -149,6 +153,8 @@ def check_field(name: str, value: Any) -> Any:
         check_model_name(value, f"{name}={value!r}")  # a library that is not installed, naming its extra
     if isinstance(value, int) and not isinstance(value, bool) and _FLOAT_FIELDS.get(name):
         return float(value)
+    if name in _LIST_FIELDS:  # a tuple or a list of ints from a file or --set: the same list of floats
+        return [float(w) for w in value]
     return value
 
 
@@ -173,7 +179,8 @@ class DistillConfig:
     Synthesis
         ``optimizer`` (``"adam"``: betas (0.5, 0.9); ``"sgd"``: momentum 0.5; ``"adamw"``: betas
         (0.9, 0.999)), ``lr``, ``lr_schedule`` (``"cosine"`` to 0, ``"constant"``, ``"plateau"``:
-        ×0.5 after 500 steps without a 1e-4 relative improvement of the loss), ``weight_decay``;
+        ×0.5 after 500 steps without a 1e-4 relative improvement of the loss, ``"step"``: ×0.5 at
+        60 %, 80 % and 90 % of the iterations, CAFE), ``weight_decay``;
         ``init``: ``"noise"`` (N(0, 1) in normalised pixel space), ``"real"`` (random real
         images of the class) or ``"nearest"`` (the distinct real image nearest to each
         barycenter atom); ``clamp``: ``"pixel"`` clips every image to the valid pixel range
@@ -181,7 +188,8 @@ class DistillConfig:
         distribution matching, the real) images (:func:`ddmetrics.augment.make_augment`);
         ``synthesis_batch``: what one optimisation batch holds — ``"class"`` (the images of one
         class), ``"classes"`` (all images of ``batch_images // ipc`` classes, WMDD) or
-        ``"slot"`` (image j of up to ``batch_images`` classes, SRe²L); ``factor`` (M3D / IDC
+        ``"slot"`` (image j of up to ``batch_images`` classes, SRe²L) or ``"all"`` (every image of
+        every class, CAFE); ``factor`` (M3D / IDC
         sub-images per side; ``"auto"``: 2 for images of 16 px and more); ``batch_real``
         (real images per class and step).
     Barycenter matching
@@ -215,7 +223,14 @@ class DistillConfig:
         alongside the images, :class:`~ddmetrics.distill.pool.EmbedderQueue`: a new random network
         every ``queue_push_every`` steps, two members trained ``queue_train_steps`` SGD steps on real
         batches after each step, one drawn per step; ``queue_ce_weight`` × the drawn network's running
-        accuracy (%) × its cross-entropy on the synthetic views joins the loss).
+        accuracy (%) × its cross-entropy on the synthetic views joins the loss); ``layer_weights``
+        (CAFE: the loss also compares, per class and weighted by the list's entries, the outputs of
+        every ReLU of the embedder in order and then the embedding itself, beside the embedding's own
+        term of weight 1); ``discrimination_weight`` (CAFE: × the summed cross-entropy of the real
+        images classified by their inner products with the synthetic class-mean embeddings; needs
+        several classes in a batch); ``bilevel`` (CAFE's loop: each iteration is a round on a new
+        network that takes image steps until the network's accuracy on real images settles, training
+        on the synthetic set between them, :mod:`ddmetrics.distill.distribution_matching`).
     Coreset selection
         ``strategy="coreset"`` synthesises nothing: the set is ``ipc`` real images per class with
         uniform weights, chosen by ``coreset`` (:mod:`ddmetrics.distill.coresets`): ``"random"``
@@ -278,6 +293,9 @@ class DistillConfig:
     queue_ce_weight: float = 0.0
     attention_weight: float = 0.0
     attention_power: float = 1.0
+    layer_weights: List[float] = field(default_factory=list)
+    discrimination_weight: float = 0.0
+    bilevel: bool = False
     # coreset selection
     coreset: str = "random"
     # evaluation
@@ -354,6 +372,8 @@ class DistillConfig:
 
 
 _FLOAT_FIELDS = {f.name: f.type in ("float", float, "Optional[float]") for f in dataclasses.fields(DistillConfig)}
+#: the fields that hold a list of numbers
+_LIST_FIELDS = ("layer_weights",)
 
 
 def _soft(cfg: DistillConfig) -> bool:
@@ -400,7 +420,7 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "loss_kwargs": lambda c: c.strategy == "distribution" or _barycenter(c),
     "factor": lambda c: c.strategy == "distribution",
     "batch_real": lambda c: c.strategy == "distribution",
-    "batch_images": lambda c: c.synthesis_batch != "class",
+    "batch_images": lambda c: c.synthesis_batch not in ("class", "all"),
     "teacher_arch": uses_teacher,
     "teacher_recipe": uses_teacher,
     "teacher_epochs": uses_teacher,
@@ -432,6 +452,9 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "queue_ce_weight": lambda c: c.strategy == "distribution" and c.embedder_queue > 0,
     "attention_weight": lambda c: c.strategy == "distribution",
     "attention_power": lambda c: c.strategy == "distribution" and c.attention_weight > 0,
+    "layer_weights": lambda c: c.strategy == "distribution",
+    "discrimination_weight": lambda c: c.strategy == "distribution",
+    "bilevel": lambda c: c.strategy == "distribution",
     "temperature": _soft,
     "coreset": lambda c: c.strategy == "coreset",
 }
@@ -446,7 +469,7 @@ _UNUSED_BECAUSE: Dict[str, str] = {
     "loss": "it compares no distributions (feature_loss='none' and no init='nearest')",
     "factor": "only distribution matching stores factor sub-images",
     "batch_real": "only distribution matching draws real batches",
-    "batch_images": "synthesis_batch='class' puts one class in a batch",
+    "batch_images": "synthesis_batch='class' puts one class in a batch, 'all' every image",
     "teacher_arch": "it uses no teacher (distribution matching or a random coreset, with a hard-label protocol)",
     "bary_iters": "it computes no barycenter",
     "feature_loss": "distribution matching has no teacher feature loss",
@@ -476,7 +499,8 @@ for _field, _same in (("loss_kwargs", "loss"), ("teacher_recipe", "teacher_arch"
                       ("embedder_pool", "embedder"), ("normalize_features", "embedder"),
                       ("pool_interpolate", "pool_epochs"), ("calib_weight", "embedder"),
                       ("attention_weight", "embedder"), ("embedder_queue", "embedder"),
-                      ("queue_train_steps", "queue_push_every"), ("queue_ce_weight", "queue_push_every")):
+                      ("queue_train_steps", "queue_push_every"), ("queue_ce_weight", "queue_push_every"),
+                      ("layer_weights", "embedder"), ("discrimination_weight", "embedder"), ("bilevel", "embedder")):
     _UNUSED_BECAUSE[_field] = _UNUSED_BECAUSE[_same]
 
 
@@ -511,6 +535,16 @@ def _check_combination(cfg: DistillConfig) -> None:
         raise SettingError("embedder_queue (IDM's networks trained alongside) and embedder_pool (NCFM's networks "
                            "trained before) are two sources of embedders: choose one", ("embedder_queue",
                                                                                        "embedder_pool"))
+    if cfg.discrimination_weight > 0 and cfg.synthesis_batch == "class":
+        raise SettingError("discrimination_weight > 0 classifies real images among the synthetic class centres of a "
+                           "batch: it needs several classes in one (synthesis_batch='all' or 'classes')",
+                           ("discrimination_weight", "synthesis_batch"))
+    if cfg.bilevel and (cfg.embedder_pool > 0 or cfg.embedder_queue > 0):
+        raise SettingError("bilevel trains each round's new random network on the synthetic set: it takes no "
+                           "embedder_pool or embedder_queue", ("bilevel", "embedder_pool", "embedder_queue"))
+    if cfg.bilevel and cfg.iters_per_model != 1:
+        raise SettingError("bilevel draws a new network for every round (iteration) and trains it within the round: "
+                           "iters_per_model must be 1", ("bilevel", "iters_per_model"))
     if cfg.calib_weight > 0 and cfg.embedder_pool == 0:
         raise SettingError(f"calib_weight={cfg.calib_weight} needs embedder_pool > 0: the calibration step uses a "
                            "pool network's trained weights (with embedder_pool=0, pass calib_weight=0)",
@@ -546,6 +580,15 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                     optimizer="sgd", lr=1.0, lr_schedule="constant", init="real", clamp="none",
                     augment="color_crop_cutout_flip_scale_rotate", synthesis_batch="class", batch_real=64,
                     iters_per_model=1, attention_weight=100.0, attention_power=1.0, eval_protocol="datadam"),
+    # CAFE (Wang et al., CVPR 2022), kaiwang960112/CAFE distill.py with the README's CIFAR-10 command: every class in
+    # one batch; a new random ConvNet every round (2000 rounds), image steps until its real accuracy settles, trained
+    # on the synthetic set between them; the class means of every ReLU output (x0.1, 0.1, 1) and of the embedding
+    # (x1, + its own term: 2) matched, + 0.01 x the summed cross-entropy of real images classified by inner products
+    # with the synthetic class centres; noise init, no augmentation, SGD lr 0.1 halved at 60/80/90 %, 256 real images
+    "cafe": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "linear"}, iterations=2000,
+                 optimizer="sgd", lr=0.1, lr_schedule="step", init="noise", clamp="none", augment="none",
+                 synthesis_batch="all", batch_real=256, iters_per_model=1, layer_weights=[0.1, 0.1, 1.0, 1.0],
+                 discrimination_weight=0.01, bilevel=True, eval_protocol="cafe"),
     # M3D (Zhang et al., AAAI 2024; no released code: the paper): Gaussian-kernel MMD, factor 2, 5 steps per
     # random model, 10 000 iterations, lr 1; the rest as DM (the paper follows DM)
     "m3d": dict(strategy="distribution", loss="mmd", loss_kwargs={"kernel": "gaussian"}, iterations=10000,
