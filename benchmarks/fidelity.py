@@ -46,7 +46,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -206,6 +206,13 @@ def plan(parts: Sequence[str], methods: Sequence[str]) -> List[Cell]:
     return cells
 
 
+def at_most(cells: Sequence[Cell], iterations: Optional[int], seed: int = 0) -> List[Cell]:
+    """The cells of ``cells`` whose synthesis runs at most ``iterations`` iterations (all of them for ``None``)."""
+    if iterations is None:
+        return list(cells)
+    return [c for c in cells if c.distiller(seed).config.iterations <= iterations]
+
+
 def teacher_accuracies(cells: Sequence[Cell], dataset: str, seed: int, doc: Dict[str, Any]) -> None:
     """Train each distinct teacher of ``cells`` as the runner does (``Distiller.train_teacher``, seeded)
     and record its test accuracy in ``doc["teachers"]`` (what the soft labels and the barycenters
@@ -295,6 +302,9 @@ def parse_args(argv=None):
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the random-subset and full-data baselines (the report does not show them)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--max-iterations", type=int, default=None,
+                   help="run only the cells of at most this many synthesis iterations (the others stay '(not run)'): "
+                        "a budget curve's short end on a machine that cannot afford its long end")
     p.add_argument("--render-only", action="store_true",
                    help="write the Markdown report from the JSON's finished cells; run nothing (run as a script: the "
                         "cells' keys name this file's builders as __main__)")
@@ -315,7 +325,7 @@ def main(argv=None) -> int:
         report(runner, everything, [runner.cell_key(c, c.distiller(args.seed)) for c in everything], args.out + ".md")
         print(f"wrote {args.out}.md from {args.out}.json")
         return 0
-    runner.run(plan([p for p in args.part if p != "teachers"], args.methods))
+    runner.run(at_most(plan([p for p in args.part if p != "teachers"], args.methods), args.max_iterations, args.seed))
     if "teachers" in args.part:
         teacher_accuracies(plan(PARTS, args.methods), args.dataset, args.seed, runner.doc)
     runner.save()

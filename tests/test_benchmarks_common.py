@@ -442,3 +442,13 @@ def test_the_committed_fidelity_cells_keep_their_keys(dataset):
     released = [c for c in fidelity.plan(["presets"], ["dm", "m3d"]) if "released" in c.label]
     found = [_runner.cell_key(c, c.distiller(0).config, run) in doc["cells"] for c in released]
     assert any(found) and all(found[:2])  # DM's released rows, IPC 1 and 10, are in both documents
+
+
+def test_fidelity_max_iterations_keeps_a_curves_short_end():
+    import fidelity
+
+    cells = fidelity.plan(["budget"], ["m3d", "dm"])
+    kept = fidelity.at_most(cells, 100)
+    assert [c.label for c in kept] == ["m3d (released, 50 iterations)", "m3d (released, 100 iterations)",
+                                       "dm (released, 50 iterations)", "dm (released, 100 iterations)"]
+    assert fidelity.at_most(cells, None) == list(cells)
