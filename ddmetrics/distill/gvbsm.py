@@ -558,7 +558,8 @@ def densification_loss(images: Tensor, labels: Tensor, tau: float = 4.0, size: O
     Returns
     -------
     Tensor
-        The scalar loss (0 when no class has two images).
+        The scalar loss, attached to ``images``' graph (exactly 0, with a zero gradient, when no
+        class has two images).
 
     Notes
     -----
@@ -587,12 +588,13 @@ def densification_loss(images: Tensor, labels: Tensor, tau: float = 4.0, size: O
         x = F.adaptive_avg_pool2d(x, size)
     flat = x.reshape(x.shape[0], -1)
     labels = labels.to(flat.device)
-    loss = flat.new_zeros(())
+    loss = None
     for k in torch.unique(labels).tolist():
         members = flat[labels == k]
-        if members.shape[0] < 2:
-            continue  # exactly zero: softmax of one eigenvalue is 1 on both sides
+        # one image: one eigenvalue, both softmaxes are [1], the term is exactly 0 (kept, as in
+        # the release, so that the loss stays attached to the images' graph)
         eigenvalues = torch.linalg.eigvalsh(members @ members.t())
         target = F.softmax(eigenvalues.detach() / tau, dim=0)
-        loss = loss + F.kl_div(F.log_softmax(eigenvalues, dim=0), target, reduction="sum")
+        term = F.kl_div(F.log_softmax(eigenvalues, dim=0), target, reduction="sum")
+        loss = term if loss is None else loss + term
     return loss
