@@ -51,7 +51,7 @@ def test_a_method_without_a_teacher_evaluated_with_soft_labels_trains_and_keeps_
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--method", "nope"], "cafe, cda, datadam, dm, herding, idm, kcenter, kmeans, krdual, m3d, ncfm, random, sre2l, wmdd"),
+    (["--method", "nope"], "cafe, cda, datadam, dm, g_vbsm, herding, idm, kcenter, kmeans, krdual, m3d, ncfm, random, sre2l, wmdd"),
     (["--loss", "nope"], "known losses"),
     (["--ipc", "500"], "ipc"),
 ])

@@ -148,6 +148,8 @@ class Distiller:
         if self.config.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.config.strategy!r}")
         self.teacher_ = teacher
+        #: G-VBSM's trained backbones (``backbones``), kept after :meth:`fit` for the ensemble labels
+        self.backbones_: List[nn.Module] = []
         self.timings_: Dict[str, float] = {}
         if class_batch not in ("auto", 1):
             why = self._unbatchable()
@@ -332,6 +334,7 @@ class Distiller:
             teacher = None  # the strategy does not use it
         runner = strategy_cls(train, num_classes, self.ipc, self.loss, self.config, self.seed, teacher=teacher,
                               device=self.device, amp=self.amp)
+        self.backbones_ = list(getattr(runner, "backbones", []))
         shape = train.image_shape
         batch = self.resolved_class_batch(shape[0], num_classes, shape[-1])
         units = synthesis_units(num_classes, self.ipc, self.config.synthesis_batch, self.config.batch_images, batch)
@@ -366,6 +369,16 @@ class Distiller:
         }
         labels = torch.arange(num_classes, device="cpu").repeat_interleave(self.ipc)
         return SyntheticSet(images=images, labels=labels, weights=weights, meta=meta, num_classes=num_classes)
+
+    def labelling_teacher(self) -> Optional[nn.Module]:
+        """What labels the students' views of a soft-label evaluation: the teacher, or with G-VBSM's
+        ``backbones`` (after :meth:`fit`) the mean raw logits of the teacher and the backbones
+        (:class:`~ddmetrics.evaluate.LogitEnsemble`, the release's relabelling); ``None`` without a teacher."""
+        if self.teacher_ is None or not self.backbones_:
+            return self.teacher_
+        from ..evaluate import LogitEnsemble
+
+        return LogitEnsemble([self.teacher_] + list(self.backbones_))
 
     def _loss_name(self) -> Optional[str]:
         return None if self.loss is None else (self.loss.name or type(self.loss).__name__)
