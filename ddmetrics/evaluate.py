@@ -467,6 +467,10 @@ class LogitEnsemble(nn.Module):
         if not members or not all(isinstance(m, nn.Module) for m in members):
             raise ValueError("LogitEnsemble needs one or more nn.Module members")
         self.members = nn.ModuleList(members)
+        # the wrapper's own flag says what its members are (eval after training), so that restoring the
+        # wrapper's mode after labelling (labelling_teacher) does not put trained members in training mode
+        self.training = any(m.training for m in members)
+        self.members.training = self.training
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.stack([m(x).float() for m in self.members]).mean(0)
