@@ -64,7 +64,8 @@ def class_features(model: nn.Module, train, indices: Tensor, batch_size: int = 5
     return embed_batched(model, Subset(train, indices.tolist()), batch_size)
 
 
-#: G-VBSM's random streams (class_seed's third coordinate; units use 0-3, pools 10-12)
+#: G-VBSM's random streams (class_seed's third coordinate; units and barycenters use 0-3; the backbones' pool
+#: derives its own 10-12 from the seed drawn here)
 _BACKBONE_STREAM, _REFERENCE_STREAM = 13, 14
 #: the release's loader batch for the reference statistics (ds.py:71-95)
 _REFERENCE_BATCH = 64
@@ -73,7 +74,7 @@ _DD_TAU = 4.0
 
 
 class BarycenterMatching(Strategy):
-    """WMDD's and SRe²L's synthesis, one unit at a time (see the module docstring).
+    """WMDD's, SRe²L's, CDA's and G-VBSM's synthesis, one unit at a time (see the module docstring).
 
     Parameters
     ----------

@@ -21,7 +21,7 @@ from ._loop import Strategy, synthesis_units
 from .checkpoint import Checkpoint, data_fingerprint
 from .coresets import CoresetSelection
 from .distribution_matching import DistributionMatching
-from .presets import DistillConfig, make_loss, needs_teacher, preset, uses_teacher
+from .presets import DistillConfig, applies, make_loss, needs_teacher, preset, uses_teacher
 
 LossSpec = Union[str, DistributionLoss, None]
 
@@ -262,6 +262,9 @@ class Distiller:
         if cfg.strategy == "distribution":  # a class's synthetic images (ipc of them) go through the embedder at once
             check_image_size(cfg.embedder, channels, num_classes, image_shape, "embedder",
                              batch_size=min(self.ipc, cfg.batch_real))
+        if applies(cfg, "backbones"):  # G-VBSM's backbones: trained like the teacher, on batches of two or more
+            for arch in cfg.backbones:
+                check_image_size(arch, channels, num_classes, image_shape, "backbone", batch_size=2)
         check_image_size(cfg.protocol().model, channels, num_classes, image_shape, "eval_model", batch_size=2)
 
     def checkpoint_run(self, train) -> Dict[str, Any]:
