@@ -229,3 +229,21 @@ def test_labelling_with_the_ensemble_leaves_its_members_in_eval_mode(strategy, t
     syn = ddm.SyntheticSet(tiny_digits.images[:3], torch.arange(3), torch.full((3,), 1.0), meta={}, num_classes=3)
     train_student(syn, "g_vbsm", teacher=ensemble, seed=0, budget=0.001)
     assert not any(m.training for n in strategy.networks for m in n.modules())
+
+
+def test_without_backbones_the_teacher_runs_every_step(tiny_digits):
+    strat = _strategy(tiny_digits, backbones=[])
+    assert strat.networks == [strat.teacher] and strat.backbones == []
+    ctx, syn, gen = _unit_ctx(strat)
+    assert len(ctx["matching"]) == 1
+    total, _ = strat.step(ctx, syn, 5, gen)
+    assert torch.isfinite(total)
+
+
+@pytest.mark.parametrize("ipc, units, classes_per_unit", [(10, 1, 10), (50, 5, 2)])
+def test_batches_are_the_releases_class_grouped_slices_of_100(ipc, units, classes_per_unit):
+    # ds.py:105-119 on CIFAR-10: IPC 10 -> one batch of all 100 images; IPC 50 -> batches of 2 classes x 50
+    cfg = preset("g_vbsm")
+    got = synthesis_units(10, ipc, cfg.synthesis_batch, cfg.batch_images)
+    assert len(got) == units
+    assert all(len(u.classes) == classes_per_unit and len(u.slots) == ipc for u in got)
