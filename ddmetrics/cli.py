@@ -401,8 +401,10 @@ def _cmd_evaluate(args) -> int:
     except ValueError as err:
         raise ValueError(f"{args.synset} records settings this version cannot use: {err}") from None
     if args.protocol is not None:  # the stored overrides (eval_model, eval_epochs, ...) apply to it too
-        hard = get_protocol(args.protocol).labels == "hard"  # an unknown name fails here, listing the names
-        cfg = cfg.replace(eval_protocol=args.protocol, **({"temperature": None} if hard else {}))
+        chosen = get_protocol(args.protocol)  # an unknown name fails here, listing the names
+        # a recorded temperature means nothing to hard labels or to G-VBSM's MSE + CE on raw logits
+        untempered = chosen.labels == "hard" or chosen.soft_loss != "kl"
+        cfg = cfg.replace(eval_protocol=args.protocol, **({"temperature": None} if untempered else {}))
     settings = cfg.evaluation_kwargs()
     if args.budget is not None:
         settings["budget"] = args.budget

@@ -247,3 +247,12 @@ def test_batches_are_the_releases_class_grouped_slices_of_100(ipc, units, classe
     got = synthesis_units(10, ipc, cfg.synthesis_batch, cfg.batch_images)
     assert len(got) == units
     assert all(len(u.classes) == classes_per_unit and len(u.slots) == ipc for u in got)
+
+
+def test_the_mse_ce_protocol_takes_no_temperature():
+    from ddmetrics.evaluate import hard_label_variant, with_overrides
+
+    with pytest.raises(ValueError, match="compares raw logits, it has no temperature"):
+        with_overrides(get_protocol("g_vbsm"), temperature=4.0)
+    hard = hard_label_variant(get_protocol("g_vbsm"))  # DD-Ranking's syn-hard student: plain cross-entropy
+    assert hard.labels == "hard" and hard.soft_loss == "kl" and hard.recipe.mix == "none"
