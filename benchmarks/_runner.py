@@ -128,7 +128,8 @@ def resolved_config(cfg: DistillConfig) -> Dict[str, Any]:
 #: fields added with issue 28's presets -> the value that switches their part off (kept out of the keys)
 ADDED_OFF = {"crop_curriculum": "none", "crop_milestone": 1.0, "embedder_queue": 0, "queue_push_every": 30,
              "queue_train_steps": 10, "queue_ce_weight": 0.0, "attention_weight": 0.0, "attention_power": 1.0,
-             "layer_weights": [], "discrimination_weight": 0.0, "bilevel": False}
+             "layer_weights": [], "discrimination_weight": 0.0, "bilevel": False, "backbones": [], "conv_drop": 0.4,
+             "stat_momentum": 0.8, "densify_weight": 0.0}
 
 
 def eval_settings(cfg: DistillConfig, run: RunSettings, ipc: Optional[int] = None) -> Dict[str, Any]:
@@ -282,7 +283,7 @@ def run_cell(task: Task, ctx: Context) -> Dict[str, Any]:
     distill_seconds = time.perf_counter() - start
     # no train_set: the baselines are tasks of their own, shared by every cell that needs them
     report = ddm.evaluate(syn, splits.test, runs=run.runs_for(cell.ipc),
-                          teacher=distiller.teacher_ if soft_labels(cfg) else None, seed=run.seed, progress=False,
+                          teacher=distiller.labelling_teacher() if soft_labels(cfg) else None, seed=run.seed, progress=False,
                           **cfg.evaluation_kwargs())
     rep = report.to_dict()
     bary = (syn.meta.get("info") or {}).get("barycenter_seconds")

@@ -17,8 +17,8 @@ Parts (``--part``, default all):
 ``teachers``
     The test accuracy of every teacher the rows above use (trained again, seeded as they are).
 ``family``
-    Issue 28's presets (IDM, DataDAM, CAFE, CDA) at IPC 1 and 10, each paired with the released row
-    of the method it builds on (:data:`FAMILY`: DM, DM, DM, SRe²L), at the same counts (CAFE: 10 of
+    Issue 28's presets (IDM, DataDAM, CAFE, CDA, G-VBSM) at IPC 1 and 10, each paired with the released row
+    of the method it builds on (:data:`FAMILY`: DM, DM, DM, SRe²L, SRe²L), at the same counts (CAFE: 10 of
     its rounds, about 270 image steps, against DM's 200 steps).
 ``options``
     Our improvements, each as a named option on top of the preset, IPC 10 (:data:`OPTIONS`): the
@@ -63,8 +63,9 @@ from _runner import Cell, Runner, RunSettings, settings_key  # noqa: E402
 
 EXPERIMENT = "fidelity"
 #: issue 28's presets (no configuration before issue 24): method -> the released row each is paired with in the
-#: ``family`` part (IDM, DataDAM and CAFE build on DM's; CDA is SRe²L's recovery with a crop curriculum)
-FAMILY: Dict[str, str] = {"idm": "dm", "datadam": "dm", "cafe": "dm", "cda": "sre2l"}
+#: ``family`` part (IDM, DataDAM and CAFE build on DM's; CDA is SRe²L's recovery with a crop curriculum, G-VBSM SRe²L's
+#: with several backbones, Conv statistics and densification)
+FAMILY: Dict[str, str] = {"idm": "dm", "datadam": "dm", "cafe": "dm", "cda": "sre2l", "g_vbsm": "sre2l"}
 METHODS = ("wmdd", "dm", "m3d", "krdual", "ncfm", "sre2l") + tuple(FAMILY)
 PARTS = ("presets", "budget", "options", "counts", "family", "teachers")
 #: method -> the explicit counts the released rows run with on the 2-core CPU (the methods' own
@@ -84,6 +85,8 @@ MEASURED: Dict[str, Dict[str, Any]] = {
     # CAFE's rounds hold 10 to 100 image steps each (about 27 on digits) and probe the network's real accuracy
     # after every step and epoch: 10 rounds, about 270 image steps, against DM's 200
     "cafe": dict(iterations=10, eval_epochs=300),
+    # SRe²L's counts; teacher_epochs also trains the three backbones (G-VBSM's squeeze trains every backbone alike)
+    "g_vbsm": dict(iterations=200, teacher_epochs=10, eval_epochs=100),
 }
 #: method -> the counts of the ``counts`` part: the students' epochs of the method's own protocol (no
 #: ``eval_epochs``), its teacher at WMDD's 50 epochs (SRe²L's own 200 cut to 50), NCFM's pool at 10 of its 60

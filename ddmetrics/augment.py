@@ -19,7 +19,7 @@ batch is optimised through it), and all randomness comes from the explicit
   flip and cutout, where listed, at every call, plus one of the listed crop / scale / rotate.
 - The names of :data:`NAMED` (:class:`CropFlipRoll`): ``"rrc_flip_roll"`` (WMDD's synthesis),
   ``"rrc_flip_roll_small"`` (CDA's Tiny-ImageNet synthesis), ``"roll"`` (SRe²L's CIFAR synthesis),
-  ``"rrc_flip"`` (FKD students, WMDD's teacher), ``"crop_pad_flip"`` (SRe²L's CIFAR teacher and students).
+  ``"rrc_flip"`` (FKD students, WMDD's teacher), ``"crop_pad_flip"`` (SRe²L's CIFAR teacher and students), ``"crop_pad_flip_roll"`` (G-VBSM's CIFAR synthesis).
 - Crop curricula (:func:`crop_scale_at`, CDA): a schedule of a resized crop's area range over a run.
 
 References
@@ -858,6 +858,11 @@ _NAMED_BUILDERS: Dict[str, Callable[[Optional[int]], Augmentation]] = {
     # 4 px at 32 scaled to the image as the rolls are: int(4/32 * side + 0.5) (4 at 28 and 32 px, 1 at 8;
     # 4 unscaled would shift 8-px digits by up to half their side)
     "crop_pad_flip": lambda size: CropFlipRoll(crop="padded", padding=_scaled_padding(4 / 32, size), flip=0.5),
+    # G-VBSM's CIFAR synthesis (Branch_CIFAR_10/recover/data_synthesis_with_svd_with_db_with_all_statistic.py:137-146):
+    # one RandomCrop(32, padding=4) and one flip for the whole batch, then a circular roll by U{0..32} per axis
+    # (--jitter 32: the whole side), the padding scaled as crop_pad_flip's and the roll range the whole side
+    "crop_pad_flip_roll": lambda size: CropFlipRoll(crop="padded", padding=_scaled_padding(4 / 32, size), flip=0.5,
+                                                    roll=1.0, size=size, shared=True),
 }
 
 #: named augmentations besides DSA strategies (see :func:`make_augment`)

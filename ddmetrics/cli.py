@@ -226,7 +226,7 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
     distill_seconds = time.perf_counter() - start
     report = None
     if args.runs > 0:
-        report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs, teacher=distiller.teacher_,
+        report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs, teacher=distiller.labelling_teacher(),
                           seed=args.seed, progress=not args.quiet and rank == 0, full_data=not args.no_full,
                           scores=args.scores, device=distiller.device, **distiller.config.evaluation_kwargs())
         report.seconds = {"distill": distill_seconds, **report.seconds}
@@ -263,6 +263,9 @@ def _write_run(args, syn, distiller, report, distill_seconds: float, world_size:
                "config.yaml": lambda path: write_config(path, command, distiller.config.to_dict())}
     if distiller.teacher_ is not None:
         writers["teacher.pt"] = _teacher_writer(distiller.teacher_)
+    # G-VBSM's backbones label the students' views with the teacher: kept so evaluate reads the same ensemble back
+    for i, net in enumerate(distiller.backbones_):
+        writers[_backbone_name(i)] = _teacher_writer(net)
     write_run_folder(args.out, writers, overwrite=args.overwrite)
     return list(writers)
 
@@ -301,6 +304,18 @@ def _load_teacher(path: str, arch: str, train) -> Any:
 
     return load_teacher_file(path, lambda: get_model(arch, train.image_shape[0], train.num_classes,
                                                      train.image_shape[-1]))
+
+
+def _backbone_name(i: int) -> str:
+    """The file of G-VBSM's backbone ``i`` in a run folder (beside ``teacher.pt``)."""
+    return f"backbone_{i}.pt"
+
+
+def _labelling_backbones(cfg) -> List[str]:
+    """The backbones whose logits a run's soft labels average with the teacher's (G-VBSM), else none."""
+    from .distill.presets import applies
+
+    return list(cfg.backbones) if applies(cfg, "backbones") else []
 
 
 def _teacher_path(synset_path: str) -> str:
@@ -386,8 +401,10 @@ def _cmd_evaluate(args) -> int:
     except ValueError as err:
         raise ValueError(f"{args.synset} records settings this version cannot use: {err}") from None
     if args.protocol is not None:  # the stored overrides (eval_model, eval_epochs, ...) apply to it too
-        hard = get_protocol(args.protocol).labels == "hard"  # an unknown name fails here, listing the names
-        cfg = cfg.replace(eval_protocol=args.protocol, **({"temperature": None} if hard else {}))
+        chosen = get_protocol(args.protocol)  # an unknown name fails here, listing the names
+        # a recorded temperature means nothing to hard labels or to G-VBSM's MSE + CE on raw logits
+        untempered = chosen.labels == "hard" or chosen.soft_loss != "kl"
+        cfg = cfg.replace(eval_protocol=args.protocol, **({"temperature": None} if untempered else {}))
     settings = cfg.evaluation_kwargs()
     if args.budget is not None:
         settings["budget"] = args.budget
@@ -397,6 +414,12 @@ def _cmd_evaluate(args) -> int:
     path = _teacher_path(args.synset)
     if soft and not os.path.exists(path):
         raise ValueError(f"the soft-label protocol needs the teacher saved next to the synthetic set ({path})")
+    backbones = _labelling_backbones(cfg) if soft else []
+    backbone_paths = [os.path.join(os.path.dirname(path), _backbone_name(i)) for i in range(len(backbones))]
+    missing = [p for p in backbone_paths if not os.path.exists(p)]
+    if missing:  # the set's labels are the ensemble's: the teacher alone would label other targets
+        raise ValueError(f"the soft labels of this set are the mean logits of the teacher and its {len(backbones)} "
+                         f"backbones ({', '.join(backbones)}), but {missing[0]} is missing")
     dataset = _recorded_dataset(args)
     splits = load(dataset, seed=args.seed, image_size=args.image_size, workers=args.workers, **_data_source(args))
     check_fits(syn, splits.test, f"--dataset {dataset}")
@@ -405,6 +428,12 @@ def _cmd_evaluate(args) -> int:
         shape = splits.train.image_shape
         teacher = load_teacher_file(path, lambda: get_model(cfg.teacher_arch, shape[0], splits.train.num_classes,
                                                             shape[-1]))
+        if backbones:  # G-VBSM: the mean raw logits of the teacher and the backbones, as distill evaluated
+            from .evaluate import LogitEnsemble
+
+            members = [load_teacher_file(p, lambda a=arch: get_model(a, shape[0], splits.train.num_classes, shape[-1]))
+                       for p, arch in zip(backbone_paths, backbones)]
+            teacher = LogitEnsemble([teacher] + members)
     report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs, teacher=teacher, seed=args.seed,
                       progress=not args.quiet, full_data=not args.no_full, device=device, scores=args.scores,
                       lrs_weight=args.lrs_weight, ars_weight=args.ars_weight, lr_search=args.lr_search,

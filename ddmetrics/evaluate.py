@@ -59,7 +59,7 @@ from .data import ArrayDataset, ImageDataset, as_dataset
 from . import distributed
 from .augment import is_augment_spec, make_augment
 from .mix import Mixed
-from .protocols import PROTOCOLS, Protocol, get_protocol
+from .protocols import MSE_CE_WEIGHT, PROTOCOLS, SOFT_LOSSES, Protocol, get_protocol
 from .scores import dd_ranking_scores, t_interval
 from .utils import DeviceSpec, frozen, model_device, resolve_device, seeded
 from .models import (accuracy, available_models, check_model_name, check_outputs, check_recipe, get_model,
@@ -67,7 +67,7 @@ from .models import (accuracy, available_models, check_model_name, check_outputs
 from .synset import SyntheticSet
 
 __all__ = ["EvalReport", "evaluate", "full_data_accuracy", "train_student", "random_subset", "resolve_protocol",
-           "with_overrides", "protocol_name", "protocol_settings", "soft_label_loss", "student_epochs",
+           "with_overrides", "protocol_name", "protocol_settings", "soft_label_loss", "mse_ce_loss", "LogitEnsemble", "student_epochs",
            "hard_label_variant", "no_augment_variant", "format_interval"]
 
 #: the confidence level of every interval of a report
@@ -214,7 +214,9 @@ def settings_line(settings: Dict[str, Any], budget: float = 1.0, epochs: Optiona
         return "-"
     r = settings["recipe"]
     parts = [f"{settings['labels']} labels", str(settings["model"])]
-    if settings["labels"] == "soft":
+    if settings["labels"] == "soft" and settings.get("soft_loss", "kl") == "mse_ce":
+        parts.append(f"MSE(logits) + {MSE_CE_WEIGHT:g} CE(hard label), teacher in {settings['teacher_mode']} mode")
+    elif settings["labels"] == "soft":
         parts.append(f"T={settings['temperature']:g}{' x T^2' if settings['t_squared'] else ''}, teacher in "
                      f"{settings['teacher_mode']} mode")
     parts.append(f"weights={settings['weights']}")
@@ -317,6 +319,9 @@ def with_overrides(protocol: Protocol, model=None, epochs: Optional[int] = None,
             raise ValueError(f"temperature must be None (the protocol's) or a positive number, got {temperature!r}")
         if protocol.labels != "soft":
             raise ValueError(f"temperature={temperature!r}: the protocol trains on hard labels, it has no temperature")
+        if protocol.soft_loss != "kl":
+            raise ValueError(f"temperature={temperature!r}: the protocol's soft loss ({protocol.soft_loss!r}) compares "
+                             "raw logits, it has no temperature")
     if augment is not None and not (isinstance(augment, str) and is_augment_spec(augment)):
         raise ValueError(f"augment={augment!r} is not an augmentation spec (see ddmetrics.augment.make_augment)")
     recipe = protocol.recipe
@@ -417,15 +422,58 @@ def labelling_teacher(teacher: nn.Module, mode: str, device: torch.device) -> It
         labeller.train(was_training)
 
 
-def _soft_criterion(teacher: nn.Module, temperature: float, t_squared: bool):
+def mse_ce_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
+                ce_weight: float = MSE_CE_WEIGHT) -> Tensor:
+    r"""G-VBSM's ``mse_gt`` student loss per sample, shape ``(B,)``:
+
+    .. math::
+        \ell_i = rac{1}{C} \sum_c (s_{ic} - t_{ic})^2 + w\, \mathrm{CE}(s_i, y_i),
+
+    the raw student logits :math:`s` against the teacher's (ensemble's) raw logits :math:`t` and the
+    cross-entropy with the hard label :math:`y` of the un-mixed image, :math:`w` = 0.15. Its batch
+    mean is the release's ``F.mse_loss(s, t) + 0.15 * F.cross_entropy(s, y)`` (train_FKD.py:307-308:
+    the MSE is a mean over the batch's B x C entries)."""
+    mse = (student_logits - teacher_logits).pow(2).mean(1)
+    return mse + ce_weight * F.cross_entropy(student_logits, labels, reduction="none")
+
+
+def _soft_criterion(teacher: nn.Module, temperature: Optional[float], t_squared: bool, soft_loss: str = "kl"):
     """``criterion(logits, images, labels, mixed)`` for :func:`~ddmetrics.models.train_model`:
-    the KL to the teacher's labels of the same (augmented, mixed) images."""
+    the KL (or G-VBSM's MSE + CE) to the teacher's labels of the same (augmented, mixed) images."""
     def criterion(logits: Tensor, images: Tensor, labels: Tensor, mixed: Optional[Mixed]) -> Tensor:
         with torch.no_grad():
             target = teacher(images)
+        if soft_loss == "mse_ce":  # labels: the un-mixed images' (train_model passes them unmixed)
+            return mse_ce_loss(logits, target.to(logits.dtype), labels)
         return soft_label_loss(logits, target, temperature, t_squared)
 
     return criterion
+
+
+class LogitEnsemble(nn.Module):
+    r"""Several trained classifiers as one teacher: the plain mean of their raw logits,
+    :math:`t = rac1M \sum_m f_m(x)` (G-VBSM's relabelling, ``torch.stack(outputs).mean(0)``,
+    generate_soft_label_with_db.py:279-284: no softmax, no temperature).
+
+    Parameters
+    ----------
+    members : sequence of nn.Module
+        The classifiers (one output per class each); held, not copied.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        members = list(members)
+        if not members or not all(isinstance(m, nn.Module) for m in members):
+            raise ValueError("LogitEnsemble needs one or more nn.Module members")
+        self.members = nn.ModuleList(members)
+        # the wrapper's own flag says what its members are (eval after training), so that restoring the
+        # wrapper's mode after labelling (labelling_teacher) does not put trained members in training mode
+        self.training = any(m.training for m in members)
+        self.members.training = self.training
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([m(x).float() for m in self.members]).mean(0)
 
 
 #: Protocol.weights -> (whether the set's weights enter the loss, train_model's weight_norm)
@@ -449,7 +497,9 @@ def _check_protocol(protocol: Protocol, teacher: Optional[nn.Module]) -> None:
             raise ValueError("the soft-label protocol needs the teacher (teacher=...)")
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
-        if not _is_positive_number(protocol.temperature):
+        if protocol.soft_loss not in SOFT_LOSSES:
+            raise ValueError(f"protocol.soft_loss must be one of {', '.join(SOFT_LOSSES)}, got {protocol.soft_loss!r}")
+        if protocol.soft_loss == "kl" and not _is_positive_number(protocol.temperature):
             raise ValueError(f"protocol.temperature must be a positive number, got {protocol.temperature!r}")
         if protocol.teacher_mode not in ("eval", "train"):
             raise ValueError(f"protocol.teacher_mode must be 'eval' or 'train', got {protocol.teacher_mode!r}")
@@ -493,7 +543,7 @@ def train_student(synset: SyntheticSet, protocol: Union[str, Protocol], teacher:
     if protocol.labels == "hard":
         return train_model(student, data, protocol.recipe, **kw)
     with labelling_teacher(teacher, protocol.teacher_mode, device) as labeller:
-        criterion = _soft_criterion(labeller, protocol.temperature, protocol.t_squared)
+        criterion = _soft_criterion(labeller, protocol.temperature, protocol.t_squared, protocol.soft_loss)
         return train_model(student, data, protocol.recipe, criterion=criterion, **kw)
 
 
@@ -520,7 +570,7 @@ def hard_label_variant(protocol: Protocol) -> Protocol:
     if protocol.labels == "hard":
         return protocol
     return dataclasses.replace(protocol, labels="hard", temperature=None, t_squared=False, teacher_mode="eval",
-                               recipe=dataclasses.replace(protocol.recipe, mix="none"))
+                               soft_loss="kl", recipe=dataclasses.replace(protocol.recipe, mix="none"))
 
 
 def no_augment_variant(protocol: Protocol) -> Protocol:

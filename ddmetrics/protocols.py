@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
 __all__ = ["TrainRecipe", "Protocol", "PROTOCOLS", "TEACHER_RECIPES", "OPTIMIZERS", "SCHEDULES", "MIXES",
-           "get_protocol", "get_teacher_recipe"]
+           "get_protocol", "get_teacher_recipe", "SOFT_LOSSES", "MSE_CE_WEIGHT"]
 
 #: the optimisers a recipe may name (see :func:`ddmetrics.models.train_model`)
 OPTIMIZERS: Tuple[str, ...] = ("sgd", "adamw")
@@ -76,7 +76,7 @@ class TrainRecipe:
 
 @dataclass(frozen=True)
 class Protocol:
-    """An evaluation protocol: train a fresh ``model`` on the synthetic set by ``recipe``.
+    r"""An evaluation protocol: train a fresh ``model`` on the synthetic set by ``recipe``.
 
     Attributes
     ----------
@@ -100,6 +100,11 @@ class Protocol:
         over each batch (WMDD's ``train_FKD``), or ignored.
     source : str
         Where the protocol comes from (released file), for reports and the fidelity table.
+    soft_loss : {"kl", "mse_ce"}
+        With soft labels: ``"kl"``, the KL divergence at ``temperature`` (SRe²L, WMDD); ``"mse_ce"``,
+        G-VBSM's ``mse_gt``: :math:`\frac1C\|s - t\|_2^2 + 0.15\,\mathrm{CE}(s, y)` per image, the raw
+        logits :math:`s` of the student against the teacher's :math:`t` plus the cross-entropy with the
+        view's un-mixed hard label :math:`y` (no temperature: ``temperature`` is ``None``).
     """
 
     labels: str
@@ -110,6 +115,13 @@ class Protocol:
     teacher_mode: str = "eval"
     weights: str = "set"
     source: str = ""
+    soft_loss: str = "kl"
+
+
+#: the soft-label losses of a protocol (see :class:`Protocol`)
+SOFT_LOSSES: Tuple[str, ...] = ("kl", "mse_ce")
+#: G-VBSM's weight of the hard-label cross-entropy in ``soft_loss="mse_ce"`` (train.sh ``--ce-weight 0.15``)
+MSE_CE_WEIGHT: float = 0.15
 
 
 #: the named evaluation protocols (students trained on a synthetic set)
@@ -140,6 +152,16 @@ PROTOCOLS: Dict[str, Protocol] = {
                      recipe=TrainRecipe(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.01,
                                         decay_norm_and_bias=False, batch_size=100, schedule="cosine",
                                         augment="rrc_flip", mix="cutmix", mix_alpha=1.0, mix_prob=1.0, epochs=300)),
+    # G-VBSM's CIFAR-10 relabel + train (Branch_CIFAR_10/relabel/generate_soft_label_with_db.py, train/train_FKD.py,
+    # relabel.sh, train.sh): the mean raw logits of the teachers (the Distiller hands the ensemble) on RandomResizedCrop
+    # + flip views with CutMix on every batch; MSE(student logits, ensemble logits) + 0.15 CE(hard label); AdamW lr
+    # 1e-3 wd 0 (no --sgd in the CIFAR-10 train.sh), cosine per epoch, batch 100, 1000 epochs, ResNet-18
+    "g_vbsm": Protocol(labels="soft", model="resnet18", temperature=None, soft_loss="mse_ce", weights="none",  # type: ignore[arg-type]
+                       source="G_VBSM Branch_CIFAR_10 relabel/generate_soft_label_with_db.py, train/train_FKD.py",
+                       recipe=TrainRecipe(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.0,
+                                          decay_norm_and_bias=True, batch_size=100, schedule="cosine",
+                                          augment="rrc_flip", mix="cutmix", mix_alpha=1.0, mix_prob=1.0,
+                                          epochs=1000)),
     # SRe²L's small-data relabelling (SRe2L/*small_dataset/relabel_cifar.py): RandomCrop(pad 4) + flip, Mixup
     # Beta(0.8, 0.8) on every batch, the teacher in train mode, T = 30 without T², AdamW 1e-3 wd 0.01 on
     # every parameter, cosine per epoch, 400 epochs, batch 128
@@ -185,6 +207,10 @@ TEACHER_RECIPES: Dict[str, TrainRecipe] = {
     "ncfm": TrainRecipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=128, schedule="multistep",
                         milestones=(2 / 3, 5 / 6), gamma=0.2, augment="idc:color_crop", mix="cutmix", mix_alpha=1.0,
                         mix_prob=0.5, epochs=60),
+    # G-VBSM's squeeze (Branch_CIFAR_10/squeeze/train.py, squeeze.sh): SGD lr 0.05 constant, momentum 0.9, wd 0,
+    # batch 64, RandomCrop(pad 4) + flip, plain CE, 5 epochs (the CIFAR-10 script's --train_epochs 5)
+    "g_vbsm": TrainRecipe(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=64,
+                          schedule="constant", augment="crop_pad_flip", epochs=5),
     # ddmetrics before issue 24: SGD lr 0.01, x0.1 at half, DSA, batch 256, 30 epochs
     "ours": TrainRecipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256,
                         schedule="step_half", augment="auto", epochs=30),

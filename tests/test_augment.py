@@ -394,7 +394,7 @@ def test_every_spec_is_differentiable_and_a_function_of_the_generator_state(spec
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
 
 
-@pytest.mark.parametrize("spec", ["rrc_flip_roll", "roll"])
+@pytest.mark.parametrize("spec", ["rrc_flip_roll", "roll", "crop_pad_flip_roll"])
 def test_batch_shared_specs_apply_one_draw_to_every_image(spec):
     x = torch.randn(1, 3, 16, 16, generator=_gen(0)).expand(5, 3, 16, 16)
     for seed in range(5):
@@ -412,7 +412,7 @@ def test_make_augment_specs_and_validation():
     assert isinstance(idc, DiffAugment) and idc.mode == "idc" and idc.drawn == ("crop",)
     shared = {name: make_augment(name, 3).shared for name in NAMED}
     assert shared == {"rrc_flip_roll": True, "rrc_flip_roll_small": True, "roll": True, "rrc_flip": False,
-                      "crop_pad_flip": False}
+                      "crop_pad_flip": False, "crop_pad_flip_roll": True}
     for bad in ["idc:", "idc:blur", "color_blur", "", 3]:
         assert not is_augment_spec(bad)
         with pytest.raises(ValueError, match="spec"):
@@ -446,3 +446,10 @@ def test_resized_crop_falls_back_to_torchvision_s_central_crop():
     assert torch.allclose(aug.apply(x, p), ref, rtol=0, atol=1e-12)
     tall = CropFlipRoll(crop="resized", scale=(1.0, 1.0), ratio=(1.0, 1.0)).sample(1, (1, 12, 8), _gen(0))
     assert tall.window.tolist() == [[2, 0, 8, 8]]
+
+
+def test_g_vbsm_synthesis_rolls_over_the_whole_side():
+    # G-VBSM's --jitter 32 at 32 px: shifts U{0..32} per axis (32 = 0: a circular roll), after one padded crop
+    aug = make_augment("crop_pad_flip_roll", 3, 32)
+    assert aug.crop == "padded" and aug.padding == 4 and aug.flip == 0.5 and aug.shared
+    assert aug.roll_range(32, 32) == (32, 32)

@@ -51,7 +51,7 @@ def test_a_method_without_a_teacher_evaluated_with_soft_labels_trains_and_keeps_
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--method", "nope"], "cafe, cda, datadam, dm, herding, idm, kcenter, kmeans, krdual, m3d, ncfm, random, sre2l, wmdd"),
+    (["--method", "nope"], "cafe, cda, datadam, dm, g_vbsm, herding, idm, kcenter, kmeans, krdual, m3d, ncfm, random, sre2l, wmdd"),
     (["--loss", "nope"], "known losses"),
     (["--ipc", "500"], "ipc"),
 ])
@@ -292,3 +292,21 @@ def test_poisoned_checkpoint_and_teacher_are_refused_through_the_cli(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "could run code" in err and "weights_only" not in err, err
     assert not marker.exists() and not out.exists()
+
+
+def test_g_vbsm_keeps_its_backbones_and_evaluate_labels_with_the_same_ensemble(tmp_path):
+    # the students learn the mean logits of the teacher and the backbones: the run folder keeps the backbones, and
+    # evaluate reads them back to the same numbers; without them it refuses rather than label with the teacher alone
+    from ddmetrics.cli import main
+
+    out = tmp_path / "run"
+    assert main(["distill", "--method", "g_vbsm", "--ipc", "1", "--runs", "1", "--no-full", "--quiet", "--iterations",
+                 "2", "--set", "teacher_recipe=ours", "teacher_epochs=1", "eval_model=convnet", "eval_epochs=2",
+                 "--out", str(out)]) == 0
+    assert {"teacher.pt", "backbone_0.pt", "backbone_1.pt", "backbone_2.pt"} <= set(os.listdir(out))
+    report = json.loads((out / "report.json").read_text())["evaluation"]
+    assert main(["evaluate", str(out / "synset.pt"), "--runs", "1", "--no-full", "--quiet", "--json",
+                 str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["runs"] == report["runs"]  # the same ensemble, read back
+    os.remove(out / "backbone_1.pt")
+    assert main(["evaluate", str(out / "synset.pt"), "--runs", "1", "--no-full", "--quiet"]) == 2

@@ -129,7 +129,8 @@ NON_DEFAULT = {"strategy": "distribution", "loss": "sliced", "loss_kwargs": {"n_
                "temperature": 2.5, "coreset": "kcenter", "crop_curriculum": "cosine", "crop_milestone": 0.5,
                "embedder_queue": 5, "queue_push_every": 3, "queue_train_steps": 2, "queue_ce_weight": 0.5,
                "attention_weight": 10.0, "attention_power": 4.0, "layer_weights": [0.5, 1.0],
-               "discrimination_weight": 0.5, "bilevel": True}
+               "discrimination_weight": 0.5, "bilevel": True, "backbones": ["convnet"], "conv_drop": 0.1,
+               "stat_momentum": 0.5, "densify_weight": 0.5}
 # where a field that WMDD does not use is set (a field given where it does not apply is refused): method, settings
 WHERE = {"loss_kwargs": ("wmdd", {"loss": "sliced"}), "factor": ("dm", {}), "batch_real": ("dm", {}),
          "embedder": ("dm", {}), "iters_per_model": ("dm", {}), "embedder_pool": ("dm", {}),
@@ -139,7 +140,9 @@ WHERE = {"loss_kwargs": ("wmdd", {"loss": "sliced"}), "factor": ("dm", {}), "bat
          "queue_train_steps": ("dm", {"embedder_queue": 2}), "queue_ce_weight": ("dm", {"embedder_queue": 2}),
          "attention_weight": ("dm", {}), "attention_power": ("dm", {"attention_weight": 1.0}),
          "crop_milestone": ("wmdd", {"crop_curriculum": "linear"}), "layer_weights": ("dm", {}),
-         "discrimination_weight": ("dm", {"synthesis_batch": "all"}), "bilevel": ("dm", {})}
+         "discrimination_weight": ("dm", {"synthesis_batch": "all"}), "bilevel": ("dm", {}),
+         "backbones": ("g_vbsm", {}), "conv_drop": ("g_vbsm", {}), "stat_momentum": ("g_vbsm", {}),
+         "densify_weight": ("g_vbsm", {})}
 
 
 def test_every_config_field_can_be_set_through_set_and_the_api():
@@ -147,7 +150,7 @@ def test_every_config_field_can_be_set_through_set_and_the_api():
     assert sorted(NON_DEFAULT) == sorted(fields)
     for name, value in NON_DEFAULT.items():
         assert getattr(DistillConfig(), name) != value, name
-        text = json.dumps(value) if isinstance(value, (dict, bool)) else str(value)
+        text = json.dumps(value) if isinstance(value, (dict, bool, list)) else str(value)
         parsed = _parse_overrides([f"{name}={text}"])
         assert parsed == {name: value}, name
         method, context = WHERE.get(name, ("wmdd", {}))

@@ -69,7 +69,7 @@ def test_the_schema_top_level_and_under_config_with_lines(project):
     ("method: dm\nconfig:\n  lr: -1\n", 3, "lr", "lr must be a positive number"),
     ("method: dm\nlr: 0.1\nconfig:\n  lr: 0.2\n", 4, "lr", "set twice (first on line 2)"),
     ("method: dm\noverwrite: true\n", 2, "overwrite", "give --overwrite on the command line"),
-    ("seed: 0\nmethod: nope\n", 2, "method", "valid methods: cafe, cda, datadam, dm, herding"),
+    ("seed: 0\nmethod: nope\n", 2, "method", "valid methods: cafe, cda, datadam, dm, g_vbsm, herding"),
     ("method: dm\nloss: nope\n", 2, "loss", "unknown loss 'nope'"),
     ("method: dm\nconfig:\n  reg_weight: 5\n", 3, "reg_weight", "reg_weight does not apply to method 'dm'"),
     ("method: wmdd\nconfig:\n  bn_stats: running\n", 3, "bn_stats", "needs reg='bn'"),

@@ -299,7 +299,7 @@ def test_cli_evaluate_takes_any_protocol_with_the_stored_overrides_and_a_budget(
         raise AssertionError("the data set was read")
 
     monkeypatch.setattr(data, "load", no_data)  # bad arguments are refused before any data is read
-    for extra, needle in [(["--protocol", "nope"], "valid protocols: cafe, datadam, hard, ncfm"), (["--budget", "2"], "--budget"),
+    for extra, needle in [(["--protocol", "nope"], "valid protocols: cafe, datadam, g_vbsm, hard, ncfm"), (["--budget", "2"], "--budget"),
                           (["--protocol", "ours_soft"], "needs the teacher")]:
         assert main(args + extra) == 2
         err = capsys.readouterr().err

@@ -16,6 +16,20 @@ where :math:`\mathcal{A}` is a random augmentation, :math:`D` is the paper's
 :math:`\mathcal{L}_{BN}` the per-class (PCBN, WMDD Eq. 13) or all-class (SRe²L) BatchNorm
 regulariser of :mod:`ddmetrics.distill.pcbn`. The weights travel with the synthetic set.
 
+G-VBSM (``reg="gvbsm"``, :mod:`ddmetrics.distill.gvbsm`) replaces the regulariser: at step
+:math:`t` one network :math:`g_t` of :math:`[h, g_1, \dots, g_B]` (the teacher and the
+``backbones``, round-robin: :math:`t \bmod (B + 1)`, the release's counter) gives
+
+.. math::
+    \mathrm{CE}\big(g_t(\mathcal{A}(\tilde X)), y\big) + \lambda\, \mathcal{L}_{stat}(g_t)
+    + \delta\, \mathcal{L}_{DD}(\mathcal{A}(\tilde X))
+
+with :math:`\lambda` = ``reg_weight``, :math:`\delta` = ``densify_weight``; each network's EMA
+states live in the unit's loss state (saved in checkpoints). The backbones are trained by the
+teacher's recipe from the run's seed (an :class:`~ddmetrics.distill.pool.EmbedderPool` of one
+member per architecture); each network's reference Conv statistics are taken once over the real
+training set in batches of 64 under the recipe's augmentation, as the release does.
+
 The teacher runs in eval mode and units do not share images, so units are independent: each has
 its own random stream and optimiser, which lets the :class:`~ddmetrics.Distiller` shard them over
 ranks and checkpoint them. A class's barycenter is computed once, the first time a unit needs
@@ -36,9 +50,11 @@ from ..augment import crop_scale_at, make_augment
 from ..data import pixel_bounds
 from ..distributed import class_seed
 from ..losses import DistributionLoss
-from ..utils import autocast, embed_batched
+from ..utils import autocast, embed_batched, model_device
 from ._loop import Strategy, Unit
+from .gvbsm import StatisticMatching, densification_loss, reference_conv_statistics
 from .pcbn import BoundPCBN, PCBNLoss, per_class_bn_stats
+from .pool import EmbedderPool
 from .presets import DistillConfig
 
 
@@ -48,8 +64,17 @@ def class_features(model: nn.Module, train, indices: Tensor, batch_size: int = 5
     return embed_batched(model, Subset(train, indices.tolist()), batch_size)
 
 
+#: G-VBSM's random streams (class_seed's third coordinate; units and barycenters use 0-3; the backbones' pool
+#: derives its own 10-12 from the seed drawn here)
+_BACKBONE_STREAM, _REFERENCE_STREAM = 13, 14
+#: the release's loader batch for the reference statistics (ds.py:71-95)
+_REFERENCE_BATCH = 64
+#: the densification temperature (ds.py:316, --tau 4)
+_DD_TAU = 4.0
+
+
 class BarycenterMatching(Strategy):
-    """WMDD's and SRe²L's synthesis, one unit at a time (see the module docstring).
+    """WMDD's, SRe²L's, CDA's and G-VBSM's synthesis, one unit at a time (see the module docstring).
 
     Parameters
     ----------
@@ -86,11 +111,49 @@ class BarycenterMatching(Strategy):
         # the barycenters are computed for the targets, or only for the nearest-real start
         self.needs_barycenter = self.uses_barycenter or cfg.init == "nearest"
         self.reg = None
-        if cfg.reg != "none":
+        #: G-VBSM: the networks of the round-robin (teacher first), the backbones alone, their conv references
+        self.networks: list = []
+        self.backbones: list = []
+        self._conv_references: list = []
+        if cfg.reg == "gvbsm":
+            self._build_gvbsm(train, num_classes)
+        elif cfg.reg != "none":
             stats = None if cfg.bn_stats == "running" else per_class_bn_stats(
                 teacher, train, num_classes, device=self.device, variance=cfg.bn_stats)
             self.reg = PCBNLoss(teacher, stats, mode=cfg.reg, norm=cfg.reg_norm, first_weight=cfg.first_bn_weight)
         self._targets: Dict[int, Tuple[Tensor, Tensor, Tensor, float]] = {}
+
+    def _build_gvbsm(self, train, num_classes: int) -> None:
+        """Train the backbones (the teacher's recipe, seeded from the run) and take every network's
+        reference Conv statistics over the real training set."""
+        cfg = self.cfg
+        if cfg.backbones:
+            recipe = cfg.teacher_training()
+            pool = EmbedderPool(len(cfg.backbones), list(cfg.backbones), recipe, recipe.epochs,
+                                class_seed(self.seed, 0, _BACKBONE_STREAM), self.device).fit(train, num_classes)
+            self.backbones = [pool.trained(i) for i in range(len(pool))]
+        self.networks = [self.teacher] + self.backbones
+        recipe = cfg.teacher_training()
+        self._conv_references = [self._reference(net, j, recipe.augment) for j, net in enumerate(self.networks)]
+
+    def _reference(self, net: nn.Module, j: int, augment_spec: str) -> list:
+        """Network ``j``'s reference Conv statistics: one pass over the training set in a seeded
+        order, batches of 64 (the release's loader), each image augmented by ``augment_spec`` (the
+        release: RandomCrop(pad 4) + flip, its teachers' training augmentation)."""
+        gen = torch.Generator(device="cpu").manual_seed(class_seed(self.seed, j, _REFERENCE_STREAM))
+        augment = make_augment(augment_spec, self.train.image_shape[0], self.train.image_shape[-1])
+        n = len(self.train)
+        order = torch.randperm(n, generator=gen, device="cpu")
+        device = model_device(net)
+
+        def batches():
+            for start in range(0, n, _REFERENCE_BATCH):
+                x = self.train.load(order[start:start + _REFERENCE_BATCH])
+                if augment is not None:
+                    x = augment(x, gen)
+                yield x.to(device)
+
+        return reference_conv_statistics(net, batches(), total=n)
 
     def targets(self, k: int) -> Tuple[Tensor, Tensor, Tensor, float]:
         """Class ``k``'s barycenter atoms, their weights, the indices of the distinct real images
@@ -148,7 +211,28 @@ class BarycenterMatching(Strategy):
         weights = fixed["weights"] if (self.cfg.reg_weighted and self.uses_barycenter) else None
         # the regulariser's checks and targets depend only on the unit's labels and weights: once per unit
         reg = self.reg.bind(labels, weights, fixed["weights"]) if self.reg is not None else None
-        return {**fixed, "unit": unit, "labels": labels, "reg": reg}
+        ctx = {**fixed, "unit": unit, "labels": labels, "reg": reg}
+        if self.networks:  # G-VBSM: each network's EMA states start afresh in every unit
+            cfg = self.cfg
+            ctx["matching"] = [StatisticMatching(net, ref, momentum=cfg.stat_momentum, drop_rate=cfg.conv_drop,
+                                                 first_multiplier=cfg.first_bn_weight)
+                               for net, ref in zip(self.networks, self._conv_references)]
+        return ctx
+
+    def loss_state(self, ctx: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        if "matching" not in ctx:
+            return None
+        return {"matching": [m.state_dict() for m in ctx["matching"]]}
+
+    def load_loss_state(self, ctx: Dict[str, Any], state: Optional[Dict[str, Any]]) -> None:
+        if state is None or "matching" not in ctx:
+            return
+        saved = state["matching"]
+        if len(saved) != len(ctx["matching"]):
+            raise ValueError(f"the checkpoint holds {len(saved)} networks' statistic states, the run has "
+                             f"{len(ctx['matching'])}")
+        for m, st in zip(ctx["matching"], saved):
+            m.load_state_dict(st)
 
     def step(self, ctx: Dict[str, Any], syn: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
         cfg = self.cfg
@@ -157,6 +241,8 @@ class BarycenterMatching(Strategy):
             augment = augment.with_scale(crop_scale_at(cfg.crop_curriculum, it, cfg.effective_iterations,
                                                        cfg.crop_milestone))
         view = augment(syn, gen) if augment is not None else syn
+        if "matching" in ctx:
+            return self._gvbsm_step(ctx, view, it, gen)
         # the classifier head runs only where its logits are used
         feats, logits, reg_value = self._forward(view, ctx["reg"], logits=cfg.ce_weight > 0)
         total = view.new_zeros(())
@@ -175,6 +261,21 @@ class BarycenterMatching(Strategy):
             total = torch.add(total, reg_value, alpha=cfg.reg_weight)
             tracked = reg_value if tracked is None else tracked
         return total, tracked
+
+    def _gvbsm_step(self, ctx: Dict[str, Any], view: Tensor, it: int, gen: torch.Generator) -> Tuple[Tensor, Tensor]:
+        """G-VBSM's objective on network ``it mod (B + 1)`` (see the module docstring); tracked: its CE."""
+        cfg = self.cfg
+        # the release's global counter (ds.py:150-152) restarts here with each unit: the same networks while the
+        # iterations are a multiple of the networks (4000 of 4 or 5), as in the released runs
+        matching = ctx["matching"][it % len(ctx["matching"])]
+        with autocast(self.device, self.amp):
+            stat, logits = matching(view, gen)
+        ce = F.cross_entropy(logits.float(), ctx["labels"])
+        total = torch.add(cfg.ce_weight * ce, stat.float(), alpha=cfg.reg_weight)
+        if cfg.densify_weight > 0:  # on the step's view (the release's jittered batch, ds.py:161-181)
+            total = torch.add(total, densification_loss(view.float(), ctx["labels"], tau=_DD_TAU),
+                              alpha=cfg.densify_weight)
+        return total, ce
 
     def weights(self, ctx: Dict[str, Any]) -> Tensor:
         return ctx["weights"]

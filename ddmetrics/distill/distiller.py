@@ -21,7 +21,7 @@ from ._loop import Strategy, synthesis_units
 from .checkpoint import Checkpoint, data_fingerprint
 from .coresets import CoresetSelection
 from .distribution_matching import DistributionMatching
-from .presets import DistillConfig, make_loss, needs_teacher, preset, uses_teacher
+from .presets import DistillConfig, applies, make_loss, needs_teacher, preset, uses_teacher
 
 LossSpec = Union[str, DistributionLoss, None]
 
@@ -148,6 +148,8 @@ class Distiller:
         if self.config.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.config.strategy!r}")
         self.teacher_ = teacher
+        #: G-VBSM's trained backbones (``backbones``), kept after :meth:`fit` for the ensemble labels
+        self.backbones_: List[nn.Module] = []
         self.timings_: Dict[str, float] = {}
         if class_batch not in ("auto", 1):
             why = self._unbatchable()
@@ -260,6 +262,9 @@ class Distiller:
         if cfg.strategy == "distribution":  # a class's synthetic images (ipc of them) go through the embedder at once
             check_image_size(cfg.embedder, channels, num_classes, image_shape, "embedder",
                              batch_size=min(self.ipc, cfg.batch_real))
+        if applies(cfg, "backbones"):  # G-VBSM's backbones: trained like the teacher, on batches of two or more
+            for arch in cfg.backbones:
+                check_image_size(arch, channels, num_classes, image_shape, "backbone", batch_size=2)
         check_image_size(cfg.protocol().model, channels, num_classes, image_shape, "eval_model", batch_size=2)
 
     def checkpoint_run(self, train) -> Dict[str, Any]:
@@ -332,6 +337,7 @@ class Distiller:
             teacher = None  # the strategy does not use it
         runner = strategy_cls(train, num_classes, self.ipc, self.loss, self.config, self.seed, teacher=teacher,
                               device=self.device, amp=self.amp)
+        self.backbones_ = list(getattr(runner, "backbones", []))
         shape = train.image_shape
         batch = self.resolved_class_batch(shape[0], num_classes, shape[-1])
         units = synthesis_units(num_classes, self.ipc, self.config.synthesis_batch, self.config.batch_images, batch)
@@ -366,6 +372,16 @@ class Distiller:
         }
         labels = torch.arange(num_classes, device="cpu").repeat_interleave(self.ipc)
         return SyntheticSet(images=images, labels=labels, weights=weights, meta=meta, num_classes=num_classes)
+
+    def labelling_teacher(self) -> Optional[nn.Module]:
+        """What labels the students' views of a soft-label evaluation: the teacher, or with G-VBSM's
+        ``backbones`` (after :meth:`fit`) the mean raw logits of the teacher and the backbones
+        (:class:`~ddmetrics.evaluate.LogitEnsemble`, the release's relabelling); ``None`` without a teacher."""
+        if self.teacher_ is None or not self.backbones_:
+            return self.teacher_
+        from ..evaluate import LogitEnsemble
+
+        return LogitEnsemble([self.teacher_] + list(self.backbones_))
 
     def _loss_name(self) -> Optional[str]:
         return None if self.loss is None else (self.loss.name or type(self.loss).__name__)

@@ -55,8 +55,9 @@ class EmbedderPool:
     ----------
     size : int
         Number of networks P.
-    arch : str or callable
-        Their architecture: a registered model name or a builder ``fn(channels, num_classes, image_size)``.
+    arch : str, callable or sequence of them
+        Their architecture: a registered model name or a builder ``fn(channels, num_classes, image_size)``;
+        or one per member (a list of ``size`` of them: G-VBSM's backbones of several architectures).
     recipe : TrainRecipe
         How each is trained (its ``epochs`` are replaced by ``epochs``).
     epochs : int
@@ -83,7 +84,13 @@ class EmbedderPool:
             raise TypeError(f"recipe must be a ddmetrics.protocols.TrainRecipe, got {type(recipe).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        if not (isinstance(arch, str) or callable(arch)):
+        if isinstance(arch, (list, tuple)):
+            if len(arch) != size:
+                raise ValueError(f"arch lists {len(arch)} architectures for a pool of size {size}: give one per member")
+            if not all(isinstance(a, str) or callable(a) for a in arch):
+                raise TypeError("each arch must be a model name or a builder")
+            arch = list(arch)
+        elif not (isinstance(arch, str) or callable(arch)):
             raise TypeError(f"arch must be a model name or a builder, got {type(arch).__name__}")
         self.size, self.arch, self.seed, self.device = size, arch, seed, torch.device(device)
         self.recipe = dataclasses.replace(recipe, epochs=epochs)
@@ -101,7 +108,7 @@ class EmbedderPool:
         self._init, self._trained = [], []
         for i in range(self.size):
             with seeded(class_seed(self.seed, i, _INIT_STREAM)):
-                model = get_model(self.arch, channels, num_classes, side)
+                model = get_model(self.arch_of(i), channels, num_classes, side)
             model.to(self.device)
             self._init.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             if rank == 0:
@@ -112,6 +119,10 @@ class EmbedderPool:
 
     def __len__(self) -> int:
         return self.size
+
+    def arch_of(self, member: int):
+        """Member ``member``'s architecture (the one ``arch``, or its entry of the list)."""
+        return self.arch[member] if isinstance(self.arch, list) else self.arch
 
     def _check_fitted(self) -> None:
         if not self._trained:

@@ -1,4 +1,4 @@
-"""Method presets: WMDD, DM, IDM, DataDAM, CAFE, M3D, KR-dual, NCFM, SRe²L, CDA and the coreset
+"""Method presets: WMDD, DM, IDM, DataDAM, CAFE, M3D, KR-dual, NCFM, SRe²L, CDA, G-VBSM and the coreset
 baselines (random, herding, k-center, k-means) are configuration data, not code paths.
 
 A preset fills a :class:`DistillConfig` with its method's released pipeline (its paper where no
@@ -61,7 +61,7 @@ _CHOICES: Dict[str, tuple] = {
     "bary_init": ("kmeans++", "gaussian"),
     "feature_loss": ("barycenter", "none"),
     "feature_norm": ("squared", "frobenius"),
-    "reg": ("pcbn", "bn", "none"),
+    "reg": ("pcbn", "bn", "gvbsm", "none"),
     "reg_norm": ("squared", "l2"),
     "bn_stats": ("exact", "batch_mean", "running"),
     "coreset": ("random", "herding", "kcenter", "kmeans"),
@@ -110,6 +110,11 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "reg_weight": (_non_negative, "a non-negative number"),
     "reg_weighted": (lambda v: isinstance(v, bool), "True or False"),
     "first_bn_weight": (_non_negative, "a non-negative number"),
+    "backbones": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(a, str) and _model_ok(a) for a in v),
+                  "a list of model names (the networks trained beside the teacher; [] for none)"),
+    "conv_drop": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "stat_momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "densify_weight": (_non_negative, "a non-negative number"),
     "crop_milestone": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "embedder": (_model_ok, "a model name or a builder fn(channels, num_classes, image_size)"),
     "iters_per_model": (_positive_int, "a positive integer"),
@@ -155,6 +160,8 @@ def check_field(name: str, value: Any) -> Any:
         return float(value)
     if name in _LIST_FIELDS:  # a tuple or a list of ints from a file or --set: the same list of floats
         return [float(w) for w in value]
+    if name in _NAME_LIST_FIELDS:
+        return list(value)
     return value
 
 
@@ -206,7 +213,15 @@ class DistillConfig:
         ``"exact"``, ``"batch_mean"``: within-batch variances of 100-image batches averaged, as
         WMDD's code; ``"running"``: the teacher's running statistics, SRe²L, ``reg="bn"`` only),
         ``reg_weighted`` (the synthetic statistics weighted by the barycenter weights, Eq. 14)
-        and ``first_bn_weight`` (the first BatchNorm layer's factor, SRe²L's 10); with a
+        and ``first_bn_weight`` (the first BatchNorm layer's factor, SRe²L's 10; with ``reg="gvbsm"``
+        the first hooked layer's, G-VBSM's stem conv); ``reg="gvbsm"`` is G-VBSM's statistic matching
+        (:mod:`ddmetrics.distill.gvbsm`: every BatchNorm layer's input against its running statistics
+        and every Conv layer's input against reference channel and 4x4-cell statistics of the real set,
+        unsquared norms, EMA momentum ``stat_momentum``, each Conv term dropped with probability
+        ``conv_drop``) on one network per step, round-robin over the teacher and ``backbones``
+        (networks of those architectures trained by the teacher's recipe from the run's seed,
+        :class:`~ddmetrics.distill.pool.EmbedderPool`), + ``densify_weight`` × G-VBSM's data
+        densification of the step's view (τ = 4); with a
         RandomResizedCrop augmentation, ``crop_curriculum`` (CDA: ``"step"``, ``"linear"`` or
         ``"cosine"`` fall of the smallest crop area from 1 to 0.08 until ``crop_milestone`` × the
         iterations, :func:`ddmetrics.augment.crop_scale_at`; ``"none"``: 0.08 throughout).
@@ -277,6 +292,10 @@ class DistillConfig:
     bn_stats: str = "batch_mean"
     reg_weighted: bool = False
     first_bn_weight: float = 1.0
+    backbones: List[str] = field(default_factory=list)
+    conv_drop: float = 0.4
+    stat_momentum: float = 0.8
+    densify_weight: float = 0.0
     crop_curriculum: str = "none"
     crop_milestone: float = 1.0
     # distribution matching
@@ -374,12 +393,22 @@ class DistillConfig:
 _FLOAT_FIELDS = {f.name: f.type in ("float", float, "Optional[float]") for f in dataclasses.fields(DistillConfig)}
 #: the fields that hold a list of numbers
 _LIST_FIELDS = ("layer_weights",)
+#: the fields that hold a list of model names (kept as given, a tuple as a list)
+_NAME_LIST_FIELDS = ("backbones",)
 
 
 def _soft(cfg: DistillConfig) -> bool:
     from ..protocols import get_protocol
 
     return get_protocol(cfg.eval_protocol).labels == "soft"
+
+
+def _tempered(cfg: DistillConfig) -> bool:
+    """Whether the evaluation's soft labels have a temperature (the KL ones; G-VBSM's MSE + CE has none)."""
+    from ..protocols import get_protocol
+
+    proto = get_protocol(cfg.eval_protocol)
+    return proto.labels == "soft" and proto.soft_loss == "kl"
 
 
 def needs_teacher(cfg: DistillConfig) -> bool:
@@ -407,6 +436,11 @@ def _resized_crop(augment: Optional[str]) -> bool:
     return isinstance(aug, CropFlipRoll) and aug.crop == "resized"
 
 
+def _gvbsm(cfg: DistillConfig) -> bool:
+    """Whether ``cfg`` runs G-VBSM's statistic matching (teacher matching with ``reg="gvbsm"``)."""
+    return cfg.strategy == "barycenter" and cfg.reg == "gvbsm"
+
+
 def _barycenter(cfg: DistillConfig) -> bool:
     """Whether ``cfg`` computes class barycenters: as targets, or for the nearest-real start."""
     return cfg.strategy == "barycenter" and (cfg.feature_loss == "barycenter" or cfg.init == "nearest")
@@ -432,8 +466,13 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "ce_weight": lambda c: c.strategy == "barycenter",
     "reg": lambda c: c.strategy == "barycenter",
     "reg_weight": lambda c: c.strategy == "barycenter" and c.reg != "none",
-    "reg_norm": lambda c: c.strategy == "barycenter" and c.reg != "none",
-    "bn_stats": lambda c: c.strategy == "barycenter" and c.reg != "none",
+    # G-VBSM's statistic matching has its own norms (unsquared) and targets (running and reference statistics)
+    "reg_norm": lambda c: c.strategy == "barycenter" and c.reg not in ("none", "gvbsm"),
+    "bn_stats": lambda c: c.strategy == "barycenter" and c.reg not in ("none", "gvbsm"),
+    "backbones": _gvbsm,
+    "conv_drop": _gvbsm,
+    "stat_momentum": _gvbsm,
+    "densify_weight": _gvbsm,
     "reg_weighted": lambda c: c.strategy == "barycenter" and c.feature_loss == "barycenter" and c.reg != "none",
     "first_bn_weight": lambda c: c.strategy == "barycenter" and c.reg != "none",
     "crop_curriculum": lambda c: c.strategy == "barycenter" and _resized_crop(c.augment),
@@ -455,7 +494,7 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "layer_weights": lambda c: c.strategy == "distribution",
     "discrimination_weight": lambda c: c.strategy == "distribution",
     "bilevel": lambda c: c.strategy == "distribution",
-    "temperature": _soft,
+    "temperature": _tempered,
     "coreset": lambda c: c.strategy == "coreset",
 }
 #: what only a synthesis uses: a coreset (real images) optimises nothing
@@ -477,10 +516,14 @@ _UNUSED_BECAUSE: Dict[str, str] = {
     "ce_weight": "distribution matching has no teacher cross-entropy",
     "reg": "distribution matching has no BatchNorm regulariser",
     "reg_weight": "it has no BatchNorm regulariser (reg='none' or distribution matching)",
+    "reg_norm": "it has no PCBN / BN regulariser (reg='none' or 'gvbsm', whose statistic matching has its own "
+                "unsquared norms and targets, or distribution matching)",
+    "backbones": "reg is not 'gvbsm': only G-VBSM's statistic matching runs networks beside the teacher",
     "reg_weighted": "it has no barycenter weights in a BatchNorm regulariser",
     "embedder": "teacher matching uses the teacher, not random embedders",
     "pool_epochs": "embedder_pool is 0",
-    "temperature": "its evaluation protocol uses hard labels",
+    "temperature": "its evaluation protocol uses hard labels, or soft labels without a temperature (G-VBSM's "
+                   "MSE + CE on raw logits)",
     "coreset": "only strategy='coreset' selects real images",
     "crop_curriculum": "only teacher matching (strategy='barycenter') with a RandomResizedCrop augmentation "
                        "('rrc_flip_roll', 'rrc_flip_roll_small', 'rrc_flip') has a crop scale to schedule",
@@ -495,7 +538,8 @@ _CORESET_UNUSED = "a coreset selects real images (strategy='coreset'): nothing i
 _CORESET_USES = ("teacher_arch", "teacher_recipe", "teacher_epochs", "temperature")
 for _field, _same in (("loss_kwargs", "loss"), ("teacher_recipe", "teacher_arch"), ("teacher_epochs", "teacher_arch"),
                       ("learn_weights", "bary_iters"), ("bary_init", "bary_iters"), ("reg_norm", "reg_weight"),
-                      ("bn_stats", "reg_weight"), ("first_bn_weight", "reg_weight"),
+                      ("bn_stats", "reg_norm"), ("first_bn_weight", "reg_weight"),
+                      ("conv_drop", "backbones"), ("stat_momentum", "backbones"), ("densify_weight", "backbones"),
                       ("embedder_pool", "embedder"), ("normalize_features", "embedder"),
                       ("pool_interpolate", "pool_epochs"), ("calib_weight", "embedder"),
                       ("attention_weight", "embedder"), ("embedder_queue", "embedder"),
@@ -545,6 +589,10 @@ def _check_combination(cfg: DistillConfig) -> None:
     if cfg.bilevel and cfg.iters_per_model != 1:
         raise SettingError("bilevel draws a new network for every round (iteration) and trains it within the round: "
                            "iters_per_model must be 1", ("bilevel", "iters_per_model"))
+    if cfg.reg == "gvbsm" and cfg.strategy == "barycenter" and cfg.feature_loss != "none":
+        raise SettingError("reg='gvbsm' is G-VBSM's objective (cross-entropy + statistic matching + densification on "
+                           "one network per step, which may be a backbone without barycenter targets): it needs "
+                           "feature_loss='none'", ("reg", "feature_loss"))
     if cfg.calib_weight > 0 and cfg.embedder_pool == 0:
         raise SettingError(f"calib_weight={cfg.calib_weight} needs embedder_pool > 0: the calibration step uses a "
                            "pool network's trained weights (with embedder_pool=0, pass calib_weight=0)",
@@ -630,6 +678,18 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                 reg_norm="l2", bn_stats="running", first_bn_weight=10.0, synthesis_batch="slot",
                 iterations=4000, lr=0.4, init="noise", clamp="pixel", augment="rrc_flip_roll_small",
                 crop_curriculum="cosine", crop_milestone=1.0, teacher_recipe="sre2l", eval_protocol="sre2l_small"),
+    # G-VBSM (Shao et al., CVPR 2024), the CIFAR-10 release (shaoshitong/G_VBSM_Dataset_Condensation Branch_CIFAR_10,
+    # recover.sh, data_synthesis_with_svd_with_db_with_all_statistic.py): one network per step, round-robin over the
+    # teacher and the backbones (the release's five; here resnet18 + the three other CIFAR-sized models of the
+    # registry), CE + 0.01 x its BN and Conv statistic matching (EMA 0.8, conv terms dropped with p 0.4, first hook
+    # x10) + 1.0 x data densification (tau 4); all images of 100 // ipc classes in one batch (IPC 10: every image),
+    # noise init, Adam (0.5, 0.9) lr 0.05 cosine, 4000 iterations, one RandomCrop(pad 4) + flip for the batch then a
+    # roll over the whole side, pixel clamp; teachers as squeeze/train.py (5 epochs), students as train_FKD.py
+    "g_vbsm": dict(strategy="barycenter", feature_loss="none", ce_weight=1.0, reg="gvbsm", reg_weight=0.01,
+                   first_bn_weight=10.0, conv_drop=0.4, stat_momentum=0.8, densify_weight=1.0,
+                   backbones=["convnet", "convnet_bn", "resnetap10"], synthesis_batch="classes", batch_images=100,
+                   iterations=4000, lr=0.05, init="noise", clamp="pixel", augment="crop_pad_flip_roll",
+                   teacher_arch="resnet18", teacher_recipe="g_vbsm", eval_protocol="g_vbsm"),
     # Coreset baselines (in the package, beside the distiller): ipc real images per class, uniform weights, nothing
     # synthesised (ddmetrics/distill/coresets.py). herding, kcenter and kmeans select in the feature space of the
     # teacher above (WMDD's: resnet18 by the "wmdd" recipe, as the benchmarks' coresets always did); random needs
@@ -681,6 +741,9 @@ def preset(method: str, **overrides) -> DistillConfig:
         reason = _UNUSED_BECAUSE.get(name, "this configuration does not use it")
         if cfg.strategy == "coreset" and name not in _CORESET_USES:
             reason = _CORESET_UNUSED
+        elif name in ("loss", "loss_kwargs") and _gvbsm(cfg):
+            reason = ("G-VBSM (reg='gvbsm') matches statistics with fixed unsquared norms and takes no distribution "
+                      "loss to swap")
         raise SettingError(f"{name} does not apply to method {method!r} as configured: {reason}; it would be "
                            "ignored, leave it out" + (f" (also unused: {', '.join(unused[1:])})" if len(unused) > 1
                                                       else ""), unused)
