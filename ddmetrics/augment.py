@@ -19,7 +19,8 @@ batch is optimised through it), and all randomness comes from the explicit
   flip and cutout, where listed, at every call, plus one of the listed crop / scale / rotate.
 - The names of :data:`NAMED` (:class:`CropFlipRoll`): ``"rrc_flip_roll"`` (WMDD's synthesis),
   ``"rrc_flip_roll_small"`` (CDA's Tiny-ImageNet synthesis), ``"roll"`` (SRe²L's CIFAR synthesis),
-  ``"rrc_flip"`` (FKD students, WMDD's teacher), ``"crop_pad_flip"`` (SRe²L's CIFAR teacher and students), ``"crop_pad_flip_roll"`` (G-VBSM's CIFAR synthesis).
+  ``"rrc_flip"`` (FKD students, WMDD's teacher), ``"crop_pad_flip"`` (SRe²L's CIFAR teacher and students),
+  ``"crop_pad_flip_roll"`` (G-VBSM's CIFAR synthesis).
 - Crop curricula (:func:`crop_scale_at`, CDA): a schedule of a resized crop's area range over a run.
 
 References

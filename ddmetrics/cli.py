@@ -226,9 +226,10 @@ def _distill(args, distiller, splits, checkpoint: Optional[str]) -> int:
     distill_seconds = time.perf_counter() - start
     report = None
     if args.runs > 0:
-        report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs, teacher=distiller.labelling_teacher(),
-                          seed=args.seed, progress=not args.quiet and rank == 0, full_data=not args.no_full,
-                          scores=args.scores, device=distiller.device, **distiller.config.evaluation_kwargs())
+        report = evaluate(syn, splits.test, train_set=splits.train, runs=args.runs,
+                          teacher=distiller.labelling_teacher(), seed=args.seed,
+                          progress=not args.quiet and rank == 0, full_data=not args.no_full, scores=args.scores,
+                          device=distiller.device, **distiller.config.evaluation_kwargs())
         report.seconds = {"distill": distill_seconds, **report.seconds}
     if rank == 0:
         written = _write_run(args, syn, distiller, report, distill_seconds, world_size)

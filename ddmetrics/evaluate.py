@@ -67,7 +67,8 @@ from .models import (accuracy, available_models, check_model_name, check_outputs
 from .synset import SyntheticSet
 
 __all__ = ["EvalReport", "evaluate", "full_data_accuracy", "train_student", "random_subset", "resolve_protocol",
-           "with_overrides", "protocol_name", "protocol_settings", "soft_label_loss", "mse_ce_loss", "LogitEnsemble", "student_epochs",
+           "with_overrides", "protocol_name", "protocol_settings", "soft_label_loss", "mse_ce_loss", "LogitEnsemble",
+           "student_epochs",
            "hard_label_variant", "no_augment_variant", "format_interval"]
 
 #: the confidence level of every interval of a report
@@ -427,7 +428,7 @@ def mse_ce_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
     r"""G-VBSM's ``mse_gt`` student loss per sample, shape ``(B,)``:
 
     .. math::
-        \ell_i = rac{1}{C} \sum_c (s_{ic} - t_{ic})^2 + w\, \mathrm{CE}(s_i, y_i),
+        \ell_i = \frac{1}{C} \sum_c (s_{ic} - t_{ic})^2 + w\, \mathrm{CE}(s_i, y_i),
 
     the raw student logits :math:`s` against the teacher's (ensemble's) raw logits :math:`t` and the
     cross-entropy with the hard label :math:`y` of the un-mixed image, :math:`w` = 0.15. Its batch
@@ -452,7 +453,7 @@ def _soft_criterion(teacher: nn.Module, temperature: Optional[float], t_squared:
 
 class LogitEnsemble(nn.Module):
     r"""Several trained classifiers as one teacher: the plain mean of their raw logits,
-    :math:`t = rac1M \sum_m f_m(x)` (G-VBSM's relabelling, ``torch.stack(outputs).mean(0)``,
+    :math:`t = \frac1M \sum_m f_m(x)` (G-VBSM's relabelling, ``torch.stack(outputs).mean(0)``,
     generate_soft_label_with_db.py:279-284: no softmax, no temperature).
 
     Parameters

@@ -156,7 +156,8 @@ PROTOCOLS: Dict[str, Protocol] = {
     # relabel.sh, train.sh): the mean raw logits of the teachers (the Distiller hands the ensemble) on RandomResizedCrop
     # + flip views with CutMix on every batch; MSE(student logits, ensemble logits) + 0.15 CE(hard label); AdamW lr
     # 1e-3 wd 0 (no --sgd in the CIFAR-10 train.sh), cosine per epoch, batch 100, 1000 epochs, ResNet-18
-    "g_vbsm": Protocol(labels="soft", model="resnet18", temperature=None, soft_loss="mse_ce", weights="none",  # type: ignore[arg-type]
+    "g_vbsm": Protocol(labels="soft", model="resnet18", temperature=None,  # type: ignore[arg-type]
+                       soft_loss="mse_ce", weights="none",
                        source="G_VBSM Branch_CIFAR_10 relabel/generate_soft_label_with_db.py, train/train_FKD.py",
                        recipe=TrainRecipe(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.0,
                                           decay_norm_and_bias=True, batch_size=100, schedule="cosine",

@@ -64,7 +64,7 @@ def class_features(model: nn.Module, train, indices: Tensor, batch_size: int = 5
     return embed_batched(model, Subset(train, indices.tolist()), batch_size)
 
 
-#: G-VBSM's random streams (class_seed's third coordinate; units and barycenters use 0-3; the backbones' pool
+#: G-VBSM's random streams (class_seed's third coordinate; units and barycenters use 0-4; the backbones' pool
 #: derives its own 10-12 from the seed drawn here)
 _BACKBONE_STREAM, _REFERENCE_STREAM = 13, 14
 #: the release's loader batch for the reference statistics (ds.py:71-95)
