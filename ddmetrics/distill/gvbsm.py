@@ -452,7 +452,7 @@ class StatisticMatching:
         if training:
             raise ValueError(f"model must be in eval mode (call model.eval()); in training mode: {training[:3]}")
         convs = self._kinds.count("conv")
-        dropped = (torch.rand(convs, generator=generator, dtype=torch.float64) < self.drop_rate).tolist()
+        dropped = (torch.rand(convs, generator=generator, dtype=torch.float64, device="cpu") < self.drop_rate).tolist()
         with capture([m for _, m in self.layers], "input") as inputs:
             logits = self.model(images)
         terms: List[Tensor] = []
