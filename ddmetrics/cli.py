@@ -574,7 +574,7 @@ def _cmd_diagnose(args) -> int:
     model, description = _feature_model(syn, args.synset, real, args.model)
     report = diagnose(syn, real, model, losses=args.losses, batch_size=args.batch_size, device=device)
     print(f"synthetic set: {args.synset} ({len(syn.labels)} stored images, method {syn.meta.get('method', '?')}, "
-          f"loss {syn.meta.get('loss', '?')})")
+          f"loss {syn.meta.get('loss', '?') or 'none'})")
     print(f"real data: {dataset} {args.split} split (seed {seed}), {len(real)} images; features: {description}, "
           f"d={report.meta['feature_dim']}")
     skipped = report.meta.get("skipped_losses") or {}

@@ -92,7 +92,7 @@ class EvalReport:
     """
 
     method: str
-    loss: str
+    loss: Optional[str]  # None: the method compared no distributions (a coreset, SRe²L-style recovery)
     ipc: int
     protocol: str
     runs: List[float]
@@ -157,7 +157,7 @@ class EvalReport:
         pm = format_interval
         labels = self.protocol_settings.get("labels", self.protocol)
         rows = [
-            ("method", self.method), ("loss", self.loss), ("IPC", str(self.ipc)), ("protocol", self.protocol),
+            ("method", self.method), ("loss", "none" if self.loss is None else self.loss), ("IPC", str(self.ipc)), ("protocol", self.protocol),
             ("protocol settings", settings_line(self.protocol_settings, self.budget, self.epochs)),
             ("accuracy (%)", pm(self.runs)), (f"random subset, {labels} labels (%)", pm(self.random_runs)),
         ] + ([("random subset, hard labels (%)", pm(self.random_hard_runs))] if self.random_hard_runs else []) + [

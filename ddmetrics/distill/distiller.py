@@ -142,9 +142,10 @@ class Distiller:
             self.loss: Optional[DistributionLoss] = loss
         else:
             self.config = preset(method, loss=loss, **overrides)
-            # built once, now, so an unknown name fails before any work; a coreset has none
-            self.loss = None if self.config.strategy == "coreset" else \
-                make_loss(self.config.loss, **self.config.loss_kwargs)
+            # built once, now, so an unknown name fails before any work; a configuration that compares
+            # no distributions (a coreset, SRe²L's recovery, G-VBSM) has none, and its record names none
+            self.loss = make_loss(self.config.loss, **self.config.loss_kwargs) \
+                if applies(self.config, "loss") else None
         if self.config.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.config.strategy!r}")
         self.teacher_ = teacher
