@@ -34,6 +34,10 @@ earlier version got.
 
     python benchmarks/fidelity.py --part presets --jobs 2
     python benchmarks/fidelity.py --part budget --methods dm --jobs 2
+    python benchmarks/fidelity.py --dataset mnist --part presets --methods wmdd --ipc 1
+
+(``--ipc`` and ``--max-iterations`` select cells: the IPC-1 pairs, or a curve's short end, where the
+machine cannot afford the rest.)
 
 A row's cell is shared between parts when its settings are the same (the preset at its measured
 count is both a ``presets`` row and a point of its budget curve).
@@ -216,6 +220,11 @@ def at_most(cells: Sequence[Cell], iterations: Optional[int], seed: int = 0) -> 
     return [c for c in cells if c.distiller(seed).config.iterations <= iterations]
 
 
+def at_ipc(cells: Sequence[Cell], ipcs: Optional[Sequence[int]]) -> List[Cell]:
+    """The cells of ``cells`` at one of ``ipcs`` (all of them for ``None``), in plan order."""
+    return list(cells) if ipcs is None else [c for c in cells if c.ipc in ipcs]
+
+
 def teacher_accuracies(cells: Sequence[Cell], dataset: str, seed: int, doc: Dict[str, Any]) -> None:
     """Train each distinct teacher of ``cells`` as the runner does (``Distiller.train_teacher``, seeded)
     and record its test accuracy in ``doc["teachers"]`` (what the soft labels and the barycenters
@@ -308,6 +317,9 @@ def parse_args(argv=None):
     p.add_argument("--max-iterations", type=int, default=None,
                    help="run only the cells of at most this many synthesis iterations (the others stay '(not run)'): "
                         "a budget curve's short end on a machine that cannot afford its long end")
+    p.add_argument("--ipc", type=int, nargs="+", choices=(1, 10), default=None,
+                   help="run only the cells at these IPCs (default: all): a machine that cannot afford IPC 10's "
+                        "cells runs IPC 1's pairs first")
     p.add_argument("--render-only", action="store_true",
                    help="write the Markdown report from the JSON's finished cells; run nothing (run as a script: the "
                         "cells' keys name this file's builders as __main__)")
@@ -328,7 +340,8 @@ def main(argv=None) -> int:
         report(runner, everything, [runner.cell_key(c, c.distiller(args.seed)) for c in everything], args.out + ".md")
         print(f"wrote {args.out}.md from {args.out}.json")
         return 0
-    runner.run(at_most(plan([p for p in args.part if p != "teachers"], args.methods), args.max_iterations, args.seed))
+    cells = plan([p for p in args.part if p != "teachers"], args.methods)
+    runner.run(at_ipc(at_most(cells, args.max_iterations, args.seed), args.ipc))
     if "teachers" in args.part:
         teacher_accuracies(plan(PARTS, args.methods), args.dataset, args.seed, runner.doc)
     runner.save()

@@ -452,3 +452,14 @@ def test_fidelity_max_iterations_keeps_a_curves_short_end():
     assert [c.label for c in kept] == ["m3d (released, 50 iterations)", "m3d (released, 100 iterations)",
                                        "dm (released, 50 iterations)", "dm (released, 100 iterations)"]
     assert fidelity.at_most(cells, None) == list(cells)
+
+
+def test_fidelity_ipc_keeps_the_pairs_at_that_ipc_in_plan_order():
+    import fidelity
+
+    cells = fidelity.plan(["presets", "family"], ["sre2l", "cda"])
+    kept = fidelity.at_ipc(cells, [1])
+    assert [(c.label, c.ipc) for c in kept] == [("sre2l (released, 200 iterations)", 1),
+                                                ("sre2l (before issue 24)", 1), ("cda (released, 200 iterations)", 1)]
+    assert [c.ipc for c in fidelity.at_ipc(cells, [10])] == [10, 10, 10]
+    assert fidelity.at_ipc(cells, None) == list(cells)
