@@ -93,7 +93,11 @@ class Distiller:
         real and synthetic images through the embedder per step (15 classes of DM's 256 real images at
         IPC 10), elsewhere one (on the 2-core CPU a batch of 10 mnist classes ran at 0.94× (DM) and
         0.90× (M3D) the class-at-a-time speed: ``benchmarks/batched_synthesis.py``); more than the
-        classes is clamped to them (logged). Refused for methods whose batches are their own (WMDD's ``"classes"``, SRe²L's
+        classes is clamped to them (logged). The exception is IDM's queue of trained embedders
+        (``embedder_queue``), one per unit: its release trains one queue for all classes, so under
+        ``"auto"`` the classes share a unit on every device, sized as on CUDA (every class of a
+        10-class set); ``class_batch=1`` gives each class a queue of its own (ten times the
+        queue's training). Refused for methods whose batches are their own (WMDD's ``"classes"``, SRe²L's
         slots), for the plateau schedule (it follows the unit's summed loss) and for an embedder
         with BatchNorm (its batch statistics would mix the classes). Recorded in the set's meta.
     **overrides
@@ -173,7 +177,9 @@ class Distiller:
         if self.class_batch == 1 or self._unbatchable() is not None:
             return 1
         if self.class_batch == "auto":
-            if self.device.type != "cuda":  # measured: no gain on a CPU at 28 px (benchmarks/batched_synthesis.py)
+            # measured: no gain on a CPU at 28 px (benchmarks/batched_synthesis.py); but a unit has one IDM queue,
+            # and the release trains one for all classes: there the batch is the method, not the speed
+            if self.device.type != "cuda" and not self.config.embedder_queue:
                 return 1
             per_class = self.config.batch_real + self.ipc * self.config.resolved_factor(image_size) ** 2
             batch = auto_class_batch(num_classes, per_class)

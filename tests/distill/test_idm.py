@@ -92,3 +92,33 @@ def test_idm_takes_any_registered_loss(small, loss):
     syn = ddm.Distiller(method="idm", loss=loss, loss_kwargs=kwargs, ipc=1, iterations=1, seed=0,
                         batch_real=8).fit(small, progress=False)
     assert syn.meta["info"]["matching_loss_first"] is not None and torch.isfinite(syn.images).all()
+
+
+def test_every_class_shares_one_queue_as_released(small, monkeypatch):
+    # IDM_cifar10.py trains one queue for all classes, once per iteration: under class_batch="auto" the classes
+    # share a unit, and so its queue, on every device (the CPU's one-class units would give each class its own)
+    made, trained = [], []
+    build, train = EmbedderQueue.__init__, EmbedderQueue.train
+
+    def counted_build(self, *args, **kw):
+        made.append(kw["seed"])
+        build(self, *args, **kw)
+
+    def counted_train(self, data):
+        trained.append(len(made))
+        train(self, data)
+
+    monkeypatch.setattr(EmbedderQueue, "__init__", counted_build)
+    monkeypatch.setattr(EmbedderQueue, "train", counted_train)
+
+    def run(**kw):
+        made.clear()
+        trained.clear()
+        return ddm.Distiller(method="idm", ipc=1, iterations=3, seed=0, batch_real=16, queue_train_steps=1,
+                             **kw).fit(small, progress=False)
+
+    shared = run()
+    assert shared.meta["class_batch"] == small.num_classes
+    assert len(made) == 1 and len(trained) == 2  # one queue, trained after steps 0 and 1
+    run(class_batch=1)
+    assert len(made) == small.num_classes and len(trained) == 2 * small.num_classes
