@@ -91,6 +91,8 @@ class BarycenterMatching(Strategy):
         parameters (the Distiller restores the caller's flags afterwards).
     seed : int
         Seed of every random choice.
+    checkpoint : Checkpoint, optional
+        The run's checkpoint: G-VBSM's backbones are read back from it, or stored in it once trained.
     """
 
     needs_teacher = True
@@ -98,7 +100,8 @@ class BarycenterMatching(Strategy):
     description = "teacher matching"
 
     def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig,
-                 seed: int, teacher: nn.Module, device: torch.device = torch.device("cpu"), amp: bool = False):
+                 seed: int, teacher: nn.Module, device: torch.device = torch.device("cpu"), amp: bool = False,
+                 checkpoint=None):
         self.device, self.amp = torch.device(device), amp
         teacher.to(self.device).eval()
         for prm in teacher.parameters():
@@ -116,21 +119,23 @@ class BarycenterMatching(Strategy):
         self.backbones: list = []
         self._conv_references: list = []
         if cfg.reg == "gvbsm":
-            self._build_gvbsm(train, num_classes)
+            self._build_gvbsm(train, num_classes, checkpoint)
         elif cfg.reg != "none":
             stats = None if cfg.bn_stats == "running" else per_class_bn_stats(
                 teacher, train, num_classes, device=self.device, variance=cfg.bn_stats)
             self.reg = PCBNLoss(teacher, stats, mode=cfg.reg, norm=cfg.reg_norm, first_weight=cfg.first_bn_weight)
         self._targets: Dict[int, Tuple[Tensor, Tensor, Tensor, float]] = {}
 
-    def _build_gvbsm(self, train, num_classes: int) -> None:
-        """Train the backbones (the teacher's recipe, seeded from the run) and take every network's
-        reference Conv statistics over the real training set."""
+    def _build_gvbsm(self, train, num_classes: int, checkpoint=None) -> None:
+        """Train the backbones (the teacher's recipe, seeded from the run; read back from the run's
+        checkpoint where an earlier attempt trained them) and take every network's reference Conv
+        statistics over the real training set."""
         cfg = self.cfg
         if cfg.backbones:
             recipe = cfg.teacher_training()
             pool = EmbedderPool(len(cfg.backbones), list(cfg.backbones), recipe, recipe.epochs,
-                                class_seed(self.seed, 0, _BACKBONE_STREAM), self.device).fit(train, num_classes)
+                                class_seed(self.seed, 0, _BACKBONE_STREAM), self.device).fit(train, num_classes,
+                                                                                             checkpoint)
             self.backbones = [pool.trained(i) for i in range(len(pool))]
         self.networks = [self.teacher] + self.backbones
         recipe = cfg.teacher_training()

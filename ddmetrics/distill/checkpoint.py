@@ -11,6 +11,9 @@ A checkpoint folder holds
     anything else is refused.
 ``teacher.pt``
     the trained teacher's ``state_dict`` (barycenter matching).
+``network_00.pt``
+    the run's other trained networks, each a ``state_dict``: NCFM's pool members, G-VBSM's
+    backbones (a resume trains none of them again).
 ``class_0003.pt``
     a finished unit: its synthetic images, weights and numeric info.
 ``class_0003.progress.pt``
@@ -26,7 +29,7 @@ A checkpoint folder holds
 
 Only a new folder, an empty one, or one with such a manifest is used: a folder holding other
 files is refused before any work, naming them, and a file that looks like a checkpoint file but
-is not listed (``teacher.pt``, ``run.json``, ``class_0000.pt``) is refused too, so a user's file
+is not listed (``teacher.pt``, ``network_00.pt``, ``run.json``, ``class_0000.pt``) is refused too, so a user's file
 is never read, overwritten or deleted. :func:`remove_checkpoint` removes the listed files (and
 temporary files of listed names), then the manifests, then the folder if ddmetrics created it
 and it is empty. Folders written before manifests existed are not resumed: nothing in them
@@ -60,6 +63,7 @@ TEACHER_FILE = "teacher.pt"
 MANIFEST = ".ddmetrics-checkpoint.json"
 _KIND = "ddmetrics checkpoint folder"
 _CLASS_FILE = re.compile(r"class_\d{4,}(\.progress)?\.pt")
+_NETWORK_FILE = re.compile(r"network_\d{2,}\.pt")
 _RANK_MANIFEST = re.compile(r"\.ddmetrics-checkpoint\.rank\d+\.json")
 
 
@@ -70,7 +74,7 @@ def _manifest_name(rank: int) -> str:
 
 def _checkpoint_like(name: str) -> bool:
     """A name a checkpoint writes (which a user's file may also have)."""
-    return name in (RUN_FILE, TEACHER_FILE) or _CLASS_FILE.fullmatch(name) is not None
+    return name in (RUN_FILE, TEACHER_FILE) or any(p.fullmatch(name) for p in (_CLASS_FILE, _NETWORK_FILE))
 
 
 def _read_manifest(folder: str, name: str) -> Optional[Dict[str, Any]]:
@@ -122,7 +126,7 @@ def check_checkpoint_folder(folder: str, resume: bool) -> None:
     ValueError
         ``folder`` is a file; holds files but no manifest (files ddmetrics did not write, or
         a checkpoint from before manifests); holds a checkpoint-like file (``teacher.pt``,
-        ``run.json``, ``class_NNNN.pt``) its manifest does not list; or holds a previous run
+        ``network_NN.pt``, ``run.json``, ``class_NNNN.pt``) its manifest does not list; or holds a previous run
         and ``resume`` is false. Nothing is read, written or deleted.
     """
     folder = os.fspath(folder)
@@ -286,6 +290,19 @@ class Checkpoint:
     def save_teacher(self, model: nn.Module) -> None:
         self._add(TEACHER_FILE)
         _save(self._path(TEACHER_FILE), model.state_dict())
+
+    # -- the run's other trained networks (NCFM's pool, G-VBSM's backbones), by their index in the run
+    def load_network(self, index: int, model: nn.Module) -> bool:
+        """Load the stored network ``index`` into ``model``; ``False`` when there is none."""
+        path = self._path(f"network_{index:02d}.pt")
+        if not os.path.exists(path):
+            return False
+        load_state_dict_file(model, path)
+        return True
+
+    def save_network(self, index: int, model: nn.Module) -> None:
+        self._add(f"network_{index:02d}.pt")
+        _save(self._path(f"network_{index:02d}.pt"), model.state_dict())
 
     # -- units (the files keep their class_NNNN names: module docstring)
     def finished(self, k: int) -> Optional[Dict[str, Any]]:

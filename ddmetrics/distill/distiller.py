@@ -343,7 +343,7 @@ class Distiller:
         if not needs_teacher(self.config):
             teacher = None  # the strategy does not use it
         runner = strategy_cls(train, num_classes, self.ipc, self.loss, self.config, self.seed, teacher=teacher,
-                              device=self.device, amp=self.amp)
+                              device=self.device, amp=self.amp, checkpoint=ckpt)
         self.backbones_ = list(getattr(runner, "backbones", []))
         shape = train.image_shape
         batch = self.resolved_class_batch(shape[0], num_classes, shape[-1])

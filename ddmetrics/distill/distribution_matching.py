@@ -173,6 +173,8 @@ class DistributionMatching(Strategy):
         Synthesis settings.
     seed : int
         Seed of every random choice.
+    checkpoint : Checkpoint, optional
+        The run's checkpoint: NCFM's pool members are read back from it, or stored in it once trained.
 
     Attributes
     ----------
@@ -184,7 +186,8 @@ class DistributionMatching(Strategy):
     summed_info = ("matching_loss_first", "matching_loss_last", "image_steps", "inner_epochs", "bounds_reached")
 
     def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig, seed: int,
-                 teacher: Optional[nn.Module] = None, device: torch.device = torch.device("cpu"), amp: bool = False):
+                 teacher: Optional[nn.Module] = None, device: torch.device = torch.device("cpu"), amp: bool = False,
+                 checkpoint=None):
         self.device, self.amp = torch.device(device), amp
         self.description = f"{loss.name or type(loss).__name__} matching"
         self.train, self.num_classes, self.ipc, self.loss, self.cfg, self.seed = train, num_classes, ipc, loss, cfg, seed
@@ -203,7 +206,7 @@ class DistributionMatching(Strategy):
             recipe = get_teacher_recipe(POOL_RECIPE)
             epochs = cfg.scaled(recipe.epochs if cfg.pool_epochs is None else cfg.pool_epochs)
             self.pool = EmbedderPool(cfg.embedder_pool, cfg.embedder, recipe, epochs, seed, self.device)
-            self.pool.fit(train, num_classes)
+            self.pool.fit(train, num_classes, checkpoint)
 
     def start(self, unit: Unit, gen) -> Tuple[Tensor, Dict[str, Any]]:
         gens = _per_class(gen, len(unit.classes))

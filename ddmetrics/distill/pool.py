@@ -97,11 +97,14 @@ class EmbedderPool:
         self._init: List[Dict[str, Tensor]] = []
         self._trained: List[nn.Module] = []
 
-    def fit(self, train, num_classes: int) -> "EmbedderPool":
+    def fit(self, train, num_classes: int, checkpoint=None) -> "EmbedderPool":
         """Initialise and train the P networks on ``train`` (labelled images with ``image_shape``).
 
         Under a process group, rank 0 trains and every rank receives its weights (the initial
-        weights are the same everywhere: drawn on the CPU from the same seeds).
+        weights are the same everywhere: drawn on the CPU from the same seeds). With a run's
+        :class:`~ddmetrics.distill.checkpoint.Checkpoint`, member ``i`` trained by an earlier
+        attempt of the run is read back (``network_<i>.pt``) instead of trained again, and one
+        trained now is stored there.
         """
         channels, side = train.image_shape[0], train.image_shape[-1]
         rank, _ = distributed.world()
@@ -111,9 +114,12 @@ class EmbedderPool:
                 model = get_model(self.arch_of(i), channels, num_classes, side)
             model.to(self.device)
             self._init.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-            if rank == 0:
+            stored = checkpoint is not None and checkpoint.load_network(i, model)
+            if rank == 0 and not stored:
                 _train_pool_member(model, train, self.recipe, class_seed(self.seed, i, _TRAIN_STREAM), self.device)
-            distributed.broadcast_module(model)
+                if checkpoint is not None:
+                    checkpoint.save_network(i, model)
+            distributed.broadcast_module(model)  # rank 0's, read back or trained
             self._trained.append(_frozen(model))
         return self
 

@@ -319,3 +319,34 @@ def test_a_checkpoint_folder_the_user_made_stays_and_their_files_in_ours_survive
     assert main(args + ["--resume"]) == 0
     assert os.listdir(ckpt) == ["notes.txt"] and (ckpt / "notes.txt").read_text() == "the user's too"
     assert (tmp_path / "class_0001.pt").read_text() == "the user's"
+
+
+def test_an_ncfm_run_reads_its_trained_pool_back_on_resume(small, tmp_path, interrupt_at_save, monkeypatch):
+    # NCFM's pool is trained once per run: a resume reads the members back (network_NN.pt) and equals the
+    # uninterrupted run exactly
+    import ddmetrics.distill.pool as pool
+
+    kw = dict(method="ncfm", ipc=1, iterations=6, embedder_pool=2, pool_epochs=1, batch_real=32, seed=4,
+              class_batch=1)
+    reference = ddm.Distiller(**kw).fit(small, progress=False)
+    folder = tmp_path / "ckpt"
+    with pytest.raises(interrupt_at_save(2)):  # unit 1 after 3 of its 6 steps
+        ddm.Distiller(**kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=3)
+    interrupt_at_save(None)
+    assert sorted(n for n in os.listdir(folder) if n.startswith("network_")) == ["network_00.pt", "network_01.pt"]
+    trained = []
+    train_member = pool._train_pool_member
+    monkeypatch.setattr(pool, "_train_pool_member", lambda *a, **k: trained.append(1) or train_member(*a, **k))
+    resumed = ddm.Distiller(**kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=3, resume=True)
+    assert trained == []
+    assert torch.equal(resumed.images, reference.images)
+
+
+def test_a_network_file_the_manifest_does_not_list_is_refused(small, tmp_path):
+    # network_NN.pt is a name a checkpoint writes: a user's file of that name is never read or overwritten
+    (tmp_path / ".ddmetrics-checkpoint.json").write_text('{"kind": "ddmetrics checkpoint folder", "files": []}')
+    (tmp_path / "network_00.pt").write_bytes(b"a user's file")
+    with pytest.raises(ValueError, match="network_00.pt, which ddmetrics did not write"):
+        ddm.Distiller(method="ncfm", ipc=1, iterations=1, embedder_pool=1, pool_epochs=1).fit(
+            small, progress=False, checkpoint=tmp_path, resume=True)
+    assert (tmp_path / "network_00.pt").read_bytes() == b"a user's file"

@@ -1,6 +1,8 @@
 """The g_vbsm preset: G-VBSM's objective on one network per step (round-robin over the teacher and the
 backbones), the densification term and its weight, the ensemble's soft labels and the MSE + CE student
 loss, the refusals, and an exact resume (the EMA states travel in the checkpoint)."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -192,16 +194,24 @@ def test_other_refusals():
         EmbedderPool(3, ["convnet", "resnet18"], TEACHER_RECIPES["ours"], epochs=1, seed=0)
 
 
-def test_an_interrupted_g_vbsm_run_resumes_exactly(tiny_digits, tmp_path, interrupt_at_save):
-    # the EMA states of every network travel in the checkpoint (loss_state); the backbones are retrained
-    # from the run's seed, the drops and views come from the restored generator
+def test_an_interrupted_g_vbsm_run_resumes_exactly(tiny_digits, tmp_path, interrupt_at_save, monkeypatch):
+    # the EMA states of every network travel in the checkpoint (loss_state); the backbones are read back from
+    # it, not trained again; the drops and views come from the restored generator
+    import ddmetrics.distill.pool as pool
+
     kw = dict(method="g_vbsm", ipc=2, seed=4, iterations=6, **CHEAP)
     reference = ddm.Distiller(**kw).fit(tiny_digits, progress=False)
     folder = tmp_path / "ckpt"
     with pytest.raises(interrupt_at_save(1)):  # after iteration 2 of 6: networks 0 and 1 have EMA states
         ddm.Distiller(**kw).fit(tiny_digits, progress=False, checkpoint=folder, checkpoint_every=2)
     interrupt_at_save(None)
+    assert sorted(n for n in os.listdir(folder) if n.startswith("network_")) == \
+        [f"network_{i:02d}.pt" for i in range(len(preset("g_vbsm").backbones))]
+    trained = []
+    train_member = pool._train_pool_member
+    monkeypatch.setattr(pool, "_train_pool_member", lambda *a, **k: trained.append(1) or train_member(*a, **k))
     resumed = ddm.Distiller(**kw).fit(tiny_digits, progress=False, checkpoint=folder, checkpoint_every=2, resume=True)
+    assert trained == []
     assert torch.equal(resumed.images, reference.images)
 
 
