@@ -107,8 +107,8 @@ def write_markdown(path: str, doc: Dict[str, Any], keys: Sequence[str]) -> None:
         hard = b["random_hard_runs"] if soft_protocol(protocol) else b["random_runs"]
         # the time Distiller.fit takes when it trains its own teacher (the runner trains it once, apart)
         seconds = c["distill_seconds"] + (c.get("teacher_seconds") or 0.0)
-        rows.append((c["method"], c["loss"], c["ipc"], protocol, pm(c["accuracies"]), pm(b["random_runs"]), pm(hard),
-                     percent(b["full"]), f"{seconds:.0f}"))
+        rows.append((c["method"], c["loss"] or "—", c["ipc"], protocol, pm(c["accuracies"]), pm(b["random_runs"]),
+                     pm(hard), percent(b["full"]), f"{seconds:.0f}"))
     lines = ["# Method presets on digits (test split)", "",
              f"Command: `{doc['command']}`" + (f"; full-data row: `{full_command}`" if full_command else ""), "",
              f"Machine: {env['machine']}, {env['cpus']} CPUs, torch {env['torch']}, {env['threads']} threads. "
