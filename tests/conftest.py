@@ -100,3 +100,20 @@ def interrupt_at_save(monkeypatch):
         return Interrupted
 
     return arm
+
+
+@pytest.fixture
+def pool_trainings(monkeypatch):
+    """A list that grows by one for every pool member (NCFM's pool, G-VBSM's backbones) trained in
+    this test: clear it, run, and its length is the members trained."""
+    import ddmetrics.distill.pool as pool
+
+    trained = []
+    train_member = pool._train_pool_member
+
+    def counted(*args, **kwargs):
+        trained.append(1)
+        return train_member(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "_train_pool_member", counted)
+    return trained

@@ -321,11 +321,9 @@ def test_a_checkpoint_folder_the_user_made_stays_and_their_files_in_ours_survive
     assert (tmp_path / "class_0001.pt").read_text() == "the user's"
 
 
-def test_an_ncfm_run_reads_its_trained_pool_back_on_resume(small, tmp_path, interrupt_at_save, monkeypatch):
+def test_an_ncfm_run_reads_its_trained_pool_back_on_resume(small, tmp_path, interrupt_at_save, pool_trainings):
     # NCFM's pool is trained once per run: a resume reads the members back (network_NN.pt) and equals the
     # uninterrupted run exactly
-    import ddmetrics.distill.pool as pool
-
     kw = dict(method="ncfm", ipc=1, iterations=6, embedder_pool=2, pool_epochs=1, batch_real=32, seed=4,
               class_batch=1)
     reference = ddm.Distiller(**kw).fit(small, progress=False)
@@ -334,11 +332,10 @@ def test_an_ncfm_run_reads_its_trained_pool_back_on_resume(small, tmp_path, inte
         ddm.Distiller(**kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=3)
     interrupt_at_save(None)
     assert sorted(n for n in os.listdir(folder) if n.startswith("network_")) == ["network_00.pt", "network_01.pt"]
-    trained = []
-    train_member = pool._train_pool_member
-    monkeypatch.setattr(pool, "_train_pool_member", lambda *a, **k: trained.append(1) or train_member(*a, **k))
+    assert len(pool_trainings) == 2 + 2  # the reference run's pool, then the interrupted run's
+    pool_trainings.clear()
     resumed = ddm.Distiller(**kw).fit(small, progress=False, checkpoint=folder, checkpoint_every=3, resume=True)
-    assert trained == []
+    assert pool_trainings == []
     assert torch.equal(resumed.images, reference.images)
 
 
