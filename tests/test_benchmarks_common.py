@@ -423,8 +423,10 @@ def test_fidelity_pairs_each_new_preset_with_the_released_row_it_builds_on():
     # every pairing names a row the report holds (the DM or SRe²L preset at the same IPC)
     assert all((c.compare, c.ipc) in released for c in family)
     assert {c.compare.split()[0] for c in family if c.method == "cda"} == {"sre2l"}
-    # the new presets have no configuration before issue 24: the other parts plan nothing for them
-    assert fidelity.plan(["presets", "budget", "counts", "options"], list(fidelity.FAMILY)) == []
+    # the new presets have no configuration before issue 24: the other parts plan nothing for them but
+    # their options (IDM's partition)
+    assert fidelity.plan(["presets", "budget", "counts"], list(fidelity.FAMILY)) == []
+    assert {c.method for c in fidelity.plan(["options"], list(fidelity.FAMILY))} == {"idm"}
 
 
 @pytest.mark.parametrize("dataset", ["digits", "mnist"])
@@ -463,3 +465,13 @@ def test_fidelity_ipc_keeps_the_pairs_at_that_ipc_in_plan_order():
                                                 ("sre2l (before issue 24)", 1), ("cda (released, 200 iterations)", 1)]
     assert [c.ipc for c in fidelity.at_ipc(cells, [10])] == [10, 10, 10]
     assert fidelity.at_ipc(cells, None) == list(cells)
+
+
+def test_fidelity_options_of_a_family_preset_pair_with_its_released_row():
+    import fidelity
+
+    cells = fidelity.plan(["options"], ["idm", "dm"])
+    assert [(c.label, c.ipc, c.compare) for c in cells if c.method == "idm"] == [
+        ("idm + no partition (factor 1)", 10, "idm (released, 200 iterations)")]
+    (idm,) = [c for c in cells if c.method == "idm"]
+    assert idm.distiller(0).config.factor == 1 and idm.overrides["iterations"] == 200
