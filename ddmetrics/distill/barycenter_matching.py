@@ -52,6 +52,7 @@ from ..distributed import class_seed
 from ..losses import DistributionLoss
 from ..utils import autocast, embed_batched, model_device
 from ._loop import Strategy, Unit
+from .checkpoint import Checkpoint
 from .gvbsm import StatisticMatching, densification_loss, reference_conv_statistics
 from .pcbn import BoundPCBN, PCBNLoss, per_class_bn_stats
 from .pool import EmbedderPool
@@ -101,7 +102,7 @@ class BarycenterMatching(Strategy):
 
     def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig,
                  seed: int, teacher: nn.Module, device: torch.device = torch.device("cpu"), amp: bool = False,
-                 checkpoint=None):
+                 checkpoint: Optional[Checkpoint] = None):
         self.device, self.amp = torch.device(device), amp
         teacher.to(self.device).eval()
         for prm in teacher.parameters():
@@ -126,7 +127,7 @@ class BarycenterMatching(Strategy):
             self.reg = PCBNLoss(teacher, stats, mode=cfg.reg, norm=cfg.reg_norm, first_weight=cfg.first_bn_weight)
         self._targets: Dict[int, Tuple[Tensor, Tensor, Tensor, float]] = {}
 
-    def _build_gvbsm(self, train, num_classes: int, checkpoint=None) -> None:
+    def _build_gvbsm(self, train, num_classes: int, checkpoint: Optional[Checkpoint] = None) -> None:
         """Train the backbones (the teacher's recipe, seeded from the run; read back from the run's
         checkpoint where an earlier attempt trained them) and take every network's reference Conv
         statistics over the real training set."""

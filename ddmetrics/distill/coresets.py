@@ -144,7 +144,7 @@ class CoresetSelection(Strategy):
 
     def __init__(self, train, num_classes: int, ipc: int, loss: Optional[DistributionLoss], cfg: DistillConfig,
                  seed: int, teacher: Optional[nn.Module] = None, device: torch.device = torch.device("cpu"),
-                 amp: bool = False, checkpoint=None):  # checkpoint: nothing to keep (a selection trains nothing)
+                 amp: bool = False, checkpoint: Optional[Checkpoint] = None):  # nothing to keep: it trains nothing
         if needs_teacher(cfg) and teacher is None:
             raise ValueError(f"coreset={cfg.coreset!r} selects in the teacher's feature space: it needs the teacher")
         self.device, self.amp = torch.device(device), amp

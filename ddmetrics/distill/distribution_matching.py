@@ -66,6 +66,7 @@ from ..models import capture, get_model
 from ..protocols import get_teacher_recipe
 from ..utils import autocast, seeded
 from ._loop import Strategy, Unit
+from .checkpoint import Checkpoint
 from .pool import EmbedderPool, EmbedderQueue
 from .presets import DistillConfig
 
@@ -187,7 +188,7 @@ class DistributionMatching(Strategy):
 
     def __init__(self, train, num_classes: int, ipc: int, loss: DistributionLoss, cfg: DistillConfig, seed: int,
                  teacher: Optional[nn.Module] = None, device: torch.device = torch.device("cpu"), amp: bool = False,
-                 checkpoint=None):
+                 checkpoint: Optional[Checkpoint] = None):
         self.device, self.amp = torch.device(device), amp
         self.description = f"{loss.name or type(loss).__name__} matching"
         self.train, self.num_classes, self.ipc, self.loss, self.cfg, self.seed = train, num_classes, ipc, loss, cfg, seed

@@ -34,6 +34,7 @@ from ..distributed import class_seed
 from ..models import get_model, train_model
 from ..protocols import TrainRecipe
 from ..utils import seeded
+from .checkpoint import Checkpoint
 
 __all__ = ["EmbedderPool", "EmbedderQueue"]
 
@@ -97,7 +98,7 @@ class EmbedderPool:
         self._init: List[Dict[str, Tensor]] = []
         self._trained: List[nn.Module] = []
 
-    def fit(self, train, num_classes: int, checkpoint=None) -> "EmbedderPool":
+    def fit(self, train, num_classes: int, checkpoint: Optional[Checkpoint] = None) -> "EmbedderPool":
         """Initialise and train the P networks on ``train`` (labelled images with ``image_shape``).
 
         Under a process group, rank 0 trains and every rank receives its weights (the initial
