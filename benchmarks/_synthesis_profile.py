@@ -218,6 +218,17 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
     if cfg.calib_weight > 0:  # NCFM's calibration: its own forward, backward and optimiser step
         breakdown["extra steps (calibration)"] = part["extra"]
     breakdown[OPTIMISER] = part["optimizer"]
+    # per iteration, the time inside the iteration's range (and the floor's) but in none of its parts': the
+    # loop's glue, a few Python calls between ranges. Its median over the iterations is what one preemption of
+    # the process between two ranges (a loaded machine) cannot move; the mean of the parts can move by it
+    counted = ("step", "backward", "optimizer") + (("extra",) if cfg.calib_weight > 0 else ())
+    glue_ms = []
+    for (start, end), (f_start, f_end) in zip(ranges["iteration"], ranges["floor"]):
+        in_parts = sum(e.time_range.elapsed_us() for e in events
+                       if e.name in counted and start <= e.time_range.start < end)
+        in_floor_parts = sum(e.time_range.elapsed_us() for e in events
+                             if e.name in ("floor forward", "floor backward") and f_start <= e.time_range.start < f_end)
+        glue_ms.append(((end - start - in_parts) - (f_end - f_start - in_floor_parts)) / 1000)
     starts = {name: [start for start, _ in r] for name, r in ranges.items()}
 
     def inside(e, name: str) -> bool:
@@ -243,7 +254,7 @@ def profile_synthesis(train, method: str, ipc: int, iterations: int = 10, warmup
     record = {"method": method, "ipc": ipc, "iterations": iterations, "unit_images": len(the_unit),
               "iteration_ms": it_ms, "floor_ms": floor_ms,
               "share_outside": 1.0 - floor_ms / it_ms, "batch_real": int(reals[0].shape[0]) if reals else None,
-              "outside_ms": breakdown,
+              "outside_ms": breakdown, "glue_ms": glue_ms,
               "aten_calls_per_iteration": aten_calls, "floor_aten_calls": floor_calls, "top_ops": top,
               "iteration_wall_ms": it_wall_ms, "floor_wall_ms": floor_wall_ms,
               "share_outside_wall": 1.0 - floor_wall_ms / it_wall_ms,

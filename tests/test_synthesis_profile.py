@@ -1,6 +1,7 @@
 """benchmarks/_synthesis_profile.py: the parts of the time outside the floor add up to it, and
 the profiled iterations are the synthesis loop's own."""
 import os
+import statistics
 import sys
 
 import pytest
@@ -21,12 +22,19 @@ CHEAP = {"wmdd": dict(teacher_arch="convnet_bn"), "sre2l": dict(teacher_arch="co
 def test_the_parts_outside_the_floor_add_up_to_iteration_minus_floor(small, method):
     from _synthesis_profile import OPTIMISER, profile_synthesis
 
-    r = profile_synthesis(small, method, ipc=2, iterations=4, warmup=1, **CHEAP.get(method, {}))
+    r = profile_synthesis(small, method, ipc=2, iterations=6, warmup=1, **CHEAP.get(method, {}))
     parts = r["outside_ms"]
     assert list(parts) == ["augmentation", "forward beyond the floor's", "backward beyond the floor's", OPTIMISER]
     assert parts["augmentation"] > 0 and parts[OPTIMISER] > 0
-    # the parts are the iteration's ranges minus the floor's: only the loop's glue is left out
-    assert abs(sum(parts.values()) - (r["iteration_ms"] - r["floor_ms"])) < 0.05 * r["iteration_ms"]
+    # the parts are the iteration's ranges minus the floor's: only the loop's glue is left out, a few Python calls
+    # between ranges (tens of microseconds of a 10-ms iteration). Compared per iteration, by the median: on a
+    # machine loaded by other processes, a preemption between two ranges put 0.9 ms of an 11-ms iteration into
+    # the glue of the mean over 4 iterations (CI beside two benchmarks); it lands in one iteration's glue
+    glue = r["glue_ms"]
+    assert len(glue) == 6 and abs(statistics.median(glue)) < 0.05 * r["iteration_ms"]
+    # and the mean parts are the mean ranges: their sum and the iteration minus the floor differ by the mean glue
+    assert sum(parts.values()) == pytest.approx(r["iteration_ms"] - r["floor_ms"] - statistics.fmean(glue),
+                                                abs=1e-6 * r["iteration_ms"])
     # every aten call of an iteration is counted once, in its own range: the floor's are a subset's worth
     assert 0 < r["floor_aten_calls"] < r["aten_calls_per_iteration"]
     # the preset's unit: WMDD's batch of every class (2 x 3 images), DM's one class
