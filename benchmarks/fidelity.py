@@ -19,7 +19,7 @@ Parts (``--part``, default all):
 ``family``
     Issue 28's presets (IDM, DataDAM, CAFE, CDA, G-VBSM) at IPC 1 and 10, each paired with the released row
     of the method it builds on (:data:`FAMILY`: DM, DM, DM, SRe²L, SRe²L), at the same counts (CAFE: 10 of
-    its rounds, about 270 image steps, against DM's 200 steps).
+    its rounds, about 270 image steps, against DM's 200 steps), and with WMDD's released row where it ran.
 ``options``
     Our improvements, each as a named option on top of the preset, IPC 10 (:data:`OPTIONS`): the
     effect of each departure from the release, paired with the preset's row (and the decompositions of a
@@ -93,6 +93,8 @@ MEASURED: Dict[str, Dict[str, Any]] = {
     # SRe²L's counts; teacher_epochs also trains the three backbones (G-VBSM's squeeze trains every backbone alike)
     "g_vbsm": dict(iterations=200, teacher_epochs=10, eval_epochs=100),
 }
+#: the released WMDD row every ``family`` row is also paired with (issue 28: against DM and WMDD)
+WMDD_ROW = f"wmdd (released, {MEASURED['wmdd']['iterations']} iterations)"
 #: method -> the counts of the ``counts`` part: the students' epochs of the method's own protocol (no
 #: ``eval_epochs``), its teacher at WMDD's 50 epochs (SRe²L's own 200 cut to 50), NCFM's pool at 10 of its 60
 #: epochs; the synthesis iterations of :data:`MEASURED`
@@ -292,8 +294,13 @@ def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str
             if other is not None:
                 diff = format_difference(paired_difference(entry["accuracies"], other["accuracies"]))
             its = max(1, round(cfg["iterations"] * cfg.get("budget", 1.0)))
-            rows.append((cell.section, cell.label, cell.ipc, pm(entry["accuracies"]),
-                         f"{diff} vs {cell.compare}" if diff else "", its, f"{entry['distill_seconds']:.0f}"))
+            against = f"{diff} vs {cell.compare}" if diff else ""
+            wmdd = by_label.get((WMDD_ROW, cell.ipc)) if part == "family" else None
+            if wmdd is not None:  # issue 28: the family's rows against WMDD's too, over the same student seeds
+                against += f"; {format_difference(paired_difference(entry['accuracies'], wmdd['accuracies']))} " \
+                           f"vs {WMDD_ROW}"
+            rows.append((cell.section, cell.label, cell.ipc, pm(entry["accuracies"]), against, its,
+                         f"{entry['distill_seconds']:.0f}"))
         if rows:
             lines += [f"## {part}", ""]
             lines += markdown_table(["method", "row", "IPC", "accuracy (%)", "Δ (paired)", "iterations run",

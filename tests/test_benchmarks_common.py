@@ -475,3 +475,25 @@ def test_fidelity_options_of_a_family_preset_pair_with_its_released_row():
         ("idm + no partition (factor 1)", 10, "idm (released, 200 iterations)")]
     (idm,) = [c for c in cells if c.method == "idm"]
     assert idm.distiller(0).config.factor == 1 and idm.overrides["iterations"] == 200
+
+
+def test_fidelity_report_pairs_a_family_row_with_its_base_and_with_wmdd(tmp_path):
+    import types
+
+    import fidelity
+
+    cells = fidelity.plan(["presets", "family"], ["wmdd", "dm", "datadam"])
+    keys = [f"k{i}" for i in range(len(cells))]
+    accuracies = {"dm (released, 200 iterations)": [0.80, 0.82, 0.84], fidelity.WMDD_ROW: [0.50, 0.60, 0.70],
+                  "datadam (released, 200 iterations)": [0.81, 0.84, 0.87]}
+    entry = {"config": {"iterations": 200}, "distill_seconds": 1.0}
+    doc = {"dataset": "mnist", "cells": {k: {**entry, "accuracies": accuracies[c.label]} for c, k in zip(cells, keys)
+                                         if c.ipc == 1 and c.label in accuracies}}
+    fidelity.report(types.SimpleNamespace(doc=doc), cells, keys, str(tmp_path / "r.md"))
+    (row,) = [line for line in open(tmp_path / "r.md") if line.startswith("| datadam ") and "| 1 |" in line]
+    # per seed: +1, +2, +3 pp against DM (mean 2, t interval 2 ± 4.30 x 1/sqrt(3)); +31, +24, +17 against WMDD
+    expected = [_common.format_difference(_common.paired_difference(accuracies["datadam (released, 200 iterations)"],
+                                                                    accuracies[other]))
+                for other in ("dm (released, 200 iterations)", fidelity.WMDD_ROW)]
+    assert f"{expected[0]} vs dm (released, 200 iterations); {expected[1]} vs {fidelity.WMDD_ROW}" in row
+    assert expected[0].startswith("+2.00 [") and expected[1].startswith("+24.00 [")
