@@ -415,12 +415,16 @@ def new_document(experiment: str, dataset: str) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------- the runner
 class TeacherBank:
-    """The teachers of the planned tasks, trained once each (lazily) in this process."""
+    """The teachers of the planned tasks, trained once each (lazily) in this process.
+
+    Each teacher trained here is also scored on the test split (``records``): what the soft labels and
+    the barycenters rest on, measured for the price of one pass over the test split."""
 
     def __init__(self, splits):
         self.splits = splits
         self.sources: Dict[str, ddm.Distiller] = {}  # key -> a distiller with the teacher's settings
         self.trained: Dict[str, Tuple[torch.nn.Module, float]] = {}
+        self.records: Dict[str, Dict[str, Any]] = {}  # key -> teacher_record of the teacher trained here
 
     def register(self, key: str, source: ddm.Distiller) -> str:
         self.sources.setdefault(key, source)
@@ -429,12 +433,22 @@ class TeacherBank:
     def get(self, key: str) -> torch.nn.Module:
         if key not in self.trained:
             start = time.perf_counter()
-            teacher = self.sources[key].train_teacher(self.splits.train, self.splits.num_classes, progress=False)
-            self.trained[key] = (teacher, time.perf_counter() - start)
+            source = self.sources[key]
+            teacher = source.train_teacher(self.splits.train, self.splits.num_classes, progress=False)
+            seconds = time.perf_counter() - start
+            self.trained[key] = (teacher, seconds)
+            self.records[key] = teacher_record(source.config, teacher, self.splits.test, seconds)
         return self.trained[key][0]
 
     def seconds(self, key: Optional[str]) -> Optional[float]:
         return self.trained[key][1] if key in self.trained else None
+
+
+def teacher_record(cfg: DistillConfig, teacher: torch.nn.Module, test, seconds: float) -> Dict[str, Any]:
+    """What a report shows of a teacher trained by ``cfg``'s settings: its architecture, recipe and epochs,
+    its test accuracy, its training time; ``rows`` (the cells that used it) is filled by the runner."""
+    return {"arch": named(cfg.teacher_arch), "recipe": cfg.teacher_recipe, "epochs": cfg.teacher_training().epochs,
+            "test_accuracy": accuracy(teacher, test), "seconds": seconds, "rows": []}
 
 
 def _teacher_overrides(overrides: Dict[str, Any]) -> Dict[str, Any]:
@@ -561,6 +575,17 @@ class Runner:
         return new
 
     # -- results
+    def note_teacher(self, key: Optional[str], label: str) -> None:
+        """Record in ``doc["teachers"]`` the test accuracy of the teacher ``key`` if this process trained it,
+        and that the row ``label`` used it (a teacher recorded by an earlier run keeps its numbers)."""
+        recorded = self.doc.get("teachers", {})
+        if key not in recorded:
+            if key not in self.teachers.records:
+                return
+            recorded = self.doc.setdefault("teachers", {})
+            recorded[key] = dict(self.teachers.records[key])
+        recorded[key]["rows"] = sorted(set(recorded[key]["rows"]) | {label})
+
     @staticmethod
     def _error_key(label: str, ipc: int) -> str:
         return f"error:{label}:{ipc}"
@@ -579,6 +604,7 @@ class Runner:
                 entry = result["value"]
                 entry["teacher_seconds"] = self.teachers.seconds(task.teacher_key)
                 self.doc["cells"][task.key] = entry
+                self.note_teacher(task.teacher_key, cell.label)
                 self.doc["errors"].pop(ekey, None)
                 self.run_log["new_cells"] += 1
         else:

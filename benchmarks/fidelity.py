@@ -236,33 +236,33 @@ def at_ipc(cells: Sequence[Cell], ipcs: Optional[Sequence[int]]) -> List[Cell]:
     return list(cells) if ipcs is None else [c for c in cells if c.ipc in ipcs]
 
 
-def teacher_accuracies(cells: Sequence[Cell], dataset: str, seed: int, doc: Dict[str, Any]) -> None:
-    """Train each distinct teacher of ``cells`` as the runner does (``Distiller.train_teacher``, seeded)
-    and record its test accuracy in ``doc["teachers"]`` (what the soft labels and the barycenters
-    rest on; a cell's JSON entry names its teacher by ``teacher_key``)."""
-    import time
+def with_labels(cells: Sequence[Cell], labels: Optional[Sequence[str]]) -> List[Cell]:
+    """The cells of ``cells`` whose row label is one of ``labels`` (all of them for ``None``), in plan order;
+    a label no planned cell has is refused, naming it."""
+    if labels is None:
+        return list(cells)
+    unknown = sorted(set(labels) - {c.label for c in cells})
+    if unknown:
+        raise ValueError(f"--rows: no planned row is labelled {unknown[0]!r} (the rows of the chosen parts and "
+                         f"methods: {', '.join(sorted({repr(c.label) for c in cells}))})")
+    return [c for c in cells if c.label in labels]
 
-    from ddmetrics.models import accuracy
-    from _runner import load_splits, named, soft_labels, teacher_settings
 
-    splits = load_splits(dataset, seed)
-    teachers = doc.setdefault("teachers", {})
-    run = RunSettings(EXPERIMENT, "", dataset=dataset, seed=seed)
+def teacher_accuracies(runner: Runner, cells: Sequence[Cell]) -> None:
+    """Train each distinct teacher of ``cells`` as their rows do (the runner's bank: ``Distiller.train_teacher``,
+    seeded) and record its test accuracy in ``doc["teachers"]`` (what the soft labels and the barycenters rest
+    on; a cell's JSON entry names its teacher by ``teacher_key``). A run of other parts records the teachers
+    it trains the same way; this part trains those of rows it did not run."""
+    from _runner import soft_labels
+
     for cell in cells:
-        distiller = cell.distiller(seed)
-        cfg = distiller.config
-        if not (cfg.strategy == "barycenter" or soft_labels(cfg)):
+        distiller = cell.distiller(runner.run_settings.seed)
+        if not (distiller.config.strategy == "barycenter" or soft_labels(distiller.config)):
             continue
-        settings = teacher_settings(cfg, run)
-        key = settings_key(settings)
-        if key in teachers:
-            teachers[key]["rows"] = sorted(set(teachers[key]["rows"]) | {cell.label})
-            continue
-        start = time.perf_counter()
-        model = distiller.train_teacher(splits.train, splits.train.num_classes, progress=False)
-        teachers[key] = {"arch": named(settings["teacher"]), "recipe": cfg.teacher_recipe,
-                         "epochs": settings["recipe"]["epochs"], "test_accuracy": accuracy(model, splits.test),
-                         "seconds": time.perf_counter() - start, "rows": [cell.label]}
+        key = runner.teacher_key(distiller)
+        if key not in runner.doc.get("teachers", {}):
+            runner.teachers.get(key)
+        runner.note_teacher(key, cell.label)
 
 
 def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str) -> None:
@@ -309,7 +309,8 @@ def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str
     teachers = doc.get("teachers") or {}
     if teachers:
         lines += ["## teachers", "",
-                  "Each teacher the rows use, trained as the rows train it (`--part teachers`), on the test split:", ""]
+                  "Each teacher the rows use, trained as the rows train it, on the test split (recorded by every run that "
+                  "trains one; `--part teachers` trains the rest):", ""]
         rows = [(t["arch"], t["recipe"], t["epochs"], f"{100 * t['test_accuracy']:.2f}", f"{t['seconds']:.0f}",
                  "; ".join(t["rows"])) for t in teachers.values()]
         lines += markdown_table(["architecture", "recipe", "epochs", "test accuracy (%)", "train s", "rows"], rows)
@@ -336,6 +337,9 @@ def parse_args(argv=None):
     p.add_argument("--ipc", type=int, nargs="+", choices=(1, 10), default=None,
                    help="run only the cells at these IPCs (default: all): a machine that cannot afford IPC 10's "
                         "cells runs IPC 1's pairs first")
+    p.add_argument("--rows", nargs="+", default=None, metavar="LABEL",
+                   help="run only the rows of these labels, as the report writes them (e.g. \"wmdd + no pixel "
+                        "clamp\"): one option's pair on a machine that cannot afford the whole part")
     p.add_argument("--render-only", action="store_true",
                    help="write the Markdown report from the JSON's finished cells; run nothing (run as a script: the "
                         "cells' keys name this file's builders as __main__)")
@@ -346,6 +350,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.out is None:
         args.out = os.path.join(HERE, "results", f"fidelity_{args.dataset}")
+    cells = plan([p for p in args.part if p != "teachers"], args.methods)
+    try:  # before the runner reads or writes anything
+        chosen = at_ipc(at_most(with_labels(cells, args.rows), args.max_iterations, args.seed), args.ipc)
+    except ValueError as exc:
+        print(f"fidelity.py: {exc}", file=sys.stderr)
+        return 2
     threads = args.threads or (1 if args.jobs > 1 else torch.get_num_threads())
     run = RunSettings(EXPERIMENT, args.out + ".json", dataset=args.dataset, seed=args.seed, runs=args.runs,
                       jobs=args.jobs, threads=threads * max(1, args.jobs), progress=not args.quiet,
@@ -356,10 +366,9 @@ def main(argv=None) -> int:
         report(runner, everything, [runner.cell_key(c, c.distiller(args.seed)) for c in everything], args.out + ".md")
         print(f"wrote {args.out}.md from {args.out}.json")
         return 0
-    cells = plan([p for p in args.part if p != "teachers"], args.methods)
-    runner.run(at_ipc(at_most(cells, args.max_iterations, args.seed), args.ipc))
+    runner.run(chosen)
     if "teachers" in args.part:
-        teacher_accuracies(plan(PARTS, args.methods), args.dataset, args.seed, runner.doc)
+        teacher_accuracies(runner, plan(PARTS, args.methods))
     runner.save()
     # the report shows every part's finished cells, whichever part this invocation ran
     everything = plan(PARTS, METHODS)

@@ -497,3 +497,48 @@ def test_fidelity_report_pairs_a_family_row_with_its_base_and_with_wmdd(tmp_path
                 for other in ("dm (released, 200 iterations)", fidelity.WMDD_ROW)]
     assert f"{expected[0]} vs dm (released, 200 iterations); {expected[1]} vs {fidelity.WMDD_ROW}" in row
     assert expected[0].startswith("+2.00 [") and expected[1].startswith("+24.00 [")
+
+
+def test_fidelity_rows_keeps_the_labelled_rows_and_refuses_an_unknown_label(tmp_path, capsys):
+    import fidelity
+
+    cells = fidelity.plan(["options"], ["wmdd", "sre2l"])
+    wanted = ["sre2l + one class per batch", "wmdd + no pixel clamp"]
+    kept = fidelity.with_labels(cells, wanted)
+    assert [c.label for c in kept] == wanted[::-1]  # plan order: WMDD's options come first
+    assert fidelity.with_labels(cells, None) == list(cells)
+    # a typo is refused before the runner reads or writes anything: one line on stderr, exit code 2
+    out = tmp_path / "f"
+    assert fidelity.main(["--part", "options", "--methods", "wmdd", "--rows", "wmdd + no clamp",
+                          "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--rows" in err and "'wmdd + no clamp'" in err and "wmdd + no pixel clamp" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_teacher_trained_for_a_cell_is_recorded_with_its_test_accuracy(tmp_path):
+    from ddmetrics.models import accuracy
+
+    # a five-epoch ConvNet-BN on the 8-px digits: a real teacher, trained in seconds
+    cell = _runner.Cell("test", "wmdd row", "wasserstein", "barycenter", "wmdd", 1,
+                        overrides={"teacher_arch": "convnet_bn", "teacher_recipe": "ours", "teacher_epochs": 5})
+    runner = _runner_for(tmp_path)
+    keys, tasks = runner.tasks([cell])
+    (task,) = [t for t in tasks if t.kind == "cell"]
+    runner.note_teacher(task.teacher_key, "not trained yet")  # nothing to record: no teacher trained here
+    assert "teachers" not in runner.doc
+    teacher = runner.teachers.get(task.teacher_key)
+    runner.record(task, {"value": {"key": keys[0], "accuracies": [0.5]}})
+    runner.note_teacher(task.teacher_key, "another row")
+    runner.save()
+    record = runner.doc["teachers"][task.teacher_key]
+    # the same model on the same split in the same order: the same count of correct answers
+    assert record["test_accuracy"] == accuracy(teacher, runner.splits.test)
+    assert 0.5 < record["test_accuracy"] <= 1.0  # five epochs on 10 classes: far above chance (0.1)
+    assert (record["arch"], record["recipe"], record["epochs"]) == ("convnet_bn", "ours", 5)
+    assert record["rows"] == ["another row", "wmdd row"] and record["seconds"] > 0
+
+    # a later run that does not train the teacher adds its rows and keeps the recorded numbers
+    again = _runner_for(tmp_path)
+    again.note_teacher(task.teacher_key, "a later row")
+    assert again.doc["teachers"][task.teacher_key] == {**record, "rows": ["a later row", "another row", "wmdd row"]}
