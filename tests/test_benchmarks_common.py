@@ -542,3 +542,17 @@ def test_a_teacher_trained_for_a_cell_is_recorded_with_its_test_accuracy(tmp_pat
     again = _runner_for(tmp_path)
     again.note_teacher(task.teacher_key, "a later row")
     assert again.doc["teachers"][task.teacher_key] == {**record, "rows": ["a later row", "another row", "wmdd row"]}
+
+
+def test_fidelity_student_rows_swap_only_the_model_or_only_the_rest_of_the_protocol():
+    import dataclasses
+
+    import fidelity
+
+    rows = {c.label: c.distiller(0).config.protocol() for c in fidelity.plan(["options"], ["wmdd"])}
+    released = ddm.Distiller(method="wmdd", ipc=10, **fidelity.MEASURED["wmdd"]).config.protocol()
+    ours_soft = rows["wmdd + students by 'ours_soft'"]
+    assert (released.model, ours_soft.model) == ("resnet18", "convnet") and released.temperature != ours_soft.temperature
+    # the two halves of the ours_soft row's change, each alone: the model, and everything but the model
+    assert rows["wmdd + students by 'soft', ConvNet model"] == dataclasses.replace(released, model="convnet")
+    assert rows["wmdd + students by 'ours_soft', ResNet-18 model"] == dataclasses.replace(ours_soft, model="resnet18")
