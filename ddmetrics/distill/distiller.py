@@ -274,12 +274,14 @@ class Distiller:
                 check_image_size(arch, channels, num_classes, image_shape, "backbone", batch_size=2)
         check_image_size(cfg.protocol().model, channels, num_classes, image_shape, "eval_model", batch_size=2)
 
-    def checkpoint_run(self, train) -> Dict[str, Any]:
-        """What a checkpoint of this run must match to be resumed."""
+    def checkpoint_run(self, train, class_batch: Optional[int] = None) -> Dict[str, Any]:
+        """What a checkpoint of this run must match to be resumed (``class_batch``: the run's resolved classes
+        per unit, when the caller has resolved them already)."""
         # a streaming set hashes its file list (decoding it would be a pass over the data)
         data = train.fingerprint() if hasattr(train, "fingerprint") else data_fingerprint(train.images, train.labels)
         shape = train.image_shape
-        batch = self.resolved_class_batch(shape[0], train.num_classes, shape[-1])
+        batch = class_batch if class_batch is not None else \
+            self.resolved_class_batch(shape[0], train.num_classes, shape[-1])
         return {"method": self.method, "loss": self._loss_name(),
                 "loss_repr": repr(self.loss), "ipc": self.ipc, "seed": self.seed, "config": self.config.to_dict(),
                 "data": data, "given_teacher": self.teacher_ is not None,
@@ -328,10 +330,12 @@ class Distiller:
     def _fit(self, train, progress: bool, checkpoint, checkpoint_every: Optional[int], resume: bool) -> SyntheticSet:
         train, num_classes = self._check(train)
         rank, world_size = distributed.world()
+        shape = train.image_shape
+        batch = self.resolved_class_batch(shape[0], num_classes, shape[-1])  # once: it may warn, and builds a model
         ckpt = None
         if checkpoint is not None:
-            ckpt = Checkpoint(os.fspath(checkpoint), self.checkpoint_run(train), every=checkpoint_every, resume=resume,
-                              rank=rank)
+            ckpt = Checkpoint(os.fspath(checkpoint), self.checkpoint_run(train, batch), every=checkpoint_every,
+                              resume=resume, rank=rank)
             distributed.barrier()  # every rank has checked the folder before rank 0 writes in it
             if rank == 0:
                 ckpt.start()
@@ -345,8 +349,6 @@ class Distiller:
         runner = strategy_cls(train, num_classes, self.ipc, self.loss, self.config, self.seed, teacher=teacher,
                               device=self.device, amp=self.amp, checkpoint=ckpt)
         self.backbones_ = list(getattr(runner, "backbones", []))
-        shape = train.image_shape
-        batch = self.resolved_class_batch(shape[0], num_classes, shape[-1])
         units = synthesis_units(num_classes, self.ipc, self.config.synthesis_batch, self.config.batch_images, batch)
         results: Dict[int, Dict[str, Any]] = {}
         for i in distributed.shard(len(units), rank, world_size):

@@ -40,6 +40,18 @@ def test_auto_batches_by_images_per_step_on_cuda_only_and_a_larger_batch_is_clam
     assert syn.meta["class_batch"] == 3 and "class_batch=50 is more than the 3 classes: clamped to 3" in caplog.text
 
 
+def test_a_checkpointed_batched_run_resolves_its_class_batch_once(small, tmp_path, caplog):
+    # the checkpoint's record and the units take the same resolution: one warning, the same batch in both
+    with caplog.at_level("WARNING", logger="ddmetrics"):
+        syn = ddm.Distiller(method="dm", ipc=1, iterations=1, class_batch=50).fit(small, progress=False,
+                                                                                  checkpoint=tmp_path / "ck")
+    assert caplog.text.count("class_batch=50 is more than the 3 classes") == 1 and syn.meta["class_batch"] == 3
+    resumed = ddm.Distiller(method="dm", ipc=1, iterations=1, class_batch=50).fit(small, progress=False,
+                                                                                  checkpoint=tmp_path / "ck",
+                                                                                  resume=True)
+    assert torch.equal(resumed.images, syn.images)  # read back from the finished unit's file, not recomputed
+
+
 def test_class_batch_refused_where_it_does_not_apply():
     with pytest.raises(ValueError, match="class_batch must be a positive integer, 'all' or 'auto', got 0"):
         ddm.Distiller(method="dm", class_batch=0)
