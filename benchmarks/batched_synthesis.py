@@ -9,7 +9,7 @@ of classes (``synthesis_batch="classes"``, 100 images a batch); its class-at-a-t
 (``"class"``) is timed beside it.
 
 Every configuration distils ``--classes`` classes of ``--dataset`` (mnist: 28 px) at IPC
-``--ipc`` for ``--iterations`` steps; the configurations of one method run interleaved,
+``--ipc`` for ``--iterations`` steps; the configurations of one method run interleaved (the order reversed every other round),
 ``--repeats`` times, and the report gives the median seconds per step (all classes) and the
 ratio. WMDD gets an untrained ResNet-18 as its teacher (speed does not depend on its weights).
 
@@ -30,7 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from _common import RESULTS, command_line, machine_info, markdown_table, median, now_utc, write_json, write_lines  # noqa: E402
+from _common import (RESULTS, command_line, interleaved_repeats, machine_info, markdown_table, median,  # noqa: E402
+                     now_utc, write_json, write_lines)
 
 #: method -> [(label, Distiller settings)], timed interleaved
 CONFIGS = {
@@ -81,18 +82,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         if method == "wmdd":
             with seeded(0):
                 teacher = get_model("resnet18", shape[0], args.classes, shape[-1])
-        times: Dict[str, List[float]] = {label: [] for label, _ in CONFIGS[method]}
         units: Dict[str, int] = {}
-        for _ in range(args.repeats):
-            for label, settings in CONFIGS[method]:
+
+        def step_seconds(label: str, settings: Dict[str, Any], method: str = method, teacher=teacher):
+            def once() -> float:
                 d = ddm.Distiller(method=method, ipc=args.ipc, seed=0, device=device, iterations=args.iterations,
                                   teacher=teacher, **settings)
                 sync()
                 start = time.perf_counter()
                 syn = d.fit(train, progress=False)
                 sync()
-                times[label].append((time.perf_counter() - start) / args.iterations)
                 units[label] = syn.meta["units"]
+                return (time.perf_counter() - start) / args.iterations
+            return once
+
+        times = interleaved_repeats({label: step_seconds(label, settings) for label, settings in CONFIGS[method]},
+                                    args.repeats)
         base = median(times[CONFIGS[method][0][0]])
         for label, settings in CONFIGS[method]:
             t = median(times[label])
