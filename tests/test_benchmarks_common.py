@@ -556,3 +556,17 @@ def test_fidelity_student_rows_swap_only_the_model_or_only_the_rest_of_the_proto
     # the two halves of the ours_soft row's change, each alone: the model, and everything but the model
     assert rows["wmdd + students by 'soft', ConvNet model"] == dataclasses.replace(released, model="convnet")
     assert rows["wmdd + students by 'ours_soft', ResNet-18 model"] == dataclasses.replace(ours_soft, model="resnet18")
+
+
+def test_fidelity_sre2l_teacher_row_matches_wmdds_teacher_steps_on_digits():
+    import fidelity
+    from ddmetrics.protocols import TEACHER_RECIPES
+
+    (row,) = [c for c in fidelity.plan(["options"], ["sre2l"]) if c.label.startswith("sre2l + teacher 40 epochs")]
+    released = fidelity.MEASURED["sre2l"]
+    assert row.overrides == {**released, "teacher_epochs": 40}  # the teacher's epochs alone
+    # the label's claim on digits' training split: SGD steps (batches, the last partial one kept) within 10 %
+    n = len(_runner.load_splits("digits", 0).train)
+    steps = {m: math.ceil(n / TEACHER_RECIPES[m].batch_size) * e
+             for m, e in (("sre2l", 40), ("wmdd", fidelity.MEASURED["wmdd"]["teacher_epochs"]))}
+    assert steps["wmdd"] * 0.9 <= steps["sre2l"] <= steps["wmdd"] * 1.1, steps
