@@ -182,7 +182,9 @@ OPTIONS: Dict[str, List[tuple]] = {
                                                                    teacher_epochs=30)),
               # the decomposition of its weak 10-epoch teacher: at batch 128 ten epochs of digits' 1,295 images are
               # 110 SGD steps; 40 epochs are 440, about the 410 of WMDD's 10-epoch teacher (batch 32)
-              ("teacher 40 epochs (WMDD's teacher's SGD steps)", dict(teacher_epochs=40))],
+              ("teacher 40 epochs (WMDD's teacher's SGD steps)", dict(teacher_epochs=40)),
+              # and of its cut students: the release's 400 epochs (relabel_cifar.sh) with the 10-epoch teacher
+              ("students 400 epochs (the release's)", dict(eval_epochs=400))],
 }
 
 

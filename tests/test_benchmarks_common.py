@@ -565,6 +565,8 @@ def test_fidelity_sre2l_teacher_row_matches_wmdds_teacher_steps_on_digits():
     (row,) = [c for c in fidelity.plan(["options"], ["sre2l"]) if c.label.startswith("sre2l + teacher 40 epochs")]
     released = fidelity.MEASURED["sre2l"]
     assert row.overrides == {**released, "teacher_epochs": 40}  # the teacher's epochs alone
+    (students,) = [c for c in fidelity.plan(["options"], ["sre2l"]) if c.label.startswith("sre2l + students 400")]
+    assert students.overrides == {**released, "eval_epochs": 400}  # the students' epochs alone, as relabel_cifar.sh
     # the label's claim on digits' training split: SGD steps (batches, the last partial one kept) within 10 %
     n = len(_runner.load_splits("digits", 0).train)
     steps = {m: math.ceil(n / TEACHER_RECIPES[m].batch_size) * e
