@@ -319,9 +319,15 @@ def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str
     if teachers:
         lines += ["## teachers", "",
                   "Each teacher the rows use, trained as the rows train it, on the test split (recorded by every run that "
-                  "trains one; `--part teachers` trains the rest):", ""]
+                  "trains one; `--part teachers` trains the rest). The thread count is not part of a teacher's "
+                  "settings: a row run with another thread count than the run that recorded its teacher trained a "
+                  "teacher of the same settings whose weights may differ:", ""]
+        users: Dict[str, set] = {}  # every finished row on each teacher, whichever run made it
+        for entry in doc["cells"].values():
+            if entry.get("teacher_key"):
+                users.setdefault(entry["teacher_key"], set()).add(entry["label"])
         rows = [(t["arch"], t["recipe"], t["epochs"], f"{100 * t['test_accuracy']:.2f}", f"{t['seconds']:.0f}",
-                 "; ".join(t["rows"])) for t in teachers.values()]
+                 "; ".join(sorted(set(t["rows"]) | users.get(key, set())))) for key, t in teachers.items()]
         lines += markdown_table(["architecture", "recipe", "epochs", "test accuracy (%)", "train s", "rows"], rows)
         lines.append("")
     write_lines(path, lines)

@@ -487,9 +487,18 @@ def test_fidelity_report_pairs_a_family_row_with_its_base_and_with_wmdd(tmp_path
     accuracies = {"dm (released, 200 iterations)": [0.80, 0.82, 0.84], fidelity.WMDD_ROW: [0.50, 0.60, 0.70],
                   "datadam (released, 200 iterations)": [0.81, 0.84, 0.87]}
     entry = {"config": {"iterations": 200}, "distill_seconds": 1.0}
-    doc = {"dataset": "mnist", "cells": {k: {**entry, "accuracies": accuracies[c.label]} for c, k in zip(cells, keys)
+    doc = {"dataset": "mnist", "cells": {k: {**entry, "label": c.label, "accuracies": accuracies[c.label]}
+                                         for c, k in zip(cells, keys)
                                          if c.ipc == 1 and c.label in accuracies}}
+    # a teacher recorded by a run of one row lists every finished row on it, whichever run made that row
+    doc["teachers"] = {"t1": {"arch": "resnet18", "recipe": "wmdd", "epochs": 10, "test_accuracy": 0.952,
+                              "seconds": 1.0, "rows": ["wmdd (released, 50 iterations)"]}}
+    for c, k in zip(cells, keys):
+        if k in doc["cells"] and c.label == fidelity.WMDD_ROW:
+            doc["cells"][k]["teacher_key"] = "t1"
     fidelity.report(types.SimpleNamespace(doc=doc), cells, keys, str(tmp_path / "r.md"))
+    (teacher,) = [line for line in open(tmp_path / "r.md") if line.startswith("| resnet18 ")]
+    assert teacher.rstrip().endswith(f"| 95.20 | 1 | {fidelity.WMDD_ROW}; wmdd (released, 50 iterations) |")  # sorted
     (row,) = [line for line in open(tmp_path / "r.md") if line.startswith("| datadam ") and "| 1 |" in line]
     # per seed: +1, +2, +3 pp against DM (mean 2, t interval 2 ± 4.30 x 1/sqrt(3)); +31, +24, +17 against WMDD
     expected = [_common.format_difference(_common.paired_difference(accuracies["datadam (released, 200 iterations)"],
