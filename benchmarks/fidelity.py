@@ -173,7 +173,9 @@ OPTIONS: Dict[str, List[tuple]] = {
     "krdual": [("warm critic, 20 Adam steps", dict(loss_kwargs={"steps": 20, "warm_start": True})),
                ("synthesis lr 100", dict(lr=100.0))],
     "ncfm": [("learned sampler (1 ascent step)", dict(loss_kwargs={"n_frequencies": 4096, "alpha": 0.5, "steps": 1,
-                                                                   "warm_start": True, "lr": 1e-3, "scale": 300.0}))],
+                                                                   "warm_start": True, "lr": 1e-3, "scale": 300.0})),
+             # not an improvement: the students' half of the ``counts`` row (its pool also trains 10 epochs), alone
+             ("students 2000 epochs (the release's)", dict(eval_epochs=None))],
     # not an improvement: how much of IDM's row is partition-and-expansion (on 8-px digits a sub-image is 4 x 4 px)
     "idm": [("no partition (factor 1)", dict(factor=1))],
     "sre2l": [("exact all-class statistics", dict(bn_stats="exact")),

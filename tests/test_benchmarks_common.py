@@ -581,3 +581,15 @@ def test_fidelity_sre2l_teacher_row_matches_wmdds_teacher_steps_on_digits():
     steps = {m: math.ceil(n / TEACHER_RECIPES[m].batch_size) * e
              for m, e in (("sre2l", 40), ("wmdd", fidelity.MEASURED["wmdd"]["teacher_epochs"]))}
     assert steps["wmdd"] * 0.9 <= steps["sre2l"] <= steps["wmdd"] * 1.1, steps
+
+
+def test_fidelity_ncfm_students_row_is_the_counts_rows_students_alone():
+    import fidelity
+
+    (row,) = [c for c in fidelity.plan(["options"], ["ncfm"]) if c.label.startswith("ncfm + students 2000")]
+    (counts,) = fidelity.plan(["counts"], ["ncfm"])
+    released = fidelity.MEASURED["ncfm"]
+    assert row.overrides == {**released, "eval_epochs": None}  # the students' epochs alone; the pool as released
+    assert row.distiller(0).config.protocol() == counts.distiller(0).config.protocol()  # the counts row's students
+    assert row.distiller(0).config.protocol().recipe.epochs == 2000  # NCFM's own (its config yamls)
+    assert row.distiller(0).config.pool_epochs != counts.distiller(0).config.pool_epochs
