@@ -571,7 +571,8 @@ def test_fidelity_sre2l_teacher_row_matches_wmdds_teacher_steps_on_digits():
     import fidelity
     from ddmetrics.protocols import TEACHER_RECIPES
 
-    (row,) = [c for c in fidelity.plan(["options"], ["sre2l"]) if c.label.startswith("sre2l + teacher 40 epochs")]
+    (row,) = [c for c in fidelity.plan(["options"], ["sre2l"])
+              if c.label == "sre2l + teacher 40 epochs (WMDD's teacher's SGD steps)"]
     released = fidelity.MEASURED["sre2l"]
     assert row.overrides == {**released, "teacher_epochs": 40}  # the teacher's epochs alone
     (students,) = [c for c in fidelity.plan(["options"], ["sre2l"]) if c.label.startswith("sre2l + students 400")]
@@ -581,6 +582,18 @@ def test_fidelity_sre2l_teacher_row_matches_wmdds_teacher_steps_on_digits():
     steps = {m: math.ceil(n / TEACHER_RECIPES[m].batch_size) * e
              for m, e in (("sre2l", 40), ("wmdd", fidelity.MEASURED["wmdd"]["teacher_epochs"]))}
     assert steps["wmdd"] * 0.9 <= steps["sre2l"] <= steps["wmdd"] * 1.1, steps
+
+
+def test_fidelity_sre2l_ce_only_row_drops_the_bn_term_alone_and_pairs_with_the_40_epoch_row():
+    import fidelity
+
+    cells = {c.label: c for c in fidelity.plan(["options"], ["sre2l"])}
+    row, forty = cells["sre2l + teacher 40 epochs, CE only (no BN term)"], cells[
+        "sre2l + teacher 40 epochs (WMDD's teacher's SGD steps)"]
+    assert row.overrides == {**forty.overrides, "reg_weight": 0.0}  # the BN term's weight alone
+    assert ddm.Distiller(method="sre2l").config.reg_weight == 0.01  # what it drops: the release's r_bn
+    assert row.compare == forty.label  # paired with the same teacher's row, not the released one
+    assert forty.compare == "sre2l (released, 200 iterations)"  # the other option rows keep the released row
 
 
 def test_fidelity_ncfm_students_row_is_the_counts_rows_students_alone():
