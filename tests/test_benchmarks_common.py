@@ -606,3 +606,48 @@ def test_fidelity_ncfm_students_row_is_the_counts_rows_students_alone():
     assert row.distiller(0).config.protocol() == counts.distiller(0).config.protocol()  # the counts row's students
     assert row.distiller(0).config.protocol().recipe.epochs == 2000  # NCFM's own (its config yamls)
     assert row.distiller(0).config.pool_epochs != counts.distiller(0).config.pool_epochs
+
+
+def test_sre2l_bn_scale_slot_batches_hold_one_image_of_every_class():
+    import sre2l_bn_scale
+
+    labels = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0])
+    batches = sre2l_bn_scale.slot_batches(labels, 3, 5, torch.Generator().manual_seed(0))
+    assert len(batches) == 5 and all(torch.equal(labels[b], torch.arange(3)) for b in batches)
+    again = sre2l_bn_scale.slot_batches(labels, 3, 5, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))  # the generator's draws, nothing else
+    recovered = sre2l_bn_scale.recovered_slots(torch.tensor([0, 0, 1, 1, 2, 2]), 3)
+    assert [b.tolist() for b in recovered] == [[0, 2, 4], [1, 3, 5]]  # batch j: image j of every class
+    with pytest.raises(ValueError, match="every class"):
+        sre2l_bn_scale.slot_batches(torch.tensor([0, 0, 2]), 3, 1, torch.Generator())
+
+
+def test_sre2l_bn_scale_terms_are_the_releases_by_hand():
+    # SRe²L's BNFeatureHook: per BN layer ||batch mean - running mean||_2 + ||biased batch var - running var||_2
+    # of the layer's input, the first layer x10, summed; the CE of the eval-mode logits
+    import sre2l_bn_scale
+    from ddmetrics.models import ConvNet
+
+    torch.manual_seed(0)
+    model = ConvNet(1, 3, 8, width=8, depth=2, norm="batch")
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for layer in layers:  # running statistics away from any batch's, so that every distance counts
+        layer.running_mean.uniform_(-1, 1)
+        layer.running_var.uniform_(0.5, 2)
+    model.eval()
+    x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    inputs = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, k=k: inputs.__setitem__(k, i[0])) for k, m in enumerate(layers)]
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(model(x[:3]), y[:3])
+    for h in hooks:
+        h.remove()
+    bn = sum((10.0 if k == 0 else 1.0) * ((inputs[k].mean((0, 2, 3)) - m.running_mean).norm()
+                                          + (inputs[k].var((0, 2, 3), unbiased=False) - m.running_var).norm())
+             for k, m in enumerate(layers))
+    got = sre2l_bn_scale.term_balance(model, x, y, [torch.tensor([0, 1, 2])], r_bn=0.01, first_weight=10.0)
+    # float32 moments summed in another order than the hooks above: a few ulps of values of order 10
+    assert got["ce"] == pytest.approx(float(ce), rel=1e-5)
+    assert got["bn"] == pytest.approx(float(bn), rel=1e-5)
+    assert got["weighted_bn"] == pytest.approx(0.01 * float(bn), rel=1e-5)
+    assert got["ratio"] == pytest.approx(0.01 * float(bn) / float(ce), rel=1e-5)

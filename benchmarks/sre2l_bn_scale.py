@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Why SRe²L's recovery gives chance-level sets from a ResNet-18 teacher on 8-px digits: the balance of its
+two terms.
+
+SRe²L's recovery minimises, per batch of image j of every class, the teacher's cross-entropy plus r_bn (0.01) x
+the unsquared distances of the batch's BatchNorm-input moments to the teacher's running statistics (first layer
+x10; :class:`ddmetrics.distill.pcbn.PCBNLoss` with ``mode="bn"``, ``norm="l2"``). The weight was set for the
+release's teachers; the distances scale with the teacher's activations. For each teacher this script measures:
+
+- the two terms on real batches of one training image per class (``--draws`` of them): where the recovery
+  would stand at real images, and which term dominates there;
+- the teacher's accuracy on the set its own recovery produced (``iterations`` of the preset), and on the set
+  recovered with the cross-entropy alone (``reg_weight=0``): whether the recovery reaches the teacher's classes;
+- the two terms on the recovered set's slot batches.
+
+Every number is the teacher's in eval mode (as the recovery runs it). A diagnosis, not a method: no setting is
+tuned here. ::
+
+    python benchmarks/sre2l_bn_scale.py            # digits; writes results/sre2l_bn_scale.{json,md}
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import ddmetrics as ddm  # noqa: E402
+from ddmetrics.distill.pcbn import PCBNLoss  # noqa: E402
+
+import _common  # noqa: E402
+from _runner import load_splits  # noqa: E402
+
+#: the teachers compared: the released row's, the 40-epoch one of the fidelity option row, the ConvNet-BN one
+TEACHERS: Dict[str, Dict[str, Any]] = {
+    "ResNet-18, SRe²L's recipe, 10 epochs": dict(teacher_epochs=10),
+    "ResNet-18, SRe²L's recipe, 40 epochs": dict(teacher_epochs=40),
+    "ConvNet-BN, 'ours' recipe, 30 epochs": dict(teacher_arch="convnet_bn", teacher_recipe="ours", teacher_epochs=30),
+}
+
+
+def slot_batches(labels: torch.Tensor, num_classes: int, draws: int, generator: torch.Generator) -> List[torch.Tensor]:
+    """``draws`` index batches of ``labels``, each holding one index of every class, in class order (SRe²L's slot
+    batches of real images); each class's index drawn uniformly, independently per batch."""
+    members = [torch.nonzero(labels == k).flatten() for k in range(num_classes)]
+    if any(len(m) == 0 for m in members):
+        raise ValueError("labels must hold every class at least once")
+    return [torch.stack([m[torch.randint(len(m), (1,), generator=generator)[0]] for m in members])
+            for _ in range(draws)]
+
+
+def recovered_slots(labels: torch.Tensor, num_classes: int) -> List[torch.Tensor]:
+    """The slot batches of a synthetic set: batch j holds the j-th image of every class."""
+    members = [torch.nonzero(labels == k).flatten() for k in range(num_classes)]
+    return [torch.stack([m[j] for m in members]) for j in range(min(len(m) for m in members))]
+
+
+def term_balance(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 batches: Sequence[torch.Tensor], r_bn: float, first_weight: float) -> Dict[str, float]:
+    """The cross-entropy and r_bn x SRe²L's BN distance on each batch of ``batches`` (indices into ``images``),
+    averaged over the batches; the teacher in eval mode."""
+    teacher.eval()
+    bn = PCBNLoss(teacher, None, mode="bn", norm="l2", first_weight=first_weight)
+    ce, reg = [], []
+    with torch.no_grad():
+        for idx in batches:
+            value, logits = bn(images[idx], labels[idx])
+            reg.append(float(value))
+            ce.append(float(F.cross_entropy(logits, labels[idx])))
+    ce_mean, bn_mean = sum(ce) / len(ce), sum(reg) / len(reg)
+    return {"ce": ce_mean, "bn": bn_mean, "weighted_bn": r_bn * bn_mean, "ratio": r_bn * bn_mean / ce_mean}
+
+
+def accuracy_on(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    teacher.eval()
+    with torch.no_grad():
+        return float((teacher(images).argmax(1) == labels).float().mean())
+
+
+def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws: int, seed: int) -> Dict[str, Any]:
+    """One teacher's row (see the module docstring)."""
+    start = time.perf_counter()
+    source = ddm.Distiller(method="sre2l", ipc=10, seed=seed, iterations=iterations, **overrides)
+    teacher = source.train_teacher(splits.train, splits.num_classes, progress=False)
+    row: Dict[str, Any] = {"teacher": name, "overrides": overrides, "teacher_seconds": time.perf_counter() - start,
+                           "test_accuracy": accuracy_on(teacher, splits.test.images, splits.test.labels)}
+    cfg = source.config
+    gen = torch.Generator().manual_seed(seed)
+    train_x, train_y = splits.train.images, splits.train.labels
+    real = slot_batches(train_y, splits.num_classes, draws, gen)
+    row["real"] = term_balance(teacher, train_x, train_y, real, cfg.reg_weight, cfg.first_bn_weight)
+    for key, extra in (("recovered", {}), ("recovered_ce_only", {"reg_weight": 0.0})):
+        start = time.perf_counter()
+        syn = ddm.Distiller(method="sre2l", ipc=10, seed=seed, teacher=teacher, iterations=iterations,
+                            **extra).fit(splits.train, progress=False)
+        row[key] = {"teacher_accuracy": accuracy_on(teacher, syn.images, syn.labels),
+                    "seconds": time.perf_counter() - start,
+                    **term_balance(teacher, syn.images, syn.labels, recovered_slots(syn.labels, splits.num_classes),
+                                   cfg.reg_weight, cfg.first_bn_weight)}
+    return row
+
+
+def report(doc: Dict[str, Any], path: str) -> None:
+    lines = ["# SRe²L's two terms, per teacher (" + doc["dataset"] + ")", "",
+             f"Command: `{doc['command']}`. Machine: {doc['environment'].get('cpu_model')}, "
+             f"{doc['threads']} thread(s). The preset's recovery at {doc['iterations']} iterations, IPC 10, seed "
+             f"{doc['seed']}; real: {doc['draws']} batches of one training image per class. CE: the teacher's "
+             "cross-entropy (eval mode); r_bn·BN: 0.01 × SRe²L's BN distance (first layer ×10); ratio: r_bn·BN / CE.",
+             ""]
+    rows = []
+    for r in doc["rows"]:
+        rec, ce_only, real = r["recovered"], r["recovered_ce_only"], r["real"]
+        rows.append((r["teacher"], f"{100 * r['test_accuracy']:.1f}", f"{real['ce']:.3f}",
+                     f"{real['weighted_bn']:.3g}", f"{real['ratio']:.3g}", f"{100 * rec['teacher_accuracy']:.1f}",
+                     f"{rec['ce']:.3f}", f"{rec['weighted_bn']:.3g}", f"{100 * ce_only['teacher_accuracy']:.1f}"))
+    lines += _common.markdown_table(
+        ["teacher", "test acc. (%)", "real: CE", "real: r_bn·BN", "real: ratio", "teacher on its recovered set (%)",
+         "recovered: CE", "recovered: r_bn·BN", "teacher on the CE-only set (%)"], rows, align="lrrrrrrrr")
+    _common.write_lines(path, lines + [""])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--iterations", type=int, default=200, help="recovery iterations (the fidelity rows' 200)")
+    p.add_argument("--draws", type=int, default=10, help="real slot batches per teacher")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="output prefix (default results/sre2l_bn_scale[_<dataset>])")
+    args = p.parse_args(argv)
+    for name in ("iterations", "draws", "threads"):
+        if getattr(args, name) < 1:
+            print(f"sre2l_bn_scale.py: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    out = args.out or os.path.join(_common.RESULTS, "sre2l_bn_scale" + ("" if args.dataset == "digits"
+                                                                         else f"_{args.dataset}"))
+    torch.set_num_threads(args.threads)
+    splits = load_splits(args.dataset, args.seed)
+    doc = {"dataset": args.dataset, "command": _common.command_line(), "environment": _common.machine_info(),
+           "threads": args.threads, "iterations": args.iterations, "draws": args.draws, "seed": args.seed,
+           "rows": [measure(name, extra, splits, args.iterations, args.draws, args.seed)
+                    for name, extra in TEACHERS.items()]}
+    _common.write_json(out + ".json", doc)
+    report(doc, out + ".md")
+    print(f"wrote {out}.json, {out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
