@@ -11,7 +11,9 @@ release's teachers; the distances scale with the teacher's activations. For each
   would stand at real images, and which term dominates there;
 - the teacher's accuracy on the set its own recovery produced (``iterations`` of the preset), and on the set
   recovered with the cross-entropy alone (``reg_weight=0``): whether the recovery reaches the teacher's classes;
-- the two terms on the recovered set's slot batches.
+- the two terms on the recovered set's slot batches;
+- the teacher's accuracy in train mode (SRe²L's small-data relabelling runs it so) on one batch of real images and
+  on each recovered set: whether the soft labels the students learn from name the classes.
 
 Every number is the teacher's in eval mode (as the recovery runs it). A diagnosis, not a method: no setting is
 tuned here. ::
@@ -21,6 +23,7 @@ tuned here. ::
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -85,6 +88,15 @@ def accuracy_on(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Te
         return float((teacher(images).argmax(1) == labels).float().mean())
 
 
+def train_mode_accuracy(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The accuracy of ``teacher`` run in train mode on ``images`` as one batch (its BatchNorm layers normalising by
+    the batch's own statistics, as SRe²L's small-data relabelling runs the teacher), on a copy: the teacher's running
+    statistics and mode are left as they were."""
+    twin = copy.deepcopy(teacher).train()
+    with torch.no_grad():
+        return float((twin(images).argmax(1) == labels).float().mean())
+
+
 def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws: int, seed: int) -> Dict[str, Any]:
     """One teacher's row (see the module docstring)."""
     start = time.perf_counter()
@@ -97,11 +109,15 @@ def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws
     train_x, train_y = splits.train.images, splits.train.labels
     real = slot_batches(train_y, splits.num_classes, draws, gen)
     row["real"] = term_balance(teacher, train_x, train_y, real, cfg.reg_weight, cfg.first_bn_weight)
+    # the relabelling's view of real images: one batch of ten images a class, the teacher in train mode
+    tenfold = torch.cat(slot_batches(train_y, splits.num_classes, 10, gen))
+    row["real"]["train_mode_accuracy"] = train_mode_accuracy(teacher, train_x[tenfold], train_y[tenfold])
     for key, extra in (("recovered", {}), ("recovered_ce_only", {"reg_weight": 0.0})):
         start = time.perf_counter()
         syn = ddm.Distiller(method="sre2l", ipc=10, seed=seed, teacher=teacher, iterations=iterations,
                             **extra).fit(splits.train, progress=False)
         row[key] = {"teacher_accuracy": accuracy_on(teacher, syn.images, syn.labels),
+                    "train_mode_accuracy": train_mode_accuracy(teacher, syn.images, syn.labels),
                     "seconds": time.perf_counter() - start,
                     **term_balance(teacher, syn.images, syn.labels, recovered_slots(syn.labels, splits.num_classes),
                                    cfg.reg_weight, cfg.first_bn_weight)}
@@ -113,17 +129,24 @@ def report(doc: Dict[str, Any], path: str) -> None:
              f"Command: `{doc['command']}`. Machine: {doc['environment'].get('cpu_model')}, "
              f"{doc['threads']} thread(s). The preset's recovery at {doc['iterations']} iterations, IPC 10, seed "
              f"{doc['seed']}; real: {doc['draws']} batches of one training image per class. CE: the teacher's "
-             "cross-entropy (eval mode); r_bn·BN: 0.01 × SRe²L's BN distance (first layer ×10); ratio: r_bn·BN / CE.",
+             "cross-entropy (eval mode); r_bn·BN: 0.01 × SRe²L's BN distance (first layer ×10); ratio: r_bn·BN / CE. "
+             "Train mode: the teacher's accuracy with its BatchNorm layers on the batch's own statistics, as SRe²L's "
+             "small-data relabelling runs it, on one batch of 100 real training images (ten a class) or of the whole "
+             "recovered set.",
              ""]
     rows = []
     for r in doc["rows"]:
         rec, ce_only, real = r["recovered"], r["recovered_ce_only"], r["real"]
         rows.append((r["teacher"], f"{100 * r['test_accuracy']:.1f}", f"{real['ce']:.3f}",
                      f"{real['weighted_bn']:.3g}", f"{real['ratio']:.3g}", f"{100 * rec['teacher_accuracy']:.1f}",
-                     f"{rec['ce']:.3f}", f"{rec['weighted_bn']:.3g}", f"{100 * ce_only['teacher_accuracy']:.1f}"))
+                     f"{rec['ce']:.3f}", f"{rec['weighted_bn']:.3g}", f"{100 * ce_only['teacher_accuracy']:.1f}",
+                     f"{100 * real['train_mode_accuracy']:.1f}", f"{100 * rec['train_mode_accuracy']:.1f}",
+                     f"{100 * ce_only['train_mode_accuracy']:.1f}"))
     lines += _common.markdown_table(
         ["teacher", "test acc. (%)", "real: CE", "real: r_bn·BN", "real: ratio", "teacher on its recovered set (%)",
-         "recovered: CE", "recovered: r_bn·BN", "teacher on the CE-only set (%)"], rows, align="lrrrrrrrr")
+         "recovered: CE", "recovered: r_bn·BN", "teacher on the CE-only set (%)",
+         "train mode: real (%)", "train mode: recovered (%)", "train mode: CE-only set (%)"], rows,
+        align="lrrrrrrrrrrr")
     _common.write_lines(path, lines + [""])
 
 

@@ -651,3 +651,24 @@ def test_sre2l_bn_scale_terms_are_the_releases_by_hand():
     assert got["bn"] == pytest.approx(float(bn), rel=1e-5)
     assert got["weighted_bn"] == pytest.approx(0.01 * float(bn), rel=1e-5)
     assert got["ratio"] == pytest.approx(0.01 * float(bn) / float(ce), rel=1e-5)
+
+
+def test_sre2l_bn_scale_train_mode_accuracy_uses_the_batch_statistics_and_leaves_the_teacher_alone():
+    import sre2l_bn_scale
+    from ddmetrics.models import ConvNet
+
+    torch.manual_seed(0)
+    model = ConvNet(1, 3, 8, width=8, depth=2, norm="batch").eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-3, 3)  # far from any batch's: eval and train mode disagree
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(12, 1, 8, 8), torch.arange(12) % 3
+    with torch.no_grad():
+        by_batch = (model.train()(x).argmax(1) == y).float().mean().item()
+        model.eval()
+        for k, v in before.items():  # undo the running-statistics update of that reference pass
+            model.state_dict()[k].copy_(v)
+    assert sre2l_bn_scale.accuracy_on(model, x, y) != by_batch  # so the check below tells the two modes apart
+    assert sre2l_bn_scale.train_mode_accuracy(model, x, y) == by_batch  # the same operations on the same batch
+    assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
