@@ -71,21 +71,29 @@ def term_balance(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.T
     """The cross-entropy and r_bn x SRe²L's BN distance on each batch of ``batches`` (indices into ``images``),
     averaged over the batches; the teacher in eval mode."""
     teacher.eval()
+    device = _device_of(teacher)
     bn = PCBNLoss(teacher, None, mode="bn", norm="l2", first_weight=first_weight)
     ce, reg = [], []
     with torch.no_grad():
         for idx in batches:
-            value, logits = bn(images[idx], labels[idx])
+            x, y = images[idx].to(device), labels[idx].to(device)
+            value, logits = bn(x, y)
             reg.append(float(value))
-            ce.append(float(F.cross_entropy(logits, labels[idx])))
+            ce.append(float(F.cross_entropy(logits, y)))
     ce_mean, bn_mean = sum(ce) / len(ce), sum(reg) / len(reg)
     return {"ce": ce_mean, "bn": bn_mean, "weighted_bn": r_bn * bn_mean, "ratio": r_bn * bn_mean / ce_mean}
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def accuracy_on(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The accuracy of ``teacher`` in eval mode on ``images`` (moved to the teacher's device)."""
     teacher.eval()
+    device = _device_of(teacher)
     with torch.no_grad():
-        return float((teacher(images).argmax(1) == labels).float().mean())
+        return float((teacher(images.to(device)).argmax(1) == labels.to(device)).float().mean())
 
 
 def train_mode_accuracy(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -93,8 +101,9 @@ def train_mode_accuracy(teacher: torch.nn.Module, images: torch.Tensor, labels: 
     the batch's own statistics, as SRe²L's small-data relabelling runs the teacher), on a copy: the teacher's running
     statistics and mode are left as they were."""
     twin = copy.deepcopy(teacher).train()
+    device = _device_of(teacher)
     with torch.no_grad():
-        return float((twin(images).argmax(1) == labels).float().mean())
+        return float((twin(images.to(device)).argmax(1) == labels.to(device)).float().mean())
 
 
 def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws: int, seed: int) -> Dict[str, Any]:
