@@ -37,7 +37,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import ddmetrics as ddm  # noqa: E402
+from ddmetrics.data import ArrayDataset  # noqa: E402
 from ddmetrics.distill.pcbn import PCBNLoss  # noqa: E402
+from ddmetrics.models import accuracy  # noqa: E402
+from ddmetrics.utils import model_device  # noqa: E402
 
 import _common  # noqa: E402
 from _runner import load_splits  # noqa: E402
@@ -71,7 +74,7 @@ def term_balance(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.T
     """The cross-entropy and r_bn x SRe²L's BN distance on each batch of ``batches`` (indices into ``images``),
     averaged over the batches; the teacher in eval mode."""
     teacher.eval()
-    device = _device_of(teacher)
+    device = model_device(teacher)
     bn = PCBNLoss(teacher, None, mode="bn", norm="l2", first_weight=first_weight)
     ce, reg = [], []
     with torch.no_grad():
@@ -84,24 +87,12 @@ def term_balance(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.T
     return {"ce": ce_mean, "bn": bn_mean, "weighted_bn": r_bn * bn_mean, "ratio": r_bn * bn_mean / ce_mean}
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def accuracy_on(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """The accuracy of ``teacher`` in eval mode on ``images`` (moved to the teacher's device)."""
-    teacher.eval()
-    device = _device_of(teacher)
-    with torch.no_grad():
-        return float((teacher(images.to(device)).argmax(1) == labels.to(device)).float().mean())
-
-
 def train_mode_accuracy(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """The accuracy of ``teacher`` run in train mode on ``images`` as one batch (its BatchNorm layers normalising by
     the batch's own statistics, as SRe²L's small-data relabelling runs the teacher), on a copy: the teacher's running
     statistics and mode are left as they were."""
     twin = copy.deepcopy(teacher).train()
-    device = _device_of(teacher)
+    device = model_device(teacher)
     with torch.no_grad():
         return float((twin(images.to(device)).argmax(1) == labels.to(device)).float().mean())
 
@@ -112,7 +103,7 @@ def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws
     source = ddm.Distiller(method="sre2l", ipc=10, seed=seed, iterations=iterations, **overrides)
     teacher = source.train_teacher(splits.train, splits.num_classes, progress=False)
     row: Dict[str, Any] = {"teacher": name, "overrides": overrides, "teacher_seconds": time.perf_counter() - start,
-                           "test_accuracy": accuracy_on(teacher, splits.test.images, splits.test.labels)}
+                           "test_accuracy": accuracy(teacher, splits.test)}
     cfg = source.config
     gen = torch.Generator().manual_seed(seed)
     train_x, train_y = splits.train.images, splits.train.labels
@@ -125,7 +116,7 @@ def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws
         start = time.perf_counter()
         syn = ddm.Distiller(method="sre2l", ipc=10, seed=seed, teacher=teacher, iterations=iterations,
                             **extra).fit(splits.train, progress=False)
-        row[key] = {"teacher_accuracy": accuracy_on(teacher, syn.images, syn.labels),
+        row[key] = {"teacher_accuracy": accuracy(teacher, ArrayDataset(syn.images, syn.labels, splits.num_classes)),
                     "train_mode_accuracy": train_mode_accuracy(teacher, syn.images, syn.labels),
                     "seconds": time.perf_counter() - start,
                     **term_balance(teacher, syn.images, syn.labels, recovered_slots(syn.labels, splits.num_classes),

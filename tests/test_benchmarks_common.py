@@ -655,7 +655,8 @@ def test_sre2l_bn_scale_terms_are_the_releases_by_hand():
 
 def test_sre2l_bn_scale_train_mode_accuracy_uses_the_batch_statistics_and_leaves_the_teacher_alone():
     import sre2l_bn_scale
-    from ddmetrics.models import ConvNet
+    from ddmetrics.data import ArrayDataset
+    from ddmetrics.models import ConvNet, accuracy
 
     torch.manual_seed(0)
     model = ConvNet(1, 3, 8, width=8, depth=2, norm="batch").eval()
@@ -669,6 +670,6 @@ def test_sre2l_bn_scale_train_mode_accuracy_uses_the_batch_statistics_and_leaves
         model.eval()
         for k, v in before.items():  # undo the running-statistics update of that reference pass
             model.state_dict()[k].copy_(v)
-    assert sre2l_bn_scale.accuracy_on(model, x, y) != by_batch  # so the check below tells the two modes apart
+    assert accuracy(model, ArrayDataset(x, y, 3)) != by_batch  # so the check below tells the two modes apart
     assert sre2l_bn_scale.train_mode_accuracy(model, x, y) == by_batch  # the same operations on the same batch
     assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
