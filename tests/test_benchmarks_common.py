@@ -673,3 +673,39 @@ def test_sre2l_bn_scale_train_mode_accuracy_uses_the_batch_statistics_and_leaves
     assert accuracy(model, ArrayDataset(x, y, 3)) != by_batch  # so the check below tells the two modes apart
     assert sre2l_bn_scale.train_mode_accuracy(model, x, y) == by_batch  # the same operations on the same batch
     assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_fidelity_report_sets_a_row_against_the_random_subset_its_run_recorded(tmp_path):
+    import types
+
+    import fidelity
+
+    cells = fidelity.plan(["presets", "budget"], ["ncfm"])
+    keys = [settings_key_of(c) for c in cells]
+    released = fidelity.plan(["presets"], ["ncfm"])[2]  # the released row at IPC 10, also a point of the curve
+    assert (released.ipc, "released" in released.label) == (10, True)
+    rkey = settings_key_of(released)
+    assert keys.count(rkey) == 2
+    entry = {"config": {"iterations": 100}, "distill_seconds": 1.0, "label": released.label,
+             "accuracies": [0.60, 0.65, 0.70], "baseline_key": "b10"}
+    doc = {"dataset": "digits", "cells": {rkey: entry, "other": {**entry, "baseline_key": "b1"}},
+           "baselines": {"b10": {"protocol": "ncfm", "random_runs": [0.62, 0.66, 0.64], "random_hard_runs": [],
+                                 "full": 0.95, "eval": {}}}}
+    fidelity.report(types.SimpleNamespace(doc=doc), cells, keys, str(tmp_path / "r.md"))
+    text = open(tmp_path / "r.md").read()
+    section = text.split("## random real subsets")[1].split("##")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ncfm ")]
+    # per seed: −2, −1, +6 pp; the row shared by two parts shows once; a row with no recorded baseline does not
+    expected = _common.format_difference(_common.paired_difference(entry["accuracies"], [0.62, 0.66, 0.64]))
+    assert expected.startswith("+1.00 [")
+    assert rows == [f"| ncfm | {released.label} | 10 | ncfm | 65.00 ± 4.08 | 64.00 ± 1.63 | {expected} | "
+                    "(hard already) | 95.00 |"]
+    # a document without baselines (the committed runs with --no-baselines) has no such section
+    del doc["baselines"]
+    fidelity.report(types.SimpleNamespace(doc=doc), cells, keys, str(tmp_path / "r.md"))
+    assert "## random real subsets" not in open(tmp_path / "r.md").read()
+
+
+def settings_key_of(cell) -> str:
+    """A stand-in key for ``cell``: its label and IPC (the report only looks keys up)."""
+    return f"{cell.label}@{cell.ipc}"
