@@ -23,7 +23,7 @@ Parts (``--part``, default all):
 ``options``
     Our improvements, each as a named option on top of the preset, IPC 10 (:data:`OPTIONS`): the
     effect of each departure from the release, paired with the preset's row (and the decompositions of a
-    row: the teacher, the students' protocol, IDM's partition).
+    row: the teacher, the students' protocol, IDM's and NCFM's partition).
 
 Budgets: the released pipelines are sized for GPUs (WMDD: 2000 iterations through a ResNet-18 on
 100 images per step; DM: 20 000 iterations, each embedding 256 real images per class). On the
@@ -181,7 +181,9 @@ OPTIONS: Dict[str, List[tuple]] = {
     "ncfm": [("learned sampler (1 ascent step)", dict(loss_kwargs={"n_frequencies": 4096, "alpha": 0.5, "steps": 1,
                                                                    "warm_start": True, "lr": 1e-3, "scale": 300.0})),
              # not an improvement: the students' half of the ``counts`` row (its pool also trains 10 epochs), alone
-             ("students 2000 epochs (the release's)", dict(eval_epochs=None))],
+             ("students 2000 epochs (the release's)", dict(eval_epochs=None)),
+             # not an improvement: how much of the row is the release's partition (yaml factor 2; as IDM's)
+             ("no partition (factor 1)", dict(factor=1))],
     # not an improvement: how much of IDM's row is partition-and-expansion (on 8-px digits a sub-image is 4 x 4 px)
     "idm": [("no partition (factor 1)", dict(factor=1))],
     "sre2l": [("exact all-class statistics", dict(bn_stats="exact")),

@@ -608,6 +608,18 @@ def test_fidelity_ncfm_students_row_is_the_counts_rows_students_alone():
     assert row.distiller(0).config.pool_epochs != counts.distiller(0).config.pool_epochs
 
 
+def test_fidelity_ncfm_partition_row_stores_whole_images_and_changes_nothing_else():
+    import fidelity
+
+    (row,) = [c for c in fidelity.plan(["options"], ["ncfm"]) if c.label == "ncfm + no partition (factor 1)"]
+    assert row.overrides == {**fidelity.MEASURED["ncfm"], "factor": 1}
+    assert row.compare == "ncfm (released, 100 iterations)"
+    released = fidelity.plan(["presets"], ["ncfm"])[2].distiller(0).config
+    assert (released.factor, row.distiller(0).config.factor) == (2, 1)  # the release's yaml: 2 x 2 sub-images
+    # on 8-px digits the released row's students see 4 x 4-px sub-images; this row's see the images whole
+    assert released.resolved_factor(8) == 2 and row.distiller(0).config.resolved_factor(8) == 1
+
+
 def test_sre2l_bn_scale_slot_batches_hold_one_image_of_every_class():
     import sre2l_bn_scale
 
