@@ -13,7 +13,9 @@ release's teachers; the distances scale with the teacher's activations. For each
   recovered with the cross-entropy alone (``reg_weight=0``): whether the recovery reaches the teacher's classes;
 - the two terms on the recovered set's slot batches;
 - the teacher's accuracy in train mode (SRe²L's small-data relabelling runs it so) on one batch of real images and
-  on each recovered set: whether the soft labels the students learn from name the classes.
+  on each recovered set: whether the soft labels the students learn from name the classes;
+- how peaked those labels are at the relabelling's temperature (30) on that batch of real images: the mean
+  probability on the true class and on the largest class (0.1 for flat labels over ten classes).
 
 Every number is the teacher's in eval mode (as the recovery runs it). A diagnosis, not a method: no setting is
 tuned here. ::
@@ -40,6 +42,7 @@ import ddmetrics as ddm  # noqa: E402
 from ddmetrics.data import ArrayDataset  # noqa: E402
 from ddmetrics.distill.pcbn import PCBNLoss  # noqa: E402
 from ddmetrics.models import accuracy  # noqa: E402
+from ddmetrics.protocols import get_protocol  # noqa: E402
 from ddmetrics.utils import model_device  # noqa: E402
 
 import _common  # noqa: E402
@@ -97,6 +100,19 @@ def train_mode_accuracy(teacher: torch.nn.Module, images: torch.Tensor, labels: 
         return float((twin(images.to(device)).argmax(1) == labels.to(device)).float().mean())
 
 
+def soft_label_peak(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    temperature: float) -> Dict[str, float]:
+    """How peaked the relabelling's targets are: the mean probability the teacher's labels at ``temperature`` put on
+    the true class and on their largest class (1/C for flat labels), the teacher in train mode on ``images`` as one
+    batch, as :func:`train_mode_accuracy` runs it (a copy; the teacher is left alone)."""
+    twin = copy.deepcopy(teacher).train()
+    device = model_device(teacher)
+    with torch.no_grad():
+        probs = F.softmax(twin(images.to(device)) / temperature, dim=1)
+    true = probs.gather(1, labels.to(device).view(-1, 1)).mean()
+    return {"true_probability": float(true), "max_probability": float(probs.max(1).values.mean())}
+
+
 def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws: int, seed: int) -> Dict[str, Any]:
     """One teacher's row (see the module docstring)."""
     start = time.perf_counter()
@@ -112,6 +128,8 @@ def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws
     # the relabelling's view of real images: one batch of ten images a class, the teacher in train mode
     tenfold = torch.cat(slot_batches(train_y, splits.num_classes, 10, gen))
     row["real"]["train_mode_accuracy"] = train_mode_accuracy(teacher, train_x[tenfold], train_y[tenfold])
+    row["temperature"] = get_protocol(cfg.eval_protocol).temperature
+    row["real"]["soft_labels"] = soft_label_peak(teacher, train_x[tenfold], train_y[tenfold], row["temperature"])
     for key, extra in (("recovered", {}), ("recovered_ce_only", {"reg_weight": 0.0})):
         start = time.perf_counter()
         syn = ddm.Distiller(method="sre2l", ipc=10, seed=seed, teacher=teacher, iterations=iterations,
@@ -132,7 +150,9 @@ def report(doc: Dict[str, Any], path: str) -> None:
              "cross-entropy (eval mode); r_bn·BN: 0.01 × SRe²L's BN distance (first layer ×10); ratio: r_bn·BN / CE. "
              "Train mode: the teacher's accuracy with its BatchNorm layers on the batch's own statistics, as SRe²L's "
              "small-data relabelling runs it, on one batch of 100 real training images (ten a class) or of the whole "
-             "recovered set.",
+             "recovered set. Soft labels at T: the mean probability the teacher's train-mode labels at the "
+             "relabelling's temperature put on the true class / on their largest class, on that batch of real images "
+             "(1/C = 0.1 for flat labels).",
              ""]
     rows = []
     for r in doc["rows"]:
@@ -141,12 +161,15 @@ def report(doc: Dict[str, Any], path: str) -> None:
                      f"{real['weighted_bn']:.3g}", f"{real['ratio']:.3g}", f"{100 * rec['teacher_accuracy']:.1f}",
                      f"{rec['ce']:.3f}", f"{rec['weighted_bn']:.3g}", f"{100 * ce_only['teacher_accuracy']:.1f}",
                      f"{100 * real['train_mode_accuracy']:.1f}", f"{100 * rec['train_mode_accuracy']:.1f}",
-                     f"{100 * ce_only['train_mode_accuracy']:.1f}"))
+                     f"{100 * ce_only['train_mode_accuracy']:.1f}",
+                     "{true_probability:.3f} / {max_probability:.3f}".format(**real["soft_labels"])
+                     if "soft_labels" in real else "-"))
     lines += _common.markdown_table(
         ["teacher", "test acc. (%)", "real: CE", "real: r_bn·BN", "real: ratio", "teacher on its recovered set (%)",
          "recovered: CE", "recovered: r_bn·BN", "teacher on the CE-only set (%)",
-         "train mode: real (%)", "train mode: recovered (%)", "train mode: CE-only set (%)"], rows,
-        align="lrrrrrrrrrrr")
+         "train mode: real (%)", "train mode: recovered (%)", "train mode: CE-only set (%)",
+         "soft labels at T: true / largest"], rows,
+        align="lrrrrrrrrrrrr")
     _common.write_lines(path, lines + [""])
 
 

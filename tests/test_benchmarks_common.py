@@ -687,6 +687,29 @@ def test_sre2l_bn_scale_train_mode_accuracy_uses_the_batch_statistics_and_leaves
     assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
+def test_sre2l_bn_scale_soft_label_peak_is_the_softmax_at_the_temperature_by_hand():
+    import sre2l_bn_scale
+
+    class Fixed(torch.nn.Module):  # logits independent of the input and of the mode: a closed form
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 6.0]]))
+
+        def forward(self, x):
+            return self.logits[: len(x)]
+
+    x, y = torch.zeros(2, 1, 4, 4), torch.tensor([0, 1])
+    got = sre2l_bn_scale.soft_label_peak(Fixed(), x, y, temperature=3.0)
+    # at T = 3 the rows are softmax(1, 0, 0) and softmax(0, 0, 2): the true classes get e/(e+2) and 1/(2+e²), the
+    # largest e/(e+2) and e²/(2+e²)
+    e = math.e
+    assert got["true_probability"] == pytest.approx((e / (e + 2) + 1 / (2 + e * e)) / 2, rel=1e-6)
+    assert got["max_probability"] == pytest.approx((e / (e + 2) + e * e / (2 + e * e)) / 2, rel=1e-6)
+    # a temperature far above the logits' spread flattens the labels toward 1/C
+    flat = sre2l_bn_scale.soft_label_peak(Fixed(), x, y, temperature=1e4)
+    assert flat["max_probability"] == pytest.approx(1 / 3, abs=1e-3)
+
+
 def test_fidelity_report_sets_a_row_against_the_random_subset_its_run_recorded(tmp_path):
     import types
 
