@@ -94,10 +94,15 @@ def train_mode_accuracy(teacher: torch.nn.Module, images: torch.Tensor, labels: 
     """The accuracy of ``teacher`` run in train mode on ``images`` as one batch (its BatchNorm layers normalising by
     the batch's own statistics, as SRe²L's small-data relabelling runs the teacher), on a copy: the teacher's running
     statistics and mode are left as they were."""
+    logits = train_mode_logits(teacher, images)
+    return float((logits.argmax(1) == labels.to(logits.device)).float().mean())
+
+
+def train_mode_logits(teacher: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The logits of a train-mode copy of ``teacher`` on ``images`` as one batch (the teacher is left alone)."""
     twin = copy.deepcopy(teacher).train()
-    device = model_device(teacher)
     with torch.no_grad():
-        return float((twin(images.to(device)).argmax(1) == labels.to(device)).float().mean())
+        return twin(images.to(model_device(teacher)))
 
 
 def soft_label_peak(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -105,11 +110,8 @@ def soft_label_peak(teacher: torch.nn.Module, images: torch.Tensor, labels: torc
     """How peaked the relabelling's targets are: the mean probability the teacher's labels at ``temperature`` put on
     the true class and on their largest class (1/C for flat labels), the teacher in train mode on ``images`` as one
     batch, as :func:`train_mode_accuracy` runs it (a copy; the teacher is left alone)."""
-    twin = copy.deepcopy(teacher).train()
-    device = model_device(teacher)
-    with torch.no_grad():
-        probs = F.softmax(twin(images.to(device)) / temperature, dim=1)
-    true = probs.gather(1, labels.to(device).view(-1, 1)).mean()
+    probs = F.softmax(train_mode_logits(teacher, images) / temperature, dim=1)
+    true = probs.gather(1, labels.to(probs.device).view(-1, 1)).mean()
     return {"true_probability": float(true), "max_probability": float(probs.max(1).values.mean())}
 
 

@@ -693,7 +693,7 @@ def test_sre2l_bn_scale_soft_label_peak_is_the_softmax_at_the_temperature_by_han
     class Fixed(torch.nn.Module):  # logits independent of the input and of the mode: a closed form
         def __init__(self):
             super().__init__()
-            self.logits = torch.nn.Parameter(torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 6.0]]))
+            self.register_buffer("logits", torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 6.0]]))
 
         def forward(self, x):
             return self.logits[: len(x)]
