@@ -357,11 +357,15 @@ def random_subset_section(doc: Dict[str, Any], cells: Sequence[Cell], keys: Sequ
 
     The subset of student seed r is ``random_subset(train, ipc, seed + r)``, its student trained with seed
     ``seed + r`` under the row's evaluation settings (protocol, model, epochs, and the row's teacher's soft labels
-    where the protocol has them), so the difference isolates the synthetic images from the evaluation protocol."""
+    where the protocol has them), so the difference isolates the synthetic images from the evaluation protocol. A row
+    whose students learn an ensemble's labels (G-VBSM's ``backbones``) is left out: the subsets' students are
+    relabelled by the teacher alone, so the pair would differ in labels as well as images."""
     rows, seen = [], set()
     for cell, key in zip(cells, keys):
         entry = doc["cells"].get(key)
         if entry is None or key in seen or entry.get("baseline_key") not in doc.get("baselines", {}):
+            continue
+        if entry["config"].get("backbones"):  # G-VBSM's students learn the ensemble's logits; the subsets the teacher's
             continue
         seen.add(key)  # a row shared by two parts (a preset's row is a point of its budget curve) shows once
         b = doc["baselines"][entry["baseline_key"]]
