@@ -749,3 +749,28 @@ def test_fidelity_report_sets_a_row_against_the_random_subset_its_run_recorded(t
 def settings_key_of(cell) -> str:
     """A stand-in key for ``cell``: its label and IPC (the report only looks keys up)."""
     return f"{cell.label}@{cell.ipc}"
+
+
+def test_fidelity_wmdd_rows_on_the_convnet_bn_teacher_change_one_thing_each_and_share_its_teacher():
+    import fidelity
+
+    cells = {c.label: c for c in fidelity.plan(["options"], ["wmdd"])}
+    teacher = cells["wmdd + ConvNet-BN teacher, 'ours' recipe, 30 epochs"]
+    init = cells["wmdd + ConvNet-BN teacher, init='nearest'"]
+    students = cells["wmdd + ConvNet-BN teacher, students as before issue 24"]
+    both = cells["wmdd + ConvNet-BN teacher, students as before issue 24, init='nearest'"]
+    assert init.overrides == {**teacher.overrides, "init": "nearest"}
+    assert both.overrides == {**students.overrides, "init": "nearest"}
+    # each paired with the step before it, not with the released row
+    assert (init.compare, students.compare, both.compare) == (teacher.label, teacher.label, students.label)
+    # the students row's evaluation is the row before issue 24's, whole (protocol, model, epochs, temperature)
+    before = [c for c in fidelity.plan(["presets"], ["wmdd"]) if c.label == "wmdd (before issue 24)" and c.ipc == 10]
+    assert students.distiller(0).config.protocol() == before[0].distiller(0).config.protocol()
+    assert teacher.distiller(0).config.protocol() != before[0].distiller(0).config.protocol()
+    # and its synthesis is the teacher row's: only evaluation settings differ
+    changed = {k for k in students.overrides if students.overrides[k] != teacher.overrides.get(k)}
+    assert changed == {"eval_protocol", "eval_epochs", "eval_model"}
+    # one teacher for the four rows: the runner's bank trains it once per run
+    settings = {_runner.settings_key(_runner.teacher_settings(c.distiller(0).config, _runner.RunSettings(
+        fidelity.EXPERIMENT, "unused.json", dataset="mnist"))) for c in (teacher, init, students, both)}
+    assert len(settings) == 1
