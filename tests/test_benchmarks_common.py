@@ -417,7 +417,7 @@ def test_a_function_in_a_cells_settings_is_keyed_by_its_name_in_every_process(tm
 def test_fidelity_pairs_each_new_preset_with_the_released_row_it_builds_on():
     import fidelity
 
-    family = fidelity.plan(["family"], list(fidelity.FAMILY))
+    family = [c for c in fidelity.plan(["family"], list(fidelity.FAMILY)) if c.label == fidelity._released(c.method)]
     assert sorted((c.method, c.ipc) for c in family) == sorted((m, ipc) for m in fidelity.FAMILY for ipc in (1, 10))
     released = {(c.label, c.ipc) for c in fidelity.plan(["presets"], ["dm", "sre2l"]) if "released" in c.label}
     # every pairing names a row the report holds (the DM or SRe²L preset at the same IPC)
@@ -774,3 +774,38 @@ def test_fidelity_wmdd_rows_on_the_convnet_bn_teacher_change_one_thing_each_and_
     settings = {_runner.settings_key(_runner.teacher_settings(c.distiller(0).config, _runner.RunSettings(
         fidelity.EXPERIMENT, "unused.json", dataset="mnist"))) for c in (teacher, init, students, both)}
     assert len(settings) == 1
+
+
+def test_fidelity_family_cut_rows_change_the_iterations_alone_and_pair_with_the_released_row(tmp_path):
+    import types
+
+    import fidelity
+
+    cells = fidelity.plan(["presets", "family"], ["wmdd", "dm", "idm", "cafe"])
+    for method, its in fidelity.FAMILY_CUT.items():
+        cut = [c for c in cells if c.label == f"{method} (released, {its} iterations)"]
+        (released,) = {fidelity._released(method)}
+        assert [c.ipc for c in cut] == [1, 10] and all(c.compare == released for c in cut)
+        assert all(c.overrides == {**fidelity.MEASURED[method], "iterations": its} for c in cut)
+        assert its < fidelity.MEASURED[method]["iterations"]  # a cut, not a fuller count
+        assert cut[0].distiller(0).config.iterations == its
+    # the report pairs a cut row with its released row, DM's and WMDD's: each over the same student seeds
+    accuracies = {"idm (released, 200 iterations)": [0.70, 0.72, 0.74], "idm (released, 50 iterations)":
+                  [0.66, 0.70, 0.71], "dm (released, 200 iterations)": [0.80, 0.82, 0.84],
+                  fidelity.WMDD_ROW: [0.50, 0.60, 0.70]}
+    keys = [f"k{i}" for i in range(len(cells))]
+    doc = {"dataset": "mnist", "cells": {k: {"config": {"iterations": 1}, "distill_seconds": 1.0, "label": c.label,
+                                             "accuracies": accuracies[c.label]}
+                                         for c, k in zip(cells, keys) if c.ipc == 1 and c.label in accuracies}}
+    fidelity.report(types.SimpleNamespace(doc=doc), cells, keys, str(tmp_path / "r.md"))
+    (row,) = [line for line in open(tmp_path / "r.md") if line.startswith("| idm | idm (released, 50 iterations) | 1 |")]
+    expected = [_common.format_difference(_common.paired_difference(accuracies["idm (released, 50 iterations)"],
+                                                                    accuracies[other]))
+                for other in ("idm (released, 200 iterations)", "dm (released, 200 iterations)", fidelity.WMDD_ROW)]
+    # per seed -4, -2, -3 pp against the released row; -14, -12, -13 against DM; +16, +10, +1 against WMDD
+    assert expected[0].startswith("-3.00 [") and expected[1].startswith("-13.00 [") and expected[2].startswith("+9.00")
+    assert (f"{expected[0]} vs idm (released, 200 iterations); {expected[1]} vs dm (released, 200 iterations); "
+            f"{expected[2]} vs {fidelity.WMDD_ROW}") in row
+    # the released row is paired with DM (its compare) and WMDD, DM once
+    (full,) = [line for line in open(tmp_path / "r.md") if line.startswith("| idm | idm (released, 200 iterations) | 1 |")]
+    assert full.count("vs dm (released") == 1 and f"vs {fidelity.WMDD_ROW}" in full
