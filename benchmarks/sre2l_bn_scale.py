@@ -15,7 +15,10 @@ release's teachers; the distances scale with the teacher's activations. For each
 - the teacher's accuracy in train mode (SRe²L's small-data relabelling runs it so) on one batch of real images and
   on each recovered set: whether the soft labels the students learn from name the classes;
 - how peaked those labels are at the relabelling's temperature (30) on that batch of real images: the mean
-  probability on the true class and on the largest class (0.1 for flat labels over ten classes).
+  probability on the true class and on the largest class (0.1 for flat labels over ten classes);
+- another network's reading of each recovered set: the accuracy on it of a reader trained apart (the ConvNet-BN
+  teacher of the last row, trained once more with the same seed; eval mode): whether the class a recovered image
+  was optimised toward is visible to a network other than its teacher, or only to that teacher.
 
 Every number is the teacher's in eval mode (as the recovery runs it). A diagnosis, not a method: no setting is
 tuned here. ::
@@ -105,18 +108,27 @@ def train_mode_logits(teacher: torch.nn.Module, images: torch.Tensor) -> torch.T
         return twin(images.to(model_device(teacher)))
 
 
-def soft_label_peak(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    temperature: float) -> Dict[str, float]:
-    """How peaked the relabelling's targets are: the mean probability the teacher's labels at ``temperature`` put on
-    the true class and on their largest class (1/C for flat labels), the teacher in train mode on ``images`` as one
-    batch, as :func:`train_mode_accuracy` runs it (a copy; the teacher is left alone)."""
-    probs = F.softmax(train_mode_logits(teacher, images) / temperature, dim=1)
+def soft_label_peak(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> Dict[str, float]:
+    """How peaked the relabelling's targets are: the mean probability the labels ``softmax(logits / temperature)``
+    put on the true class and on their largest class (1/C for flat labels)."""
+    probs = F.softmax(logits / temperature, dim=1)
     true = probs.gather(1, labels.to(probs.device).view(-1, 1)).mean()
     return {"true_probability": float(true), "max_probability": float(probs.max(1).values.mean())}
 
 
-def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws: int, seed: int) -> Dict[str, Any]:
-    """One teacher's row (see the module docstring)."""
+#: the reader of every recovered set: the ConvNet-BN teacher's settings (the last row's)
+READER = "ConvNet-BN, 'ours' recipe, 30 epochs"
+
+
+def train_reader(splits, seed: int) -> torch.nn.Module:
+    """The network that reads every recovered set: trained as :data:`READER`'s row trains its teacher (same seed)."""
+    source = ddm.Distiller(method="sre2l", ipc=10, seed=seed, **TEACHERS[READER])
+    return source.train_teacher(splits.train, splits.num_classes, progress=False).eval()
+
+
+def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws: int, seed: int,
+            reader: torch.nn.Module) -> Dict[str, Any]:
+    """One teacher's row (see the module docstring); ``reader`` reads its recovered sets."""
     start = time.perf_counter()
     source = ddm.Distiller(method="sre2l", ipc=10, seed=seed, iterations=iterations, **overrides)
     teacher = source.train_teacher(splits.train, splits.num_classes, progress=False)
@@ -129,14 +141,16 @@ def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws
     row["real"] = term_balance(teacher, train_x, train_y, real, cfg.reg_weight, cfg.first_bn_weight)
     # the relabelling's view of real images: one batch of ten images a class, the teacher in train mode
     tenfold = torch.cat(slot_batches(train_y, splits.num_classes, 10, gen))
-    row["real"]["train_mode_accuracy"] = train_mode_accuracy(teacher, train_x[tenfold], train_y[tenfold])
+    logits, tenfold_y = train_mode_logits(teacher, train_x[tenfold]), train_y[tenfold].to(model_device(teacher))
+    row["real"]["train_mode_accuracy"] = float((logits.argmax(1) == tenfold_y).float().mean())
     row["temperature"] = get_protocol(cfg.eval_protocol).temperature
-    row["real"]["soft_labels"] = soft_label_peak(teacher, train_x[tenfold], train_y[tenfold], row["temperature"])
+    row["real"]["soft_labels"] = soft_label_peak(logits, tenfold_y, row["temperature"])
     for key, extra in (("recovered", {}), ("recovered_ce_only", {"reg_weight": 0.0})):
         start = time.perf_counter()
         syn = ddm.Distiller(method="sre2l", ipc=10, seed=seed, teacher=teacher, iterations=iterations,
                             **extra).fit(splits.train, progress=False)
-        row[key] = {"teacher_accuracy": accuracy(teacher, ArrayDataset(syn.images, syn.labels, splits.num_classes)),
+        recovered = ArrayDataset(syn.images, syn.labels, splits.num_classes)
+        row[key] = {"teacher_accuracy": accuracy(teacher, recovered), "reader_accuracy": accuracy(reader, recovered),
                     "train_mode_accuracy": train_mode_accuracy(teacher, syn.images, syn.labels),
                     "seconds": time.perf_counter() - start,
                     **term_balance(teacher, syn.images, syn.labels, recovered_slots(syn.labels, splits.num_classes),
@@ -154,7 +168,8 @@ def report(doc: Dict[str, Any], path: str) -> None:
              "small-data relabelling runs it, on one batch of 100 real training images (ten a class) or of the whole "
              "recovered set. Soft labels at T: the mean probability the teacher's train-mode labels at the "
              "relabelling's temperature put on the true class / on their largest class, on that batch of real images "
-             "(1/C = 0.1 for flat labels).",
+             f"(1/C = 0.1 for flat labels). Reader: the accuracy on a recovered set of a network trained apart (the "
+             f"teacher of the row '{READER}', trained again with the same seed; eval mode).",
              ""]
     rows = []
     for r in doc["rows"]:
@@ -165,13 +180,14 @@ def report(doc: Dict[str, Any], path: str) -> None:
                      f"{100 * real['train_mode_accuracy']:.1f}", f"{100 * rec['train_mode_accuracy']:.1f}",
                      f"{100 * ce_only['train_mode_accuracy']:.1f}",
                      "{true_probability:.3f} / {max_probability:.3f}".format(**real["soft_labels"])
-                     if "soft_labels" in real else "-"))
+                     if "soft_labels" in real else "-",
+                     *(f"{100 * s['reader_accuracy']:.1f}" if "reader_accuracy" in s else "-" for s in (rec, ce_only))))
     lines += _common.markdown_table(
         ["teacher", "test acc. (%)", "real: CE", "real: r_bn·BN", "real: ratio", "teacher on its recovered set (%)",
          "recovered: CE", "recovered: r_bn·BN", "teacher on the CE-only set (%)",
          "train mode: real (%)", "train mode: recovered (%)", "train mode: CE-only set (%)",
-         "soft labels at T: true / largest"], rows,
-        align="lrrrrrrrrrrrr")
+         "soft labels at T: true / largest", "reader on the recovered set (%)", "reader on the CE-only set (%)"], rows,
+        align="lrrrrrrrrrrrrrr")
     _common.write_lines(path, lines + [""])
 
 
@@ -192,9 +208,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                                          else f"_{args.dataset}"))
     torch.set_num_threads(args.threads)
     splits = load_splits(args.dataset, args.seed)
+    reader = train_reader(splits, args.seed)
     doc = {"dataset": args.dataset, "command": _common.command_line(), "environment": _common.machine_info(),
            "threads": args.threads, "iterations": args.iterations, "draws": args.draws, "seed": args.seed,
-           "rows": [measure(name, extra, splits, args.iterations, args.draws, args.seed)
+           "reader": READER, "reader_test_accuracy": accuracy(reader, splits.test),
+           "rows": [measure(name, extra, splits, args.iterations, args.draws, args.seed, reader)
                     for name, extra in TEACHERS.items()]}
     _common.write_json(out + ".json", doc)
     report(doc, out + ".md")

@@ -690,23 +690,15 @@ def test_sre2l_bn_scale_train_mode_accuracy_uses_the_batch_statistics_and_leaves
 def test_sre2l_bn_scale_soft_label_peak_is_the_softmax_at_the_temperature_by_hand():
     import sre2l_bn_scale
 
-    class Fixed(torch.nn.Module):  # logits independent of the input and of the mode: a closed form
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("logits", torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 6.0]]))
-
-        def forward(self, x):
-            return self.logits[: len(x)]
-
-    x, y = torch.zeros(2, 1, 4, 4), torch.tensor([0, 1])
-    got = sre2l_bn_scale.soft_label_peak(Fixed(), x, y, temperature=3.0)
+    logits, y = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 6.0]]), torch.tensor([0, 1])
+    got = sre2l_bn_scale.soft_label_peak(logits, y, temperature=3.0)
     # at T = 3 the rows are softmax(1, 0, 0) and softmax(0, 0, 2): the true classes get e/(e+2) and 1/(2+e²), the
     # largest e/(e+2) and e²/(2+e²)
     e = math.e
     assert got["true_probability"] == pytest.approx((e / (e + 2) + 1 / (2 + e * e)) / 2, rel=1e-6)
     assert got["max_probability"] == pytest.approx((e / (e + 2) + e * e / (2 + e * e)) / 2, rel=1e-6)
     # a temperature far above the logits' spread flattens the labels toward 1/C
-    flat = sre2l_bn_scale.soft_label_peak(Fixed(), x, y, temperature=1e4)
+    flat = sre2l_bn_scale.soft_label_peak(logits, y, temperature=1e4)
     assert flat["max_probability"] == pytest.approx(1 / 3, abs=1e-3)
 
 
@@ -809,3 +801,27 @@ def test_fidelity_family_cut_rows_change_the_iterations_alone_and_pair_with_the_
     # the released row is paired with DM (its compare) and WMDD, DM once
     (full,) = [line for line in open(tmp_path / "r.md") if line.startswith("| idm | idm (released, 200 iterations) | 1 |")]
     assert full.count("vs dm (released") == 1 and f"vs {fidelity.WMDD_ROW}" in full
+
+
+def test_sre2l_bn_scale_report_puts_the_readers_accuracy_of_each_recovered_set_in_its_column(tmp_path):
+    import sre2l_bn_scale
+
+    terms = {"ce": 1.0, "bn": 2.0, "weighted_bn": 0.02, "ratio": 0.02, "teacher_accuracy": 0.5,
+             "train_mode_accuracy": 0.4}
+    doc = {"dataset": "digits", "command": "x", "environment": {}, "threads": 1, "iterations": 200, "draws": 10,
+           "seed": 0, "rows": [{"teacher": "T", "test_accuracy": 0.9,
+                                "real": {**terms, "soft_labels": {"true_probability": 0.1, "max_probability": 0.2}},
+                                "recovered": {**terms, "reader_accuracy": 0.12},
+                                "recovered_ce_only": {**terms, "reader_accuracy": 0.34}}]}
+    sre2l_bn_scale.report(doc, str(tmp_path / "r.md"))
+    lines = open(tmp_path / "r.md").read().splitlines()
+    header, row = [line for line in lines if line.startswith("| ")][0], [line for line in lines if
+                                                                        line.startswith("| T |")][0]
+    columns = dict(zip([c.strip() for c in header.split("|")[1:-1]], [c.strip() for c in row.split("|")[1:-1]]))
+    assert columns["reader on the recovered set (%)"] == "12.0"
+    assert columns["reader on the CE-only set (%)"] == "34.0"
+    # a document written before the reader shows a dash, not a number
+    for key in ("recovered", "recovered_ce_only"):
+        del doc["rows"][0][key]["reader_accuracy"]
+    sre2l_bn_scale.report(doc, str(tmp_path / "r.md"))
+    assert open(tmp_path / "r.md").read().splitlines()[-2].endswith("| - | - |")
