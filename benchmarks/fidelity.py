@@ -134,13 +134,17 @@ def convnet_bn_plain(channels: int, num_classes: int, image_size: int, **kw) -> 
 _DM_BEFORE = dict(iterations=300, augment="auto", batch_real=64, iters_per_model=5, embedder=convnet_plain,
                   eval_protocol="ours_hard", eval_model=convnet_plain)
 
+#: WMDD before issue 24, in groups its decomposition swaps: the image optimisation ...
+_WMDD_SYNTHESIS_BEFORE = dict(iterations=300, lr=0.05, clamp="none", augment="auto", synthesis_batch="class")
+#: ... and the objective (the paper's squared terms without CE, exact weighted statistics, learned weights)
+_WMDD_OBJECTIVE_BEFORE = dict(bary_iters=10, learn_weights=True, bary_init="kmeans++", feature_norm="squared",
+                              ce_weight=0.0, reg_norm="squared", bn_stats="exact", reg_weighted=True)
+
 #: method -> ``ipc -> overrides`` that give the preset as it was before issue 24
 BEFORE: Dict[str, Callable[[int], Dict[str, Any]]] = {
     "wmdd": lambda ipc: dict(
-        iterations=300, lr=0.05, init="nearest", clamp="none", augment="auto", synthesis_batch="class",
-        teacher_arch=convnet_bn_plain, teacher_recipe="ours", bary_iters=10, learn_weights=True,
-        bary_init="kmeans++", feature_norm="squared", ce_weight=0.0, reg_norm="squared", bn_stats="exact",
-        reg_weighted=True, eval_protocol="ours_soft", eval_model=convnet_plain),
+        _WMDD_SYNTHESIS_BEFORE, init="nearest", teacher_arch=convnet_bn_plain, teacher_recipe="ours",
+        **_WMDD_OBJECTIVE_BEFORE, eval_protocol="ours_soft", eval_model=convnet_plain),
     "dm": lambda ipc: dict(_DM_BEFORE),
     "m3d": lambda ipc: dict(_DM_BEFORE),
     # the warm-started critic (20 Adam steps per call) and lr 100 chosen on the digits validation split
@@ -190,7 +194,14 @@ OPTIONS: Dict[str, List[tuple]] = {
               "ConvNet-BN teacher, 'ours' recipe, 30 epochs"),
              ("ConvNet-BN teacher, students as before issue 24, init='nearest'",
               dict(_CONVNET_BN_TEACHER, **_STUDENTS_BEFORE, init="nearest"),
-              "ConvNet-BN teacher, students as before issue 24")],
+              "ConvNet-BN teacher, students as before issue 24"),
+             # and on top of those three, the rest of the row before issue 24 in its two groups, each alone
+             ("ConvNet-BN teacher, students and init as before, synthesis as before",
+              dict(_CONVNET_BN_TEACHER, **_STUDENTS_BEFORE, init="nearest", **_WMDD_SYNTHESIS_BEFORE),
+              "ConvNet-BN teacher, students as before issue 24, init='nearest'"),
+             ("ConvNet-BN teacher, students and init as before, objective as before",
+              dict(_CONVNET_BN_TEACHER, **_STUDENTS_BEFORE, init="nearest", **_WMDD_OBJECTIVE_BEFORE),
+              "ConvNet-BN teacher, students as before issue 24, init='nearest'")],
     "dm": [("embedder every 5 steps, 64 real", dict(iters_per_model=5, batch_real=64)),
            ("DSA without flip on one channel", dict(augment="auto"))],
     "krdual": [("warm critic, 20 Adam steps", dict(loss_kwargs={"steps": 20, "warm_start": True})),

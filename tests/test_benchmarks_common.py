@@ -1,5 +1,6 @@
 """The benchmarks' shared helpers (benchmarks/_common.py, _runner.py, _report.py): table and
 number formatting, interleaved timing, atomic writing, and the resumable store's skipping."""
+import dataclasses
 import json
 import math
 import os
@@ -762,9 +763,21 @@ def test_fidelity_wmdd_rows_on_the_convnet_bn_teacher_change_one_thing_each_and_
     # and its synthesis is the teacher row's: only evaluation settings differ
     changed = {k for k in students.overrides if students.overrides[k] != teacher.overrides.get(k)}
     assert changed == {"eval_protocol", "eval_epochs", "eval_model"}
-    # one teacher for the four rows: the runner's bank trains it once per run
+    # the last two steps swap the rest of the row before issue 24, each group alone, on top of `both`
+    synthesis = cells["wmdd + ConvNet-BN teacher, students and init as before, synthesis as before"]
+    objective = cells["wmdd + ConvNet-BN teacher, students and init as before, objective as before"]
+    assert synthesis.overrides == {**both.overrides, **fidelity._WMDD_SYNTHESIS_BEFORE}
+    assert objective.overrides == {**both.overrides, **fidelity._WMDD_OBJECTIVE_BEFORE}
+    assert synthesis.compare == objective.compare == both.label
+    # with both groups, the row before issue 24 but for its teacher's first padding (its teacher recipe is the same)
+    union = fidelity.preset("wmdd", **{**synthesis.overrides, **fidelity._WMDD_OBJECTIVE_BEFORE})
+    old = before[0].distiller(0).config
+    differ = {f.name for f in dataclasses.fields(union) if getattr(union, f.name) != getattr(old, f.name)}
+    assert differ == {"teacher_arch", "teacher_epochs"} and union.teacher_training() == old.teacher_training()
+    # one teacher for the six rows: the runner's bank trains it once per run
     settings = {_runner.settings_key(_runner.teacher_settings(c.distiller(0).config, _runner.RunSettings(
-        fidelity.EXPERIMENT, "unused.json", dataset="mnist"))) for c in (teacher, init, students, both)}
+        fidelity.EXPERIMENT, "unused.json", dataset="mnist"))) for c in (teacher, init, students, both, synthesis,
+                                                                         objective)}
     assert len(settings) == 1
 
 
