@@ -201,7 +201,14 @@ OPTIONS: Dict[str, List[tuple]] = {
               "ConvNet-BN teacher, students as before issue 24, init='nearest'"),
              ("ConvNet-BN teacher, students and init as before, objective as before",
               dict(_CONVNET_BN_TEACHER, **_STUDENTS_BEFORE, init="nearest", **_WMDD_OBJECTIVE_BEFORE),
-              "ConvNet-BN teacher, students as before issue 24, init='nearest'")],
+              "ConvNet-BN teacher, students as before issue 24, init='nearest'")] + [
+             # the synthesis group, one part at a time (the students before issue 24 fail on the released one)
+             (f"ConvNet-BN teacher, students and init as before, {name} as before",
+              dict(_CONVNET_BN_TEACHER, **_STUDENTS_BEFORE, init="nearest",
+                   **{k: _WMDD_SYNTHESIS_BEFORE[k] for k in keys}),
+              "ConvNet-BN teacher, students as before issue 24, init='nearest'")
+             for name, keys in (("step size and count", ("lr", "iterations")), ("clamp", ("clamp",)),
+                                ("augmentation", ("augment",)), ("batches", ("synthesis_batch",)))],
     "dm": [("embedder every 5 steps, 64 real", dict(iters_per_model=5, batch_real=64)),
            ("DSA without flip on one channel", dict(augment="auto"))],
     "krdual": [("warm critic, 20 Adam steps", dict(loss_kwargs={"steps": 20, "warm_start": True})),

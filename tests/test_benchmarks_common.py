@@ -769,6 +769,13 @@ def test_fidelity_wmdd_rows_on_the_convnet_bn_teacher_change_one_thing_each_and_
     assert synthesis.overrides == {**both.overrides, **fidelity._WMDD_SYNTHESIS_BEFORE}
     assert objective.overrides == {**both.overrides, **fidelity._WMDD_OBJECTIVE_BEFORE}
     assert synthesis.compare == objective.compare == both.label
+    # the synthesis group's parts, each alone on top of `both`, cover the group once
+    parts = [c for label, c in cells.items() if label.startswith("wmdd + ConvNet-BN teacher, students and init as "
+                                                                  "before, ") and c not in (synthesis, objective)]
+    swapped = [{k for k in c.overrides if c.overrides[k] != both.overrides.get(k)} for c in parts]
+    assert len(parts) == 4 and sorted(k for keys in swapped for k in keys) == sorted(fidelity._WMDD_SYNTHESIS_BEFORE)
+    assert all(c.overrides == {**both.overrides, **{k: fidelity._WMDD_SYNTHESIS_BEFORE[k] for k in keys}}
+               and c.compare == both.label for c, keys in zip(parts, swapped))
     # with both groups, the row before issue 24 but for its teacher's first padding (its teacher recipe is the same)
     union = fidelity.preset("wmdd", **{**synthesis.overrides, **fidelity._WMDD_OBJECTIVE_BEFORE})
     old = before[0].distiller(0).config
