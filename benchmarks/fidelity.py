@@ -98,12 +98,17 @@ MEASURED: Dict[str, Dict[str, Any]] = {
     # SRe²L's counts; teacher_epochs also trains the three backbones (G-VBSM's squeeze trains every backbone alike)
     "g_vbsm": dict(iterations=200, teacher_epochs=10, eval_epochs=100),
 }
+def _released(method: str) -> str:
+    """The label of ``method``'s released row (its :data:`MEASURED` counts)."""
+    return f"{method} (released, {MEASURED[method]['iterations']} iterations)"
+
+
 #: family method -> the synthesis iterations of a second ``family`` row: what a cell of about an hour and a half affords
 #: on mnist on the 2-core CPU (IDM's 200 and CAFE's 10 take 4-5 h there per cell: 30x digits' 554 and 617 s);
 #: paired with the row at :data:`MEASURED`'s counts, which digits measures, so the cut's cost is stated
 FAMILY_CUT: Dict[str, int] = {"idm": 50, "cafe": 2}
 #: the released WMDD row every ``family`` row is also paired with (issue 28: against DM and WMDD)
-WMDD_ROW = f"wmdd (released, {MEASURED['wmdd']['iterations']} iterations)"
+WMDD_ROW = _released("wmdd")
 #: method -> the counts of the ``counts`` part: the students' epochs of the method's own protocol (no
 #: ``eval_epochs``), its teacher at WMDD's 50 epochs (SRe²L's own 200 cut to 50), NCFM's pool at 10 of its 60
 #: epochs; the synthesis iterations of :data:`MEASURED`
@@ -235,11 +240,6 @@ OPTIONS: Dict[str, List[tuple]] = {
               ("teacher 40 epochs, CE only (no BN term)", dict(teacher_epochs=40, reg_weight=0.0),
                "teacher 40 epochs (WMDD's teacher's SGD steps)")],
 }
-
-
-def _released(method: str) -> str:
-    """The label of ``method``'s released row (its :data:`MEASURED` counts)."""
-    return f"{method} (released, {MEASURED[method]['iterations']} iterations)"
 
 
 def _method_cell(part: str, label: str, method: str, ipc: int, overrides: Dict[str, Any], compare: str = "") -> Cell:
