@@ -17,18 +17,26 @@ release's teachers; the distances scale with the teacher's activations. For each
 - how peaked those labels are at the relabelling's temperature (30) on that batch of real images: the mean
   probability on the true class and on the largest class (0.1 for flat labels over ten classes);
 - another network's reading of each recovered set: the accuracy on it of a reader trained apart (the ConvNet-BN
-  teacher of the last row, trained once more with the same seed; eval mode): whether the class a recovered image
-  was optimised toward is visible to a network other than its teacher, or only to that teacher.
+  teacher of the last row, trained first, with the same seed as the rows' teachers; eval mode): whether the class
+  a recovered image was optimised toward is visible to a network other than its teacher, or only to that teacher;
+- for the 40-epoch ResNet-18 teacher (the fidelity option row "CE only"), students learning the set recovered with
+  the cross-entropy alone under the fidelity rows' protocol (``sre2l_small`` at ``--student-epochs``, seeds 0, 1,
+  ...) as it is, with the classes the images were optimised toward as hard labels instead of the teacher's soft
+  labels (mixup kept, as the fidelity report's "random, hard labels" column trains random real images), and with
+  the teacher labelling in eval mode instead of train mode, each paired with the protocol's run by seed: whether
+  the students' chance level on that set is the images or the labels the teacher gives their augmented views.
 
 Every number is the teacher's in eval mode (as the recovery runs it). A diagnosis, not a method: no setting is
 tuned here. ::
 
     python benchmarks/sre2l_bn_scale.py            # digits; writes results/sre2l_bn_scale.{json,md}
+    python benchmarks/sre2l_bn_scale.py --student-runs 0   # without the students (minutes less)
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import sys
 import time
@@ -45,7 +53,7 @@ import ddmetrics as ddm  # noqa: E402
 from ddmetrics.data import ArrayDataset  # noqa: E402
 from ddmetrics.distill.pcbn import PCBNLoss  # noqa: E402
 from ddmetrics.models import accuracy  # noqa: E402
-from ddmetrics.protocols import get_protocol  # noqa: E402
+from ddmetrics.protocols import Protocol, get_protocol  # noqa: E402
 from ddmetrics.utils import model_device  # noqa: E402
 
 import _common  # noqa: E402
@@ -57,6 +65,9 @@ TEACHERS: Dict[str, Dict[str, Any]] = {
     "ResNet-18, SRe²L's recipe, 40 epochs": dict(teacher_epochs=40),
     "ConvNet-BN, 'ours' recipe, 30 epochs": dict(teacher_arch="convnet_bn", teacher_recipe="ours", teacher_epochs=30),
 }
+#: the row whose CE-only set students learn: the teacher of the fidelity option row "teacher 40 epochs, CE only"
+#: (13.83 %, where the reader finds 55 % of the set's classes)
+STUDENT_ROWS = ("ResNet-18, SRe²L's recipe, 40 epochs",)
 
 
 def slot_batches(labels: torch.Tensor, num_classes: int, draws: int, generator: torch.Generator) -> List[torch.Tensor]:
@@ -121,19 +132,51 @@ READER = "ConvNet-BN, 'ours' recipe, 30 epochs"
 
 
 def train_reader(splits, seed: int) -> torch.nn.Module:
-    """The network that reads every recovered set: trained as :data:`READER`'s row trains its teacher (same seed)."""
+    """The network that reads every recovered set: trained as :data:`READER`'s row trains its teacher (same seed),
+    so that row takes it as its teacher instead of training the same network twice."""
     source = ddm.Distiller(method="sre2l", ipc=10, seed=seed, **TEACHERS[READER])
     return source.train_teacher(splits.train, splits.num_classes, progress=False).eval()
 
 
+def student_variants(protocol: Protocol) -> Dict[str, Protocol]:
+    """The students' protocols on a CE-only set: ``protocol`` as it is, then one part of it changed (see the module
+    docstring). The hard-label variant is the fidelity report's "random, hard labels" one: the labels alone
+    swapped, the augmentation and the mixing kept."""
+    return {"protocol": protocol,
+            "hard_labels": dataclasses.replace(protocol, labels="hard", temperature=None),
+            "teacher_eval_mode": dataclasses.replace(protocol, teacher_mode="eval")}
+
+
+def measure_students(synset, teacher: torch.nn.Module, protocol: Protocol, test, runs: int,
+                     seed: int) -> Dict[str, Any]:
+    """Test accuracies of ``runs`` students (seeds ``seed, seed + 1, ...``) of ``synset`` under each of
+    :func:`student_variants`, and each variant's paired difference to the protocol's runs."""
+    out: Dict[str, Any] = {}
+    for key, variant in student_variants(protocol).items():
+        start = time.perf_counter()
+        report = ddm.evaluate(synset, test, protocol=variant, runs=runs, teacher=teacher, seed=seed,
+                              progress=False, device=model_device(teacher))
+        out[key] = {"runs": list(report.runs), "seconds": time.perf_counter() - start}
+    for key in out:
+        if key != "protocol":
+            out[key]["vs_protocol"] = _common.paired_difference(out[key]["runs"], out["protocol"]["runs"])
+    out["epochs"] = protocol.recipe.epochs
+    return out
+
+
 def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws: int, seed: int,
-            reader: torch.nn.Module) -> Dict[str, Any]:
-    """One teacher's row (see the module docstring); ``reader`` reads its recovered sets."""
+            reader: torch.nn.Module, student_runs: int = 0, student_epochs: Optional[int] = None) -> Dict[str, Any]:
+    """One teacher's row (see the module docstring); ``reader`` reads its recovered sets (and is the teacher of
+    :data:`READER`'s row); with ``student_runs`` the rows of :data:`STUDENT_ROWS` train students on their
+    CE-only set (:func:`measure_students`, ``student_epochs`` each)."""
     start = time.perf_counter()
-    source = ddm.Distiller(method="sre2l", ipc=10, seed=seed, iterations=iterations, **overrides)
-    teacher = source.train_teacher(splits.train, splits.num_classes, progress=False)
+    source = ddm.Distiller(method="sre2l", ipc=10, seed=seed, iterations=iterations, eval_epochs=student_epochs,
+                           **overrides)
+    teacher = reader if name == READER else source.train_teacher(splits.train, splits.num_classes, progress=False)
     row: Dict[str, Any] = {"teacher": name, "overrides": overrides, "teacher_seconds": time.perf_counter() - start,
                            "test_accuracy": accuracy(teacher, splits.test)}
+    if name == READER:
+        row["teacher_is_reader"] = True
     cfg = source.config
     gen = torch.Generator().manual_seed(seed)
     train_x, train_y = splits.train.images, splits.train.labels
@@ -155,6 +198,8 @@ def measure(name: str, overrides: Dict[str, Any], splits, iterations: int, draws
                     "seconds": time.perf_counter() - start,
                     **term_balance(teacher, syn.images, syn.labels, recovered_slots(syn.labels, splits.num_classes),
                                    cfg.reg_weight, cfg.first_bn_weight)}
+        if key == "recovered_ce_only" and student_runs and name in STUDENT_ROWS:
+            row["students_ce_only"] = measure_students(syn, teacher, cfg.protocol(), splits.test, student_runs, seed)
     return row
 
 
@@ -169,7 +214,7 @@ def report(doc: Dict[str, Any], path: str) -> None:
              "recovered set. Soft labels at T: the mean probability the teacher's train-mode labels at the "
              "relabelling's temperature put on the true class / on their largest class, on that batch of real images "
              f"(1/C = 0.1 for flat labels). Reader: the accuracy on a recovered set of a network trained apart (the "
-             f"teacher of the row '{READER}', trained again with the same seed; eval mode).",
+             f"teacher of the row '{READER}', trained apart from the ResNet-18 teachers; eval mode).",
              ""]
     rows = []
     for r in doc["rows"]:
@@ -188,6 +233,25 @@ def report(doc: Dict[str, Any], path: str) -> None:
          "train mode: real (%)", "train mode: recovered (%)", "train mode: CE-only set (%)",
          "soft labels at T: true / largest", "reader on the recovered set (%)", "reader on the CE-only set (%)"], rows,
         align="lrrrrrrrrrrrrrr")
+    studied = [r for r in doc["rows"] if "students_ce_only" in r]
+    if studied:
+        epochs = studied[0]["students_ce_only"]["epochs"]
+        lines += ["", "## Students of the CE-only set", "",
+                  f"Students of the CE-only set under the fidelity rows' protocol (`sre2l_small`, {epochs} epochs, "
+                  f"seeds {doc['seed']}, {doc['seed'] + 1}, ...: mean ± the runs' population sd), then with the "
+                  "classes the images were optimised toward as hard labels (mixup and augmentation kept), then with "
+                  "the teacher labelling in eval mode; Δ: paired by seed against the protocol's runs, points, 95 % t "
+                  "interval (* excludes 0).", ""]
+        rows = []
+        for r in studied:
+            st = r["students_ce_only"]
+            rows.append((r["teacher"], _common.pm(st["protocol"]["runs"]), _common.pm(st["hard_labels"]["runs"]),
+                         _common.format_difference(st["hard_labels"]["vs_protocol"]),
+                         _common.pm(st["teacher_eval_mode"]["runs"]),
+                         _common.format_difference(st["teacher_eval_mode"]["vs_protocol"])))
+        lines += _common.markdown_table(
+            ["teacher", "protocol (%)", "hard labels (%)", "Δ hard − protocol", "teacher in eval mode (%)",
+             "Δ eval mode − protocol"], rows, align="lrrrrr")
     _common.write_lines(path, lines + [""])
 
 
@@ -198,22 +262,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--draws", type=int, default=10, help="real slot batches per teacher")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--student-runs", type=int, default=3,
+                   help="students per variant on the 40-epoch teacher's CE-only set (0: none)")
+    p.add_argument("--student-epochs", type=int, default=100, help="their epochs (the fidelity rows' 100)")
     p.add_argument("--out", default=None, help="output prefix (default results/sre2l_bn_scale[_<dataset>])")
     args = p.parse_args(argv)
-    for name in ("iterations", "draws", "threads"):
-        if getattr(args, name) < 1:
-            print(f"sre2l_bn_scale.py: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
+    for name, least in (("iterations", 1), ("draws", 1), ("threads", 1), ("student_runs", 0),
+                        ("student_epochs", 1)):
+        if getattr(args, name) < least:
+            print(f"sre2l_bn_scale.py: --{name.replace('_', '-')} must be at least {least}, got "
+                  f"{getattr(args, name)}", file=sys.stderr)
             return 2
     out = args.out or os.path.join(_common.RESULTS, "sre2l_bn_scale" + ("" if args.dataset == "digits"
                                                                          else f"_{args.dataset}"))
     torch.set_num_threads(args.threads)
     splits = load_splits(args.dataset, args.seed)
+    start = time.perf_counter()
     reader = train_reader(splits, args.seed)
     doc = {"dataset": args.dataset, "command": _common.command_line(), "environment": _common.machine_info(),
            "threads": args.threads, "iterations": args.iterations, "draws": args.draws, "seed": args.seed,
-           "reader": READER, "reader_test_accuracy": accuracy(reader, splits.test),
-           "rows": [measure(name, extra, splits, args.iterations, args.draws, args.seed, reader)
-                    for name, extra in TEACHERS.items()]}
+           "reader": READER, "reader_seconds": time.perf_counter() - start,
+           "reader_test_accuracy": accuracy(reader, splits.test),
+           "student_runs": args.student_runs, "student_epochs": args.student_epochs,
+           "rows": [measure(name, extra, splits, args.iterations, args.draws, args.seed, reader,
+                            args.student_runs, args.student_epochs) for name, extra in TEACHERS.items()]}
     _common.write_json(out + ".json", doc)
     report(doc, out + ".md")
     print(f"wrote {out}.json, {out}.md")

@@ -703,6 +703,57 @@ def test_sre2l_bn_scale_soft_label_peak_is_the_softmax_at_the_temperature_by_han
     assert flat["max_probability"] == pytest.approx(1 / 3, abs=1e-3)
 
 
+def test_sre2l_bn_scale_student_variants_change_one_part_of_the_protocol_each():
+    import sre2l_bn_scale
+    from ddmetrics import Distiller
+    from ddmetrics.protocols import get_protocol
+
+    protocol = get_protocol("sre2l_small")
+    variants = sre2l_bn_scale.student_variants(protocol)
+    assert variants["protocol"] == protocol
+    changed = {key: {f.name for f in dataclasses.fields(protocol) if getattr(v, f.name) != getattr(protocol, f.name)}
+               for key, v in variants.items()}
+    # hard labels: the labels and the temperature they no longer have; the recipe (mixup, crops) and the rest kept,
+    # as evaluate() trains the report's "random, hard labels" students
+    assert changed == {"protocol": set(), "hard_labels": {"labels", "temperature"}, "teacher_eval_mode": {"teacher_mode"}}
+    assert (variants["hard_labels"].labels, variants["hard_labels"].recipe.mix) == ("hard", "mixup")
+    assert (protocol.teacher_mode, variants["teacher_eval_mode"].teacher_mode) == ("train", "eval")
+    # the fidelity rows' student epochs come from the config, as fidelity.py's cells set them
+    cfg = Distiller(method="sre2l", ipc=10, eval_epochs=100).config
+    assert cfg.protocol().recipe.epochs == 100 and cfg.protocol().teacher_mode == "train"
+
+
+def test_sre2l_bn_scale_report_pairs_the_students_variants_with_the_protocols_runs(tmp_path):
+    import sre2l_bn_scale
+
+    def row(name, students=None):
+        part = {"teacher_accuracy": 0.5, "reader_accuracy": 0.4, "train_mode_accuracy": 0.3, "ce": 1.0,
+                "weighted_bn": 2.0}
+        r = {"teacher": name, "test_accuracy": 0.6, "recovered": dict(part), "recovered_ce_only": dict(part),
+             "real": {"ce": 1.0, "weighted_bn": 2.0, "ratio": 2.0, "train_mode_accuracy": 0.7}}
+        if students:
+            r["students_ce_only"] = students
+        return r
+
+    base, hard, evalm = [0.10, 0.14, 0.18], [0.50, 0.40, 0.60], [0.12, 0.13, 0.14]
+    students = {"protocol": {"runs": base}, "epochs": 100,
+                "hard_labels": {"runs": hard, "vs_protocol": _common.paired_difference(hard, base)},
+                "teacher_eval_mode": {"runs": evalm, "vs_protocol": _common.paired_difference(evalm, base)}}
+    doc = {"dataset": "digits", "command": "c", "environment": {}, "threads": 1, "iterations": 2, "draws": 1,
+           "seed": 0, "rows": [row("ResNet-18 t", students), row("ConvNet-BN t")]}
+    sre2l_bn_scale.report(doc, str(tmp_path / "r.md"))
+    section = open(tmp_path / "r.md").read().split("## Students of the CE-only set")[1]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    # per seed hard − protocol: +40, +26, +42 pp, mean +36; eval mode: +2, −1, −4, mean −1; only the studied row;
+    # mean ± the runs' population sd, as every table here (10, 14, 18: 4 x sqrt(2/3) = 3.27)
+    assert _common.format_difference(students["hard_labels"]["vs_protocol"]).startswith("+36.00 [")
+    assert len(lines) == 2 and lines[1] == (
+        "| ResNet-18 t | 14.00 ± 3.27 | 50.00 ± 8.16 | "
+        + _common.format_difference(students["hard_labels"]["vs_protocol"]) + " | 13.00 ± 0.82 | "
+        + _common.format_difference(students["teacher_eval_mode"]["vs_protocol"]) + " |")
+    assert _common.format_difference(students["teacher_eval_mode"]["vs_protocol"]).startswith("-1.00 [")
+
+
 def test_fidelity_report_sets_a_row_against_the_random_subset_its_run_recorded(tmp_path):
     import types
 
