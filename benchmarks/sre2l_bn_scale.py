@@ -66,7 +66,7 @@ TEACHERS: Dict[str, Dict[str, Any]] = {
     "ConvNet-BN, 'ours' recipe, 30 epochs": dict(teacher_arch="convnet_bn", teacher_recipe="ours", teacher_epochs=30),
 }
 #: the row whose CE-only set students learn: the teacher of the fidelity option row "teacher 40 epochs, CE only"
-#: (13.83 %, where the reader finds 55 % of the set's classes)
+#: (13.83 % there; here, trained with one thread, another network of the same recipe)
 STUDENT_ROWS = ("ResNet-18, SRe²L's recipe, 40 epochs",)
 
 
