@@ -98,6 +98,8 @@ MEASURED: Dict[str, Dict[str, Any]] = {
     # SRe²L's counts; teacher_epochs also trains the three backbones (G-VBSM's squeeze trains every backbone alike)
     "g_vbsm": dict(iterations=200, teacher_epochs=10, eval_epochs=100),
 }
+
+
 def _released(method: str) -> str:
     """The label of ``method``'s released row (its :data:`MEASURED` counts)."""
     return f"{method} (released, {MEASURED[method]['iterations']} iterations)"
