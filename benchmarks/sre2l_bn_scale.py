@@ -51,6 +51,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import ddmetrics as ddm  # noqa: E402
 from ddmetrics.data import ArrayDataset  # noqa: E402
+from ddmetrics.evaluate import random_hard_variant  # noqa: E402
 from ddmetrics.distill.pcbn import PCBNLoss  # noqa: E402
 from ddmetrics.models import accuracy  # noqa: E402
 from ddmetrics.protocols import Protocol, get_protocol  # noqa: E402
@@ -143,7 +144,7 @@ def student_variants(protocol: Protocol) -> Dict[str, Protocol]:
     docstring). The hard-label variant is the fidelity report's "random, hard labels" one: the labels alone
     swapped, the augmentation and the mixing kept."""
     return {"protocol": protocol,
-            "hard_labels": dataclasses.replace(protocol, labels="hard", temperature=None),
+            "hard_labels": random_hard_variant(protocol),
             "teacher_eval_mode": dataclasses.replace(protocol, teacher_mode="eval")}
 
 

@@ -69,7 +69,7 @@ from .synset import SyntheticSet
 __all__ = ["EvalReport", "evaluate", "full_data_accuracy", "train_student", "random_subset", "resolve_protocol",
            "with_overrides", "protocol_name", "protocol_settings", "soft_label_loss", "mse_ce_loss", "LogitEnsemble",
            "student_epochs",
-           "hard_label_variant", "no_augment_variant", "format_interval"]
+           "hard_label_variant", "random_hard_variant", "no_augment_variant", "format_interval"]
 
 #: the confidence level of every interval of a report
 CONFIDENCE = 0.95
@@ -563,6 +563,12 @@ def full_data_accuracy(train_set, test_set, model: str = "convnet", epochs: int 
     return accuracy(net, test_set)
 
 
+def random_hard_variant(protocol: Protocol) -> Protocol:
+    """The protocol of the papers' random baseline with hard labels (``random_hard``): ``protocol``
+    with its labels alone made hard, its augmentation and batch mixing kept."""
+    return dataclasses.replace(protocol, labels="hard", temperature=None)
+
+
 def hard_label_variant(protocol: Protocol) -> Protocol:
     """The protocol that trains DD-Ranking's "syn-hard" student: ``protocol`` itself when it is
     hard-label; else the same recipe with hard labels and no batch mixing (DD-Ranking's
@@ -704,7 +710,7 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str
         check_outputs(teacher, tuple(synset.images.shape[1:]), synset.num_classes)
     channels, size = synset.images.shape[1], synset.images.shape[-1]
     make_augment(protocol.recipe.augment, channels, size)  # an augmentation it cannot build fails here
-    hard = dataclasses.replace(protocol, labels="hard", temperature=None)
+    hard = random_hard_variant(protocol)
     no_aug = no_augment_variant(protocol)
     # each kind of student training: (its protocol, whether it trains on the random subset of its run)
     kinds: Dict[str, Tuple[Protocol, bool]] = {"evaluate": (protocol, False)}
