@@ -486,6 +486,7 @@ class Runner:
                         "failed_cells": 0, "new_baselines": 0, "failed_baselines": 0}
         self.doc.setdefault("runs_log", []).append(self.run_log)
         self.teachers = TeacherBank(self.splits)
+        self._noted_teachers: Dict[str, Dict[str, Any]] = {}  # key -> the record of the teacher trained here
         self._baselines: Dict[str, Dict[str, Any]] = {}  # baseline key -> its pending entry and parts
         self._parts: Dict[str, Dict[str, Any]] = {}  # finished baseline parts by task key
 
@@ -577,14 +578,28 @@ class Runner:
     # -- results
     def note_teacher(self, key: Optional[str], label: str) -> None:
         """Record in ``doc["teachers"]`` the test accuracy of the teacher ``key`` if this process trained it,
-        and that the row ``label`` used it (a teacher recorded by an earlier run keeps its numbers)."""
-        recorded = self.doc.get("teachers", {})
-        if key not in recorded:
-            if key not in self.teachers.records:
-                return
-            recorded = self.doc.setdefault("teachers", {})
-            recorded[key] = dict(self.teachers.records[key])
-        recorded[key]["rows"] = sorted(set(recorded[key]["rows"]) | {label})
+        and that the row ``label`` used it.
+
+        A teacher recorded by an earlier run keeps its numbers. If this process trained it again (the
+        thread count is not part of a teacher's settings, so another run may train other weights by the
+        same seed), the retraining's test accuracy, seconds and rows join the record's ``"retrained"``
+        list instead, where the report shows them beside the first."""
+        fresh = self.teachers.records.get(key)
+        target = self._noted_teachers.get(key)
+        if target is None:
+            recorded = self.doc.get("teachers", {})
+            if key not in recorded:
+                if fresh is None:
+                    return
+                target = self.doc.setdefault("teachers", {})[key] = dict(fresh)
+            elif fresh is None:
+                target = recorded[key]
+            else:
+                target = {"test_accuracy": fresh["test_accuracy"], "seconds": fresh["seconds"], "rows": []}
+                recorded[key].setdefault("retrained", []).append(target)
+            if fresh is not None:  # this process's rows on this teacher go where its training is recorded
+                self._noted_teachers[key] = target
+        target["rows"] = sorted(set(target["rows"]) | {label})
 
     @staticmethod
     def _error_key(label: str, ipc: int) -> str:

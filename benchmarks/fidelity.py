@@ -384,13 +384,22 @@ def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str
                   "Each teacher the rows use, trained as the rows train it, on the test split (recorded by every run that "
                   "trains one; `--part teachers` trains the rest). The thread count is not part of a teacher's "
                   "settings: a row run with another thread count than the run that recorded its teacher trained a "
-                  "teacher of the same settings whose weights may differ:", ""]
+                  "teacher of the same settings whose weights may differ; such a retraining, where a run recorded it, "
+                  "has a row of its own (\"trained again\") with its rows:", ""]
         users: Dict[str, set] = {}  # every finished row on each teacher, whichever run made it
         for entry in doc["cells"].values():
             if entry.get("teacher_key"):
                 users.setdefault(entry["teacher_key"], set()).add(entry["label"])
-        rows = [(t["arch"], t["recipe"], t["epochs"], f"{100 * t['test_accuracy']:.2f}", f"{t['seconds']:.0f}",
-                 "; ".join(sorted(set(t["rows"]) | users.get(key, set())))) for key, t in teachers.items()]
+        rows = []
+        for key, t in teachers.items():
+            rows.append((t["arch"], t["recipe"], t["epochs"], f"{100 * t['test_accuracy']:.2f}", f"{t['seconds']:.0f}",
+                         "; ".join(sorted(set(t["rows"]) | users.get(key, set())))))
+            # a later run's retraining by the same settings: its own accuracy, against the first's
+            for again in t.get("retrained", []):
+                change = 100 * (again["test_accuracy"] - t["test_accuracy"])
+                rows.append((f"{t['arch']} (trained again)", t["recipe"], t["epochs"],
+                             f"{100 * again['test_accuracy']:.2f} ({change:+.2f} vs the first)",
+                             f"{again['seconds']:.0f}", "; ".join(again["rows"])))
         lines += markdown_table(["architecture", "recipe", "epochs", "test accuracy (%)", "train s", "rows"], rows)
         lines.append("")
     write_lines(path, lines)

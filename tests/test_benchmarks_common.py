@@ -552,6 +552,29 @@ def test_a_teacher_trained_for_a_cell_is_recorded_with_its_test_accuracy(tmp_pat
     again = _runner_for(tmp_path)
     again.note_teacher(task.teacher_key, "a later row")
     assert again.doc["teachers"][task.teacher_key] == {**record, "rows": ["a later row", "another row", "wmdd row"]}
+    again.save()
+
+    # a later run that trains it again keeps the first record and adds the retraining's own accuracy and rows
+    # (another thread count may train other weights by the same seed: the report shows both)
+    third = _runner_for(tmp_path)
+    third.tasks([cell])  # registers the cell's teacher settings with its bank
+    retrained = third.teachers.get(task.teacher_key)
+    third.note_teacher(task.teacher_key, "row on the retrained teacher")
+    third.note_teacher(task.teacher_key, "another row on it")
+    first = third.doc["teachers"][task.teacher_key]
+    assert {k: v for k, v in first.items() if k != "retrained"} == again.doc["teachers"][task.teacher_key]
+    (entry,) = first["retrained"]
+    assert entry["test_accuracy"] == accuracy(retrained, third.splits.test)
+    assert entry["rows"] == ["another row on it", "row on the retrained teacher"] and entry["seconds"] > 0
+    import types
+
+    import fidelity
+
+    entry["test_accuracy"] = first["test_accuracy"] - 0.0125  # as if the retraining had found other weights
+    fidelity.report(types.SimpleNamespace(doc=third.doc), [], [], str(tmp_path / "r.md"))
+    (line,) = [line for line in open(tmp_path / "r.md") if "(trained again)" in line]
+    assert f"| {100 * first['test_accuracy'] - 1.25:.2f} (-1.25 vs the first) |" in line
+    assert line.rstrip().endswith("| another row on it; row on the retrained teacher |")
 
 
 def test_fidelity_student_rows_swap_only_the_model_or_only_the_rest_of_the_protocol():
