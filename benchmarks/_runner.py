@@ -125,16 +125,20 @@ def resolved_config(cfg: DistillConfig) -> Dict[str, Any]:
     return out
 
 
-#: fields added with issue 28's presets -> the value that switches their part off (kept out of the keys)
+#: fields added with issue 28's presets (and ``teacher_mode`` after them) -> the value that switches their part
+#: off, or leaves the protocol's own (kept out of the keys)
 ADDED_OFF = {"crop_curriculum": "none", "crop_milestone": 1.0, "embedder_queue": 0, "queue_push_every": 30,
              "queue_train_steps": 10, "queue_ce_weight": 0.0, "attention_weight": 0.0, "attention_power": 1.0,
              "layer_weights": [], "discrimination_weight": 0.0, "bilevel": False, "backbones": [], "conv_drop": 0.4,
-             "stat_momentum": 0.8, "densify_weight": 0.0}
+             "stat_momentum": 0.8, "densify_weight": 0.0, "teacher_mode": None}
 
 
 def eval_settings(cfg: DistillConfig, run: RunSettings, ipc: Optional[int] = None) -> Dict[str, Any]:
     """The evaluation settings of a cell at ``ipc`` (part of its key and of its baselines' key)."""
-    return {**cfg.evaluation_kwargs(), "runs": run.runs_for(ipc), "seed": run.seed, "full_epochs": run.full_epochs}
+    settings = {**cfg.evaluation_kwargs(), "runs": run.runs_for(ipc), "seed": run.seed, "full_epochs": run.full_epochs}
+    if settings["teacher_mode"] is None:  # added after the committed results: at its default, out of the keys
+        del settings["teacher_mode"]
+    return settings
 
 
 def soft_labels(cfg: DistillConfig) -> bool:
@@ -147,10 +151,12 @@ def student_protocol(student: Dict[str, Any]):
     with ``hard_labels``, the same protocol with hard labels (``evaluate``'s ``random_hard``)."""
     import dataclasses
 
+    hard = student.get("hard_labels")
     protocol = with_overrides(get_protocol(student["protocol"]), model=student.get("model"),
                               epochs=student.get("epochs"), lr=student.get("lr"),
-                              temperature=None if student.get("hard_labels") else student.get("temperature"))
-    return dataclasses.replace(protocol, labels="hard", temperature=None) if student.get("hard_labels") else protocol
+                              temperature=None if hard else student.get("temperature"),
+                              teacher_mode=None if hard else student.get("teacher_mode"))
+    return dataclasses.replace(protocol, labels="hard", temperature=None) if hard else protocol
 
 
 def teacher_settings(cfg: DistillConfig, run: RunSettings) -> Dict[str, Any]:

@@ -403,9 +403,12 @@ def _cmd_evaluate(args) -> int:
         raise ValueError(f"{args.synset} records settings this version cannot use: {err}") from None
     if args.protocol is not None:  # the stored overrides (eval_model, eval_epochs, ...) apply to it too
         chosen = get_protocol(args.protocol)  # an unknown name fails here, listing the names
-        # a recorded temperature means nothing to hard labels or to G-VBSM's MSE + CE on raw logits
+        # a recorded temperature means nothing to hard labels or to G-VBSM's MSE + CE on raw logits, a
+        # recorded teacher mode nothing to hard labels
         untempered = chosen.labels == "hard" or chosen.soft_loss != "kl"
-        cfg = cfg.replace(eval_protocol=args.protocol, **({"temperature": None} if untempered else {}))
+        dropped = {**({"temperature": None} if untempered else {}),
+                   **({"teacher_mode": None} if chosen.labels == "hard" else {})}
+        cfg = cfg.replace(eval_protocol=args.protocol, **dropped)
     settings = cfg.evaluation_kwargs()
     if args.budget is not None:
         settings["budget"] = args.budget

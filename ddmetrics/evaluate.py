@@ -303,7 +303,8 @@ def _is_positive_number(v: Any) -> bool:
 
 
 def with_overrides(protocol: Protocol, model=None, epochs: Optional[int] = None, lr: Optional[float] = None,
-                   temperature: Optional[float] = None, augment: Optional[str] = None) -> Protocol:
+                   temperature: Optional[float] = None, augment: Optional[str] = None,
+                   teacher_mode: Optional[str] = None) -> Protocol:
     """``protocol`` with the given settings replaced (``None``: its own); each checked by name."""
     if model is not None and not (is_model_name(model) or (callable(model) and not isinstance(model, str))):
         raise ValueError(f"model={model!r} is not allowed: it must be a registered model name "
@@ -325,19 +326,26 @@ def with_overrides(protocol: Protocol, model=None, epochs: Optional[int] = None,
                              "raw logits, it has no temperature")
     if augment is not None and not (isinstance(augment, str) and is_augment_spec(augment)):
         raise ValueError(f"augment={augment!r} is not an augmentation spec (see ddmetrics.augment.make_augment)")
+    if teacher_mode is not None:
+        if teacher_mode not in ("eval", "train"):
+            raise ValueError(f"teacher_mode must be None (the protocol's), 'eval' or 'train', got {teacher_mode!r}")
+        if protocol.labels != "soft":
+            raise ValueError(f"teacher_mode={teacher_mode!r}: the protocol trains on hard labels, no teacher labels "
+                             "its images")
     recipe = protocol.recipe
     recipe_changes = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("augment", augment)) if v is not None}
     if recipe_changes:
         recipe = dataclasses.replace(recipe, **recipe_changes)
-    changes = {k: v for k, v in (("model", model), ("temperature", temperature)) if v is not None}
+    changes = {k: v for k, v in (("model", model), ("temperature", temperature), ("teacher_mode", teacher_mode))
+               if v is not None}
     return dataclasses.replace(protocol, recipe=recipe, **changes)
 
 
 def resolve_protocol(protocol: Union[str, Protocol, None], meta: Optional[Dict[str, Any]] = None) -> Protocol:
     """The :class:`~ddmetrics.protocols.Protocol` meant by ``protocol``: itself, a registered
     name, or (``None``) the one recorded in a synthetic set's ``meta["config"]``
-    (``eval_protocol`` with its ``eval_model`` / ``eval_epochs`` / ``eval_lr`` / ``temperature``
-    overrides, as :meth:`ddmetrics.distill.DistillConfig.protocol`), else ``"hard"``."""
+    (``eval_protocol`` with its ``eval_model`` / ``eval_epochs`` / ``eval_lr`` / ``temperature`` /
+    ``teacher_mode`` overrides, as :meth:`ddmetrics.distill.DistillConfig.protocol`), else ``"hard"``."""
     if isinstance(protocol, Protocol):
         return protocol
     if isinstance(protocol, str):
@@ -347,9 +355,10 @@ def resolve_protocol(protocol: Union[str, Protocol, None], meta: Optional[Dict[s
                         f"got {type(protocol).__name__}")
     config = (meta or {}).get("config") or {}
     recorded = get_protocol(config.get("eval_protocol", "hard"))
-    temperature = config.get("temperature") if recorded.labels == "soft" else None
+    soft = recorded.labels == "soft"
     return with_overrides(recorded, model=config.get("eval_model"), epochs=config.get("eval_epochs"),
-                          lr=config.get("eval_lr"), temperature=temperature)
+                          lr=config.get("eval_lr"), temperature=config.get("temperature") if soft else None,
+                          teacher_mode=config.get("teacher_mode") if soft else None)
 
 
 def protocol_settings(protocol: Protocol) -> Dict[str, Any]:
@@ -367,20 +376,22 @@ def _builder_name(fn) -> str:
 
 def protocol_name(protocol: Protocol) -> str:
     """The registered name of ``protocol``; a registered name with the settings that differ
-    (``"hard (epochs=300, lr=0.05)"``) when only the model, temperature, learning rate, epochs or
-    augmentation do; else ``"custom"``."""
+    (``"hard (epochs=300, lr=0.05)"``) when only the model, temperature, teacher mode, learning rate,
+    epochs or augmentation do; else ``"custom"``."""
     for name, registered in PROTOCOLS.items():
         if registered == protocol:
             return name
     recipe = protocol.recipe
     for name, registered in PROTOCOLS.items():
         base = dataclasses.replace(registered, model=protocol.model, temperature=protocol.temperature,
+                                   teacher_mode=protocol.teacher_mode,
                                    recipe=dataclasses.replace(registered.recipe, lr=recipe.lr, epochs=recipe.epochs,
                                                               augment=recipe.augment))
         if base == protocol:
             diffs = [(key, mine) for key, mine, theirs in (
                 ("model", protocol.model, registered.model), ("temperature", protocol.temperature,
                                                               registered.temperature),
+                ("teacher_mode", protocol.teacher_mode, registered.teacher_mode),
                 ("lr", recipe.lr, registered.recipe.lr), ("epochs", recipe.epochs, registered.recipe.epochs),
                 ("augment", recipe.augment, registered.recipe.augment)) if mine != theirs]
             shown = ", ".join(f"{k}={v if isinstance(v, (str, int, float)) else _builder_name(v)}" for k, v in diffs)
@@ -625,7 +636,7 @@ def _run_sharded(tasks: List[Tuple], run, progress: bool, desc: str) -> Tuple[Te
 def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str, Protocol, None] = None,
              runs: int = 3, teacher: Optional[nn.Module] = None, model=None, epochs: Optional[int] = None,
              lr: Optional[float] = None, temperature: Optional[float] = None, augment: Optional[str] = None,
-             budget: float = 1.0, full_data: bool = True, full_epochs: int = 20, seed: int = 0,
+             teacher_mode: Optional[str] = None, budget: float = 1.0, full_data: bool = True, full_epochs: int = 20, seed: int = 0,
              random_hard: bool = False, scores: bool = False, lrs_weight: float = 0.5, ars_weight: float = 0.5,
              lr_search: Optional[Sequence[float]] = None, val_set=None, progress: bool = True,
              device: DeviceSpec = None) -> EvalReport:
@@ -649,9 +660,10 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str
         Required by soft-label protocols. Borrowed, not changed: it runs in eval mode without
         parameter gradients, and its modes and ``requires_grad`` flags are restored afterwards (it
         is moved to ``device``).
-    model, epochs, lr, temperature, augment : optional
+    model, epochs, lr, temperature, augment, teacher_mode : optional
         Override the protocol's student model, epochs, learning rate, temperature (soft labels
-        only) and augmentation spec (``None``: the protocol's).
+        only), augmentation spec and the mode the teacher labels in (``"eval"`` or ``"train"``;
+        soft labels only) (``None``: the protocol's).
     budget : float
         In (0, 1]: the factor on every epoch count (students and the full-data model).
     scores : bool
@@ -695,7 +707,7 @@ def evaluate(synset: SyntheticSet, test_set, train_set=None, protocol: Union[str
     budget = _check_budget(budget)
     meta = synset.meta or {}
     protocol = with_overrides(resolve_protocol(protocol, meta), model=model, epochs=epochs, lr=lr,
-                              temperature=temperature, augment=augment)
+                              temperature=temperature, augment=augment, teacher_mode=teacher_mode)
     _check_protocol(protocol, teacher)
     device = resolve_device(device)
     test_set = as_dataset(test_set)  # a streaming ImageFolder stays streamed

@@ -130,7 +130,7 @@ NON_DEFAULT = {"strategy": "distribution", "loss": "sliced", "loss_kwargs": {"n_
                "embedder_queue": 5, "queue_push_every": 3, "queue_train_steps": 2, "queue_ce_weight": 0.5,
                "attention_weight": 10.0, "attention_power": 4.0, "layer_weights": [0.5, 1.0],
                "discrimination_weight": 0.5, "bilevel": True, "backbones": ["convnet"], "conv_drop": 0.1,
-               "stat_momentum": 0.5, "densify_weight": 0.5}
+               "stat_momentum": 0.5, "densify_weight": 0.5, "teacher_mode": "train"}
 # where a field that WMDD does not use is set (a field given where it does not apply is refused): method, settings
 WHERE = {"loss_kwargs": ("wmdd", {"loss": "sliced"}), "factor": ("dm", {}), "batch_real": ("dm", {}),
          "embedder": ("dm", {}), "iters_per_model": ("dm", {}), "embedder_pool": ("dm", {}),

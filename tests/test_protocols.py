@@ -186,6 +186,13 @@ def test_protocol_resolution_names_and_the_recorded_config():
         resolve_protocol("nope")
     with pytest.raises(ValueError, match="hard labels"):
         with_overrides(PROTOCOLS["hard"], temperature=4.0)
+    # the teacher's labelling mode: only where a teacher labels, one of the two modes
+    assert with_overrides(PROTOCOLS["sre2l_small"], teacher_mode="eval").teacher_mode == "eval"
+    assert with_overrides(PROTOCOLS["soft"], teacher_mode="train").teacher_mode == "train"
+    with pytest.raises(ValueError, match="teacher_mode='eval'.*hard labels"):
+        with_overrides(PROTOCOLS["hard"], teacher_mode="eval")
+    with pytest.raises(ValueError, match="teacher_mode must be"):
+        with_overrides(PROTOCOLS["soft"], teacher_mode="inference")
 
 
 def test_bad_evaluation_arguments_are_refused_before_training(small, monkeypatch):
@@ -292,6 +299,10 @@ def test_cli_evaluate_takes_any_protocol_with_the_stored_overrides_and_a_budget(
     doc = json.loads(out.read_text())
     assert doc["protocol"] == "ours_hard (lr=0.2, epochs=7)" and doc["budget"] == 0.25
     assert trained[-1] == (with_overrides(PROTOCOLS["ours_hard"], epochs=7, lr=0.2), 0.25)
+    # a soft-label set's recorded temperature and teacher mode mean nothing to a hard-label protocol: dropped
+    soft = _saved_synset(tmp_path / "soft", {"eval_protocol": "soft", "temperature": 3.0, "teacher_mode": "train"})
+    assert main(["evaluate", soft, "--runs", "1", "--no-full", "--quiet", "--protocol", "hard"]) == 0
+    assert trained[-1] == (PROTOCOLS["hard"], 1.0)
     assert "protocol settings" in capsys.readouterr().out
     data = importlib.import_module("ddmetrics.data")
 

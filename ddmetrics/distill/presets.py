@@ -138,6 +138,7 @@ _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "eval_epochs": (_optional(_positive_int), "None (the protocol's) or a positive integer"),
     "eval_lr": (_optional(_positive), "None (the protocol's) or a positive number"),
     "temperature": (_optional(_positive), "None (the protocol's) or a positive number"),
+    "teacher_mode": (_optional(lambda v: v in ("eval", "train")), "None (the protocol's), 'eval' or 'train'"),
 }
 for _name, _choices in _CHOICES.items():
     _RULES[_name] = ((lambda v, c=_choices: isinstance(v, str) and v in c), "one of " + ", ".join(map(repr, _choices)))
@@ -255,7 +256,9 @@ class DistillConfig:
         or ``"kmeans"`` (the real image nearest each k-means centroid).
     Evaluation
         ``eval_protocol`` (:data:`ddmetrics.protocols.PROTOCOLS`); ``eval_model``,
-        ``eval_epochs``, ``eval_lr``, ``temperature`` override the protocol's (``None``: its own).
+        ``eval_epochs``, ``eval_lr``, ``temperature``, ``teacher_mode`` (the mode the teacher labels
+        the students' views in, ``"eval"`` or ``"train"``: SRe²L's small-data relabelling runs it in
+        train mode) override the protocol's (``None``: its own).
     """
 
     strategy: str = "barycenter"
@@ -323,6 +326,7 @@ class DistillConfig:
     eval_epochs: Optional[int] = None
     eval_lr: Optional[float] = None
     temperature: Optional[float] = None
+    teacher_mode: Optional[str] = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -360,6 +364,8 @@ class DistillConfig:
             proto = dataclasses.replace(proto, model=self.eval_model)
         if self.temperature is not None:
             proto = dataclasses.replace(proto, temperature=self.temperature)
+        if self.teacher_mode is not None:
+            proto = dataclasses.replace(proto, teacher_mode=self.teacher_mode)
         recipe = proto.recipe
         if self.eval_lr is not None:
             recipe = dataclasses.replace(recipe, lr=self.eval_lr)
@@ -379,7 +385,8 @@ class DistillConfig:
         """The :func:`ddmetrics.evaluate` settings of this config, JSON-able: the protocol's name,
         its overrides (``None``: the protocol's own) and the budget."""
         return {"protocol": self.eval_protocol, "model": self.eval_model, "epochs": self.eval_epochs,
-                "lr": self.eval_lr, "temperature": self.temperature, "budget": self.budget}
+                "lr": self.eval_lr, "temperature": self.temperature, "teacher_mode": self.teacher_mode,
+                "budget": self.budget}
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as JSON-able data (a model builder is recorded by its qualified name)."""
@@ -495,6 +502,7 @@ APPLIES: Dict[str, Callable[[DistillConfig], bool]] = {
     "discrimination_weight": lambda c: c.strategy == "distribution",
     "bilevel": lambda c: c.strategy == "distribution",
     "temperature": _tempered,
+    "teacher_mode": _soft,
     "coreset": lambda c: c.strategy == "coreset",
 }
 #: what only a synthesis uses: a coreset (real images) optimises nothing
@@ -524,6 +532,7 @@ _UNUSED_BECAUSE: Dict[str, str] = {
     "pool_epochs": "embedder_pool is 0",
     "temperature": "its evaluation protocol uses hard labels, or soft labels without a temperature (G-VBSM's "
                    "MSE + CE on raw logits)",
+    "teacher_mode": "its evaluation protocol uses hard labels: no teacher labels the students' images",
     "coreset": "only strategy='coreset' selects real images",
     "crop_curriculum": "only teacher matching (strategy='barycenter') with a RandomResizedCrop augmentation "
                        "('rrc_flip_roll', 'rrc_flip_roll_small', 'rrc_flip') has a crop scale to schedule",
@@ -535,7 +544,7 @@ _UNUSED_BECAUSE: Dict[str, str] = {
 }
 #: why a field of the synthesis is unused by a coreset (every field but the teacher's and the evaluation's)
 _CORESET_UNUSED = "a coreset selects real images (strategy='coreset'): nothing is synthesised"
-_CORESET_USES = ("teacher_arch", "teacher_recipe", "teacher_epochs", "temperature")
+_CORESET_USES = ("teacher_arch", "teacher_recipe", "teacher_epochs", "temperature", "teacher_mode")
 for _field, _same in (("loss_kwargs", "loss"), ("teacher_recipe", "teacher_arch"), ("teacher_epochs", "teacher_arch"),
                       ("learn_weights", "bary_iters"), ("bary_init", "bary_iters"), ("reg_norm", "reg_weight"),
                       ("bn_stats", "reg_norm"), ("first_bn_weight", "reg_weight"),

@@ -100,6 +100,7 @@ VALID = {
     "eval_epochs": _opt(lambda v: _int(v) and v > 0),
     "eval_lr": _opt(lambda v: _num(v) and v > 0),
     "temperature": _opt(lambda v: _num(v) and v > 0),
+    "teacher_mode": _opt(lambda v: v in ("eval", "train")),
 }
 
 WORDS = ["barycenter", "distribution", "adam", "sgd", "adamw", "real", "noise", "nearest", "auto", "none", "ce",
@@ -205,6 +206,7 @@ def test_sre2l_preset_is_slot_batches_with_ce_and_running_bn_statistics(small):
     ("wmdd", "factor", 2, "factor does not apply"),
     ("sre2l", "learn_weights", True, "learn_weights does not apply"),
     ("dm", "pool_epochs", 3, "pool_epochs does not apply"),
+    ("dm", "teacher_mode", "eval", "teacher_mode does not apply"),
 ])
 def test_a_setting_of_another_method_is_refused_naming_it(method, field, value, why):
     with pytest.raises(ValueError, match=why):
@@ -216,6 +218,22 @@ def test_a_setting_of_another_method_is_refused_naming_it(method, field, value, 
 def test_a_setting_that_applies_once_another_is_changed_is_accepted():
     assert preset("dm", eval_protocol="soft", temperature=3.0).temperature == 3.0
     assert preset("wmdd", reg="bn", bn_stats="running").bn_stats == "running"
+    assert preset("dm", eval_protocol="soft", teacher_mode="train").protocol().teacher_mode == "train"
+
+
+def test_teacher_mode_overrides_the_protocols_and_reaches_evaluate():
+    # SRe²L's small-data protocol relabels in train mode; the option labels with the teacher in eval mode
+    assert preset("sre2l").protocol().teacher_mode == "train"
+    cfg = preset("sre2l", teacher_mode="eval")
+    assert cfg.protocol() == dataclasses.replace(preset("sre2l").protocol(), teacher_mode="eval")
+    assert cfg.evaluation_kwargs()["teacher_mode"] == "eval"
+    # a saved set records it: evaluate() without a protocol rebuilds the same one from the set's config
+    from ddmetrics.evaluate import protocol_name, resolve_protocol
+
+    assert resolve_protocol(None, {"config": cfg.to_dict()}) == cfg.protocol()
+    assert protocol_name(cfg.protocol()).startswith("sre2l_small (teacher_mode=eval")
+    with pytest.raises(ValueError, match="teacher_mode"):
+        preset("sre2l", teacher_mode="inference")
 
 
 def test_budget_scales_every_count_and_is_recorded():
