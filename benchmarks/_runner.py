@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 import ddmetrics as ddm
 from ddmetrics.distill.presets import LOSS_SETTINGS, DistillConfig
-from ddmetrics.evaluate import full_data_accuracy, random_subset, train_student, with_overrides
+from ddmetrics.evaluate import full_data_accuracy, random_hard_variant, random_subset, train_student, with_overrides
 from ddmetrics.models import accuracy, get_model
 from ddmetrics.protocols import get_protocol
 
@@ -149,14 +149,12 @@ def soft_labels(cfg: DistillConfig) -> bool:
 def student_protocol(student: Dict[str, Any]):
     """The :class:`~ddmetrics.protocols.Protocol` of a cell's ``evaluation_kwargs()`` (name and overrides);
     with ``hard_labels``, the same protocol with hard labels (``evaluate``'s ``random_hard``)."""
-    import dataclasses
-
     hard = student.get("hard_labels")
     protocol = with_overrides(get_protocol(student["protocol"]), model=student.get("model"),
                               epochs=student.get("epochs"), lr=student.get("lr"),
                               temperature=None if hard else student.get("temperature"),
                               teacher_mode=None if hard else student.get("teacher_mode"))
-    return dataclasses.replace(protocol, labels="hard", temperature=None) if hard else protocol
+    return random_hard_variant(protocol) if hard else protocol
 
 
 def teacher_settings(cfg: DistillConfig, run: RunSettings) -> Dict[str, Any]:
