@@ -140,6 +140,25 @@ def test_a_held_lock_refuses_a_second_taker_naming_the_holder(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_lock_held_before_its_record_is_written_is_refused_saying_so(tmp_path):
+    """A run that meets the lock between its holder's flock and its record cannot name the holder: it
+    says the lock is being taken, and leaves the holder's empty file as it is."""
+    import fcntl
+
+    from ddmetrics._run_folder import FolderLock
+
+    lock = tmp_path / ".a.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a holder that has not written its record yet
+        with pytest.raises(ValueError, match=r"^--out .*a is being written by another ddmetrics run \(which is "
+                                             r"taking the lock right now\); wait for it to end or choose another --out$"):
+            FolderLock(tmp_path / "a", "--out").acquire()
+        assert lock.read_bytes() == b"" and sorted(os.listdir(tmp_path)) == [".a.lock"]
+    finally:
+        os.close(fd)
+
+
 def _dead_pid():
     """A pid that no process on this host has."""
     pid = 4_000_000
