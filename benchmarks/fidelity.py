@@ -367,8 +367,10 @@ def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str
                 diff = format_difference(paired_difference(entry["accuracies"], other["accuracies"]))
             its = max(1, round(cfg["iterations"] * cfg.get("budget", 1.0)))
             against = f"{diff} vs {cell.compare}" if diff else ""
-            # issue 28: the family's rows against the method they build on and WMDD's, over the same student seeds
-            for label in ([_released(FAMILY[cell.method]), WMDD_ROW] if part == "family" else []):
+            # issue 28: the family's rows against the method they build on, DM's and WMDD's, over the same student
+            # seeds (each once)
+            for label in (dict.fromkeys([_released(FAMILY[cell.method]), _released("dm"), WMDD_ROW])
+                          if part == "family" else []):
                 other = by_label.get((label, cell.ipc)) if label != cell.compare else None
                 if other is not None:
                     diff = format_difference(paired_difference(entry["accuracies"], other["accuracies"]))

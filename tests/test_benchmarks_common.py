@@ -509,6 +509,29 @@ def test_fidelity_report_pairs_a_family_row_with_its_base_and_with_wmdd(tmp_path
     assert expected[0].startswith("+2.00 [") and expected[1].startswith("+24.00 [")
 
 
+def test_fidelity_report_pairs_an_sre2l_family_row_with_sre2l_dm_and_wmdd(tmp_path):
+    import types
+
+    import fidelity
+
+    cells = fidelity.plan(["presets", "family"], ["wmdd", "dm", "sre2l", "cda"])
+    keys = [f"k{i}" for i in range(len(cells))]
+    accuracies = {"dm (released, 200 iterations)": [0.80, 0.82, 0.84], fidelity.WMDD_ROW: [0.50, 0.60, 0.70],
+                  "sre2l (released, 200 iterations)": [0.30, 0.20, 0.40],
+                  "cda (released, 200 iterations)": [0.31, 0.25, 0.39]}
+    doc = {"dataset": "mnist", "cells": {k: {"config": {"iterations": 200}, "distill_seconds": 1.0, "label": c.label,
+                                             "accuracies": accuracies[c.label]}
+                                         for c, k in zip(cells, keys) if c.ipc == 1 and c.label in accuracies}}
+    fidelity.report(types.SimpleNamespace(doc=doc), cells, keys, str(tmp_path / "r.md"))
+    (row,) = [line for line in open(tmp_path / "r.md") if line.startswith("| cda ") and "| 1 |" in line]
+    others = ("sre2l (released, 200 iterations)", "dm (released, 200 iterations)", fidelity.WMDD_ROW)
+    expected = [_common.format_difference(_common.paired_difference(accuracies["cda (released, 200 iterations)"],
+                                                                    accuracies[other])) for other in others]
+    # per seed +1, +5, -1 pp against SRe²L; -49, -57, -45 against DM; -19, -35, -31 against WMDD
+    assert [e.split(" [")[0] for e in expected] == ["+1.67", "-50.33", "-28.33"]
+    assert "; ".join(f"{e} vs {o}" for e, o in zip(expected, others)) in row
+
+
 def test_fidelity_rows_keeps_the_labelled_rows_and_refuses_an_unknown_label(tmp_path, capsys):
     import fidelity
 
