@@ -111,6 +111,9 @@ def _released(method: str) -> str:
 FAMILY_CUT: Dict[str, Tuple[int, ...]] = {"idm": (50,), "cafe": (2, 4)}
 #: the released WMDD row every ``family`` row is also paired with (issue 28: against DM and WMDD)
 WMDD_ROW = _released("wmdd")
+#: family methods whose iterations are their base method's (one image step of the same outer loop): a cut row is
+#: also paired with the base's row at the same count, where the ``budget`` part has one (CAFE's rounds are not)
+SAME_STEPS = ("idm",)
 #: method -> the counts of the ``counts`` part: the students' epochs of the method's own protocol (no
 #: ``eval_epochs``), its teacher at WMDD's 50 epochs (SRe²L's own 200 cut to 50), NCFM's pool at 10 of its 60
 #: epochs; the synthesis iterations of :data:`MEASURED`
@@ -337,6 +340,22 @@ def teacher_accuracies(runner: Runner, cells: Sequence[Cell]) -> None:
         runner.note_teacher(key, cell.label)
 
 
+def _family_pairs(cell: Cell) -> List[str]:
+    """The rows a ``family`` row is paired with besides its ``compare`` (issue 28), each once, over the same
+    student seeds: the method it builds on, DM and WMDD; a cut row (:data:`FAMILY_CUT`) also with the method's next
+    smaller cut and, for :data:`SAME_STEPS`, with its base method after as many iterations."""
+    base = FAMILY[cell.method]
+    labels = [_released(base), _released("dm"), WMDD_ROW]
+    its, cuts = cell.overrides.get("iterations"), FAMILY_CUT.get(cell.method, ())
+    if its in cuts:
+        smaller = [c for c in cuts if c < its]
+        if smaller:
+            labels.append(f"{cell.method} (released, {max(smaller)} iterations)")
+        if cell.method in SAME_STEPS:
+            labels.append(f"{base} (released, {its} iterations)")
+    return list(dict.fromkeys(labels))
+
+
 def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str) -> None:
     """The Markdown report: each row with mean ± std and, where it has one, the paired difference
     to the row it is compared with (same method, IPC and student seeds)."""
@@ -367,10 +386,7 @@ def report(runner: Runner, cells: Sequence[Cell], keys: Sequence[str], path: str
                 diff = format_difference(paired_difference(entry["accuracies"], other["accuracies"]))
             its = max(1, round(cfg["iterations"] * cfg.get("budget", 1.0)))
             against = f"{diff} vs {cell.compare}" if diff else ""
-            # issue 28: the family's rows against the method they build on, DM's and WMDD's, over the same student
-            # seeds (each once)
-            for label in (dict.fromkeys([_released(FAMILY[cell.method]), _released("dm"), WMDD_ROW])
-                          if part == "family" else []):
+            for label in (_family_pairs(cell) if part == "family" else []):
                 other = by_label.get((label, cell.ipc)) if label != cell.compare else None
                 if other is not None:
                     diff = format_difference(paired_difference(entry["accuracies"], other["accuracies"]))

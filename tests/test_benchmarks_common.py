@@ -942,3 +942,29 @@ def test_sre2l_bn_scale_report_puts_the_readers_accuracy_of_each_recovered_set_i
         del doc["rows"][0][key]["reader_accuracy"]
     sre2l_bn_scale.report(doc, str(tmp_path / "r.md"))
     assert open(tmp_path / "r.md").read().splitlines()[-2].endswith("| - | - |")
+
+
+def test_fidelity_pairs_a_cut_row_with_the_smaller_cut_and_idm_with_dm_at_the_same_count(tmp_path):
+    import types
+
+    import fidelity
+
+    cells = fidelity.plan(["presets", "budget", "family"], ["wmdd", "dm", "idm", "cafe"])
+    keys = [f"k{i}" for i in range(len(cells))]
+    accuracies = {"cafe (released, 2 iterations)": [0.80, 0.82, 0.84], "cafe (released, 4 iterations)": [0.83, 0.84, 0.88],
+                  "idm (released, 50 iterations)": [0.90, 0.91, 0.92], "dm (released, 50 iterations)": [0.95, 0.93, 0.93]}
+    doc = {"dataset": "mnist", "cells": {k: {"config": {"iterations": 1}, "distill_seconds": 1.0, "label": c.label,
+                                             "accuracies": accuracies[c.label]}
+                                         for c, k in zip(cells, keys) if c.ipc == 10 and c.label in accuracies}}
+    fidelity.report(types.SimpleNamespace(doc=doc), cells, keys, str(tmp_path / "r.md"))
+    lines = open(tmp_path / "r.md").read().splitlines()
+    (cafe4,) = [line for line in lines if line.startswith("| cafe | cafe (released, 4 iterations) | 10 |")]
+    (cafe2,) = [line for line in lines if line.startswith("| cafe | cafe (released, 2 iterations) | 10 |")]
+    (idm,) = [line for line in lines if line.startswith("| idm | idm (released, 50 iterations) | 10 |")]
+    # per seed +3, +2, +4 pp over 2 rounds; IDM -5, -2, -1 against DM after the same 50 iterations
+    assert "+3.00 [" in cafe4 and cafe4.rstrip(" |0123456789").endswith("vs cafe (released, 2 iterations)")
+    assert "vs cafe (released" not in cafe2  # the smallest cut has no smaller one; its released row is not run
+    assert "-2.67 [" in idm and "vs dm (released, 50 iterations)" in idm
+    # CAFE's rounds are not DM's iterations: never paired with a DM row of the same count
+    assert fidelity._family_pairs(next(c for c in cells if c.label == "cafe (released, 4 iterations)")) == [
+        "dm (released, 200 iterations)", fidelity.WMDD_ROW, "cafe (released, 2 iterations)"]
